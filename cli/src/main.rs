@@ -1,0 +1,2 @@
+//! `kiln`: the command line.
+fn main() {}

@@ -1,0 +1,9 @@
+//! The Dockerfile frontend, in three stages as BuildKit has it:
+//! [`parser`] (raw AST with line/column) → [`instructions`] (typed commands, unexpanded words)
+//! → conversion to the build graph. [`shell`] implements word expansion and
+//! [`dockerignore`] the `.dockerignore` pattern rules.
+
+pub mod dockerignore;
+pub mod instructions;
+pub mod parser;
+pub mod shell;

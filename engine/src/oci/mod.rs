@@ -1,0 +1,1 @@
+//! OCI image formats: deterministic layer tars, image config/manifest/index, exporters, import.

@@ -1,0 +1,1 @@
+//! kiln-sandbox: runs one build step in a fresh set of namespaces (being written).
