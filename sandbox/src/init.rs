@@ -1,0 +1,548 @@
+//! The init: the re-executed binary that sets up the sandbox and execs the step.
+//!
+//! Protocol with [`crate::Sandbox::spawn`]:
+//! - argv[1] is [`crate::INIT_ARG`];
+//! - stdin carries the [`StepSpec`] as JSON, then EOF; the init then puts `/dev/null` on fd 0;
+//! - fd 3 is the error pipe: a set-up failure is written there once as an [`InitFailure`] in
+//!   JSON. It is close-on-exec, so a successful `execve` leaves nothing on it; the step's own
+//!   output only ever goes to fds 1 and 2, so the two can not be confused;
+//! - stdout/stderr are the step's.
+//!
+//! Process shape: the outer init unshares the namespaces and forks; the child is PID 1 of the
+//! new PID namespace, runs [`INNER_STEPS`] and execs the command. The outer init waits for it,
+//! forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT, and exits with its code (128+signal if it was
+//! killed). A SIGKILL of the outer init kills the child (`PR_SET_PDEATHSIG`), and with it, as
+//! PID 1, the whole PID namespace.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use rustix::io::Errno;
+use rustix::thread::UnshareFlags;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{DEFAULT_PATH, MountKind, NetworkMode, StepSpec};
+use crate::syscall::{Forked, InRootFs, OpError, Syscall};
+use crate::user::{self, ExecUser, UserError};
+
+/// The fd the error pipe is on in the init.
+pub(crate) const ERROR_FD: i32 = 3;
+/// Exit code of an init whose set-up failed (the report on the error pipe says why).
+pub(crate) const SETUP_FAILED: i32 = 125;
+
+/// A set-up step of the init. Serialised in [`InitFailure`] so the engine knows which broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Step {
+    ReadSpec,
+    Unshare,
+    Fork,
+    MakeRootPrivate,
+    MountRootfs,
+    MountProc,
+    MountDev,
+    MountSys,
+    StepMounts,
+    Loopback,
+    Hostname,
+    PivotRoot,
+    Chdir,
+    SetUser,
+    NoNewPrivs,
+    CloseFds,
+    Exec,
+}
+
+/// Steps of the outer init, in order.
+pub(crate) static OUTER_STEPS: &[Step] = &[
+    // New mount, PID, net (for NetworkMode::None), IPC, UTS, cgroup namespaces. (Later: the
+    // user namespace for rootless goes here too; cgroup placement of the init must happen
+    // before this, so the cgroup namespace is rooted at the step's cgroup.)
+    Step::Unshare,
+    // A new PID namespace applies to children only: fork so the child is its PID 1.
+    Step::Fork,
+];
+
+/// Steps of PID 1 in the new namespaces, in order. Later issues add, between `SetUser` and
+/// `Exec`: capability drop (after the id change, which needs CAP_SETUID/SETGID), landlock
+/// (after everything that opens host paths), then seccomp last, as close to exec as possible
+/// (its allow-list need not permit any set-up call).
+pub(crate) static INNER_STEPS: &[Step] = &[
+    // First, so no mount below propagates back to the host's mount namespace.
+    Step::MakeRootPrivate,
+    // The root everything else is mounted into.
+    Step::MountRootfs,
+    // A proc of the new PID namespace: the step sees only its own processes.
+    Step::MountProc,
+    // Minimal /dev, then its pts and shm inside it.
+    Step::MountDev,
+    // Read-only, as BuildKit does; after proc and dev, and in the new net ns so /sys/class/net
+    // shows only the step's interfaces.
+    Step::MountSys,
+    // The step's mounts last, so they may sit on top of anything above (e.g. a tmpfs /dev/shm).
+    Step::StepMounts,
+    // Needs the new net ns (from Unshare); independent of the file system.
+    Step::Loopback,
+    Step::Hostname,
+    // After every mount that needs a host path; the old root is detached here.
+    Step::PivotRoot,
+    // In the new root: a relative symlink or `..` in cwd can not leave it.
+    Step::Chdir,
+    // Reads the image's /etc/passwd and /etc/group (needs PivotRoot); setgroups and setgid
+    // before setuid, while we still may.
+    Step::SetUser,
+    Step::NoNewPrivs,
+    // No fd of the init (error pipe, lifeline, root dirfd) survives exec (runc CVE-2024-21626).
+    Step::CloseFds,
+    Step::Exec,
+];
+
+/// A set-up failure, one variant per step, so a failure says which step broke.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    #[error("reading the spec: {source}")]
+    ReadSpec { source: std::io::Error },
+    #[error("parsing the spec: {source}")]
+    ParseSpec { source: serde_json::Error },
+    #[error("invalid spec: {reason}")]
+    InvalidSpec { reason: String },
+    #[error("unshare: {source}")]
+    Unshare { source: Errno },
+    #[error("fork: {source}")]
+    Fork { source: Errno },
+    #[error("making / private: {source}")]
+    MakeRootPrivate { source: Errno },
+    #[error("mounting the rootfs: {source}")]
+    MountRootfs { source: OpError },
+    #[error("mounting /proc: {source}")]
+    MountProc { source: OpError },
+    #[error("mounting /dev: {source}")]
+    MountDev { source: OpError },
+    #[error("mounting /sys: {source}")]
+    MountSys { source: OpError },
+    #[error("mounting {target}: {source}")]
+    Mount { target: String, source: OpError },
+    #[error("bringing up lo: {source}")]
+    Loopback { source: Errno },
+    #[error("sethostname: {source}")]
+    Hostname { source: Errno },
+    #[error("pivot_root: {source}")]
+    PivotRoot { source: OpError },
+    #[error("chdir to {cwd}: {source}")]
+    Chdir { cwd: String, source: Errno },
+    #[error("reading {path}: {source}")]
+    ReadUserDb { path: &'static str, source: Errno },
+    #[error("{source}")]
+    User { source: UserError },
+    #[error("setgroups: {source}")]
+    SetGroups { source: Errno },
+    #[error("setgid: {source}")]
+    SetGid { source: Errno },
+    #[error("setuid: {source}")]
+    SetUid { source: Errno },
+    #[error("prctl(PR_SET_NO_NEW_PRIVS): {source}")]
+    NoNewPrivs { source: Errno },
+    #[error("closing inherited fds: {source}")]
+    CloseFds { source: Errno },
+    #[error("exec: {name:?}: executable file not found in $PATH")]
+    ExecNotFound { name: String },
+    #[error("exec {path}: {source}")]
+    Exec { path: String, source: Errno },
+}
+
+impl InitError {
+    /// The step this error belongs to.
+    pub fn step(&self) -> Step {
+        match self {
+            Self::ReadSpec { .. } | Self::ParseSpec { .. } | Self::InvalidSpec { .. } => {
+                Step::ReadSpec
+            }
+            Self::Unshare { .. } => Step::Unshare,
+            Self::Fork { .. } => Step::Fork,
+            Self::MakeRootPrivate { .. } => Step::MakeRootPrivate,
+            Self::MountRootfs { .. } => Step::MountRootfs,
+            Self::MountProc { .. } => Step::MountProc,
+            Self::MountDev { .. } => Step::MountDev,
+            Self::MountSys { .. } => Step::MountSys,
+            Self::Mount { .. } => Step::StepMounts,
+            Self::Loopback { .. } => Step::Loopback,
+            Self::Hostname { .. } => Step::Hostname,
+            Self::PivotRoot { .. } => Step::PivotRoot,
+            Self::Chdir { .. } => Step::Chdir,
+            Self::ReadUserDb { .. }
+            | Self::User { .. }
+            | Self::SetGroups { .. }
+            | Self::SetGid { .. }
+            | Self::SetUid { .. } => Step::SetUser,
+            Self::NoNewPrivs { .. } => Step::NoNewPrivs,
+            Self::CloseFds { .. } => Step::CloseFds,
+            Self::ExecNotFound { .. } | Self::Exec { .. } => Step::Exec,
+        }
+    }
+
+    fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Unshare { source }
+            | Self::Fork { source }
+            | Self::MakeRootPrivate { source }
+            | Self::Loopback { source }
+            | Self::Hostname { source }
+            | Self::Chdir { source, .. }
+            | Self::ReadUserDb { source, .. }
+            | Self::SetGroups { source }
+            | Self::SetGid { source }
+            | Self::SetUid { source }
+            | Self::NoNewPrivs { source }
+            | Self::CloseFds { source }
+            | Self::Exec { source, .. } => Some(source.raw_os_error()),
+            Self::MountRootfs { source }
+            | Self::MountProc { source }
+            | Self::MountDev { source }
+            | Self::MountSys { source }
+            | Self::Mount { source, .. }
+            | Self::PivotRoot { source } => Some(source.errno.raw_os_error()),
+            Self::ReadSpec { source } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// What the init reports on the error pipe; the engine gets it as `SandboxError::Init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct InitFailure {
+    /// The step that broke.
+    pub step: Step,
+    /// The errno, when a kernel call failed.
+    pub errno: Option<i32>,
+    /// Human-readable, e.g. `pivot_root: pivot_root: Operation not permitted (os error 1)`.
+    pub message: String,
+}
+
+impl From<&InitError> for InitFailure {
+    fn from(e: &InitError) -> Self {
+        Self {
+            step: e.step(),
+            errno: e.errno(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Entry point of the init process. Never returns.
+pub(crate) fn main() -> ! {
+    // SAFETY: fd 3 is the error pipe the parent dup2'd there (see `Sandbox::spawn`); nothing
+    // else in this fresh process owns it. If the init was started by hand without it, writes
+    // fail harmlessly.
+    let report = unsafe { OwnedFd::from_raw_fd(ERROR_FD) };
+    let _ = rustix::io::ioctl_fioclex(&report);
+    let code = match run_outer(&crate::linux::LinuxSyscall) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = std::fs::File::from(report)
+                .write_all(&serde_json::to_vec(&InitFailure::from(&e)).unwrap_or_default());
+            SETUP_FAILED
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run_outer(sys: &impl Syscall) -> Result<i32, InitError> {
+    let spec = read_spec()?;
+    let mut forked = None;
+    for step in OUTER_STEPS {
+        match step {
+            Step::Unshare => sys
+                .unshare(namespaces(spec.network))
+                .map_err(|source| InitError::Unshare { source })?,
+            Step::Fork => forked = Some(sys.fork().map_err(|source| InitError::Fork { source })?),
+            _ => {}
+        }
+    }
+    match forked {
+        Some(Forked::Parent { pid, _lifeline }) => Ok(supervise(pid)),
+        _ => {
+            // PID 1 of the new namespace: report our own failure and exit; on success we exec.
+            let err = run_inner(sys, &spec).err().unwrap_or(InitError::Exec {
+                path: String::new(),
+                source: Errno::NOEXEC,
+            });
+            Err(err)
+        }
+    }
+}
+
+fn read_spec() -> Result<StepSpec, InitError> {
+    let mut json = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut json)
+        .map_err(|source| InitError::ReadSpec { source })?;
+    let devnull =
+        std::fs::File::open("/dev/null").map_err(|source| InitError::ReadSpec { source })?;
+    // SAFETY: both fds are open (`devnull` just opened, 0 is the spec pipe we finished
+    // reading); dup2 atomically replaces fd 0, which no Rust object in this process owns
+    // except `stdin()`, and that only ever reads fd 0 whatever it refers to.
+    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&devnull), 0) } < 0 {
+        return Err(InitError::ReadSpec {
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let spec: StepSpec =
+        serde_json::from_slice(&json).map_err(|source| InitError::ParseSpec { source })?;
+    validate(&spec)?;
+    Ok(spec)
+}
+
+fn validate(spec: &StepSpec) -> Result<(), InitError> {
+    let invalid = |reason: String| Err(InitError::InvalidSpec { reason });
+    if spec.args.is_empty() {
+        return invalid("empty args".into());
+    }
+    if !spec.cwd.starts_with('/') {
+        return invalid(format!("cwd {:?} is not absolute", spec.cwd));
+    }
+    if let Some(m) = spec.mounts.iter().find(|m| !m.target.starts_with('/')) {
+        return invalid(format!("mount target {:?} is not absolute", m.target));
+    }
+    Ok(())
+}
+
+fn namespaces(network: NetworkMode) -> UnshareFlags {
+    let mut flags = UnshareFlags::NEWNS
+        | UnshareFlags::NEWPID
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWUTS
+        | UnshareFlags::NEWCGROUP;
+    if network == NetworkMode::None {
+        flags |= UnshareFlags::NEWNET;
+    }
+    flags
+}
+
+/// The inner init's running state.
+struct Inner<'a> {
+    spec: &'a StepSpec,
+    root: PathBuf,
+    env: Vec<String>,
+}
+
+/// Run [`INNER_STEPS`]. Returns `Ok` only when a recording `execve` "succeeds".
+fn run_inner(sys: &impl Syscall, spec: &StepSpec) -> Result<(), InitError> {
+    let mut st = Inner {
+        spec,
+        root: PathBuf::new(),
+        env: spec.env.clone(),
+    };
+    for step in INNER_STEPS {
+        st.run(sys, *step)?;
+    }
+    Ok(())
+}
+
+impl Inner<'_> {
+    fn run(&mut self, sys: &impl Syscall, step: Step) -> Result<(), InitError> {
+        let spec = self.spec;
+        match step {
+            Step::MakeRootPrivate => sys
+                .make_root_private()
+                .map_err(|source| InitError::MakeRootPrivate { source }),
+            Step::MountRootfs => {
+                self.root = sys
+                    .mount_rootfs(&spec.rootfs)
+                    .map_err(|source| InitError::MountRootfs { source })?;
+                Ok(())
+            }
+            Step::MountProc => sys
+                .mount_in_root(&self.root, "/proc", &InRootFs::Proc)
+                .map_err(|source| InitError::MountProc { source }),
+            Step::MountDev => {
+                for (target, fs) in [
+                    ("/dev", InRootFs::Dev),
+                    ("/dev/pts", InRootFs::Devpts),
+                    ("/dev/shm", InRootFs::Shm),
+                ] {
+                    sys.mount_in_root(&self.root, target, &fs)
+                        .map_err(|source| InitError::MountDev { source })?;
+                }
+                Ok(())
+            }
+            Step::MountSys => sys
+                .mount_in_root(&self.root, "/sys", &InRootFs::Sysfs)
+                .map_err(|source| InitError::MountSys { source }),
+            Step::StepMounts => {
+                for m in &spec.mounts {
+                    let fs = match &m.kind {
+                        MountKind::Bind { source, readonly } => InRootFs::Bind {
+                            source: source.clone(),
+                            readonly: *readonly,
+                        },
+                        MountKind::Tmpfs { size, mode } => InRootFs::Tmpfs {
+                            size: *size,
+                            mode: *mode,
+                        },
+                    };
+                    sys.mount_in_root(&self.root, &m.target, &fs)
+                        .map_err(|source| InitError::Mount {
+                            target: m.target.clone(),
+                            source,
+                        })?;
+                }
+                Ok(())
+            }
+            Step::Loopback => match spec.network {
+                NetworkMode::None => sys
+                    .loopback_up()
+                    .map_err(|source| InitError::Loopback { source }),
+                NetworkMode::Host => Ok(()),
+            },
+            Step::Hostname => {
+                let name = if spec.hostname.is_empty() {
+                    "kiln"
+                } else {
+                    spec.hostname.as_str()
+                };
+                sys.sethostname(name)
+                    .map_err(|source| InitError::Hostname { source })
+            }
+            Step::PivotRoot => sys
+                .pivot_root(&self.root)
+                .map_err(|source| InitError::PivotRoot { source }),
+            Step::Chdir => {
+                let chdir_err = |source| InitError::Chdir {
+                    cwd: spec.cwd.clone(),
+                    source,
+                };
+                sys.mkdir_all(Path::new(&spec.cwd)).map_err(chdir_err)?;
+                sys.chdir(Path::new(&spec.cwd)).map_err(chdir_err)
+            }
+            Step::SetUser => self.set_user(sys),
+            Step::NoNewPrivs => sys
+                .set_no_new_privs()
+                .map_err(|source| InitError::NoNewPrivs { source }),
+            Step::CloseFds => sys
+                .cloexec_fds_above_stdio()
+                .map_err(|source| InitError::CloseFds { source }),
+            Step::Exec => self.exec(sys),
+            Step::ReadSpec | Step::Unshare | Step::Fork => Ok(()),
+        }
+    }
+
+    fn set_user(&mut self, sys: &impl Syscall) -> Result<(), InitError> {
+        let read = |path: &'static str| {
+            sys.read_file(Path::new(path))
+                .map_err(|source| InitError::ReadUserDb { path, source })
+        };
+        let passwd = read("/etc/passwd")?;
+        let group = read("/etc/group")?;
+        let ExecUser {
+            uid,
+            gid,
+            groups,
+            home,
+        } = user::resolve(&self.spec.user, passwd.as_deref(), group.as_deref())
+            .map_err(|source| InitError::User { source })?;
+        if !self.env.iter().any(|e| e.starts_with("HOME=")) {
+            self.env.push(format!("HOME={home}"));
+        }
+        sys.setgroups(&groups)
+            .map_err(|source| InitError::SetGroups { source })?;
+        sys.setgid(gid)
+            .map_err(|source| InitError::SetGid { source })?;
+        sys.setuid(uid)
+            .map_err(|source| InitError::SetUid { source })
+    }
+
+    fn exec(&self, sys: &impl Syscall) -> Result<(), InitError> {
+        let name = &self.spec.args[0];
+        let path = lookup(sys, name, &self.env)
+            .ok_or_else(|| InitError::ExecNotFound { name: name.clone() })?;
+        let nul = |s: &str| {
+            CString::new(s).map_err(|_| InitError::InvalidSpec {
+                reason: format!("NUL byte in {s:?}"),
+            })
+        };
+        let cpath = nul(&path.to_string_lossy())?;
+        let argv = self
+            .spec
+            .args
+            .iter()
+            .map(|a| nul(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp = self
+            .env
+            .iter()
+            .map(|e| nul(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        sys.execve(&cpath, &argv, &envp)
+            .map_err(|source| InitError::Exec {
+                path: path.to_string_lossy().into_owned(),
+                source,
+            })
+    }
+}
+
+/// `args[0]` as runc resolves it: a name with a `/` is used as is; otherwise the first
+/// executable `dir/name` along the step env's `PATH` (or [`DEFAULT_PATH`]).
+fn lookup(sys: &impl Syscall, name: &str, env: &[String]) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(name))
+        .find(|candidate| sys.is_executable(candidate))
+}
+
+/// The child's pid, for the signal handler.
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe; `pid` is our own unreaped child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Outer init: forward termination signals to PID 1 and relay its exit status.
+fn supervise(pid: rustix::process::Pid) -> i32 {
+    CHILD.store(pid.as_raw_nonzero().get(), Ordering::Relaxed);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: `sa` is zero-initialised (a valid `sigaction`), its handler is an
+        // `extern "C" fn(c_int)` that only loads an atomic and calls kill(2), both
+        // async-signal-safe; no SA_SIGINFO, so the one-argument handler type is right.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = forward_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => {
+                if let Some(code) = status.exit_status() {
+                    return code;
+                }
+                if let Some(sig) = status.terminating_signal() {
+                    return 128 + sig;
+                }
+            }
+            Err(Errno::INTR) | Ok(None) => {}
+            Err(_) => return SETUP_FAILED,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+use super::*;
+use crate::spec::{Mount, Rootfs};
+use crate::syscall::tests::Recording;
+
+fn spec() -> StepSpec {
+    let mut spec = StepSpec::new(
+        vec!["sh".into(), "-c".into(), "true".into()],
+        Rootfs::Overlay {
+            lowers: vec![],
+            upper: "/u".into(),
+            work: "/w".into(),
+            mountpoint: "/m".into(),
+        },
+    );
+    spec.user = "nobody".into();
+    spec.cwd = "/src".into();
+    spec.mounts.push(Mount {
+        target: "/cache".into(),
+        kind: MountKind::Tmpfs {
+            size: None,
+            mode: 0o755,
+        },
+    });
+    spec
+}
+
+fn recording() -> Recording {
+    Recording {
+        executables: vec![PathBuf::from("/bin/sh")],
+        files: vec![(
+            PathBuf::from("/etc/passwd"),
+            "nobody:x:65534:65534::/nonexistent:/bin/false\n".into(),
+        )],
+        ..Recording::default()
+    }
+}
+
+#[test]
+fn outer_init_unshares_before_forking_into_pid_1() -> Result<(), InitError> {
+    let sys = recording();
+    for step in OUTER_STEPS {
+        match step {
+            Step::Unshare => sys
+                .unshare(namespaces(NetworkMode::None))
+                .map_err(|source| InitError::Unshare { source })?,
+            Step::Fork => drop(sys.fork().map_err(|source| InitError::Fork { source })?),
+            _ => {}
+        }
+    }
+    assert_eq!(sys.names(), ["unshare", "fork"]);
+    Ok(())
+}
+
+#[test]
+fn network_none_gets_a_new_net_namespace_and_host_does_not() {
+    assert!(
+        namespaces(NetworkMode::None)
+            .contains(UnshareFlags::NEWNET | UnshareFlags::NEWPID | UnshareFlags::NEWNS)
+    );
+    assert!(!namespaces(NetworkMode::Host).contains(UnshareFlags::NEWNET));
+}
+
+#[test]
+fn inner_steps_run_in_the_documented_order() -> Result<(), InitError> {
+    let sys = recording();
+    run_inner(&sys, &spec())?;
+    let calls = sys.calls.borrow().clone();
+    let expect_prefixes = [
+        "make_root_private()",
+        "mount_rootfs(",
+        "mount_in_root(/newroot, /proc, Proc)",
+        "mount_in_root(/newroot, /dev, Dev)",
+        "mount_in_root(/newroot, /dev/pts, Devpts)",
+        "mount_in_root(/newroot, /dev/shm, Shm)",
+        "mount_in_root(/newroot, /sys, Sysfs)",
+        "mount_in_root(/newroot, /cache, Tmpfs",
+        "loopback_up()",
+        "sethostname(kiln)",
+        "pivot_root(/newroot)",
+        "mkdir_all(/src)",
+        "chdir(/src)",
+        "read_file(/etc/passwd)",
+        "read_file(/etc/group)",
+        "setgroups([65534])",
+        "setgid(65534)",
+        "setuid(65534)",
+        "set_no_new_privs()",
+        "cloexec_fds_above_stdio()",
+        "execve(\"/bin/sh\"",
+    ];
+    assert_eq!(calls.len(), expect_prefixes.len(), "{calls:#?}");
+    for (call, prefix) in calls.iter().zip(expect_prefixes) {
+        assert!(
+            call.starts_with(prefix),
+            "expected {prefix:?}, got {call:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn ids_are_dropped_before_no_new_privs_and_exec_is_last() -> Result<(), InitError> {
+    let sys = recording();
+    run_inner(&sys, &spec())?;
+    let names = sys.names();
+    let pos = |n: &str| names.iter().position(|c| c == n);
+    assert!(pos("setuid") < pos("set_no_new_privs"));
+    assert!(
+        pos("pivot_root") < pos("read_file"),
+        "users come from the image, not the host"
+    );
+    assert_eq!(names.last().map(String::as_str), Some("execve"));
+    Ok(())
+}
+
+#[test]
+fn home_comes_from_passwd_when_the_env_has_none() -> Result<(), InitError> {
+    let sys = recording();
+    run_inner(&sys, &spec())?;
+    let calls = sys.calls.borrow();
+    let exec = calls.last().map(String::as_str).unwrap_or_default();
+    assert!(exec.contains("HOME=/nonexistent"), "{exec}");
+    Ok(())
+}
+
+#[test]
+fn missing_executable_says_not_found_in_path() {
+    let sys = Recording {
+        executables: vec![],
+        ..recording()
+    };
+    let err = run_inner(&sys, &spec()).err();
+    assert!(
+        matches!(&err, Some(InitError::ExecNotFound { name }) if name == "sh"),
+        "{err:?}"
+    );
+    let failure = err.as_ref().map(InitFailure::from);
+    assert_eq!(failure.as_ref().map(|f| f.step), Some(Step::Exec));
+    assert!(failure.is_some_and(|f| f.message.contains("executable file not found in $PATH")));
+}
+
+#[test]
+fn host_network_skips_loopback() -> Result<(), InitError> {
+    let sys = recording();
+    let mut spec = spec();
+    spec.network = NetworkMode::Host;
+    run_inner(&sys, &spec)?;
+    assert!(!sys.names().iter().any(|n| n == "loopback_up"));
+    Ok(())
+}
+
+#[test]
+fn path_lookup_uses_the_step_env_path_in_order() {
+    let sys = Recording {
+        executables: vec!["/opt/bin/tool".into(), "/usr/bin/tool".into()],
+        ..Recording::default()
+    };
+    let env = vec!["PATH=/nope:/opt/bin:/usr/bin".to_owned()];
+    assert_eq!(
+        lookup(&sys, "tool", &env),
+        Some(PathBuf::from("/opt/bin/tool"))
+    );
+    assert_eq!(lookup(&sys, "./rel", &env), Some(PathBuf::from("./rel")));
+    assert_eq!(lookup(&sys, "other", &env), None);
+}
+
+#[test]
+fn init_failure_round_trips_as_json() -> Result<(), serde_json::Error> {
+    let e = InitError::PivotRoot {
+        source: OpError {
+            op: "pivot_root",
+            errno: Errno::PERM,
+        },
+    };
+    let f = InitFailure::from(&e);
+    let back: InitFailure = serde_json::from_slice(&serde_json::to_vec(&f)?)?;
+    assert_eq!(back.step, Step::PivotRoot);
+    assert_eq!(back.errno, Some(libc::EPERM));
+    assert!(back.message.starts_with("pivot_root: "));
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The engine's side: start the init, hand it the spec, collect the result.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+
+use crate::INIT_ARG;
+use crate::init::{ERROR_FD, InitFailure};
+use crate::spec::StepSpec;
+
+/// A failure to run a step (not the step's own nonzero exit, which is a [`StepExit`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    #[error("sandbox: encoding the step spec: {source}")]
+    EncodeSpec { source: serde_json::Error },
+    #[error("sandbox: creating the error pipe: {source}")]
+    ErrorPipe { source: std::io::Error },
+    #[error("sandbox: starting the init {exe}: {source}")]
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sandbox: sending the spec to the init: {source}")]
+    SendSpec { source: std::io::Error },
+    #[error("sandbox: waiting for the init: {source}")]
+    Wait { source: std::io::Error },
+    #[error("sandbox: reading the init's error report: {source}")]
+    ReadReport { source: std::io::Error },
+    #[error("sandbox: unreadable error report from the init: {source}")]
+    BadReport { source: serde_json::Error },
+    /// The init reported a set-up failure: which step, and why.
+    #[error("sandbox: {0}")]
+    Init(InitFailure),
+}
+
+/// How the step's command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepExit {
+    /// Exit code; 128+signal when the command was killed by a signal.
+    pub code: i32,
+}
+
+/// Starts steps by re-executing `init_exe` in init mode.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    init_exe: PathBuf,
+}
+
+impl Sandbox {
+    /// `init_exe` must call [`crate::init_main_if_requested`] first thing in `main`
+    /// (usually `std::env::current_exe()`).
+    pub fn new(init_exe: PathBuf) -> Self {
+        Self { init_exe }
+    }
+
+    /// Start one step. Blocking (call it from `spawn_blocking` in async code).
+    pub fn spawn(&self, spec: &StepSpec) -> Result<RunningStep, SandboxError> {
+        let json =
+            serde_json::to_vec(spec).map_err(|source| SandboxError::EncodeSpec { source })?;
+        let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| SandboxError::ErrorPipe { source: e.into() })?;
+        // Above the stdio fds, so the child's stdio set-up can not clobber it.
+        let report_w = rustix::io::fcntl_dupfd_cloexec(&report_w, ERROR_FD)
+            .map_err(|e| SandboxError::ErrorPipe { source: e.into() })?;
+        let raw_w = report_w.as_raw_fd();
+        let mut cmd = Command::new(&self.init_exe);
+        cmd.arg(INIT_ARG)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: the closure runs in the forked child before exec and calls only dup2 and
+        // fcntl, which are async-signal-safe and allocate nothing. `raw_w` is open in the
+        // child (fork copies the table; it is CLOEXEC, so only closed at exec). dup2 onto
+        // ERROR_FD gives a copy without FD_CLOEXEC; when raw_w already is ERROR_FD, dup2 is a
+        // no-op and FD_CLOEXEC is cleared explicitly.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if raw_w == ERROR_FD {
+                    if libc::fcntl(ERROR_FD, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(raw_w, ERROR_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+            exe: self.init_exe.clone(),
+            source,
+        })?;
+        drop(report_w);
+        let pidfd = Arc::new(
+            rustix::process::Pid::from_child(&child)
+                .pipe_open()
+                .map_err(|source| SandboxError::Spawn {
+                    exe: self.init_exe.clone(),
+                    source,
+                })?,
+        );
+        if let Some(mut stdin) = child.stdin.take() {
+            // A broken pipe means the init died early; `wait` reports why.
+            match stdin.write_all(&json) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(SandboxError::SendSpec { source: e });
+                }
+                _ => {}
+            }
+        }
+        Ok(RunningStep {
+            child,
+            report: report_r,
+            killer: Killer { pidfd },
+        })
+    }
+}
+
+trait PidfdOpen {
+    fn pipe_open(self) -> std::io::Result<OwnedFd>;
+}
+
+impl PidfdOpen for rustix::process::Pid {
+    fn pipe_open(self) -> std::io::Result<OwnedFd> {
+        Ok(rustix::process::pidfd_open(
+            self,
+            rustix::process::PidfdFlags::empty(),
+        )?)
+    }
+}
+
+/// A step that is running.
+#[derive(Debug)]
+pub struct RunningStep {
+    child: Child,
+    report: OwnedFd,
+    killer: Killer,
+}
+
+impl RunningStep {
+    /// The step's stdout (once). Read it on another thread than the one that calls `wait`;
+    /// an untaken pipe is closed by `wait`.
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// The step's stderr (once); as [`RunningStep::take_stdout`].
+    pub fn take_stderr(&mut self) -> Option<ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    /// A handle that kills the step from any thread.
+    pub fn killer(&self) -> Killer {
+        self.killer.clone()
+    }
+
+    /// Wait for the step. `Ok` with the command's exit code (zero or not); `Err` when the
+    /// sandbox could not be set up.
+    pub fn wait(mut self) -> Result<StepExit, SandboxError> {
+        drop(self.child.stdout.take());
+        drop(self.child.stderr.take());
+        let status = self
+            .child
+            .wait()
+            .map_err(|source| SandboxError::Wait { source })?;
+        // Every writer of the error pipe is gone now: the init exited, its PID 1 child with it
+        // (or earlier: the copy closes at exec).
+        let mut report = Vec::new();
+        std::fs::File::from(self.report)
+            .read_to_end(&mut report)
+            .map_err(|source| SandboxError::ReadReport { source })?;
+        if !report.is_empty() {
+            let failure: InitFailure = serde_json::from_slice(&report)
+                .map_err(|source| SandboxError::BadReport { source })?;
+            return Err(SandboxError::Init(failure));
+        }
+        let code = match (
+            status.code(),
+            std::os::unix::process::ExitStatusExt::signal(&status),
+        ) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => 128 + sig,
+            (None, None) => crate::init::SETUP_FAILED,
+        };
+        Ok(StepExit { code })
+    }
+}
+
+/// Kills a running step: SIGKILL to the init (through a pidfd, so never a recycled pid),
+/// whose PID-1 child dies with it (`PR_SET_PDEATHSIG`), and with that the whole PID namespace.
+#[derive(Debug, Clone)]
+pub struct Killer {
+    pidfd: Arc<OwnedFd>,
+}
+
+impl Killer {
+    /// Send SIGKILL. Killing a step that already ended is not an error.
+    pub fn kill(&self) {
+        let _ = rustix::process::pidfd_send_signal(&*self.pidfd, rustix::process::Signal::KILL);
+    }
+}

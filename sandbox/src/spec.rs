@@ -1,0 +1,146 @@
+//! The step spec: everything the init needs to run one `RUN` command.
+//!
+//! The engine builds a [`StepSpec`], [`crate::Sandbox::spawn`] serialises it as JSON onto the
+//! init's stdin, and the init parses it once ("parse, don't validate") before touching the
+//! kernel. New fields (capabilities, seccomp profile, landlock rules, cgroup limits) are added
+//! here; the struct is `#[non_exhaustive]` so adding them is not a breaking change: build one
+//! with [`StepSpec::new`] and assign the public fields.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One build step to run in a fresh sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StepSpec {
+    /// argv. `args[0]` is absolute, or resolved inside the new root with the `PATH` from
+    /// [`StepSpec::env`] (a default `PATH` when it has none), as runc does.
+    pub args: Vec<String>,
+    /// The step's whole environment, `K=V` strings. Nothing of the daemon's leaks in.
+    /// `HOME` is added from the user's passwd entry when absent (as Docker does).
+    pub env: Vec<String>,
+    /// Working directory, absolute inside the root; created (as root) when missing.
+    pub cwd: String,
+    /// Dockerfile `USER` syntax: `name|uid[:group|gid]`, resolved inside the new root from its
+    /// `/etc/passwd` and `/etc/group`. Empty means root.
+    pub user: String,
+    /// Host name in the step's UTS namespace. Empty means `kiln`.
+    pub hostname: String,
+    /// Network namespace choice.
+    pub network: NetworkMode,
+    /// The root file system.
+    pub rootfs: Rootfs,
+    /// Extra mounts, applied in order after `/proc`, `/dev` and `/sys`.
+    pub mounts: Vec<Mount>,
+}
+
+impl StepSpec {
+    /// A spec running `args` as root in `/`, no network, no extra mounts.
+    pub fn new(args: Vec<String>, rootfs: Rootfs) -> Self {
+        Self {
+            args,
+            env: vec![format!("PATH={DEFAULT_PATH}")],
+            cwd: "/".to_owned(),
+            user: String::new(),
+            hostname: String::new(),
+            network: NetworkMode::None,
+            rootfs,
+            mounts: Vec::new(),
+        }
+    }
+}
+
+/// `PATH` used to find `args[0]` when the step env has none (the value Docker and runc use).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Which network the step sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum NetworkMode {
+    /// A new network namespace with only `lo`, brought up.
+    None,
+    /// The host's network namespace (the policy decides whether a step may have it).
+    Host,
+}
+
+/// The step's root file system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Rootfs {
+    /// An overlay mounted by the init at `mountpoint` (inside the step's mount namespace only).
+    Overlay {
+        /// Read-only layers, top first. May be empty (an empty directory is used).
+        lowers: Vec<PathBuf>,
+        /// Where the step's writes land.
+        upper: PathBuf,
+        /// Overlay work directory, on the same file system as `upper`.
+        work: PathBuf,
+        /// An existing empty directory to mount the overlay on.
+        mountpoint: PathBuf,
+    },
+    /// A plain read-write directory (the copying fallback when overlayfs is unavailable).
+    Dir {
+        /// The directory; it is bind-mounted onto itself so it can be `pivot_root`ed into.
+        path: PathBuf,
+    },
+}
+
+/// One extra mount inside the root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute path inside the root. Resolved with `RESOLVE_IN_ROOT`: a symlink in it can not
+    /// lead outside the root. Missing directories are created.
+    pub target: String,
+    /// What to mount.
+    pub kind: MountKind,
+}
+
+/// What a [`Mount`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MountKind {
+    /// A bind mount (recursive) of a host path chosen by the engine.
+    Bind {
+        /// Host path (trusted: chosen by the engine, never by the Dockerfile).
+        source: PathBuf,
+        /// Mount it read-only.
+        readonly: bool,
+    },
+    /// A fresh tmpfs, `nosuid,nodev`.
+    Tmpfs {
+        /// Size limit in bytes; the kernel default (half of RAM) when `None`.
+        size: Option<u64>,
+        /// Mode of the tmpfs root directory, e.g. `0o1777`.
+        mode: u32,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_through_json() -> Result<(), serde_json::Error> {
+        let mut spec = StepSpec::new(
+            vec!["sh".into(), "-c".into(), "true".into()],
+            Rootfs::Overlay {
+                lowers: vec!["/l1".into(), "/l0".into()],
+                upper: "/u".into(),
+                work: "/w".into(),
+                mountpoint: "/m".into(),
+            },
+        );
+        spec.mounts.push(Mount {
+            target: "/tmp".into(),
+            kind: MountKind::Tmpfs {
+                size: Some(1 << 20),
+                mode: 0o1777,
+            },
+        });
+        let json = serde_json::to_vec(&spec)?;
+        let back: StepSpec = serde_json::from_slice(&json)?;
+        assert_eq!(back, spec);
+        Ok(())
+    }
+}

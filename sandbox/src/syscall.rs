@@ -1,0 +1,220 @@
+//! The kernel calls the init makes, behind one small trait (youki's pattern).
+//!
+//! [`LinuxSyscall`](crate::linux::LinuxSyscall) is the real thing; [`tests::Recording`] records
+//! the calls so the ORDER of the set-up is unit-tested without root. The operations are as
+//! coarse as the order needs: "mount this file system at this path inside the root" is one
+//! call, whose `openat2(RESOLVE_IN_ROOT)` walk is tested end to end.
+
+use std::ffi::CString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustix::io::Errno;
+use rustix::thread::UnshareFlags;
+
+use crate::spec::Rootfs;
+
+/// A failed kernel call inside a compound operation: which call, and its errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpError {
+    /// The call that failed (`"openat2"`, `"move_mount"`, …).
+    pub op: &'static str,
+    pub errno: Errno,
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.op, self.errno)
+    }
+}
+
+impl std::error::Error for OpError {}
+
+/// `map_err` helper: tag an errno with the call that returned it.
+pub(crate) fn op(op: &'static str) -> impl FnOnce(Errno) -> OpError {
+    move |errno| OpError { op, errno }
+}
+
+/// Result of [`Syscall::fork`].
+#[derive(Debug)]
+pub(crate) enum Forked {
+    /// In the outer init: the child's pid and the write end of its lifeline pipe (kept open
+    /// until the outer init exits, so the child can tell whether its parent is still alive).
+    Parent {
+        pid: rustix::process::Pid,
+        _lifeline: std::os::fd::OwnedFd,
+    },
+    /// In the child, PID 1 of the new PID namespace.
+    Child,
+}
+
+/// A file system the init mounts inside the new root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum InRootFs {
+    /// `proc`, `nosuid,nodev,noexec`, of the new PID namespace.
+    Proc,
+    /// A small tmpfs populated with device nodes and the `/proc/self/fd` symlinks.
+    Dev,
+    /// A new `devpts` instance, `ptmxmode=0666`.
+    Devpts,
+    /// `/dev/shm`, tmpfs `1777`.
+    Shm,
+    /// `sysfs`, read-only.
+    Sysfs,
+    /// A recursive bind of a host path.
+    Bind { source: PathBuf, readonly: bool },
+    /// A fresh tmpfs.
+    Tmpfs { size: Option<u64>, mode: u32 },
+}
+
+/// The kernel calls of the init, in the granularity its step order needs.
+pub(crate) trait Syscall {
+    /// `unshare(2)`.
+    fn unshare(&self, flags: UnshareFlags) -> Result<(), Errno>;
+    /// `fork(2)`; the child gets `PR_SET_PDEATHSIG(SIGKILL)` and checks its lifeline.
+    fn fork(&self) -> Result<Forked, Errno>;
+    /// `mount(NULL, "/", NULL, MS_REC|MS_PRIVATE)`.
+    fn make_root_private(&self) -> Result<(), Errno>;
+    /// Mount the rootfs; returns the directory to pivot into.
+    fn mount_rootfs(&self, rootfs: &Rootfs) -> Result<PathBuf, OpError>;
+    /// Mount `fs` at `target` inside `root`, creating the target, never leaving `root`.
+    fn mount_in_root(&self, root: &Path, target: &str, fs: &InRootFs) -> Result<(), OpError>;
+    /// Bring up `lo` in the current network namespace.
+    fn loopback_up(&self) -> Result<(), Errno>;
+    /// `sethostname(2)`.
+    fn sethostname(&self, name: &str) -> Result<(), Errno>;
+    /// `chdir(root)`, `pivot_root(".", ".")`, `umount2(".", MNT_DETACH)`, `chdir("/")`.
+    fn pivot_root(&self, root: &Path) -> Result<(), OpError>;
+    /// `mkdir -p`.
+    fn mkdir_all(&self, path: &Path) -> Result<(), Errno>;
+    /// `chdir(2)`.
+    fn chdir(&self, path: &Path) -> Result<(), Errno>;
+    /// Read a small text file; `None` when it does not exist.
+    fn read_file(&self, path: &Path) -> Result<Option<String>, Errno>;
+    /// `setgroups(2)`.
+    fn setgroups(&self, groups: &[u32]) -> Result<(), Errno>;
+    /// `setgid(2)` (real, effective and saved).
+    fn setgid(&self, gid: u32) -> Result<(), Errno>;
+    /// `setuid(2)` (real, effective and saved).
+    fn setuid(&self, uid: u32) -> Result<(), Errno>;
+    /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
+    fn set_no_new_privs(&self) -> Result<(), Errno>;
+    /// Mark every fd above 2 close-on-exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`).
+    fn cloexec_fds_above_stdio(&self) -> Result<(), Errno>;
+    /// Is `path` a regular file with an execute bit (`exec.LookPath`'s test)?
+    fn is_executable(&self, path: &Path) -> bool;
+    /// `execve(2)`. Returns only on failure (`Ok` only from a recording implementation).
+    fn execve(&self, path: &CString, argv: &[CString], envp: &[CString]) -> Result<(), Errno>;
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    /// Records each call as a short line; every call succeeds.
+    #[derive(Default)]
+    pub(crate) struct Recording {
+        pub calls: RefCell<Vec<String>>,
+        /// Paths [`Syscall::is_executable`] says yes to.
+        pub executables: Vec<PathBuf>,
+        /// Contents [`Syscall::read_file`] returns.
+        pub files: Vec<(PathBuf, String)>,
+    }
+
+    impl Recording {
+        fn log(&self, line: String) {
+            self.calls.borrow_mut().push(line);
+        }
+        /// The recorded calls' names (the text before the first `(`).
+        pub(crate) fn names(&self) -> Vec<String> {
+            self.calls
+                .borrow()
+                .iter()
+                .map(|c| c.split('(').next().unwrap_or_default().to_owned())
+                .collect()
+        }
+    }
+
+    impl Syscall for Recording {
+        fn unshare(&self, flags: UnshareFlags) -> Result<(), Errno> {
+            self.log(format!("unshare({flags:?})"));
+            Ok(())
+        }
+        fn fork(&self) -> Result<Forked, Errno> {
+            self.log("fork()".into());
+            Ok(Forked::Child)
+        }
+        fn make_root_private(&self) -> Result<(), Errno> {
+            self.log("make_root_private()".into());
+            Ok(())
+        }
+        fn mount_rootfs(&self, rootfs: &Rootfs) -> Result<PathBuf, OpError> {
+            self.log(format!("mount_rootfs({rootfs:?})"));
+            Ok(PathBuf::from("/newroot"))
+        }
+        fn mount_in_root(&self, root: &Path, target: &str, fs: &InRootFs) -> Result<(), OpError> {
+            self.log(format!(
+                "mount_in_root({}, {target}, {fs:?})",
+                root.display()
+            ));
+            Ok(())
+        }
+        fn loopback_up(&self) -> Result<(), Errno> {
+            self.log("loopback_up()".into());
+            Ok(())
+        }
+        fn sethostname(&self, name: &str) -> Result<(), Errno> {
+            self.log(format!("sethostname({name})"));
+            Ok(())
+        }
+        fn pivot_root(&self, root: &Path) -> Result<(), OpError> {
+            self.log(format!("pivot_root({})", root.display()));
+            Ok(())
+        }
+        fn mkdir_all(&self, path: &Path) -> Result<(), Errno> {
+            self.log(format!("mkdir_all({})", path.display()));
+            Ok(())
+        }
+        fn chdir(&self, path: &Path) -> Result<(), Errno> {
+            self.log(format!("chdir({})", path.display()));
+            Ok(())
+        }
+        fn read_file(&self, path: &Path) -> Result<Option<String>, Errno> {
+            self.log(format!("read_file({})", path.display()));
+            Ok(self
+                .files
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, c)| c.clone()))
+        }
+        fn setgroups(&self, groups: &[u32]) -> Result<(), Errno> {
+            self.log(format!("setgroups({groups:?})"));
+            Ok(())
+        }
+        fn setgid(&self, gid: u32) -> Result<(), Errno> {
+            self.log(format!("setgid({gid})"));
+            Ok(())
+        }
+        fn setuid(&self, uid: u32) -> Result<(), Errno> {
+            self.log(format!("setuid({uid})"));
+            Ok(())
+        }
+        fn set_no_new_privs(&self) -> Result<(), Errno> {
+            self.log("set_no_new_privs()".into());
+            Ok(())
+        }
+        fn cloexec_fds_above_stdio(&self) -> Result<(), Errno> {
+            self.log("cloexec_fds_above_stdio()".into());
+            Ok(())
+        }
+        fn is_executable(&self, path: &Path) -> bool {
+            self.executables.iter().any(|p| p == path)
+        }
+        fn execve(&self, path: &CString, argv: &[CString], envp: &[CString]) -> Result<(), Errno> {
+            self.log(format!("execve({path:?}, {argv:?}, {envp:?})"));
+            Ok(())
+        }
+    }
+}
