@@ -12,6 +12,7 @@
 
 mod init;
 mod linux;
+mod mounts;
 mod probe;
 mod sandbox;
 mod spec;

@@ -94,14 +94,19 @@ impl Sandbox {
             source,
         })?;
         drop(report_w);
-        let pidfd = Arc::new(
-            rustix::process::Pid::from_child(&child)
-                .pipe_open()
-                .map_err(|source| SandboxError::Spawn {
+        // Open the pidfd before anything can reap the child, so it names this process forever.
+        let pidfd = rustix::process::Pid::from_child(&child);
+        let pidfd = match rustix::process::pidfd_open(pidfd, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SandboxError::Spawn {
                     exe: self.init_exe.clone(),
-                    source,
-                })?,
-        );
+                    source: e.into(),
+                });
+            }
+        };
         if let Some(mut stdin) = child.stdin.take() {
             // A broken pipe means the init died early; `wait` reports why.
             match stdin.write_all(&json) {
@@ -118,19 +123,6 @@ impl Sandbox {
             report: report_r,
             killer: Killer { pidfd },
         })
-    }
-}
-
-trait PidfdOpen {
-    fn pipe_open(self) -> std::io::Result<OwnedFd>;
-}
-
-impl PidfdOpen for rustix::process::Pid {
-    fn pipe_open(self) -> std::io::Result<OwnedFd> {
-        Ok(rustix::process::pidfd_open(
-            self,
-            rustix::process::PidfdFlags::empty(),
-        )?)
     }
 }
 

@@ -1,0 +1,375 @@
+//! Mount helpers of the init: the overlay rootfs, detached mounts of the new mount API, the
+//! `RESOLVE_IN_ROOT` walk that creates and opens mount targets, and the `/dev` contents.
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use rustix::mount::{
+    self as rmount, FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags,
+    OpenTreeFlags,
+};
+
+use crate::linux::last_errno;
+use crate::syscall::{InRootFs, OpError, op};
+
+/// Symlinks followed while walking a mount target before giving up (the kernel's limit).
+const MAX_SYMLINKS: u32 = 40;
+
+/// Overlay with the new mount API, one `lowerdir+` per layer (no 4 KiB option limit);
+/// falls back to `mount(2)` with an escaped `lowerdir=a:b` string on kernels without it.
+pub(crate) fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), OpError> {
+    let new_api = || -> Result<Option<OwnedFd>, OpError> {
+        let Ok(fs) = rmount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) else {
+            return Ok(None);
+        };
+        for (i, lower) in lowers.iter().enumerate() {
+            match rmount::fsconfig_set_string(&fs, "lowerdir+", lower) {
+                Ok(()) => {}
+                Err(Errno::INVAL) if i == 0 => return Ok(None), // kernel < 6.8
+                Err(e) => {
+                    return Err(OpError {
+                        op: "fsconfig lowerdir+",
+                        errno: e,
+                    });
+                }
+            }
+        }
+        rmount::fsconfig_set_string(&fs, "upperdir", upper).map_err(op("fsconfig upperdir"))?;
+        rmount::fsconfig_set_string(&fs, "workdir", work).map_err(op("fsconfig workdir"))?;
+        rmount::fsconfig_create(&fs).map_err(op("fsconfig create overlay"))?;
+        let mnt = rmount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
+            .map_err(op("fsmount overlay"))?;
+        Ok(Some(mnt))
+    };
+    if let Some(mnt) = new_api()? {
+        return rmount::move_mount(
+            &mnt,
+            "",
+            CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(op("move_mount overlay"));
+    }
+    let lowers: Vec<String> = lowers.iter().map(|l| escape_overlay_path(l)).collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        escape_overlay_path(upper),
+        escape_overlay_path(work)
+    );
+    let data = CString::new(data).map_err(|_| OpError {
+        op: "overlay options",
+        errno: Errno::INVAL,
+    })?;
+    rmount::mount(
+        "overlay",
+        target,
+        "overlay",
+        MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .map_err(op("mount overlay"))
+}
+
+/// Backslash-escape the characters overlay's option parser splits on.
+fn escape_overlay_path(p: &Path) -> String {
+    let mut out = String::new();
+    for c in p.to_string_lossy().chars() {
+        if matches!(c, '\\' | ':' | ',') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A detached mount of `fs`, ready for `move_mount`.
+pub(crate) fn detached_mount(fs: &InRootFs) -> Result<OwnedFd, OpError> {
+    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID
+        | MountAttrFlags::MOUNT_ATTR_NODEV
+        | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    match fs {
+        InRootFs::Proc => new_fs("proc", &[], attrs),
+        InRootFs::Sysfs => new_fs("sysfs", &[], attrs | MountAttrFlags::MOUNT_ATTR_RDONLY),
+        // Device nodes must work here: no `nodev`.
+        InRootFs::Dev => new_fs(
+            "tmpfs",
+            &[("mode", "755"), ("size", "4m")],
+            MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+        ),
+        InRootFs::Devpts => new_fs(
+            "devpts",
+            &[("ptmxmode", "0666"), ("mode", "0620")],
+            MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+        ),
+        InRootFs::Shm => new_fs("tmpfs", &[("mode", "1777"), ("size", "64m")], attrs),
+        InRootFs::Tmpfs { size, mode } => {
+            let mode = format!("{mode:o}");
+            let size = size.map(|s| s.to_string());
+            let mut opts = vec![("mode", mode.as_str())];
+            if let Some(size) = &size {
+                opts.push(("size", size.as_str()));
+            }
+            new_fs(
+                "tmpfs",
+                &opts,
+                MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+            )
+        }
+        InRootFs::Bind { source, readonly } => {
+            let tree = rmount::open_tree(
+                CWD,
+                source,
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                    | OpenTreeFlags::AT_RECURSIVE,
+            )
+            .map_err(op("open_tree"))?;
+            let mut set = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+            if *readonly {
+                set |= libc::MOUNT_ATTR_RDONLY;
+            }
+            set_mount_attrs(tree.as_fd(), set)?;
+            Ok(tree)
+        }
+    }
+}
+
+fn new_fs(fstype: &str, opts: &[(&str, &str)], attrs: MountAttrFlags) -> Result<OwnedFd, OpError> {
+    let fs = rmount::fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(op("fsopen"))?;
+    for (k, v) in opts {
+        rmount::fsconfig_set_string(&fs, *k, *v).map_err(op("fsconfig"))?;
+    }
+    rmount::fsconfig_create(&fs).map_err(op("fsconfig create"))?;
+    rmount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(op("fsmount"))
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH|AT_RECURSIVE, {attr_set})` (not wrapped by rustix 1.1).
+fn set_mount_attrs(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), OpError> {
+    let attr = libc::mount_attr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `tree` is an open mount fd; the path is a static NUL-terminated empty string;
+    // `attr` is a valid `mount_attr` whose exact size is passed, read-only for the kernel.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            std::os::fd::AsRawFd::as_raw_fd(&tree),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        Err(OpError {
+            op: "mount_setattr",
+            errno: last_errno(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Open (creating what is missing) `target` inside `root`, following symlinks as if `root`
+/// were `/` (runc's securejoin idea, done by the kernel's `RESOLVE_IN_ROOT`). Returns the
+/// resolved symlink-free path relative to `root` and an `O_PATH` fd of it.
+pub(crate) fn open_in_root(
+    root: BorrowedFd<'_>,
+    target: &str,
+    want_dir: bool,
+) -> Result<(String, OwnedFd), OpError> {
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let mut pending: VecDeque<String> = components(target).collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(c) = pending.pop_front() {
+        if c == ".." {
+            done.pop(); // `..` of the root is the root
+            continue;
+        }
+        let last = pending.is_empty();
+        let path = join(&done, Some(&c));
+        match rfs::openat2(
+            root,
+            &path,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve,
+        ) {
+            Ok(fd) => {
+                let st = rfs::fstat(&fd).map_err(op("fstat"))?;
+                if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return Err(OpError {
+                            op: "resolve mount target",
+                            errno: Errno::LOOP,
+                        });
+                    }
+                    let link = rfs::readlinkat(&fd, "", Vec::new()).map_err(op("readlinkat"))?;
+                    let link = link.to_string_lossy().into_owned();
+                    if link.starts_with('/') {
+                        done.clear();
+                    }
+                    for part in components(&link).collect::<Vec<_>>().into_iter().rev() {
+                        pending.push_front(part);
+                    }
+                    continue;
+                }
+            }
+            Err(Errno::NOENT) => {
+                let parent = rfs::openat2(
+                    root,
+                    join(&done, None),
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    resolve | ResolveFlags::NO_SYMLINKS,
+                )
+                .map_err(op("openat2 parent of mount target"))?;
+                if !last || want_dir {
+                    rfs::mkdirat(&parent, &c, Mode::from_raw_mode(0o755)).map_err(op("mkdirat"))?;
+                } else {
+                    rfs::openat(
+                        &parent,
+                        &c,
+                        OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::WRONLY
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o644),
+                    )
+                    .map_err(op("create mount target file"))?;
+                }
+            }
+            Err(e) => {
+                return Err(OpError {
+                    op: "openat2 mount target",
+                    errno: e,
+                });
+            }
+        }
+        done.push(c);
+    }
+    let path = join(&done, None);
+    if done.is_empty() {
+        return Err(OpError {
+            op: "mount target is the root",
+            errno: Errno::INVAL,
+        });
+    }
+    let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+    if want_dir {
+        flags |= OFlags::DIRECTORY;
+    }
+    let fd = rfs::openat2(
+        root,
+        &path,
+        flags,
+        Mode::empty(),
+        resolve | ResolveFlags::NO_SYMLINKS,
+    )
+    .map_err(op("openat2 mount target"))?;
+    Ok((path, fd))
+}
+
+fn components(path: &str) -> impl Iterator<Item = String> + '_ {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_owned)
+}
+
+fn join(done: &[String], next: Option<&str>) -> String {
+    let mut parts: Vec<&str> = done.iter().map(String::as_str).collect();
+    parts.extend(next);
+    if parts.is_empty() {
+        ".".to_owned()
+    } else {
+        parts.join("/")
+    }
+}
+
+/// Device nodes (char major/minor as in every Linux container) and the usual symlinks.
+const DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+/// Fill the fresh `/dev` tmpfs: `mknod` each device (bind the host's node when `mknod` is
+/// not permitted, e.g. in a user namespace), the symlinks, and the `pts`/`shm` mount points.
+pub(crate) fn populate_dev(dev: BorrowedFd<'_>) -> Result<(), OpError> {
+    for (name, major, minor) in DEVICES {
+        match rfs::mknodat(
+            dev,
+            *name,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rfs::makedev(*major, *minor),
+        ) {
+            Ok(()) => rfs::chmodat(dev, *name, Mode::from_raw_mode(0o666), AtFlags::empty())
+                .map_err(op("chmod device"))?,
+            Err(Errno::PERM) => {
+                let file = rfs::openat(
+                    dev,
+                    *name,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o666),
+                )
+                .map_err(op("create device bind target"))?;
+                let host = rmount::open_tree(
+                    CWD,
+                    format!("/dev/{name}"),
+                    OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+                )
+                .map_err(op("open_tree host device"))?;
+                rmount::move_mount(
+                    &host,
+                    "",
+                    &file,
+                    "",
+                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+                        | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+                )
+                .map_err(op("bind host device"))?;
+            }
+            Err(e) => {
+                return Err(OpError {
+                    op: "mknod",
+                    errno: e,
+                });
+            }
+        }
+    }
+    for (name, to) in DEV_LINKS {
+        rfs::symlinkat(*to, dev, *name).map_err(op("symlink in /dev"))?;
+    }
+    for dir in ["pts", "shm"] {
+        rfs::mkdirat(dev, dir, Mode::from_raw_mode(0o755)).map_err(op("mkdir in /dev"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,475 @@
+//! End-to-end: real namespaces, overlayfs and pivot_root, as root, with a busybox rootfs.
+//!
+//! The test binary is its own init (`main` calls `init_main_if_requested` first). Each case is
+//! a behaviour a build relies on. Without root, overlayfs or `/bin/busybox`, every case prints
+//! `skipped: <why>` and the binary exits 0.
+
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, symlink};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kiln_sandbox::{
+    Mount, MountKind, NetworkMode, Rootfs, Sandbox, SandboxError, StepExit, StepSpec,
+};
+
+type CaseResult = Result<(), String>;
+type Case = fn() -> CaseResult;
+
+const CASES: &[(&str, Case)] = &[
+    (
+        "echo_output_reaches_the_parent",
+        echo_output_reaches_the_parent,
+    ),
+    ("exit_code_is_returned", exit_code_is_returned),
+    (
+        "step_is_pid_1_and_alone_in_proc",
+        step_is_pid_1_and_alone_in_proc,
+    ),
+    ("hostname_is_the_specs", hostname_is_the_specs),
+    (
+        "network_none_has_only_loopback_up",
+        network_none_has_only_loopback_up,
+    ),
+    ("env_cwd_and_user_apply", env_cwd_and_user_apply),
+    (
+        "writes_land_in_upper_not_in_lowers",
+        writes_land_in_upper_not_in_lowers,
+    ),
+    (
+        "deleted_lower_file_becomes_a_whiteout",
+        deleted_lower_file_becomes_a_whiteout,
+    ),
+    (
+        "readonly_bind_mount_is_visible_and_readonly",
+        readonly_bind_mount_is_visible_and_readonly,
+    ),
+    (
+        "tmpfs_mount_is_empty_writable_and_not_in_upper",
+        tmpfs_mount_is_empty_writable_and_not_in_upper,
+    ),
+    ("host_root_is_not_visible", host_root_is_not_visible),
+    (
+        "missing_executable_is_a_clear_error",
+        missing_executable_is_a_clear_error,
+    ),
+    (
+        "symlinked_mount_target_stays_inside_the_root",
+        symlinked_mount_target_stays_inside_the_root,
+    ),
+    (
+        "killing_a_step_ends_it_promptly",
+        killing_a_step_ends_it_promptly,
+    ),
+    (
+        "dir_rootfs_without_lowers_works",
+        dir_rootfs_without_lowers_works,
+    ),
+    ("overlay_without_lowers_works", overlay_without_lowers_works),
+];
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "id", "ls", "hostname", "ip", "mount", "ping", "pwd", "rm", "touch",
+    "sleep", "test", "wc", "grep", "stat", "mkdir",
+];
+
+fn main() {
+    kiln_sandbox::init_main_if_requested();
+    if let Some(why) = skip_reason() {
+        for (name, _) in CASES {
+            println!("{name}: skipped: {why}");
+        }
+        return;
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in CASES {
+        match case() {
+            Ok(()) => {
+                passed += 1;
+                println!("{name}: ok");
+            }
+            Err(why) => {
+                failed += 1;
+                println!("{name}: FAILED: {why}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+fn skip_reason() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    if !kiln_sandbox::probe().overlay {
+        return Some("overlayfs unavailable".into());
+    }
+    if !Path::new("/bin/busybox").is_file() {
+        return Some("/bin/busybox missing".into());
+    }
+    if !Path::new("/proc/self/ns/pid").exists() {
+        return Some("namespaces unavailable".into());
+    }
+    None
+}
+
+/// A busybox lower layer plus upper/work/mountpoint dirs in a temp dir.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(e)?;
+        let f = Self { dir };
+        let base = f.path("lower0");
+        std::fs::create_dir_all(base.join("bin")).map_err(e)?;
+        std::fs::create_dir_all(base.join("etc")).map_err(e)?;
+        std::fs::copy("/bin/busybox", base.join("bin/busybox")).map_err(e)?;
+        for applet in APPLETS {
+            symlink("busybox", base.join("bin").join(applet)).map_err(e)?;
+        }
+        std::fs::write(
+            base.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        )
+        .map_err(e)?;
+        std::fs::write(base.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").map_err(e)?;
+        for d in ["upper", "work", "mnt"] {
+            std::fs::create_dir(f.path(d)).map_err(e)?;
+        }
+        Ok(f)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn rootfs(&self, lowers: &[&str]) -> Rootfs {
+        Rootfs::Overlay {
+            lowers: lowers.iter().map(|l| self.path(l)).collect(),
+            upper: self.path("upper"),
+            work: self.path("work"),
+            mountpoint: self.path("mnt"),
+        }
+    }
+
+    fn spec(&self, script: &str) -> StepSpec {
+        StepSpec::new(sh(script), self.rootfs(&["lower0"]))
+    }
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
+fn e(err: impl std::fmt::Display) -> String {
+    err.to_string()
+}
+
+struct Output {
+    exit: StepExit,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(spec: &StepSpec) -> Result<Result<Output, SandboxError>, String> {
+    let exe = std::env::current_exe().map_err(e)?;
+    let mut step = match Sandbox::new(exe).spawn(spec) {
+        Ok(step) => step,
+        Err(err) => return Ok(Err(err)),
+    };
+    let out = step.take_stdout().ok_or("no stdout")?;
+    let err = step.take_stderr().ok_or("no stderr")?;
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let (out, err) = (read_all(Box::new(out)), read_all(Box::new(err)));
+    let result = step.wait();
+    let stdout = out.join().map_err(|_| "stdout reader panicked")?;
+    let stderr = err.join().map_err(|_| "stderr reader panicked")?;
+    Ok(result.map(|exit| Output {
+        exit,
+        stdout,
+        stderr,
+    }))
+}
+
+/// Run and require exit code 0.
+fn run_ok(spec: &StepSpec) -> Result<String, String> {
+    let out = run(spec)?.map_err(e)?;
+    if out.exit.code != 0 {
+        return Err(format!(
+            "exit {}; stdout {:?}; stderr {:?}",
+            out.exit.code, out.stdout, out.stderr
+        ));
+    }
+    Ok(out.stdout)
+}
+
+fn expect_eq(got: &str, want: &str) -> CaseResult {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("got {got:?}, want {want:?}"))
+    }
+}
+
+fn echo_output_reaches_the_parent() -> CaseResult {
+    let f = Fixture::new()?;
+    let spec = StepSpec::new(
+        vec!["echo".into(), "hello".into(), "world".into()],
+        f.rootfs(&["lower0"]),
+    );
+    expect_eq(&run_ok(&spec)?, "hello world\n")
+}
+
+fn exit_code_is_returned() -> CaseResult {
+    let f = Fixture::new()?;
+    let out = run(&f.spec("echo on-stderr >&2; exit 3"))?.map_err(e)?;
+    expect_eq(&out.stderr, "on-stderr\n")?;
+    if out.exit.code == 3 {
+        Ok(())
+    } else {
+        Err(format!("exit {}", out.exit.code))
+    }
+}
+
+fn step_is_pid_1_and_alone_in_proc() -> CaseResult {
+    let f = Fixture::new()?;
+    // Builtins only, so no second process shows up in /proc.
+    let out = run_ok(&f.spec("echo $$; for p in /proc/[0-9]*; do echo ${p#/proc/}; done"))?;
+    expect_eq(&out, "1\n1\n")
+}
+
+fn hostname_is_the_specs() -> CaseResult {
+    let f = Fixture::new()?;
+    let mut spec = StepSpec::new(vec!["hostname".into()], f.rootfs(&["lower0"]));
+    spec.hostname = "step-host".into();
+    expect_eq(&run_ok(&spec)?, "step-host\n")
+}
+
+fn network_none_has_only_loopback_up() -> CaseResult {
+    let f = Fixture::new()?;
+    let out = run_ok(&f.spec(
+        "ls /sys/class/net; ip -o link | grep -c . ; ip -o link show lo | grep -q ',UP' && echo lo-up; \
+         ping -c 1 -W 2 127.0.0.1 >/dev/null && echo reachable",
+    ))?;
+    expect_eq(&out, "lo\n1\nlo-up\nreachable\n")
+}
+
+fn env_cwd_and_user_apply() -> CaseResult {
+    let f = Fixture::new()?;
+    let mut spec = f.spec("echo $FOO; pwd; id -u; id -g; echo $HOME");
+    spec.env.push("FOO=bar baz".into());
+    spec.cwd = "/work/dir".into();
+    spec.user = "nobody".into();
+    expect_eq(
+        &run_ok(&spec)?,
+        "bar baz\n/work/dir\n65534\n65534\n/nonexistent\n",
+    )
+}
+
+fn writes_land_in_upper_not_in_lowers() -> CaseResult {
+    let f = Fixture::new()?;
+    std::fs::create_dir_all(f.path("lower1/data")).map_err(e)?;
+    std::fs::write(f.path("lower1/data/old"), "old").map_err(e)?;
+    let spec = StepSpec::new(
+        sh("echo new > /data/new; echo changed > /data/old; cat /data/old"),
+        f.rootfs(&["lower1", "lower0"]),
+    );
+    expect_eq(&run_ok(&spec)?, "changed\n")?;
+    expect_eq(
+        &std::fs::read_to_string(f.path("upper/data/new")).map_err(e)?,
+        "new\n",
+    )?;
+    expect_eq(
+        &std::fs::read_to_string(f.path("upper/data/old")).map_err(e)?,
+        "changed\n",
+    )?;
+    expect_eq(
+        &std::fs::read_to_string(f.path("lower1/data/old")).map_err(e)?,
+        "old",
+    )?;
+    for lower in ["lower0/data/new", "lower1/data/new"] {
+        if f.path(lower).exists() {
+            return Err(format!("{lower} was written"));
+        }
+    }
+    Ok(())
+}
+
+fn deleted_lower_file_becomes_a_whiteout() -> CaseResult {
+    let f = Fixture::new()?;
+    std::fs::write(f.path("lower0/etc/deleteme"), "x").map_err(e)?;
+    run_ok(&f.spec("rm /etc/deleteme; test ! -e /etc/deleteme"))?;
+    let meta = std::fs::symlink_metadata(f.path("upper/etc/deleteme")).map_err(e)?;
+    if !meta.file_type().is_char_device() || meta.rdev() != 0 {
+        return Err(format!("not a 0/0 char device: {meta:?}"));
+    }
+    if !f.path("lower0/etc/deleteme").exists() {
+        return Err("the lower file was deleted".into());
+    }
+    Ok(())
+}
+
+fn readonly_bind_mount_is_visible_and_readonly() -> CaseResult {
+    let f = Fixture::new()?;
+    std::fs::create_dir(f.path("ctx")).map_err(e)?;
+    std::fs::write(f.path("ctx/file"), "from-host\n").map_err(e)?;
+    let mut spec = f.spec("cat /mnt/ctx/file; if touch /mnt/ctx/x 2>/dev/null; then echo writable; else echo readonly; fi");
+    spec.mounts.push(Mount {
+        target: "/mnt/ctx".into(),
+        kind: MountKind::Bind {
+            source: f.path("ctx"),
+            readonly: true,
+        },
+    });
+    expect_eq(&run_ok(&spec)?, "from-host\nreadonly\n")?;
+    if f.path("ctx/x").exists() {
+        return Err("write reached the bind source".into());
+    }
+    Ok(())
+}
+
+fn tmpfs_mount_is_empty_writable_and_not_in_upper() -> CaseResult {
+    let f = Fixture::new()?;
+    let mut spec = f.spec("ls -A /scratch | wc -l; echo hi > /scratch/f && cat /scratch/f");
+    spec.mounts.push(Mount {
+        target: "/scratch".into(),
+        kind: MountKind::Tmpfs {
+            size: Some(1 << 20),
+            mode: 0o1777,
+        },
+    });
+    expect_eq(&run_ok(&spec)?, "0\nhi\n")?;
+    // Only the (empty) mount point directory may be left in upper, as Docker leaves it.
+    let left: Vec<_> = std::fs::read_dir(f.path("upper/scratch"))
+        .map_err(e)?
+        .collect();
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("left in upper: {left:?}"))
+    }
+}
+
+fn host_root_is_not_visible() -> CaseResult {
+    let f = Fixture::new()?;
+    let marker = format!("/tmp/kiln-e2e-marker-{}", std::process::id());
+    std::fs::write(&marker, "host").map_err(e)?;
+    let out = run_ok(&f.spec(&format!(
+        "test -e {marker} && echo visible || echo hidden; test -e /proc/1/root{marker} && echo via-proc || echo hidden"
+    )));
+    let _ = std::fs::remove_file(&marker);
+    expect_eq(&out?, "hidden\nhidden\n")
+}
+
+fn missing_executable_is_a_clear_error() -> CaseResult {
+    let f = Fixture::new()?;
+    let spec = StepSpec::new(vec!["no-such-tool".into()], f.rootfs(&["lower0"]));
+    match run(&spec)? {
+        Err(err @ SandboxError::Init(_))
+            if err
+                .to_string()
+                .contains("executable file not found in $PATH") =>
+        {
+            println!("  ({err})");
+            Ok(())
+        }
+        other => Err(format!("unexpected: {:?}", other.map(|o| o.exit))),
+    }
+}
+
+fn symlinked_mount_target_stays_inside_the_root() -> CaseResult {
+    let f = Fixture::new()?;
+    let host_dir = PathBuf::from(format!("/tmp/kiln-e2e-hostdir-{}", std::process::id()));
+    std::fs::create_dir_all(&host_dir).map_err(e)?;
+    let result = (|| {
+        symlink(
+            format!("/../../../..{}", host_dir.display()),
+            f.path("lower0/etc/x"),
+        )
+        .map_err(e)?;
+        let mut spec = f.spec("echo hi > /etc/x/sub/f && cat /etc/x/sub/f");
+        spec.mounts.push(Mount {
+            target: "/etc/x/sub".into(),
+            kind: MountKind::Tmpfs {
+                size: None,
+                mode: 0o755,
+            },
+        });
+        expect_eq(&run_ok(&spec)?, "hi\n")?;
+        if host_dir.join("sub").exists() {
+            return Err("the mount target was created on the host".into());
+        }
+        // It was created inside the root instead (in upper, under the root's own /tmp).
+        let inside = f
+            .path("upper")
+            .join(host_dir.strip_prefix("/").map_err(e)?)
+            .join("sub");
+        if inside.is_dir() {
+            Ok(())
+        } else {
+            Err(format!("{} missing", inside.display()))
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&host_dir);
+    result
+}
+
+fn killing_a_step_ends_it_promptly() -> CaseResult {
+    let f = Fixture::new()?;
+    let exe = std::env::current_exe().map_err(e)?;
+    let spec = StepSpec::new(vec!["sleep".into(), "1000".into()], f.rootfs(&["lower0"]));
+    let step = Sandbox::new(exe).spawn(&spec).map_err(e)?;
+    let killer = step.killer();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        killer.kill();
+    });
+    let exit = step.wait().map_err(e)?;
+    // A generous bound: this checks "ends at all", not how fast.
+    if start.elapsed() > Duration::from_secs(30) {
+        return Err(format!("took {:?}", start.elapsed()));
+    }
+    if exit.code == 128 + 9 {
+        Ok(())
+    } else {
+        Err(format!("exit {}", exit.code))
+    }
+}
+
+fn dir_rootfs_without_lowers_works() -> CaseResult {
+    let f = Fixture::new()?;
+    let spec = StepSpec::new(
+        sh("echo dir > /made-here; cat /made-here"),
+        Rootfs::Dir {
+            path: f.path("lower0"),
+        },
+    );
+    expect_eq(&run_ok(&spec)?, "dir\n")?;
+    expect_eq(
+        &std::fs::read_to_string(f.path("lower0/made-here")).map_err(e)?,
+        "dir\n",
+    )
+}
+
+fn overlay_without_lowers_works() -> CaseResult {
+    let f = Fixture::new()?;
+    // Busybox in the upper itself: the step runs on an overlay with no lower layers.
+    std::fs::remove_dir(f.path("upper")).map_err(e)?;
+    std::fs::rename(f.path("lower0"), f.path("upper")).map_err(e)?;
+    let mut spec = f.spec("echo top > /top; cat /top");
+    spec.rootfs = f.rootfs(&[]);
+    spec.network = NetworkMode::Host;
+    expect_eq(&run_ok(&spec)?, "top\n")
+}
