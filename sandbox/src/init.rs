@@ -236,16 +236,28 @@ impl From<&InitError> for InitFailure {
 
 /// Entry point of the init process. Never returns.
 pub(crate) fn main() -> ! {
-    // SAFETY: fd 3 is the error pipe the parent dup2'd there (see `Sandbox::spawn`); nothing
-    // else in this fresh process owns it. If the init was started by hand without it, writes
-    // fail harmlessly.
-    let report = unsafe { OwnedFd::from_raw_fd(ERROR_FD) };
-    let _ = rustix::io::ioctl_fioclex(&report);
+    // SAFETY: F_GETFD passes no memory; it only tells whether fd 3 is open.
+    let have_report_fd = unsafe { libc::fcntl(ERROR_FD, libc::F_GETFD) } >= 0;
+    let report = have_report_fd.then(|| {
+        // SAFETY: fd 3 is open (checked above) and is the error pipe `Sandbox::spawn` put
+        // there; nothing else in this freshly exec'd process owns it.
+        unsafe { OwnedFd::from_raw_fd(ERROR_FD) }
+    });
+    if let Some(fd) = &report {
+        // Never inherited by the step: a successful exec leaves the pipe empty.
+        let _ = rustix::io::ioctl_fioclex(fd);
+    }
     let code = match run_outer(&crate::linux::LinuxSyscall) {
         Ok(code) => code,
         Err(e) => {
-            let _ = std::fs::File::from(report)
-                .write_all(&serde_json::to_vec(&InitFailure::from(&e)).unwrap_or_default());
+            match report {
+                Some(fd) => {
+                    let json = serde_json::to_vec(&InitFailure::from(&e)).unwrap_or_default();
+                    let _ = std::fs::File::from(fd).write_all(&json);
+                }
+                // Started by hand, without the error pipe: say it on stderr.
+                None => eprintln!("sandbox init: {e}"),
+            }
             SETUP_FAILED
         }
     };

@@ -373,3 +373,88 @@ pub(crate) fn populate_dev(dev: BorrowedFd<'_>) -> Result<(), OpError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn root() -> Result<(tempfile::TempDir, OwnedFd), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let fd = rfs::open(
+            dir.path(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok((dir, fd))
+    }
+
+    #[test]
+    fn missing_directories_are_created_inside_the_root() -> TestResult {
+        let (dir, fd) = root()?;
+        let (path, _) = open_in_root(fd.as_fd(), "/a/b/c", true)?;
+        assert_eq!(path, "a/b/c");
+        assert!(dir.path().join("a/b/c").is_dir());
+        Ok(())
+    }
+
+    #[test]
+    fn absolute_symlink_escaping_the_root_is_followed_inside_it() -> TestResult {
+        let (dir, fd) = root()?;
+        let outside = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("etc"))?;
+        symlink(
+            format!("/../../..{}", outside.path().display()),
+            dir.path().join("etc/x"),
+        )?;
+        let (path, _) = open_in_root(fd.as_fd(), "/etc/x/sub", true)?;
+        let inside = outside.path().strip_prefix("/")?.join("sub");
+        assert_eq!(Path::new(&path), inside);
+        assert!(dir.path().join(&inside).is_dir());
+        assert!(
+            !outside.path().join("sub").exists(),
+            "created outside the root"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn dot_dot_is_clamped_at_the_root() -> TestResult {
+        let (dir, fd) = root()?;
+        std::fs::create_dir(dir.path().join("a"))?;
+        symlink("../../../../b", dir.path().join("a/up"))?;
+        let (path, _) = open_in_root(fd.as_fd(), "/../a/up/c", true)?;
+        assert_eq!(path, "b/c");
+        Ok(())
+    }
+
+    #[test]
+    fn file_targets_are_created_as_files() -> TestResult {
+        let (dir, fd) = root()?;
+        open_in_root(fd.as_fd(), "/run/secret", false)?;
+        assert!(dir.path().join("run/secret").is_file());
+        Ok(())
+    }
+
+    #[test]
+    fn symlink_loops_and_the_root_itself_are_refused() -> TestResult {
+        let (dir, fd) = root()?;
+        symlink("/loop", dir.path().join("loop"))?;
+        let err = open_in_root(fd.as_fd(), "/loop/x", true).err();
+        assert_eq!(err.map(|e| e.errno), Some(Errno::LOOP));
+        let err = open_in_root(fd.as_fd(), "/a/..", true).err();
+        assert_eq!(err.map(|e| e.errno), Some(Errno::INVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn overlay_fallback_escapes_separators() {
+        assert_eq!(
+            escape_overlay_path(Path::new("/a:b,c\\d")),
+            "/a\\:b\\,c\\\\d"
+        );
+    }
+}

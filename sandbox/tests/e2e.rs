@@ -62,15 +62,32 @@ const CASES: &[(&str, Case)] = &[
         killing_a_step_ends_it_promptly,
     ),
     (
-        "dir_rootfs_without_lowers_works",
-        dir_rootfs_without_lowers_works,
+        "dir_rootfs_is_written_in_place",
+        dir_rootfs_is_written_in_place,
     ),
     ("overlay_without_lowers_works", overlay_without_lowers_works),
+    (
+        "only_stdio_fds_reach_the_step",
+        only_stdio_fds_reach_the_step,
+    ),
+    ("stdin_is_dev_null", stdin_is_dev_null),
+    (
+        "dev_is_minimal_sys_is_readonly_no_new_privs_set",
+        dev_is_minimal_sys_is_readonly_no_new_privs_set,
+    ),
+    (
+        "unknown_user_is_a_set_user_error",
+        unknown_user_is_a_set_user_error,
+    ),
+    (
+        "many_layers_beyond_the_4k_option_limit_mount",
+        many_layers_beyond_the_4k_option_limit_mount,
+    ),
 ];
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "ls", "hostname", "ip", "mount", "ping", "pwd", "rm", "touch",
-    "sleep", "test", "wc", "grep", "stat", "mkdir",
+    "sleep", "test", "wc", "grep", "stat", "mkdir", "head", "cut", "readlink",
 ];
 
 fn main() {
@@ -428,7 +445,10 @@ fn symlinked_mount_target_stays_inside_the_root() -> CaseResult {
 fn killing_a_step_ends_it_promptly() -> CaseResult {
     let f = Fixture::new()?;
     let exe = std::env::current_exe().map_err(e)?;
-    let spec = StepSpec::new(vec!["sleep".into(), "1000".into()], f.rootfs(&["lower0"]));
+    let spec = StepSpec::new(
+        vec!["sleep".into(), SLEEP_ARG.into()],
+        f.rootfs(&["lower0"]),
+    );
     let step = Sandbox::new(exe).spawn(&spec).map_err(e)?;
     let killer = step.killer();
     let start = Instant::now();
@@ -437,6 +457,14 @@ fn killing_a_step_ends_it_promptly() -> CaseResult {
         killer.kill();
     });
     let exit = step.wait().map_err(e)?;
+    // Nothing of the step may outlive it (PID 1 died with the init, and the namespace with it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleeper_alive() {
+        if Instant::now() > deadline {
+            return Err("the step's sleep survived the kill".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // A generous bound: this checks "ends at all", not how fast.
     if start.elapsed() > Duration::from_secs(30) {
         return Err(format!("took {:?}", start.elapsed()));
@@ -448,7 +476,7 @@ fn killing_a_step_ends_it_promptly() -> CaseResult {
     }
 }
 
-fn dir_rootfs_without_lowers_works() -> CaseResult {
+fn dir_rootfs_is_written_in_place() -> CaseResult {
     let f = Fixture::new()?;
     let spec = StepSpec::new(
         sh("echo dir > /made-here; cat /made-here"),
@@ -472,4 +500,72 @@ fn overlay_without_lowers_works() -> CaseResult {
     spec.rootfs = f.rootfs(&[]);
     spec.network = NetworkMode::Host;
     expect_eq(&run_ok(&spec)?, "top\n")
+}
+
+const SLEEP_ARG: &str = "987654";
+
+fn sleeper_alive() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline"))
+            .is_ok_and(|c| c == format!("sleep\0{SLEEP_ARG}\0").as_bytes())
+    })
+}
+
+fn only_stdio_fds_reach_the_step() -> CaseResult {
+    let f = Fixture::new()?;
+    // PID 1 is the shell as exec'd by the init; `ls` (PID 2) lists PID 1's fds.
+    let out = run_ok(&f.spec("ls /proc/1/fd; true"))?;
+    expect_eq(&out, "0\n1\n2\n")
+}
+
+fn stdin_is_dev_null() -> CaseResult {
+    let f = Fixture::new()?;
+    expect_eq(&run_ok(&f.spec("cat; echo eof"))?, "eof\n")
+}
+
+fn dev_is_minimal_sys_is_readonly_no_new_privs_set() -> CaseResult {
+    let f = Fixture::new()?;
+    let mut spec = f.spec(
+        "ls /dev | while read d; do echo -n \"$d \"; done; echo; \
+         echo x > /dev/null && head -c 3 /dev/zero | wc -c; \
+         touch /sys/x 2>/dev/null && echo sys-writable || echo sys-ro; \
+         grep NoNewPrivs /proc/self/status | cut -f2",
+    );
+    spec.user = "nobody".into();
+    expect_eq(
+        &run_ok(&spec)?,
+        "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero \n3\nsys-ro\n1\n",
+    )
+}
+
+fn unknown_user_is_a_set_user_error() -> CaseResult {
+    let f = Fixture::new()?;
+    let mut spec = f.spec("true");
+    spec.user = "ghost".into();
+    match run(&spec)? {
+        Err(SandboxError::Init(failure)) if failure.step == kiln_sandbox::Step::SetUser => {
+            println!("  (sandbox: {failure})");
+            Ok(())
+        }
+        other => Err(format!("unexpected: {:?}", other.map(|o| o.exit))),
+    }
+}
+
+fn many_layers_beyond_the_4k_option_limit_mount() -> CaseResult {
+    let f = Fixture::new()?;
+    // 80 layers with long names: a `lowerdir=a:b:...` string would be over 8 KiB.
+    let mut lowers = Vec::new();
+    for i in 0..80 {
+        let name = format!("layer-{i:03}-{}", "x".repeat(100));
+        std::fs::create_dir_all(f.path(&name).join("layers")).map_err(e)?;
+        std::fs::write(f.path(&name).join("layers").join(format!("{i:03}")), "").map_err(e)?;
+        lowers.push(name);
+    }
+    lowers.push("lower0".into());
+    let refs: Vec<&str> = lowers.iter().map(String::as_str).collect();
+    let spec = StepSpec::new(sh("ls /layers | wc -l"), f.rootfs(&refs));
+    expect_eq(&run_ok(&spec)?, "80\n")
 }
