@@ -146,6 +146,12 @@ impl RunningStep {
         self.child.stderr.take()
     }
 
+    /// The init's pid (outside the step's PID namespace). SIGTERM, SIGINT, SIGHUP and SIGQUIT
+    /// sent to it are forwarded to the step's PID 1.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A handle that kills the step from any thread.
     pub fn killer(&self) -> Killer {
         self.killer.clone()

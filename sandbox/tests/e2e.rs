@@ -62,6 +62,10 @@ const CASES: &[(&str, Case)] = &[
         killing_a_step_ends_it_promptly,
     ),
     (
+        "sigterm_is_forwarded_to_the_step",
+        sigterm_is_forwarded_to_the_step,
+    ),
+    (
         "dir_rootfs_is_written_in_place",
         dir_rootfs_is_written_in_place,
     ),
@@ -568,4 +572,27 @@ fn many_layers_beyond_the_4k_option_limit_mount() -> CaseResult {
     let refs: Vec<&str> = lowers.iter().map(String::as_str).collect();
     let spec = StepSpec::new(sh("ls /layers | wc -l"), f.rootfs(&refs));
     expect_eq(&run_ok(&spec)?, "80\n")
+}
+
+fn sigterm_is_forwarded_to_the_step() -> CaseResult {
+    let f = Fixture::new()?;
+    let exe = std::env::current_exe().map_err(e)?;
+    let spec = f.spec("trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done");
+    let mut step = Sandbox::new(exe).spawn(&spec).map_err(e)?;
+    let mut out = std::io::BufReader::new(step.take_stdout().ok_or("no stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).map_err(e)?;
+    expect_eq(&line, "ready\n")?;
+    let pid =
+        rustix::process::Pid::from_raw(i32::try_from(step.id()).map_err(e)?).ok_or("pid 0")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).map_err(e)?;
+    let exit = step.wait().map_err(e)?;
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).map_err(e)?;
+    expect_eq(&rest, "got-term\n")?;
+    if exit.code == 7 {
+        Ok(())
+    } else {
+        Err(format!("exit {}", exit.code))
+    }
 }
