@@ -149,6 +149,8 @@ pub enum InitError {
     NoNewPrivs { source: Errno },
     #[error("closing inherited fds: {source}")]
     CloseFds { source: Errno },
+    #[error("resetting signal dispositions: {source}")]
+    ResetSignals { source: Errno },
     #[error("exec: {name:?}: executable file not found in $PATH")]
     ExecNotFound { name: String },
     #[error("exec {path}: {source}")]
@@ -181,7 +183,7 @@ impl InitError {
             | Self::SetUid { .. } => Step::SetUser,
             Self::NoNewPrivs { .. } => Step::NoNewPrivs,
             Self::CloseFds { .. } => Step::CloseFds,
-            Self::ExecNotFound { .. } | Self::Exec { .. } => Step::Exec,
+            Self::ResetSignals { .. } | Self::ExecNotFound { .. } | Self::Exec { .. } => Step::Exec,
         }
     }
 
@@ -199,6 +201,7 @@ impl InitError {
             | Self::SetUid { source }
             | Self::NoNewPrivs { source }
             | Self::CloseFds { source }
+            | Self::ResetSignals { source }
             | Self::Exec { source, .. } => Some(source.raw_os_error()),
             Self::MountRootfs { source }
             | Self::MountProc { source }
@@ -471,7 +474,11 @@ impl Inner<'_> {
     }
 
     fn exec(&self, sys: &impl Syscall) -> Result<(), InitError> {
-        let name = &self.spec.args[0];
+        let Some(name) = self.spec.args.first() else {
+            return Err(InitError::InvalidSpec {
+                reason: "empty args".into(),
+            });
+        };
         let path = lookup(sys, name, &self.env)
             .ok_or_else(|| InitError::ExecNotFound { name: name.clone() })?;
         let nul = |s: &str| {
@@ -491,6 +498,8 @@ impl Inner<'_> {
             .iter()
             .map(|e| nul(e))
             .collect::<Result<Vec<_>, _>>()?;
+        sys.reset_signals()
+            .map_err(|source| InitError::ResetSignals { source })?;
         sys.execve(&cpath, &argv, &envp)
             .map_err(|source| InitError::Exec {
                 path: path.to_string_lossy().into_owned(),

@@ -41,11 +41,7 @@ impl Syscall for LinuxSyscall {
         // by a vanished thread and may allocate and run ordinary Rust code.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
-            return Err(Errno::from_raw_os_error(
-                std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO),
-            ));
+            return Err(last_errno());
         }
         if pid > 0 {
             drop(lifeline_r);
@@ -236,6 +232,25 @@ impl Syscall for LinuxSyscall {
         if r < 0 { Err(last_errno()) } else { Ok(()) }
     }
 
+    fn reset_signals(&self) -> Result<(), Errno> {
+        for sig in 1..=SIGRTMAX {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            set_default_disposition(sig)?;
+        }
+        // SAFETY: `empty` is a valid sigset_t initialised by sigemptyset before use; the old
+        // mask is not requested (NULL).
+        unsafe {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) < 0 {
+                return Err(last_errno());
+            }
+        }
+        Ok(())
+    }
+
     fn is_executable(&self, path: &Path) -> bool {
         rfs::stat(path).is_ok_and(|st| {
             FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_mode & 0o111 != 0
@@ -252,6 +267,53 @@ impl Syscall for LinuxSyscall {
         unsafe { libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
         Err(last_errno())
     }
+}
+
+/// Highest signal number on Linux.
+const SIGRTMAX: i32 = 64;
+
+/// The kernel's `struct sigaction` (asm-generic layout with `sa_restorer`, as on x86_64 and
+/// arm64). The raw syscall is used because glibc refuses to touch signals 32 and 33.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn set_default_disposition(sig: i32) -> Result<(), Errno> {
+    let act = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: `act` is a valid kernel `struct sigaction` for this architecture (layout above),
+    // read-only for the kernel; no old action is requested (NULL); the sigset size passed is
+    // the kernel's (8 bytes, matching `mask`).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &act as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            std::mem::size_of::<u64>(),
+        )
+    };
+    if r < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn set_default_disposition(sig: i32) -> Result<(), Errno> {
+    // SAFETY: SIG_DFL is a valid disposition for any signal; glibc refuses 32 and 33 with
+    // EINVAL, which is ignored here (the raw-syscall version above covers them).
+    if unsafe { libc::signal(sig, libc::SIG_DFL) } == libc::SIG_ERR && sig != 32 && sig != 33 {
+        return Err(last_errno());
+    }
+    Ok(())
 }
 
 pub(crate) fn last_errno() -> Errno {

@@ -101,6 +101,9 @@ pub(crate) trait Syscall {
     fn set_no_new_privs(&self) -> Result<(), Errno>;
     /// Mark every fd above 2 close-on-exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`).
     fn cloexec_fds_above_stdio(&self) -> Result<(), Errno>;
+    /// Every signal back to `SIG_DFL` and an empty signal mask: exec keeps ignored signals
+    /// ignored, and the init's runtime ignores SIGPIPE (Rust) or inherited others.
+    fn reset_signals(&self) -> Result<(), Errno>;
     /// Is `path` a regular file with an execute bit (`exec.LookPath`'s test)?
     fn is_executable(&self, path: &Path) -> bool;
     /// `execve(2)`. Returns only on failure (`Ok` only from a recording implementation).
@@ -207,6 +210,10 @@ pub(crate) mod tests {
         }
         fn cloexec_fds_above_stdio(&self) -> Result<(), Errno> {
             self.log("cloexec_fds_above_stdio()".into());
+            Ok(())
+        }
+        fn reset_signals(&self) -> Result<(), Errno> {
+            self.log("reset_signals()".into());
             Ok(())
         }
         fn is_executable(&self, path: &Path) -> bool {

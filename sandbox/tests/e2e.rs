@@ -66,6 +66,10 @@ const CASES: &[(&str, Case)] = &[
         sigterm_is_forwarded_to_the_step,
     ),
     (
+        "step_starts_with_default_signal_dispositions",
+        step_starts_with_default_signal_dispositions,
+    ),
+    (
         "dir_rootfs_is_written_in_place",
         dir_rootfs_is_written_in_place,
     ),
@@ -595,4 +599,18 @@ fn sigterm_is_forwarded_to_the_step() -> CaseResult {
     } else {
         Err(format!("exit {}", exit.code))
     }
+}
+
+fn step_starts_with_default_signal_dispositions() -> CaseResult {
+    let f = Fixture::new()?;
+    // Rust ignores SIGPIPE in its own `main`; a step must not inherit that (pipelines rely on
+    // SIGPIPE killing the writer), nor a blocked signal mask.
+    // grep is exec'd by the init directly (a shell would apply its own signal policy).
+    let args = ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"];
+    let spec = StepSpec::new(args.map(String::from).to_vec(), f.rootfs(&["lower0"]));
+    let out = run_ok(&spec)?;
+    expect_eq(
+        &out,
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+    )
 }

@@ -86,6 +86,7 @@ fn inner_steps_run_in_the_documented_order() -> Result<(), InitError> {
         "setuid(65534)",
         "set_no_new_privs()",
         "cloexec_fds_above_stdio()",
+        "reset_signals()",
         "execve(\"/bin/sh\"",
     ];
     assert_eq!(calls.len(), expect_prefixes.len(), "{calls:#?}");
