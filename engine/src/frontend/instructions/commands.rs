@@ -350,7 +350,7 @@ fn parse_kvps(node: &Node, instruction: &'static str) -> Result<Vec<(String, Str
     if node.args.is_empty() {
         return Err(err(E::AtLeastOneArgument { instruction }));
     }
-    if node.args.len() % 3 != 0 {
+    if !node.args.len().is_multiple_of(3) {
         return Err(err(E::TooManyArguments { instruction }));
     }
     node.args
