@@ -137,6 +137,12 @@ pub enum ParseErrorKind {
         /// The lexer's error.
         source: ShellError,
     },
+    /// A physical line longer than BuildKit's scanner allows.
+    #[error("dockerfile line greater than max allowed size of {max}")]
+    LineTooLong {
+        /// The limit in bytes.
+        max: usize,
+    },
     /// The heredoc delimiter lexes differently with and without quotes.
     #[error("internal lexing of heredoc produced inconsistent results: {word}")]
     HeredocInconsistent {
@@ -263,6 +269,9 @@ fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
     (before, false)
 }
 
+/// The longest physical line BuildKit's scanner accepts (`bufio.MaxScanTokenSize - 1`).
+pub const MAX_LINE_BYTES: usize = 65535;
+
 /// Lines with their terminators, like BuildKit's `scanLines`.
 struct Lines<'a> {
     rest: &'a str,
@@ -284,6 +293,16 @@ impl<'a> Iterator for Lines<'a> {
 /// Parses a Dockerfile.
 pub fn parse(src: &str) -> Result<Ast, ParseError> {
     let src = src.strip_prefix('\u{feff}').unwrap_or(src);
+    // BuildKit's scanner refuses over-long lines; checking first bounds all later work.
+    if let Some(n) = (Lines { rest: src }).position(|l| trim_newline(l).len() > MAX_LINE_BYTES) {
+        return Err(ParseError::new(
+            n + 1,
+            1,
+            ParseErrorKind::LineTooLong {
+                max: MAX_LINE_BYTES,
+            },
+        ));
+    }
     let mut lines = Lines { rest: src };
     let mut state = DirectiveState {
         done: false,
@@ -496,6 +515,33 @@ mod tests {
         assert_eq!(n.sub.as_ref().unwrap().value, "run");
         assert_eq!(n.heredocs[0].content, "hi\n");
         assert_eq!(dump(&ast), "(onbuild (run \"<<X\"))\n");
+    }
+
+    #[test]
+    fn over_long_lines_are_refused() {
+        let src = format!("FROM a\nLABEL x={}\n", "a".repeat(MAX_LINE_BYTES));
+        let e = parse(&src).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert_eq!(
+            e.message,
+            "dockerfile line greater than max allowed size of 65535"
+        );
+        let ok = format!("FROM a\nLABEL x={}\n", "a".repeat(MAX_LINE_BYTES - 8));
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn continuation_skips_comments_and_empty_lines() {
+        let ast =
+            parse("FROM a\nRUN a \\\n\n  b \\\n# c\n   d\nRUN x \\\n    # y\n    z\n").unwrap();
+        assert_eq!(
+            dump(&ast),
+            "(from \"a\")\n(run \"a   b    d\")\n(run \"x     z\")\n"
+        );
+        assert_eq!(
+            (ast.children[1].start_line, ast.children[1].end_line),
+            (2, 6)
+        );
     }
 
     #[test]
