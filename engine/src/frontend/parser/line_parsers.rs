@@ -55,7 +55,7 @@ pub(super) fn split_command(line: &str) -> Split {
     let mut flags = Vec::new();
     let mut args = "";
     if let Some(rest) = rest {
-        let rest_off = lead + (rest.as_ptr() as usize - trimmed.as_ptr() as usize);
+        let rest_off = lead + (trimmed.len() - rest.len());
         let (remaining, fl) = extract_builder_flags(rest);
         args = remaining;
         flags = fl
