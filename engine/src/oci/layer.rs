@@ -353,6 +353,10 @@ impl<W: Write> Walker<W> {
             ph.set_entry_type(tar::EntryType::XHeader);
             ph.set_mode(0o644);
             ph.set_mtime(0);
+            ph.set_uid(0);
+            ph.set_gid(0);
+            ph.set_device_major(0).map_err(write)?;
+            ph.set_device_minor(0).map_err(write)?;
             ph.set_size(body.len() as u64);
             ph.set_cksum();
             self.tar.append(&ph, &body[..]).map_err(write)?;
