@@ -160,7 +160,7 @@ fn overlay_upper(root: &Path) {
     fs::write(root.join("etc/new"), b"n").unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("etc/gone"),
+        root.join("etc/gone"),
         FileType::CharacterDevice,
         Mode::empty(),
         rustix::fs::makedev(0, 0),
@@ -185,7 +185,7 @@ fn overlay_upper(root: &Path) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("null"),
+        root.join("null"),
         FileType::CharacterDevice,
         Mode::from_raw_mode(0o666),
         rustix::fs::makedev(1, 3),
@@ -193,7 +193,7 @@ fn overlay_upper(root: &Path) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("fifo"),
+        root.join("fifo"),
         FileType::Fifo,
         Mode::from_raw_mode(0o644),
         rustix::fs::makedev(0, 0),
@@ -317,6 +317,8 @@ fn flatten_applies_whiteouts_and_opaque_dirs_to_lower_content() {
     assert_eq!(fs::read(l.join("opq/new")).unwrap(), b"new");
 }
 
+type RawEntry<'a> = (&'a [u8], tar::EntryType, Option<&'a [u8]>);
+
 /// Appends an entry with exactly `name` (no sanitising, unlike `tar::Header::set_path`).
 fn raw(
     b: &mut tar::Builder<Vec<u8>>,
@@ -345,7 +347,7 @@ fn raw(
 }
 
 fn apply_raw(
-    entries: &[(&[u8], tar::EntryType, Option<&[u8]>)],
+    entries: &[RawEntry<'_>],
 ) -> (tempfile::TempDir, Result<(), ApplyError>) {
     let mut b = tar::Builder::new(Vec::new());
     for (name, kind, link) in entries {
