@@ -346,9 +346,7 @@ fn raw(
     b.append(&h, data).unwrap();
 }
 
-fn apply_raw(
-    entries: &[RawEntry<'_>],
-) -> (tempfile::TempDir, Result<(), ApplyError>) {
+fn apply_raw(entries: &[RawEntry<'_>]) -> (tempfile::TempDir, Result<(), ApplyError>) {
     let mut b = tar::Builder::new(Vec::new());
     for (name, kind, link) in entries {
         raw(

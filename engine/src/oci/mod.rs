@@ -5,10 +5,12 @@
 //! - [`layer`]: overlay upper dir → deterministic tar ([`layer::write_layer`]).
 //! - [`compress`]: one-pass compress + hash ([`compress::BlobWriter`]), [`compress::decompress`].
 //! - [`apply`]: tar → snapshot (overlay format) or flattened tree, never escaping the root.
-//! - [`export`]: OCI tar / OCI dir / docker-archive from a [`export::BlobSource`].
+//! - [`blob`]: the [`blob::BlobSource`] seam, verified reads, atomic files.
+//! - [`export`]: OCI tar / OCI dir / docker-archive from a [`blob::BlobSource`].
 //! - [`import`]: OCI layout (dir or tar) and `docker save` archives, every blob verified.
 
 pub mod apply;
+pub mod blob;
 pub mod compress;
 pub mod export;
 pub mod import;
