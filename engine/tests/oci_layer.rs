@@ -434,3 +434,38 @@ fn apply_refuses_hard_links_to_outside() {
     );
     assert_eq!(a.ino(), b.ino());
 }
+
+#[test]
+fn gnu_tar_reads_our_pax_and_ustar_prefix_names() {
+    let has_tar = std::process::Command::new("tar")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !has_tar {
+        println!("skipped: tar not installed");
+        return;
+    }
+    let x = tempfile::tempdir().unwrap();
+    populate(x.path(), false, 5);
+    let (t, _) = layer(x.path(), 10);
+    let file = x.path().join("layer.tar");
+    fs::write(&file, &t).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let ours: Vec<String> = listing_names(&t);
+    let theirs: Vec<&str> = listing.lines().collect();
+    assert_eq!(ours, theirs);
+}
+
+fn listing_names(t: &[u8]) -> Vec<String> {
+    listing(t).into_iter().map(|e| e.0).collect()
+}
