@@ -140,8 +140,9 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    fn from_stat(st: &Stat) -> Self {
-        let kind = match FileType::from_raw_mode(st.st_mode) {
+    /// The kind encoded in a raw `st_mode`.
+    pub(crate) fn kind_of_mode(mode: u32) -> FileKind {
+        match FileType::from_raw_mode(mode) {
             FileType::Directory => FileKind::Dir,
             FileType::Symlink => FileKind::Symlink,
             FileType::CharacterDevice => FileKind::CharDevice,
@@ -149,9 +150,12 @@ impl Metadata {
             FileType::Fifo => FileKind::Fifo,
             FileType::Socket => FileKind::Socket,
             _ => FileKind::File,
-        };
+        }
+    }
+
+    fn from_stat(st: &Stat) -> Self {
         Self {
-            kind,
+            kind: Self::kind_of_mode(st.st_mode),
             mode: st.st_mode & 0o7777,
             uid: st.st_uid,
             gid: st.st_gid,
