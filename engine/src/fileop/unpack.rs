@@ -139,15 +139,16 @@ pub(crate) fn extract(
         let (uid, gid) = match chown {
             Some(ids) => ids,
             None => (
-                u32::try_from(h.uid().map_err(bad)?).unwrap_or(0),
-                u32::try_from(h.gid().map_err(bad)?).unwrap_or(0),
+                // Like Go's archive/tar, an empty numeric field reads as 0.
+                u32::try_from(h.uid().unwrap_or(0)).unwrap_or(0),
+                u32::try_from(h.gid().unwrap_or(0)).unwrap_or(0),
             ),
         };
         let attrs = Attrs {
             mode: h.mode().map_err(bad)? & 0o7777,
             uid,
             gid,
-            mtime: Some((i64::try_from(h.mtime().map_err(bad)?).unwrap_or(0), 0)),
+            mtime: Some((i64::try_from(h.mtime().unwrap_or(0)).unwrap_or(0), 0)),
         };
         let kind = h.entry_type();
         if kind.is_dir() {
