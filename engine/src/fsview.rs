@@ -153,6 +153,8 @@ impl Metadata {
         }
     }
 
+    // `Stat` field types differ between architectures; the conversions are no-ops on some.
+    #[allow(clippy::useless_conversion)]
     fn from_stat(st: &Stat) -> Self {
         Self {
             kind: Self::kind_of_mode(st.st_mode),

@@ -311,7 +311,7 @@ fn directory_merges_into_lower_directory_without_opaque_and_upper_wins_for_files
         !fx.up("out/old.txt").exists(),
         "lower files are not copied up"
     );
-    let opaque = rustix::fs::getxattr(&fx.up("out"), "trusted.overlay.opaque", &mut [0u8; 8][..]);
+    let opaque = rustix::fs::getxattr(fx.up("out"), "trusted.overlay.opaque", &mut [0u8; 8][..]);
     assert!(opaque.is_err());
 }
 

@@ -58,7 +58,7 @@ fn whiteout_in_an_upper_layer_hides_a_lower_file() {
     fs::create_dir(l1.path().join("etc")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &l1.path().join("etc/gone"),
+        l1.path().join("etc/gone"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o600),
         rustix::fs::makedev(0, 0),
@@ -94,7 +94,7 @@ fn opaque_directory_hides_lower_contents() {
     write(l0.path(), "d/old", "x");
     write(l1.path(), "d/new", "y");
     let set = rustix::fs::setxattr(
-        &l1.path().join("d"),
+        l1.path().join("d"),
         "trusted.overlay.opaque",
         b"y",
         rustix::fs::XattrFlags::empty(),
@@ -171,7 +171,10 @@ fn context_view_hides_dockerignored_paths() {
     assert!(!upper.path().join("app/node_modules").exists());
 }
 
-fn tar_bytes(entries: &[(&[u8], tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+/// (raw name, kind, content, link target)
+type TarEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8], Option<&'a str>);
+
+fn tar_bytes(entries: &[TarEntry<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, kind, data, link) in entries {
         let mut h = tar::Header::new_ustar();

@@ -170,23 +170,24 @@ impl Copier<'_> {
         if kind != FileKind::Dir && !base.is_empty() && self.excludes.is_excluded(base) {
             return Ok(());
         }
-        if kind == FileKind::File && self.req.unpack {
-            if let Some(format) = unpack::detect(self.src, e)? {
-                // The destination is a directory for an archive, created if missing.
-                self.up.dir(&self.dest_comps, self.new_dir)?;
-                let ids = self.req.chown;
-                unpack::extract(
-                    &self.up,
-                    self.src,
-                    e,
-                    format,
-                    &self.dest_comps,
-                    (ids, self.new_dir),
-                    &mut self.stats,
-                )?;
-                self.stats.archives += 1;
-                return Ok(());
-            }
+        if kind == FileKind::File
+            && self.req.unpack
+            && let Some(format) = unpack::detect(self.src, e)?
+        {
+            // The destination is a directory for an archive, created if missing.
+            self.up.dir(&self.dest_comps, self.new_dir)?;
+            let ids = self.req.chown;
+            unpack::extract(
+                &self.up,
+                self.src,
+                e,
+                format,
+                &self.dest_comps,
+                (ids, self.new_dir),
+                &mut self.stats,
+            )?;
+            self.stats.archives += 1;
+            return Ok(());
         }
         let into_dir = self.dest_is_dir || self.dest_kind == Some(FileKind::Dir);
         if kind == FileKind::Dir {
@@ -280,12 +281,12 @@ impl Copier<'_> {
             }
             FileKind::File => {
                 let key = (e.layer(), m.dev_ino.0, m.dev_ino.1);
-                if m.nlink > 1 {
-                    if let Some(first) = self.links.get(&key) {
-                        self.up.link(first, target)?;
-                        self.stats.hardlinks += 1;
-                        return Ok(());
-                    }
+                if m.nlink > 1
+                    && let Some(first) = self.links.get(&key)
+                {
+                    self.up.link(first, target)?;
+                    self.stats.hardlinks += 1;
+                    return Ok(());
                 }
                 let mut input = self.src.open_entry(e)?;
                 let mut out = Upper::create_file(parent, target)?;
@@ -349,7 +350,7 @@ impl Copier<'_> {
         let mut matched = false;
         self.walk_parents(&handle, &include, &mut Vec::new(), &mut matched)?;
         let wildcard = self.req.allow_wildcard && contains_wildcards(&pattern);
-        if !matched && !(wildcard && self.req.allow_empty_wildcard) {
+        if !(matched || (wildcard && self.req.allow_empty_wildcard)) {
             return Err(not_found());
         }
         Ok(())
