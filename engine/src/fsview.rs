@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
@@ -491,18 +491,9 @@ impl LayerView {
         let mut fds = Vec::new();
         let mut meta = None;
         for (i, layer) in self.layers.iter().enumerate().rev() {
-            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-            let fd = rustix::fs::open(layer, flags, Mode::empty()).map_err(|e| {
-                FsViewError::OpenLayer {
-                    layer: layer.clone(),
-                    source: e.into(),
-                }
-            })?;
+            let fd = self.open_root(i)?;
             if meta.is_none() {
-                let st = rustix::fs::fstat(&fd).map_err(|e| FsViewError::OpenLayer {
-                    layer: layer.clone(),
-                    source: e.into(),
-                })?;
+                let st = rustix::fs::fstat(&fd).map_err(|e| open_err(layer, e))?;
                 meta = Some((i, Metadata::from_stat(&st)));
             }
             let opaque = self.overlay && is_opaque(&fd);
@@ -537,11 +528,8 @@ impl LayerView {
                 Ok(st) => st,
                 Err(Errno::NOENT) => continue,
                 Err(err) => {
-                    return Err(FsViewError::Read {
-                        path: join_abs_with(&dir.components, name),
-                        layer: self.layers[*layer].clone(),
-                        source: err.into(),
-                    });
+                    let path = format!("{}/{name}", join_abs(&dir.components));
+                    return Err(self.layer_err(*layer, path, err));
                 }
             };
             let meta = Metadata::from_stat(&st);
@@ -588,8 +576,7 @@ impl LayerView {
             let Some((_, pfd)) = parent.fds.iter().find(|(l, _)| l == layer) else {
                 continue;
             };
-            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let fd = rustix::fs::openat(pfd, e.name(), flags, Mode::empty())
+            let fd = rustix::fs::openat(pfd, e.name(), DIR_NOFOLLOW, Mode::empty())
                 .map_err(|err| self.read_err(e, err))?;
             fds.push((*layer, fd));
         }
@@ -618,17 +605,9 @@ impl LayerView {
     pub(crate) fn read_dir_handle(&self, dir: &DirHandle) -> Result<Vec<Entry>, FsViewError> {
         let mut names = BTreeSet::new();
         for (layer, fd) in &dir.fds {
-            let rd = rustix::fs::Dir::read_from(fd).map_err(|err| FsViewError::Read {
-                path: join_abs(&dir.components),
-                layer: self.layers[*layer].clone(),
-                source: err.into(),
-            })?;
-            for item in rd {
-                let item = item.map_err(|err| FsViewError::Read {
-                    path: join_abs(&dir.components),
-                    layer: self.layers[*layer].clone(),
-                    source: err.into(),
-                })?;
+            let err = |e| self.layer_err(*layer, join_abs(&dir.components), e);
+            for item in rustix::fs::Dir::read_from(fd).map_err(err)? {
+                let item = item.map_err(err)?;
                 let raw = item.file_name().to_bytes();
                 if raw == b"." || raw == b".." {
                     continue;
@@ -665,22 +644,27 @@ impl LayerView {
 
     /// Walks `components[..depth]` down from `layer`'s root with `O_NOFOLLOW | O_DIRECTORY`.
     fn walk_layer(&self, layer: usize, components: &[String]) -> Result<OwnedFd, FsViewError> {
-        let root = &self.layers[layer];
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let mut fd =
-            rustix::fs::open(root, flags, Mode::empty()).map_err(|e| FsViewError::OpenLayer {
-                layer: root.clone(),
-                source: e.into(),
-            })?;
+        let mut fd = self.open_root(layer)?;
         for (i, name) in components.iter().enumerate() {
-            fd = rustix::fs::openat(&fd, name.as_str(), flags | OFlags::NOFOLLOW, Mode::empty())
-                .map_err(|e| FsViewError::Read {
-                    path: join_abs(&components[..=i]),
-                    layer: root.clone(),
-                    source: e.into(),
-                })?;
+            fd = rustix::fs::openat(&fd, name.as_str(), DIR_NOFOLLOW, Mode::empty())
+                .map_err(|e| self.layer_err(layer, join_abs(&components[..=i]), e))?;
         }
         Ok(fd)
+    }
+
+    /// Opens a layer's root directory: a path the engine chose, not build input.
+    fn open_root(&self, layer: usize) -> Result<OwnedFd, FsViewError> {
+        let root = &self.layers[layer];
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        rustix::fs::open(root, flags, Mode::empty()).map_err(|e| open_err(root, e))
+    }
+
+    fn layer_err(&self, layer: usize, path: String, err: Errno) -> FsViewError {
+        FsViewError::Read {
+            path,
+            layer: self.layers.get(layer).cloned().unwrap_or_default(),
+            source: err.into(),
+        }
     }
 
     fn open_dir_fd(&self, e: &Entry, layer: usize) -> Result<OwnedFd, FsViewError> {
@@ -693,11 +677,19 @@ impl LayerView {
     }
 
     fn read_err(&self, e: &Entry, err: Errno) -> FsViewError {
-        FsViewError::Read {
-            path: e.path(),
-            layer: self.layers.get(e.layer).cloned().unwrap_or_default(),
-            source: err.into(),
-        }
+        self.layer_err(e.layer, e.path(), err)
+    }
+}
+
+const DIR_NOFOLLOW: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+fn open_err(layer: &Path, e: Errno) -> FsViewError {
+    FsViewError::OpenLayer {
+        layer: layer.to_owned(),
+        source: e.into(),
     }
 }
 
@@ -728,8 +720,7 @@ fn is_opaque(fd: &OwnedFd) -> bool {
 }
 
 fn dir_is_opaque(parent: &OwnedFd, name: &str) -> bool {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    rustix::fs::openat(parent, name, flags, Mode::empty()).is_ok_and(|fd| is_opaque(&fd))
+    rustix::fs::openat(parent, name, DIR_NOFOLLOW, Mode::empty()).is_ok_and(|fd| is_opaque(&fd))
 }
 
 /// A char device 0/0, or an empty regular file carrying the overlay whiteout xattr.
@@ -771,13 +762,4 @@ pub(crate) fn lexical_clean(path: &str) -> String {
 
 pub(crate) fn join_abs(components: &[String]) -> String {
     format!("/{}", components.join("/"))
-}
-
-fn join_abs_with(components: &[String], name: &str) -> String {
-    let mut p = join_abs(components);
-    if !components.is_empty() {
-        p.push('/');
-    }
-    p.push_str(name);
-    p
 }
