@@ -326,3 +326,26 @@ fn directory_onto_a_lower_file_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn symlinks_never_reach_the_host() {
+    let fx = Fx::new();
+    let host = TempDir::new().unwrap();
+    write(host.path(), "secret", "S");
+    symlink(host.path(), fx.ctx.path().join("out_abs")).unwrap();
+    symlink("../../../../../../..", fx.ctx.path().join("out_rel")).unwrap();
+    let err = fx.run(&req(&["out_abs/secret"], "/x/")).unwrap_err();
+    assert!(matches!(err, FileOpError::SourceNotFound { .. }), "{err}");
+    let via_rel = format!("out_rel{}/secret", host.path().display());
+    assert!(fx.run(&req(&[&via_rel], "/x/")).is_err());
+    // A destination symlink climbing out lands inside the upper directory.
+    write(fx.ctx.path(), "a.txt", "A");
+    symlink(
+        "../../../../../../tmp/kiln-escape",
+        fx.lower.path().join("d"),
+    )
+    .unwrap();
+    fx.run(&req(&["a.txt"], "/d/")).unwrap();
+    assert_eq!(fx.read("tmp/kiln-escape/a.txt"), "A");
+    assert!(!Path::new("/tmp/kiln-escape").exists());
+}
