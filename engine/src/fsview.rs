@@ -502,9 +502,22 @@ impl LayerView {
                 break;
             }
         }
-        let Some((layer, meta)) = meta else {
-            return Err(FsViewError::NotFound { path: "/".into() });
-        };
+        // An empty view (scratch) is an empty root directory, like an image with no layers.
+        let (layer, meta) = meta.unwrap_or((
+            0,
+            Metadata {
+                kind: FileKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                rdev: 0,
+                nlink: 1,
+                dev_ino: (0, 0),
+            },
+        ));
         let entry = Entry {
             components: Vec::new(),
             layer,
