@@ -305,6 +305,7 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         .build()?;
     let (progress, rx) = Progress::channel();
     let mode = match b.progress {
+        _ if b.quiet => crate::ui::Mode::Quiet,
         ProgressMode::Auto => {
             if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 crate::ui::Mode::Tty

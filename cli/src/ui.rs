@@ -17,6 +17,8 @@ pub enum Mode {
     Plain,
     /// JSON lines.
     Json,
+    /// Nothing (`-q`).
+    Quiet,
 }
 
 /// Consumes events until the channel closes.
@@ -36,6 +38,7 @@ pub async fn render(mut rx: UnboundedReceiver<Event>, mode: Mode) {
             }
         }
         Mode::Tty => tty(rx).await,
+        Mode::Quiet => while rx.recv().await.is_some() {},
     }
 }
 

@@ -179,11 +179,14 @@ pub fn assemble(
     }
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
+    // Blob → layer directory, so a later `FROM` this image reuses the directories.
+    let mut unpacked: Vec<(Digest, SnapshotId)> = Vec::new();
     let mut li = 0usize;
     let push_layer = |li: usize,
                       h: &mut History,
                       layers: &mut Vec<Descriptor>,
-                      diff_ids: &mut Vec<Digest>|
+                      diff_ids: &mut Vec<Digest>,
+                      unpacked: &mut Vec<(Digest, SnapshotId)>|
      -> Result<(), ImageError> {
         let rec = &records[li];
         let base = li < state.base_layers;
@@ -208,6 +211,7 @@ pub fn assemble(
             blob.size,
         ));
         diff_ids.push(diff_id);
+        unpacked.push((blob.digest, chain[li].clone()));
         Ok(())
     };
     while pad > 0 {
@@ -216,7 +220,7 @@ pub fn assemble(
             created_by: Some("(layer without history)".into()),
             ..Default::default()
         };
-        push_layer(li, &mut h, &mut layers, &mut diff_ids)?;
+        push_layer(li, &mut h, &mut layers, &mut diff_ids, &mut unpacked)?;
         history.push(h);
         li += 1;
         pad -= 1;
@@ -230,10 +234,14 @@ pub fn assemble(
             ..Default::default()
         };
         if !item.empty_layer {
-            push_layer(li, &mut h, &mut layers, &mut diff_ids)?;
+            push_layer(li, &mut h, &mut layers, &mut diff_ids, &mut unpacked)?;
             li += 1;
         }
         history.push(h);
+    }
+
+    for (blob, id) in unpacked {
+        staged.unpacked.entry(blob).or_insert(id);
     }
 
     // 3. Config and manifest.

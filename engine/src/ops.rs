@@ -233,7 +233,7 @@ pub fn cached(
         Op::Source(SourceOp::Scratch) => return Ok(Some(Output::Layers(Arc::default()))),
         Op::Source(SourceOp::Context { name }) => return Ok(Some(Output::Context(name.clone()))),
         Op::Merge => return merge(inputs).map(Some),
-        Op::Source(SourceOp::Image { .. }) => {} // an image is "cached" when unpacked: below
+        Op::Source(SourceOp::Image { manifest, .. }) => return unpacked_image(ctx, manifest),
         _ if ctx.no_cache => return Ok(None),
         _ => {}
     }
@@ -252,6 +252,25 @@ pub fn cached(
     } else {
         Ok(None)
     }
+}
+
+/// The layer chain of an image whose layers are all unpacked already.
+fn unpacked_image(ctx: &OpContext, manifest: &Digest) -> Result<Option<Output>, OpError> {
+    let Ok(img) = crate::image::load(&ctx.store, manifest) else {
+        return Ok(None); // `run` reports the error
+    };
+    let mut chain = Vec::with_capacity(img.manifest.layers.len());
+    for layer in &img.manifest.layers {
+        let known = match ctx.staged()?.unpacked.get(&layer.digest).cloned() {
+            Some(id) => Some(id),
+            None => ctx.store.meta.unpacked(&layer.digest)?,
+        };
+        match known {
+            Some(id) if ctx.store.snapshots.path(&id).is_dir() => chain.push(id),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(Output::Layers(Arc::new(chain))))
 }
 
 fn merge(inputs: &[Output]) -> Result<Output, OpError> {

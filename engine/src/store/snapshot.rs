@@ -46,7 +46,8 @@ impl fmt::Debug for SnapshotId {
     }
 }
 
-/// A layer directory being written; becomes immutable on [`Snapshots::commit`].
+/// A layer directory being written; becomes immutable on [`Snapshots::commit`]. Dropped
+/// without being committed (a failed or cancelled step), it is removed.
 #[derive(Debug)]
 pub struct PendingSnapshot {
     /// The id it will have.
@@ -55,6 +56,14 @@ pub struct PendingSnapshot {
     pub dir: PathBuf,
     /// Scratch space next to it (overlay workdir, mountpoint).
     pub scratch: PathBuf,
+    base: PathBuf,
+}
+
+impl Drop for PendingSnapshot {
+    fn drop(&mut self) {
+        // After a commit `base` only holds what was left of the scratch space.
+        let _ = fs::remove_dir_all(&self.base);
+    }
 }
 
 /// The snapshot directories.
@@ -89,7 +98,12 @@ impl Snapshots {
         for d in [&dir, &scratch] {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
-        Ok(PendingSnapshot { id, dir, scratch })
+        Ok(PendingSnapshot {
+            id,
+            dir,
+            scratch,
+            base,
+        })
     }
 
     /// Makes a pending layer durable and immutable at its final path.
@@ -100,11 +114,8 @@ impl Snapshots {
         let f = fs::File::open(&pending.dir).map_err(io_err("open", &pending.dir))?;
         rustix::fs::syncfs(&f).map_err(|e| io_err("syncfs", &pending.dir)(e.into()))?;
         fs::rename(&pending.dir, &dest).map_err(io_err("rename", &dest))?;
-        if let Some(parent) = pending.dir.parent() {
-            let _ = fs::remove_dir_all(parent);
-        }
         super::content::sync_dir(&self.dir)?;
-        Ok(pending.id)
+        Ok(pending.id.clone())
     }
 
     /// Ids of every committed layer directory.
