@@ -123,6 +123,8 @@ pub struct BuildRequest {
     pub compression: Compression,
     /// `SOURCE_DATE_EPOCH` (0 when unset).
     pub epoch: u64,
+    /// Whose build this is.
+    pub tenant: crate::TenantId,
 }
 
 impl BuildRequest {
@@ -143,6 +145,7 @@ impl BuildRequest {
             allow_host_network: false,
             compression: Compression::Gzip,
             epoch: 0,
+            tenant: crate::TenantId::local(),
         }
     }
 }
@@ -350,6 +353,7 @@ impl Engine {
             planned.contexts,
             progress.clone(),
             req.no_cache,
+            req.tenant.clone(),
         ));
         let solved = crate::solver::solve(
             graph.clone(),

@@ -22,5 +22,7 @@ pub mod output;
 pub mod progress;
 pub mod solver;
 pub mod store;
+pub mod tenant;
 
 pub use digest::Digest;
+pub use tenant::TenantId;

@@ -97,6 +97,8 @@ pub struct OpContext {
     pub progress: Progress,
     /// Ignore cached results (`--no-cache`).
     pub no_cache: bool,
+    /// Whose build this is (part of every cache key).
+    pub tenant: crate::TenantId,
     /// Records to commit when the build succeeds.
     pub staged: Mutex<StagedRecords>,
     killers: Mutex<Vec<sandbox::Killer>>,
@@ -111,6 +113,7 @@ impl OpContext {
         contexts: HashMap<String, ContextDir>,
         progress: Progress,
         no_cache: bool,
+        tenant: crate::TenantId,
     ) -> Self {
         Self {
             store,
@@ -118,6 +121,7 @@ impl OpContext {
             contexts,
             progress,
             no_cache,
+            tenant,
             staged: Mutex::default(),
             killers: Mutex::default(),
             cancelled: AtomicBool::new(false),

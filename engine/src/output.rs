@@ -74,6 +74,14 @@ impl OutputSpec {
             }
         }
         let kind = kind.ok_or_else(|| err("missing type=".into()))?;
+        if !matches!(
+            kind.as_str(),
+            "oci" | "oci-dir" | "docker" | "local" | "tar"
+        ) {
+            return Err(err(format!(
+                "unknown output type {kind:?} (known: oci, oci-dir, docker, local, tar)"
+            )));
+        }
         let dest = dest
             .filter(|d| !d.as_os_str().is_empty())
             .ok_or_else(|| err(format!("type={kind} needs dest=PATH")))?;

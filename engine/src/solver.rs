@@ -4,8 +4,8 @@
 //! - A vertex runs once all its inputs are done; at most `max_parallelism` run at once.
 //! - Identical vertices were merged when the graph was built (same definition digest), so each
 //!   runs once.
-//! - Cache key = sha256(definition digest, input cache keys, content digest of what the op
-//!   reads from a client context). A hit in the committed metadata or earlier in this build
+//! - Cache key = sha256(tenant, definition digest, input cache keys, content digest of what
+//!   the op reads from a client context). A hit in the committed metadata or earlier in this build
 //!   skips the op.
 //! - The first error cancels the rest: no new vertex starts, running tasks are aborted and
 //!   running sandboxed steps are killed; the error names the failing vertex.
@@ -27,14 +27,14 @@ use crate::progress::Event;
 #[non_exhaustive]
 pub enum SolveError {
     /// A vertex failed.
-    #[error("{name}: {source}")]
+    #[error("{name}: {error}")]
     Vertex {
         /// Index of the failing vertex.
         vertex: VertexIdx,
         /// Its description.
         name: String,
-        /// What went wrong.
-        source: OpError,
+        /// What went wrong (shown in the message, so not also a `source`).
+        error: OpError,
     },
     /// A task panicked or was lost.
     #[error("internal error while solving: {0}")]
@@ -146,16 +146,16 @@ pub async fn solve(
                 }
                 ready.sort_unstable_by(|a, b| b.cmp(a));
             }
-            Err(source) => {
+            Err(error) => {
                 ctx.progress.send(Event::Error {
                     vertex: i,
-                    message: source.to_string(),
+                    message: error.to_string(),
                 });
                 cancel(&mut tasks, &ctx).await;
                 return Err(SolveError::Vertex {
                     vertex: i,
                     name,
-                    source,
+                    error,
                 });
             }
         }
@@ -187,6 +187,8 @@ async fn run_one(
     let content = crate::ops::content_digest(ctx, &v.op, &inputs).await?;
     let mut enc = Vec::with_capacity(64 * (2 + input_keys.len()));
     enc.extend_from_slice(b"kiln.cachekey.v1\0");
+    enc.extend_from_slice(ctx.tenant.as_str().as_bytes());
+    enc.push(0);
     enc.extend_from_slice(v.digest.as_bytes());
     for k in &input_keys {
         enc.extend_from_slice(k.as_bytes());
