@@ -649,7 +649,7 @@ fn copy(ctx: &OpContext, c: &CopyOp, inputs: &[Output], key: &Digest) -> Result<
         excludes: c.excludes.clone(),
         unpack: c.unpack,
         allow_wildcard: true,
-        allow_empty_wildcard: false,
+        allow_empty_wildcard: true,
     };
     let pending = ctx.store.snapshots.create()?;
     fileop::copy(&req, &src, &dest, &pending.dir)?;

@@ -22,13 +22,13 @@ struct St {
 }
 
 impl St {
-    /// The scope for expanding words: stage args, overridden by ENV.
+    /// The scope for expanding words: the build-time env (ENV and ARG, later wins).
     fn scope(&self) -> Vec<(String, Option<String>)> {
-        let mut s = self.args.clone();
-        for (k, v) in &self.image.env {
-            s.push((k.clone(), Some(v.clone())));
-        }
-        s
+        self.image
+            .run_env
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect()
     }
 }
 
@@ -107,7 +107,7 @@ pub(super) fn stage(
 fn from_image(img: &ResolvedImage) -> ImageState {
     let cfg = &img.config;
     let cc = cfg.config.clone().unwrap_or_default();
-    let env = cc
+    let env: Vec<(String, String)> = cc
         .env
         .iter()
         .filter_map(|kv| {
@@ -126,6 +126,7 @@ fn from_image(img: &ResolvedImage) -> ImageState {
         })
         .collect();
     ImageState {
+        run_env: env.clone(),
         env,
         user: cc.user.clone().unwrap_or_default(),
         workdir: cc.working_dir.clone().unwrap_or_default(),
@@ -231,6 +232,9 @@ fn dispatch(
                         .find(|(k, _)| k == &a.name)
                         .and_then(|(_, v)| v.clone())
                 };
+                if let Some(v) = &value {
+                    st.image.set_arg(&a.name, v.clone());
+                }
                 st.args.retain(|(k, _)| k != &a.name);
                 st.args.push((a.name.clone(), value));
             }
@@ -503,15 +507,8 @@ fn run(
         };
         exec_mounts.push(ExecMount { target, kind });
     }
-    // The step's environment: image ENV plus the ARGs in scope (ENV wins), like BuildKit.
-    let mut env = st.image.env_strings();
-    for (k, v) in &st.args {
-        if let Some(v) = v
-            && !st.image.env.iter().any(|(n, _)| n == k)
-        {
-            env.push(format!("{k}={v}"));
-        }
-    }
+    // The step's environment: the build-time env (ENV and ARG in order), like BuildKit.
+    let mut env = st.image.run_env_strings();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
