@@ -78,10 +78,7 @@ impl FakeResolver {
                     cmd: Some(vec!["sh".into()]),
                     ..ContainerConfig::default()
                 },
-                &[
-                    ("ADD file:busybox in / ", false),
-                    ("CMD [\"sh\"]", true),
-                ],
+                &[("ADD file:busybox in / ", false), ("CMD [\"sh\"]", true)],
             ),
         );
         // alpine:3: PATH and CMD ["/bin/sh"].
@@ -164,10 +161,7 @@ impl FakeResolver {
                     env: vec![PATH.into()],
                     working_dir: Some("/app".into()),
                     cmd: Some(vec!["/app/run".into()]),
-                    on_build: vec![
-                        "COPY . /app/src".into(),
-                        "RUN make -C /app/src".into(),
-                    ],
+                    on_build: vec!["COPY . /app/src".into(), "RUN make -C /app/src".into()],
                     ..ContainerConfig::default()
                 },
                 &[
@@ -237,7 +231,8 @@ fn options(case: &Path) -> ConvertOptions {
 /// parse → instructions → convert; errors as `{line}:{column}: {message}`.
 fn run_case(src: &str, opts: &ConvertOptions) -> Result<Converted, String> {
     let ast = parse(src).map_err(|e| format!("{}:{}: {}", e.line, e.column, e.message))?;
-    let df = parse_dockerfile(&ast).map_err(|e| format!("{}:{}: {}", e.line, e.column, e.message))?;
+    let df =
+        parse_dockerfile(&ast).map_err(|e| format!("{}:{}: {}", e.line, e.column, e.message))?;
     convert(&df, opts, &FakeResolver::new())
         .map_err(|e| format!("{}:{}: {}", e.line, e.column, e.message))
 }
@@ -302,10 +297,14 @@ fn dump(c: &Converted) -> String {
             Op::File(FileOp::Copy(cp)) => {
                 writeln!(o, "{i} file copy").unwrap();
                 writeln!(o, "  src: input {}", cp.src).unwrap();
-                writeln!(o, "  dest: {}", match cp.dest {
-                    Some(d) => format!("input {d}"),
-                    None => "scratch".into(),
-                })
+                writeln!(
+                    o,
+                    "  dest: {}",
+                    match cp.dest {
+                        Some(d) => format!("input {d}"),
+                        None => "scratch".into(),
+                    }
+                )
                 .unwrap();
                 writeln!(o, "  sources: {}", ql(&cp.sources)).unwrap();
                 writeln!(o, "  dest_path: {}", q(&cp.dest_path)).unwrap();
@@ -384,7 +383,7 @@ fn dump_image(o: &mut String, im: &ImageState) {
     writeln!(o, "history:").unwrap();
     for h in &im.history {
         let mark = if h.empty_layer { "empty" } else { "layer" };
-        writeln!(o, "  [{mark}] {}", h.created_by).unwrap();
+        writeln!(o, "  [{mark}] {}", q(&h.created_by)).unwrap();
     }
 }
 
@@ -463,7 +462,7 @@ fn golden_graph_cases() {
         match std::fs::read_to_string(case.join(file)) {
             Ok(expected) if expected == got => println!("ok {name}"),
             Ok(expected) => {
-                println!("FAIL {name} ({file})");
+                println!("FAIL {name} ({file}; -expected +got)");
                 println!("{}", diff(&expected, &got));
                 failures.push(name);
             }
