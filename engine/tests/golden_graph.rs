@@ -324,8 +324,11 @@ fn dump(c: &Converted) -> String {
                 .unwrap();
                 writeln!(o, "  excludes: {}", ql(&cp.excludes)).unwrap();
             }
-            Op::File(FileOp::Mkfiles { files }) => {
-                writeln!(o, "{i} file mkfiles").unwrap();
+            Op::File(FileOp::Mkfiles { files, mode }) => {
+                match mode {
+                    Some(m) => writeln!(o, "{i} file mkfiles mode={m:o}").unwrap(),
+                    None => writeln!(o, "{i} file mkfiles").unwrap(),
+                }
                 for (name, content) in files {
                     writeln!(o, "  file {} content={}", q(name), q(content)).unwrap();
                 }

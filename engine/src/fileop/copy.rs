@@ -214,7 +214,9 @@ impl Copier<'_> {
                 let (parent, _) = self
                     .up
                     .dir(&dest_comps[..dest_comps.len() - 1], self.new_dir)?;
-                let fd = self.up.child_dir(&parent, &dest_comps, self.created_dir())?;
+                let fd = self
+                    .up
+                    .child_dir(&parent, &dest_comps, self.created_dir())?;
                 (fd.0, fd.1)
             };
             self.copy_contents(&handle, &fd, &dest_comps, "")?;

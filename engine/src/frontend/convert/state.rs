@@ -83,7 +83,10 @@ impl ImageState {
 
     /// The build-time env as `K=V` strings.
     pub fn run_env_strings(&self) -> Vec<String> {
-        self.run_env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        self.run_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 
     /// `K=V` strings.
