@@ -64,6 +64,9 @@ struct Case {
     expect_fail: bool,
     /// Reference-semantics case (`expect/`): kiln only.
     reference: bool,
+    /// `kiln-stricter`: BuildKit accepts the build but kiln refuses it on purpose; the file
+    /// holds a fragment of kiln's error message (see the case's Dockerfile for why).
+    kiln_stricter: Option<String>,
 }
 
 fn load_cases() -> Vec<Case> {
@@ -96,6 +99,9 @@ fn load_cases() -> Vec<Case> {
         cases.push(Case {
             expect_fail: dir.join("expect-fail").exists(),
             reference: dir.join("expect").is_dir(),
+            kiln_stricter: fs::read_to_string(dir.join("kiln-stricter"))
+                .ok()
+                .map(|s| s.trim().to_owned()),
             name,
             dir: dir.canonicalize().unwrap(),
             args,
@@ -615,7 +621,21 @@ fn differential_buildkit() {
             None
         };
 
-        if kiln_ok && problems.is_empty() {
+        if let (true, true, Some(fragment)) = (kiln_ok, problems.is_empty(), &case.kiln_stricter) {
+            ran = true;
+            let o = kiln.build(
+                case,
+                &[format!("type=local,dest={}", w.join("k-local").display())],
+            );
+            let err = String::from_utf8_lossy(&o.stderr);
+            if o.status.code() != Some(1) || !err.contains(fragment.as_str()) {
+                problems.push(format!(
+                    "kiln must refuse this build (exit 1, {fragment:?}); got {}:\n    {}",
+                    o.status,
+                    tail(&o.stderr, 6)
+                ));
+            }
+        } else if kiln_ok && problems.is_empty() {
             ran = true;
             match kiln_case(&kiln, case, &w) {
                 Ok(Some(k)) => {

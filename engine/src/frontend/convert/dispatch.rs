@@ -59,6 +59,11 @@ pub(super) fn stage(
         let mut image = r.image;
         // CMD set in the parent stage counts as inherited here (an ENTRYPOINT resets it).
         image.cmd_inherited = image.cmd.is_some();
+        // The parent's build-time env carries over, with the image's ENV re-applied on top
+        // (BuildKit re-adds the config env to every stage's state).
+        for (k, v) in image.env.clone() {
+            image.set_arg(&k, v);
+        }
         (r.vertex, image)
     } else if base.eq_ignore_ascii_case(&stage.name.clone().unwrap_or_default())
         && !base.eq_ignore_ascii_case("scratch")
