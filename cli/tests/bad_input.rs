@@ -29,15 +29,28 @@ fn run_case(k: &Kiln, dir: &Path) -> Vec<String> {
     let mut lines = expect.lines().map(str::trim).filter(|l| !l.is_empty());
     let loc = lines.next().expect("expect: location line");
     let fragments: Vec<&str> = lines.collect();
-    assert!(!fragments.is_empty(), "{}: expect has no message fragment", dir.display());
+    assert!(
+        !fragments.is_empty(),
+        "{}: expect has no message fragment",
+        dir.display()
+    );
     let mut args: Vec<String> = vec!["--progress=plain".into()];
     if let Ok(a) = fs::read_to_string(dir.join("args")) {
-        args.extend(a.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
+        args.extend(
+            a.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned),
+        );
     }
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
     copy_tree(dir, &ctx, &|p: &Path| {
-        p.parent() == Some(dir) && matches!(p.file_name().and_then(|n| n.to_str()), Some("expect" | "args"))
+        p.parent() == Some(dir)
+            && matches!(
+                p.file_name().and_then(|n| n.to_str()),
+                Some("expect" | "args")
+            )
     });
     let before = records(k);
     let r = k.build_with(&ctx, &args, |_| {});
@@ -59,7 +72,9 @@ fn run_case(k: &Kiln, dir: &Path) -> Vec<String> {
     }
     let after = records(k);
     if before != after {
-        errs.push(format!("committed records changed by a failed build: {before:?} -> {after:?}"));
+        errs.push(format!(
+            "committed records changed by a failed build: {before:?} -> {after:?}"
+        ));
     }
     if !errs.is_empty() {
         let tail: Vec<&str> = r.stderr.lines().rev().take(8).collect();
@@ -73,7 +88,11 @@ fn run_case(k: &Kiln, dir: &Path) -> Vec<String> {
 fn negative_vectors_fail_with_location_and_message() {
     let root = root_or_skip();
     // Cases that need the busybox base run only as root (building the base runs a step).
-    let k = if root { Kiln::with_base() } else { Kiln::empty() };
+    let k = if root {
+        Kiln::with_base()
+    } else {
+        Kiln::empty()
+    };
     let mut cases: Vec<PathBuf> = fs::read_dir(vectors())
         .unwrap()
         .flatten()
@@ -81,7 +100,11 @@ fn negative_vectors_fail_with_location_and_message() {
         .filter(|p| p.join("expect").is_file())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 15, "expected at least 15 negative vectors, found {}", cases.len());
+    assert!(
+        cases.len() >= 15,
+        "expected at least 15 negative vectors, found {}",
+        cases.len()
+    );
     let mut failed = Vec::new();
     for dir in &cases {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -98,14 +121,23 @@ fn negative_vectors_fail_with_location_and_message() {
             failed.push(name);
         }
     }
-    assert!(failed.is_empty(), "{} negative cases failed: {}", failed.len(), failed.join(", "));
+    assert!(
+        failed.is_empty(),
+        "{} negative cases failed: {}",
+        failed.len(),
+        failed.join(", ")
+    );
 }
 
 #[test]
 fn malformed_flags_are_usage_errors() {
     let k = Kiln::empty();
     let ctx = tempfile::tempdir().unwrap();
-    fs::write(ctx.path().join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY Dockerfile /\n",
+    )
+    .unwrap();
     let dest = ctx.path().join("out.tar");
     let dest = dest.to_str().unwrap();
     let bad: Vec<Vec<String>> = vec![
@@ -127,11 +159,18 @@ fn malformed_flags_are_usage_errors() {
         if r.code == 2 && !r.stderr.trim().is_empty() {
             println!("ok {args:?}");
         } else {
-            println!("FAIL {args:?}: exit {} (expected 2), stderr: {}", r.code, r.stderr.trim());
+            println!(
+                "FAIL {args:?}: exit {} (expected 2), stderr: {}",
+                r.code,
+                r.stderr.trim()
+            );
             failed.push(format!("{args:?}"));
         }
     }
-    assert!(!Path::new(dest).exists(), "a rejected command line wrote an output");
+    assert!(
+        !Path::new(dest).exists(),
+        "a rejected command line wrote an output"
+    );
     // The context must exist.
     let r = k.run(ctx.path(), ["build", "/nonexistent/kiln-context"]);
     if r.code != 2 {
@@ -156,7 +195,11 @@ fn failed_build_leaves_committed_records_unchanged() {
     .unwrap();
     k.build(ctx.path(), &["-t", "kiln-test/good"]).ok();
     let before = records(&k);
-    assert!(before.0.contains("kiln-test/good"), "kiln images lists the tag:\n{}", before.0);
+    assert!(
+        before.0.contains("kiln-test/good"),
+        "kiln images lists the tag:\n{}",
+        before.0
+    );
     assert!(before.1 > 0, "cache records exist after a build");
     // Steps that succeed (new cache keys) before one that fails.
     fs::write(
@@ -166,7 +209,11 @@ fn failed_build_leaves_committed_records_unchanged() {
     .unwrap();
     let r = k.build(ctx.path(), &["-t", "kiln-test/bad", "-t", "kiln-test/good"]);
     assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
-    assert!(r.stderr.contains("exit 3"), "the failing step is named:\n{}", r.stderr);
+    assert!(
+        r.stderr.contains("exit 3"),
+        "the failing step is named:\n{}",
+        r.stderr
+    );
     let after = records(&k);
     assert_eq!(before.0, after.0, "kiln images changed by a failed build");
     assert_eq!(before.1, after.1, "cache records changed by a failed build");
@@ -182,8 +229,14 @@ fn failed_build_leaves_committed_records_unchanged() {
     let r = k.build(ctx.path(), &["-t", "kiln-test/bad2", "-o", &dest]);
     assert_eq!(r.code, 1, "unwritable output: stderr:\n{}", r.stderr);
     let after = records(&k);
-    assert_eq!(before.0, after.0, "kiln images changed by a build whose export failed");
-    assert_eq!(before.1, after.1, "cache records changed by a build whose export failed");
+    assert_eq!(
+        before.0, after.0,
+        "kiln images changed by a build whose export failed"
+    );
+    assert_eq!(
+        before.1, after.1,
+        "cache records changed by a build whose export failed"
+    );
     // And the store is still usable: the first build is fully cached.
     fs::write(
         ctx.path().join("Dockerfile"),

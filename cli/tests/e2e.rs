@@ -25,7 +25,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use support::kiln::{Kind, Kiln, OciImage, Tree, copy_tree, root_or_skip, walk_dir};
+use support::kiln::{Kiln, Kind, OciImage, Tree, copy_tree, root_or_skip, walk_dir};
 
 fn vectors() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../vectors/e2e"))
@@ -42,10 +42,16 @@ fn is_empty(v: &Value) -> bool {
 }
 
 fn check_fields(what: &str, expected: &Value, actual: &Value, errs: &mut Vec<String>) {
-    let Some(exp) = expected.as_object() else { return };
+    let Some(exp) = expected.as_object() else {
+        return;
+    };
     for (k, want) in exp {
         let got = actual.get(k).unwrap_or(&Value::Null);
-        let ok = if want.is_null() { is_empty(got) } else { want == got };
+        let ok = if want.is_null() {
+            is_empty(got)
+        } else {
+            want == got
+        };
         if !ok {
             errs.push(format!("{what}.{k}: expected {want}, got {got}"));
         }
@@ -59,43 +65,54 @@ fn check_tree(which: &str, tree: &Tree, expect: &Value, check_owner: bool, errs:
                 errs.push(format!("{which}: {path} missing"));
                 continue;
             };
-            if let Some(t) = want.get("type").and_then(Value::as_str) {
-                if t != e.kind_name() {
-                    errs.push(format!("{which}: {path} is a {}, expected {t}", e.kind_name()));
-                    continue;
-                }
+            if let Some(t) = want.get("type").and_then(Value::as_str)
+                && t != e.kind_name()
+            {
+                errs.push(format!(
+                    "{which}: {path} is a {}, expected {t}",
+                    e.kind_name()
+                ));
+                continue;
             }
             let text = match &e.kind {
                 Kind::File(b) => Some(String::from_utf8_lossy(b).into_owned()),
                 _ => None,
             };
-            if let Some(c) = want.get("content").and_then(Value::as_str) {
-                if text.as_deref() != Some(c) {
-                    errs.push(format!("{which}: {path} content {text:?}, expected {c:?}"));
-                }
+            if let Some(c) = want.get("content").and_then(Value::as_str)
+                && text.as_deref() != Some(c)
+            {
+                errs.push(format!("{which}: {path} content {text:?}, expected {c:?}"));
             }
-            if let Some(c) = want.get("contains").and_then(Value::as_str) {
-                if !text.as_deref().is_some_and(|t| t.contains(c)) {
-                    errs.push(format!("{which}: {path} content {text:?} does not contain {c:?}"));
-                }
+            if let Some(c) = want.get("contains").and_then(Value::as_str)
+                && !text.as_deref().is_some_and(|t| t.contains(c))
+            {
+                errs.push(format!(
+                    "{which}: {path} content {text:?} does not contain {c:?}"
+                ));
             }
-            if let Some(t) = want.get("target").and_then(Value::as_str) {
-                if e.kind != Kind::Symlink(t.to_owned()) {
-                    errs.push(format!("{which}: {path} is {:?}, expected symlink to {t:?}", e.kind));
-                }
+            if let Some(t) = want.get("target").and_then(Value::as_str)
+                && e.kind != Kind::Symlink(t.to_owned())
+            {
+                errs.push(format!(
+                    "{which}: {path} is {:?}, expected symlink to {t:?}",
+                    e.kind
+                ));
             }
             if let Some(m) = want.get("mode").and_then(Value::as_str) {
                 let m = u32::from_str_radix(m, 8).unwrap();
                 if e.mode != m {
-                    errs.push(format!("{which}: {path} mode {:04o}, expected {m:04o}", e.mode));
+                    errs.push(format!(
+                        "{which}: {path} mode {:04o}, expected {m:04o}",
+                        e.mode
+                    ));
                 }
             }
             if check_owner {
                 for (key, got) in [("uid", e.uid), ("gid", e.gid)] {
-                    if let Some(w) = want.get(key).and_then(Value::as_u64) {
-                        if w != got {
-                            errs.push(format!("{which}: {path} {key} {got}, expected {w}"));
-                        }
+                    if let Some(w) = want.get(key).and_then(Value::as_u64)
+                        && w != got
+                    {
+                        errs.push(format!("{which}: {path} {key} {got}, expected {w}"));
                     }
                 }
             }
@@ -104,7 +121,10 @@ fn check_tree(which: &str, tree: &Tree, expect: &Value, check_owner: bool, errs:
     if let Some(absent) = expect.get("absent").and_then(Value::as_array) {
         for p in absent.iter().filter_map(Value::as_str) {
             if let Some(e) = tree.get(p) {
-                errs.push(format!("{which}: {p} exists ({}), expected absent", e.kind_name()));
+                errs.push(format!(
+                    "{which}: {p} exists ({}), expected absent",
+                    e.kind_name()
+                ));
             }
         }
     }
@@ -112,7 +132,13 @@ fn check_tree(which: &str, tree: &Tree, expect: &Value, check_owner: bool, errs:
 
 /// Builds `ctx` with `args` into `k`, writing OCI and local outputs under `out`, and checks
 /// `expect` against both. Returns the problems found.
-fn build_and_check(k: &Kiln, ctx: &Path, args: &[String], out: &Path, expect: &Value) -> Vec<String> {
+fn build_and_check(
+    k: &Kiln,
+    ctx: &Path,
+    args: &[String],
+    out: &Path,
+    expect: &Value,
+) -> Vec<String> {
     let mut errs = Vec::new();
     let oci = out.join("image.tar");
     let local = out.join("rootfs");
@@ -124,7 +150,11 @@ fn build_and_check(k: &Kiln, ctx: &Path, args: &[String], out: &Path, expect: &V
     if r.code != 0 {
         let tail: Vec<&str> = r.stderr.lines().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        errs.push(format!("build exited {}:\n    {}", r.code, tail.join("\n    ")));
+        errs.push(format!(
+            "build exited {}:\n    {}",
+            r.code,
+            tail.join("\n    ")
+        ));
         return errs;
     }
     if !oci.is_file() {
@@ -158,7 +188,13 @@ fn run_case(dir: &Path) -> Vec<String> {
     let expect: Value = serde_json::from_slice(&fs::read(dir.join("expect.json")).unwrap())
         .unwrap_or_else(|e| panic!("{}/expect.json: {e}", dir.display()));
     let args: Vec<String> = fs::read_to_string(dir.join("args"))
-        .map(|s| s.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+        .map(|s| {
+            s.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     let k = Kiln::with_base();
     let tmp = tempfile::tempdir().unwrap();
@@ -203,7 +239,11 @@ fn e2e_vectors() {
         .filter(|p| p.join("expect.json").is_file())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 25, "expected at least 25 e2e vectors, found {}", cases.len());
+    assert!(
+        cases.len() >= 25,
+        "expected at least 25 e2e vectors, found {}",
+        cases.len()
+    );
     let mut failed = Vec::new();
     let mut ran = 0;
     for dir in &cases {
@@ -221,5 +261,10 @@ fn e2e_vectors() {
         }
     }
     assert!(ran > 0, "no case matches KILN_E2E_CASE={filter:?}");
-    assert!(failed.is_empty(), "{} of {ran} e2e cases failed: {}", failed.len(), failed.join(", "));
+    assert!(
+        failed.is_empty(),
+        "{} of {ran} e2e cases failed: {}",
+        failed.len(),
+        failed.join(", ")
+    );
 }

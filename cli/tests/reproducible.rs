@@ -72,7 +72,11 @@ fn build(k: &Kiln, ctx: &Path, extra: &[&str], epoch: Option<&str>) -> Built {
         })
         .ok();
     let image = OciImage::read(&tar);
-    assert_eq!(r.digest(), image.manifest_digest, "printed digest is the exported manifest");
+    assert_eq!(
+        r.digest(),
+        image.manifest_digest,
+        "printed digest is the exported manifest"
+    );
     Built {
         digest: r.digest(),
         image,
@@ -105,21 +109,39 @@ fn same_input_different_dirs_stores_times_parallelism_same_digests() {
 
     sleep(Duration::from_millis(1100));
     let (k2, base2) = fresh_store_with_base(&b.path().join("nested/base"), None);
-    assert_eq!(base1, base2, "the base image is reproducible across stores and times");
+    assert_eq!(
+        base1, base2,
+        "the base image is reproducible across stores and times"
+    );
     let app2 = b.path().join("nested/elsewhere/app");
     write_app_context(&app2);
     touch_all(&app2);
     let two = build(&k2, &app2, &["--max-parallelism=4"], None);
 
-    assert_eq!(layer_digests(&one), layer_digests(&two), "layer digests differ");
-    assert_eq!(one.image.manifest["config"], two.image.manifest["config"], "config descriptors differ");
+    assert_eq!(
+        layer_digests(&one),
+        layer_digests(&two),
+        "layer digests differ"
+    );
+    assert_eq!(
+        one.image.manifest["config"], two.image.manifest["config"],
+        "config descriptors differ"
+    );
     assert_eq!(one.digest, two.digest, "manifest digests differ");
 
     // --no-cache in the first store, later again: still the same image.
     sleep(Duration::from_millis(1100));
     touch_all(&a.path().join("app"));
-    let three = build(&k1, &a.path().join("app"), &["--no-cache", "--max-parallelism=2"], None);
-    assert_eq!(one.digest, three.digest, "a --no-cache rebuild gives a different image");
+    let three = build(
+        &k1,
+        &a.path().join("app"),
+        &["--no-cache", "--max-parallelism=2"],
+        None,
+    );
+    assert_eq!(
+        one.digest, three.digest,
+        "a --no-cache rebuild gives a different image"
+    );
 }
 
 #[test]
@@ -138,7 +160,11 @@ fn source_date_epoch_is_reproducible_and_sets_created() {
     write_app_context(b.path());
     touch_all(b.path());
     let two = build(&k2, b.path(), &["--max-parallelism=3"], Some(EPOCH));
-    assert_eq!(layer_digests(&one), layer_digests(&two), "layer digests differ");
+    assert_eq!(
+        layer_digests(&one),
+        layer_digests(&two),
+        "layer digests differ"
+    );
     assert_eq!(one.digest, two.digest, "manifest digests differ");
     assert_eq!(
         one.image.config["created"], "2023-11-14T22:13:20Z",
@@ -198,7 +224,10 @@ fn changing_one_file_reruns_only_dependent_steps() {
     let k = Kiln::with_base();
     let ctx = tempfile::tempdir().unwrap();
     write_app_context(ctx.path());
-    let json = |k: &Kiln| k.build_with(ctx.path(), &["--progress=json".into()], |_| {}).ok();
+    let json = |k: &Kiln| {
+        k.build_with(ctx.path(), &["--progress=json".into()], |_| {})
+            .ok()
+    };
     let first = json(&k);
     let d1 = first.digest();
     assert!(
@@ -215,32 +244,59 @@ fn changing_one_file_reruns_only_dependent_steps() {
         "ADD data.txt",
         "touch /final-marker",
     ];
-    let all: Vec<&str> = INDEPENDENT.iter().chain(DEPENDENT.iter()).copied().collect();
+    let all: Vec<&str> = INDEPENDENT
+        .iter()
+        .chain(DEPENDENT.iter())
+        .copied()
+        .collect();
 
     // Unchanged: everything cached (mtimes alone do not invalidate).
     sleep(Duration::from_millis(1100));
     touch_all(ctx.path());
     let again = json(&k);
-    assert_eq!(again.digest(), d1, "an unchanged rebuild gives the same image");
+    assert_eq!(
+        again.digest(),
+        d1,
+        "an unchanged rebuild gives the same image"
+    );
     let states = step_states(&again.events(), &all);
     for f in &all {
-        assert_eq!(states[*f], "cached", "unchanged rebuild, step {f:?}: {states:?}");
+        assert_eq!(
+            states[*f], "cached",
+            "unchanged rebuild, step {f:?}: {states:?}"
+        );
     }
 
     // Change one file used by the build stage's COPY.
     fs::write(ctx.path().join("src/b.txt"), "b changed\n").unwrap();
     let changed = json(&k);
-    assert_ne!(changed.digest(), d1, "changing a context file changes the image");
+    assert_ne!(
+        changed.digest(),
+        d1,
+        "changing a context file changes the image"
+    );
     let states = step_states(&changed.events(), &all);
     for f in INDEPENDENT {
-        assert_eq!(states[f], "cached", "step {f:?} does not depend on src/b.txt: {states:?}");
+        assert_eq!(
+            states[f], "cached",
+            "step {f:?} does not depend on src/b.txt: {states:?}"
+        );
     }
     for f in DEPENDENT {
-        assert_eq!(states[f], "started", "step {f:?} depends on src/b.txt: {states:?}");
+        assert_eq!(
+            states[f], "started",
+            "step {f:?} depends on src/b.txt: {states:?}"
+        );
     }
 
     // The cached rebuild gives the same image as a fresh build of the changed context.
     let k2 = Kiln::with_base();
-    let fresh = k2.build_with(ctx.path(), &["--progress=plain".into()], |_| {}).ok();
-    assert_eq!(fresh.digest(), changed.digest(), "cache-assisted and fresh builds differ");
+    let fresh = k2
+        .build_with(ctx.path(), &["--progress=plain".into()], |_| {})
+        .ok();
+    assert_eq!(
+        fresh.digest(),
+        changed.digest(),
+        "cache-assisted and fresh builds differ"
+    );
 }

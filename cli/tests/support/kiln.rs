@@ -37,7 +37,9 @@ pub fn kiln_bin() -> &'static str {
 /// True when running as root (RUN steps need namespaces and overlayfs). Prints the skip line
 /// otherwise, so callers can `if !root_or_skip() { return; }`.
 pub fn root_or_skip() -> bool {
-    let root = fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    let root = fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
     if !root {
         println!("skipped: needs root");
     }
@@ -81,7 +83,11 @@ impl Run {
 
     /// Panics with both streams unless the command exited 0.
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "kiln failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "kiln failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -99,7 +105,10 @@ impl Kiln {
     /// An empty store.
     pub fn empty() -> Self {
         Self {
-            dir: tempfile::Builder::new().prefix("kiln-root").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("kiln-root")
+                .tempdir()
+                .unwrap(),
         }
     }
 
@@ -143,7 +152,11 @@ impl Kiln {
     /// `kiln build --progress plain ARGS… CONTEXT`.
     pub fn build(&self, context: &Path, args: &[&str]) -> Run {
         let mut c = self.cmd();
-        c.current_dir(context).arg("build").arg("--progress=plain").args(args).arg(context);
+        c.current_dir(context)
+            .arg("build")
+            .arg("--progress=plain")
+            .args(args)
+            .arg(context);
         Run::from(c.output().unwrap())
     }
 
@@ -183,7 +196,8 @@ pub fn du_count(du: &str, row: &str) -> u64 {
 /// Writes the busybox base context (busybox binary, passwd, group, Dockerfile) into `dir`.
 pub fn write_base_context(dir: &Path) {
     fs::create_dir_all(dir).unwrap();
-    fs::copy("/bin/busybox", dir.join("busybox")).expect("/bin/busybox (busybox-static) is installed");
+    fs::copy("/bin/busybox", dir.join("busybox"))
+        .expect("/bin/busybox (busybox-static) is installed");
     fs::set_permissions(dir.join("busybox"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(dir.join("passwd"), BASE_PASSWD).unwrap();
     fs::write(dir.join("group"), BASE_GROUP).unwrap();
@@ -221,10 +235,10 @@ fn clean_stale(base: &Path) {
     let Ok(rd) = fs::read_dir(base) else { return };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Ok(pid) = name.parse::<u32>() {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = fs::remove_dir_all(e.path());
-            }
+        if let Ok(pid) = name.parse::<u32>()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = fs::remove_dir_all(e.path());
         }
     }
 }
@@ -296,7 +310,12 @@ pub fn walk_dir(root: &Path) -> Tree {
             let md = fs::symlink_metadata(e.path()).unwrap();
             let ft = md.file_type();
             let kind = if ft.is_symlink() {
-                Kind::Symlink(fs::read_link(e.path()).unwrap().to_string_lossy().into_owned())
+                Kind::Symlink(
+                    fs::read_link(e.path())
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                )
             } else if ft.is_dir() {
                 Kind::Dir
             } else if ft.is_file() {
@@ -347,7 +366,12 @@ pub fn tar_files(path: &Path) -> BTreeMap<String, Vec<u8>> {
         if e.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
-        let name = e.path().unwrap().to_string_lossy().trim_start_matches("./").to_owned();
+        let name = e
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_owned();
         let mut data = Vec::new();
         e.read_to_end(&mut data).unwrap();
         out.insert(name, data);
@@ -363,13 +387,21 @@ impl OciImage {
     pub fn read(path: &Path) -> Self {
         let files = tar_files(path);
         let json = |name: &str| -> serde_json::Value {
-            let b = files.get(name).unwrap_or_else(|| panic!("{name} missing from {}", path.display()));
+            let b = files
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} missing from {}", path.display()));
             serde_json::from_slice(b).unwrap_or_else(|e| panic!("{name}: {e}"))
         };
         let index = json("index.json");
-        let manifest_digest = index["manifests"][0]["digest"].as_str().expect("index.json manifests[0].digest").to_owned();
+        let manifest_digest = index["manifests"][0]["digest"]
+            .as_str()
+            .expect("index.json manifests[0].digest")
+            .to_owned();
         let manifest = json(&blob_path(&manifest_digest));
-        let config_digest = manifest["config"]["digest"].as_str().expect("config digest").to_owned();
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .expect("config digest")
+            .to_owned();
         let config = json(&blob_path(&config_digest));
         let layers = manifest["layers"]
             .as_array()
@@ -406,7 +438,9 @@ impl OciImage {
         let raw = self.blob(digest);
         let mut out = Vec::new();
         if media_type.ends_with("gzip") {
-            flate2::read::GzDecoder::new(raw).read_to_end(&mut out).unwrap();
+            flate2::read::GzDecoder::new(raw)
+                .read_to_end(&mut out)
+                .unwrap();
         } else if media_type.ends_with("zstd") {
             out = zstd::stream::decode_all(raw).unwrap();
         } else {
@@ -426,7 +460,10 @@ impl OciImage {
 }
 
 fn norm(p: &str) -> String {
-    let parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    let parts: Vec<&str> = p
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
     format!("/{}", parts.join("/"))
 }
 
@@ -454,10 +491,18 @@ pub fn apply_layer(tree: &mut Tree, layer: &[u8]) {
         let h = e.header().clone();
         let kind = match h.entry_type() {
             tar::EntryType::Directory => Kind::Dir,
-            tar::EntryType::Symlink => Kind::Symlink(e.link_name().unwrap().unwrap().to_string_lossy().into_owned()),
+            tar::EntryType::Symlink => Kind::Symlink(
+                e.link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
             tar::EntryType::Link => {
                 let target = norm(&e.link_name().unwrap().unwrap().to_string_lossy());
-                tree.get(&target).map(|t| t.kind.clone()).unwrap_or(Kind::Other)
+                tree.get(&target)
+                    .map(|t| t.kind.clone())
+                    .unwrap_or(Kind::Other)
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let mut data = Vec::new();
