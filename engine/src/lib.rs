@@ -1,15 +1,28 @@
 //! kiln-engine: the build engine.
 //!
 //! Dockerfile → [`frontend`] (parser → typed instructions → graph) → [`solver`] (parallel,
-//! cached) → [`store`] (content store, metadata, snapshots) → [`oci`] (layers, images,
-//! exporters). Steps that run commands go through `kiln-sandbox`; file steps run here, never
-//! following a path out of their root ([`fsview`], [`fileop`]).
+//! cached) → [`store`] (content store, metadata, snapshots) → [`image`] (assemble) →
+//! [`output`] (exporters). Steps that run commands go through `kiln-sandbox`; file steps run
+//! here, never following a path out of their root ([`fsview`], [`fileop`]). [`builder`] runs
+//! one build end to end.
 #![forbid(unsafe_code)]
 
+pub mod builder;
 pub mod digest;
 pub mod fileop;
 pub mod frontend;
 pub mod fsview;
+pub mod gc;
+pub mod graph;
+pub mod image;
+pub mod import;
 pub mod oci;
+pub mod ops;
+pub mod output;
+pub mod progress;
+pub mod solver;
+pub mod store;
+pub mod tenant;
 
 pub use digest::Digest;
+pub use tenant::TenantId;

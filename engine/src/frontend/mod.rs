@@ -3,6 +3,7 @@
 //! → conversion to the build graph. [`shell`] implements word expansion and
 //! [`dockerignore`] the `.dockerignore` pattern rules.
 
+pub mod convert;
 pub mod dockerignore;
 pub mod instructions;
 pub mod parser;

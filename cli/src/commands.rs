@@ -1,0 +1,420 @@
+//! Command-line surface, shaped like `docker buildx build` and `buildctl debug`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln_engine::builder::{BuildRequest, ContextSource, Engine};
+use kiln_engine::frontend::parser;
+use kiln_engine::frontend::shell::Lexer;
+use kiln_engine::oci::compress::Compression;
+use kiln_engine::output::OutputSpec;
+use kiln_engine::progress::Progress;
+use kiln_engine::store::Store;
+
+/// kiln builds container images from Dockerfiles: every step sandboxed, every result cached
+/// by content, every image reproducible bit for bit.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Store directory (cache, layers, local images).
+    #[arg(long, global = true, env = "KILN_ROOT", default_value = Store::DEFAULT_ROOT, value_name = "DIR")]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build an image from a Dockerfile.
+    ///
+    /// Examples:
+    ///   kiln build -t app:1 .
+    ///   kiln build -f build/Dockerfile --target test --build-arg VERSION=1.2 .
+    ///   kiln build -o type=oci,dest=app.tar -o type=local,dest=rootfs .
+    ///   kiln build --build-context base=oci-layout://./base-layout .
+    #[command(verbatim_doc_comment)]
+    Build(BuildArgs),
+    /// List images in the local image store.
+    Images,
+    /// Show disk usage of the store.
+    Du,
+    /// Remove build cache: every cached step result and layer no image references.
+    Prune {
+        /// Also remove every image from the local image store.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Debugging aids, like `buildctl debug`.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DebugCommand {
+    /// Print a Dockerfile's parse tree in BuildKit's dump format.
+    DumpAst {
+        /// The Dockerfile.
+        file: PathBuf,
+    },
+    /// Print a word's expansion with Dockerfile rules (exit 1 with the error if it fails).
+    Expand {
+        /// Variables, K=V (repeatable).
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// Escape character.
+        #[arg(long, default_value = "\\")]
+        escape: char,
+        /// Split the result into words (like RUN/EXPOSE arguments) and print one per line.
+        #[arg(long)]
+        words: bool,
+        /// The word.
+        word: String,
+    },
+    /// Print the build graph a Dockerfile converts to, as JSON.
+    DumpGraph(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Build-time variable (repeatable).
+    #[arg(long = "build-arg", value_name = "K=V", value_parser = parse_kv)]
+    build_args: Vec<(String, String)>,
+    /// Stage to build.
+    #[arg(long)]
+    target: Option<String>,
+    /// Extra context: NAME=DIR, NAME=oci-layout://PATH[@sha256:…] or NAME=docker-archive://PATH.tar.
+    #[arg(long = "build-context", value_name = "NAME=SRC", value_parser = parse_context)]
+    build_contexts: Vec<(String, ContextSource)>,
+    /// Allow an entitlement: `network.host` lets `RUN --network=host` reach the host network.
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = ["network.host"])]
+    allow: Vec<String>,
+    /// The build context directory.
+    context: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProgressMode {
+    /// A live view on a terminal, plain lines otherwise.
+    Auto,
+    /// The live view.
+    Tty,
+    /// Plain lines (`#N …`, like BuildKit).
+    Plain,
+    /// One JSON event per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LayerCompression {
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Name the image in the local image store (repeatable).
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    tags: Vec<String>,
+    /// Do not use cached step results.
+    #[arg(long)]
+    no_cache: bool,
+    /// Output: type=oci|oci-dir|docker|local|tar,dest=PATH (repeatable).
+    #[arg(short = 'o', long = "output", value_name = "SPEC", value_parser = parse_output)]
+    outputs: Vec<OutputSpec>,
+    /// Progress output.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+    /// Maximum number of steps run at once (default: number of CPUs).
+    #[arg(long, value_name = "N")]
+    max_parallelism: Option<usize>,
+    /// Layer compression.
+    #[arg(long, value_enum, default_value = "gzip")]
+    compression: LayerCompression,
+    /// Print only the image digest on stdout.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => {
+            // `--build-arg NAME` takes the value from the environment, like docker.
+            if !s.is_empty() && !s.contains('=') {
+                return std::env::var(s).map(|v| (s.to_owned(), v)).map_err(|_| {
+                    format!("{s:?}: expected KEY=VALUE (or a KEY set in the environment)")
+                });
+            }
+            Err(format!("{s:?}: expected KEY=VALUE"))
+        }
+    }
+}
+
+fn parse_context(s: &str) -> Result<(String, ContextSource), String> {
+    ContextSource::parse_flag(s).map_err(|e| e.reason)
+}
+
+fn parse_output(s: &str) -> Result<OutputSpec, String> {
+    OutputSpec::parse(s).map_err(|e| e.reason)
+}
+
+/// A command failure, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    err: anyhow::Error,
+    code: u8,
+}
+
+impl Failure {
+    /// 1 for build failures, 2 for usage errors.
+    pub fn exit_code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if f.alternate() {
+            write!(f, "{:#}", self.err)
+        } else {
+            write!(f, "{}", self.err)
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self {
+            err: e.into(),
+            code: 1,
+        }
+    }
+}
+
+fn usage(msg: String) -> Failure {
+    Failure {
+        err: anyhow::anyhow!(msg),
+        code: 2,
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Build(b) => build(&cli.root, b),
+        Command::Images => images(&cli.root),
+        Command::Du => du(&cli.root),
+        Command::Prune { all } => prune(&cli.root, all),
+        Command::Debug(DebugCommand::DumpAst { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| usage(format!("{}: {e}", file.display())))?;
+            let ast = parser::parse(&text).map_err(|e| {
+                anyhow::anyhow!("{}:{}:{}: {}", file.display(), e.line, e.column, e.message)
+            })?;
+            print!("{}", parser::dump(&ast));
+            Ok(())
+        }
+        Command::Debug(DebugCommand::Expand {
+            env,
+            escape,
+            words,
+            word,
+        }) => {
+            let mut vars: Vec<(String, String)> = Vec::new();
+            for kv in env {
+                vars.push(parse_kv(&kv).map_err(usage)?);
+            }
+            let lexer = Lexer::new(escape);
+            if words {
+                for w in lexer.process_words(&word, &vars)? {
+                    println!("{w}");
+                }
+            } else {
+                println!("{}", lexer.process_word(&word, &vars)?);
+            }
+            Ok(())
+        }
+        Command::Debug(DebugCommand::DumpGraph(p)) => {
+            let req = request(&p)?;
+            // Planning may import image contexts into the store, so it needs one.
+            let engine = open_engine(&cli.root)?;
+            let planned = engine.plan(&req)?;
+            let json = planned.graph.to_json(&[planned.target]);
+            println!("{}", serde_json::to_string_pretty(&json)?);
+            Ok(())
+        }
+    }
+}
+
+fn request(p: &PlanArgs) -> Result<BuildRequest, Failure> {
+    if !p.context.is_dir() {
+        return Err(usage(format!(
+            "build context {} is not a directory",
+            p.context.display()
+        )));
+    }
+    let mut req = BuildRequest::new(p.context.clone());
+    req.dockerfile = p.file.clone();
+    req.build_args = p.build_args.iter().cloned().collect::<BTreeMap<_, _>>();
+    req.target = p.target.clone();
+    req.build_contexts = p.build_contexts.iter().cloned().collect();
+    req.allow_host_network = p.allow.iter().any(|a| a == "network.host");
+    req.epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v.parse().map_err(|_| {
+            usage(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+            ))
+        })?,
+        _ => 0,
+    };
+    Ok(req)
+}
+
+fn open_engine(root: &std::path::Path) -> Result<Engine, Failure> {
+    let store = Store::open(root)?;
+    let exe = std::env::current_exe()?;
+    Ok(Engine::new(store, exe))
+}
+
+fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
+    let mut req = request(&b.plan)?;
+    req.tags = b.tags.clone();
+    req.no_cache = b.no_cache;
+    req.outputs = b.outputs.clone();
+    if let Some(n) = b.max_parallelism {
+        if n == 0 {
+            return Err(usage("--max-parallelism must be at least 1".into()));
+        }
+        req.max_parallelism = n;
+    }
+    req.compression = match b.compression {
+        LayerCompression::Gzip => Compression::Gzip,
+        LayerCompression::Zstd => Compression::Zstd,
+    };
+    let engine = open_engine(root)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(req.max_parallelism.clamp(1, 64))
+        .build()?;
+    let (progress, rx) = Progress::channel();
+    let mode = match b.progress {
+        _ if b.quiet => crate::ui::Mode::Quiet,
+        ProgressMode::Auto => {
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                crate::ui::Mode::Tty
+            } else {
+                crate::ui::Mode::Plain
+            }
+        }
+        ProgressMode::Tty => crate::ui::Mode::Tty,
+        ProgressMode::Plain => crate::ui::Mode::Plain,
+        ProgressMode::Json => crate::ui::Mode::Json,
+    };
+    let result = rt.block_on(async {
+        let ui = tokio::spawn(crate::ui::render(rx, mode));
+        let r = engine.build(&req, progress).await;
+        let _ = ui.await;
+        r
+    })?;
+    if !result.unused_build_args.is_empty() {
+        eprintln!(
+            "warning: build-args not consumed by any ARG: {}",
+            result.unused_build_args.join(", ")
+        );
+    }
+    if b.quiet {
+        println!("{}", result.manifest_digest);
+    } else {
+        for t in &result.tags {
+            eprintln!("naming to {t}");
+        }
+        eprintln!(
+            "built {} ({} steps run, {} cached)",
+            result.manifest_digest, result.executed, result.cached
+        );
+        println!("{}", result.manifest_digest);
+    }
+    Ok(())
+}
+
+fn images(root: &std::path::Path) -> Result<(), Failure> {
+    let store = Store::open(root)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<40} {:<20} {:>10}", "NAME", "ID", "SIZE")?;
+    for (name, rec) in store.meta.images()? {
+        let size: u64 = kiln_engine::image::load(&store, &rec.manifest)
+            .map(|i| i.manifest.layers.iter().map(|l| l.size).sum::<u64>() + i.manifest.config.size)
+            .unwrap_or(0);
+        let id = rec.manifest.to_string();
+        writeln!(
+            out,
+            "{:<40} {:<20} {:>10}",
+            name,
+            &id[..id.len().min(19)],
+            human(size)
+        )?;
+    }
+    Ok(())
+}
+
+fn du(root: &std::path::Path) -> Result<(), Failure> {
+    let store = Store::open(root)?;
+    let u = kiln_engine::gc::usage(&store)?;
+    println!("{:<24} {:>10} {:>8}", "TYPE", "SIZE", "COUNT");
+    println!(
+        "{:<24} {:>10} {:>8}",
+        "layers (snapshots)",
+        human(u.snapshot_bytes),
+        u.snapshots
+    );
+    println!(
+        "{:<24} {:>10} {:>8}",
+        "blobs (content store)",
+        human(u.blob_bytes),
+        u.blobs
+    );
+    println!("{:<24} {:>10} {:>8}", "cache records", "-", u.cache_records);
+    println!("{:<24} {:>10} {:>8}", "images", "-", u.images);
+    println!(
+        "{:<24} {:>10} {:>8}",
+        "reclaimable",
+        human(u.reclaimable_bytes),
+        "-"
+    );
+    Ok(())
+}
+
+fn prune(root: &std::path::Path, all: bool) -> Result<(), Failure> {
+    let store = Store::open(root)?;
+    let r = kiln_engine::gc::prune(&store, all)?;
+    println!(
+        "removed {} cache records, {} layers, {} blobs; reclaimed {}",
+        r.cache_records,
+        r.snapshots,
+        r.blobs,
+        human(r.bytes)
+    );
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < U.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", U[i])
+    }
+}

@@ -1,0 +1,219 @@
+//! The solver as a user sees it through `kiln build`: parallel stages, the parallelism bound,
+//! caching, and the first failure cancelling the rest. Needs root (RUN steps use namespaces
+//! and overlayfs); without root each test prints why it skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+macro_rules! need_root {
+    () => {
+        if !is_root() {
+            println!("skipped: needs root (RUN steps use namespaces and overlayfs)");
+            return;
+        }
+    };
+}
+
+fn kiln(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .expect("run kiln")
+}
+
+/// A store holding `base:latest`, a busybox image built FROM scratch.
+fn store_with_base(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    let ctx = dir.join("base");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("busybox-static is installed");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+    )
+    .unwrap();
+    let out = kiln(&root, &["build", "-q", "-t", "base", ctx.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    root
+}
+
+/// JSON progress events of a build.
+fn events(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn context(dir: &Path, name: &str, dockerfile: &str) -> PathBuf {
+    let ctx = dir.join(name);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    ctx
+}
+
+const FOUR_STAGES: &str = "FROM base AS a\nRUN sleep 0.5 && echo a > /a\n\
+FROM base AS b\nRUN sleep 0.5 && echo b > /b\n\
+FROM base AS c\nRUN sleep 0.5 && echo c > /c\n\
+FROM base AS d\nRUN sleep 0.5 && echo d > /d\n\
+FROM base\nCOPY --from=a /a /\nCOPY --from=b /b /\nCOPY --from=c /c /\nCOPY --from=d /d /\n";
+
+/// The largest number of RUN steps that were running at the same moment.
+fn max_overlap(ev: &[serde_json::Value]) -> usize {
+    let mut running = std::collections::BTreeSet::new();
+    let mut max = 0;
+    for e in ev {
+        let v = e["vertex"].as_u64();
+        match e["event"].as_str() {
+            Some("started") if e["name"].as_str().unwrap_or("").contains("RUN") => {
+                running.insert(v);
+                max = max.max(running.len());
+            }
+            Some("done") | Some("error") => {
+                running.remove(&v);
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
+#[test]
+fn independent_stages_run_in_parallel_within_the_bound() {
+    need_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let root = store_with_base(dir.path());
+    let ctx = context(dir.path(), "ctx", FOUR_STAGES);
+    let c = ctx.to_str().unwrap();
+    let out = kiln(
+        &root,
+        &["build", "--progress", "json", "--max-parallelism", "4", c],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(max_overlap(&events(&out)) >= 2, "stages never overlapped");
+
+    let out = kiln(
+        &root,
+        &[
+            "build",
+            "--no-cache",
+            "--progress",
+            "json",
+            "--max-parallelism",
+            "1",
+            c,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        max_overlap(&events(&out)),
+        1,
+        "--max-parallelism 1 ran two steps at once"
+    );
+}
+
+#[test]
+fn a_rebuild_is_fully_cached_and_identical() {
+    need_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let root = store_with_base(dir.path());
+    let ctx = context(dir.path(), "ctx", FOUR_STAGES);
+    let c = ctx.to_str().unwrap();
+    let first = kiln(&root, &["build", "--progress", "json", c]);
+    assert!(first.status.success());
+    let second = kiln(&root, &["build", "--progress", "json", c]);
+    assert!(second.status.success());
+    assert_eq!(
+        first.stdout, second.stdout,
+        "digest changed on a cached rebuild"
+    );
+    let ev = events(&second);
+    let started: Vec<_> = ev.iter().filter(|e| e["event"] == "started").collect();
+    assert!(started.is_empty(), "steps re-ran: {started:?}");
+    assert_eq!(ev.iter().filter(|e| e["event"] == "cached").count(), 9);
+}
+
+#[test]
+fn the_first_failure_cancels_running_steps() {
+    need_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let root = store_with_base(dir.path());
+    let marker = format!("kiln-cancel-test-{}", std::process::id());
+    let ctx = context(
+        dir.path(),
+        "ctx",
+        &format!(
+            "FROM base AS slow\nRUN sleep 300; echo {marker}\n\
+             FROM base AS bad\nRUN sleep 0.3; exit 7\n\
+             FROM base\nCOPY --from=slow / /s\nCOPY --from=bad / /b\n"
+        ),
+    );
+    let start = std::time::Instant::now();
+    let out = kiln(
+        &root,
+        &["build", "--progress", "plain", ctx.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exit code: 7"), "{err}");
+    // A hang guard, not a performance check: without cancellation this takes 300 s.
+    assert!(
+        start.elapsed().as_secs() < 60,
+        "the slow step was not cancelled"
+    );
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains(&marker),
+        "the cancelled step is still running"
+    );
+}
+
+#[test]
+fn a_failed_build_commits_nothing() {
+    need_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let root = store_with_base(dir.path());
+    let before_images = kiln(&root, &["images"]).stdout;
+    let before_du = kiln(&root, &["du"]).stdout;
+    let ctx = context(
+        dir.path(),
+        "ctx",
+        "FROM base\nRUN echo ok > /ok\nRUN exit 1\n",
+    );
+    let out = kiln(&root, &["build", "-t", "never", ctx.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(kiln(&root, &["images"]).stdout, before_images);
+    let cache_line = |du: &[u8]| {
+        String::from_utf8_lossy(du)
+            .lines()
+            .find(|l| l.starts_with("cache records"))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        cache_line(&kiln(&root, &["du"]).stdout),
+        cache_line(&before_du)
+    );
+    let tmp = std::fs::read_dir(root.join("snapshots/.tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp, 0, "the failed step's layer directory was left behind");
+}

@@ -1,0 +1,516 @@
+//! One build, end to end: read the Dockerfile → convert → solve → assemble → emit outputs →
+//! commit. Both the embedded `kiln build` and (later) the daemon run this.
+//!
+//! Ordering is the invariant: nothing is written outside the store until the image is fully
+//! assembled, and no metadata record is committed until every output has been written, so a
+//! failing build leaves committed records exactly as they were.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::Digest;
+use crate::frontend::convert::{self, ConvertOptions, ResolvedImage, Resolver};
+use crate::frontend::dockerignore::DockerIgnore;
+use crate::frontend::{instructions, parser};
+use crate::graph::Graph;
+use crate::image::{self, AssembleOptions, Assembled};
+use crate::oci::compress::Compression;
+use crate::ops::{ContextDir, OpContext, Output};
+use crate::output::{self, OutputSpec};
+use crate::progress::{Event, Progress};
+use crate::store::{ImageRecord, StagedRecords, Store};
+
+/// Where a named build context comes from (`--build-context NAME=SRC`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ContextSource {
+    /// A local directory.
+    Dir(PathBuf),
+    /// An OCI image layout directory, optionally a manifest digest in it.
+    OciLayout {
+        /// Layout directory.
+        path: PathBuf,
+        /// Which manifest.
+        digest: Option<Digest>,
+    },
+    /// A `docker save` tarball.
+    DockerArchive(PathBuf),
+}
+
+/// Errors in a `--build-context` or `-o` value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {what} {value:?}: {reason}")]
+pub struct SpecError {
+    /// Which flag.
+    pub what: &'static str,
+    /// The value given.
+    pub value: String,
+    /// Why it is wrong.
+    pub reason: String,
+}
+
+impl ContextSource {
+    /// Parses `NAME=SRC` into its parts.
+    pub fn parse_flag(s: &str) -> Result<(String, Self), SpecError> {
+        let err = |reason: &str| SpecError {
+            what: "--build-context",
+            value: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (name, src) = s
+            .split_once('=')
+            .ok_or_else(|| err("expected NAME=SOURCE"))?;
+        if name.is_empty() || src.is_empty() {
+            return Err(err("expected NAME=SOURCE"));
+        }
+        let source = if let Some(rest) = src.strip_prefix("oci-layout://") {
+            let (path, digest) = match rest.rsplit_once('@') {
+                Some((p, d)) => (
+                    p,
+                    Some(d.parse::<Digest>().map_err(|e| err(&e.to_string()))?),
+                ),
+                None => (rest, None),
+            };
+            if path.is_empty() {
+                return Err(err("oci-layout:// needs a path"));
+            }
+            Self::OciLayout {
+                path: PathBuf::from(path),
+                digest,
+            }
+        } else if let Some(rest) = src.strip_prefix("docker-archive://") {
+            if rest.is_empty() {
+                return Err(err("docker-archive:// needs a path"));
+            }
+            Self::DockerArchive(PathBuf::from(rest))
+        } else if src.contains("://") {
+            return Err(err(
+                "unsupported source; use a directory, oci-layout://PATH[@sha256:…] or docker-archive://PATH.tar",
+            ));
+        } else {
+            Self::Dir(PathBuf::from(src))
+        };
+        Ok((name.to_owned(), source))
+    }
+}
+
+/// A build request.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile (default `CONTEXT/Dockerfile`).
+    pub dockerfile: Option<PathBuf>,
+    /// `-t` names for the local image store.
+    pub tags: Vec<String>,
+    /// `--build-arg`.
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `--no-cache`.
+    pub no_cache: bool,
+    /// `-o`.
+    pub outputs: Vec<OutputSpec>,
+    /// `--build-context`.
+    pub build_contexts: BTreeMap<String, ContextSource>,
+    /// `--max-parallelism`.
+    pub max_parallelism: usize,
+    /// `--allow network.host`.
+    pub allow_host_network: bool,
+    /// Layer compression.
+    pub compression: Compression,
+    /// `SOURCE_DATE_EPOCH` (0 when unset).
+    pub epoch: u64,
+    /// Whose build this is.
+    pub tenant: crate::TenantId,
+}
+
+impl BuildRequest {
+    /// A request with defaults for a context directory.
+    pub fn new(context: impl Into<PathBuf>) -> Self {
+        Self {
+            context: context.into(),
+            dockerfile: None,
+            tags: Vec::new(),
+            build_args: BTreeMap::new(),
+            target: None,
+            no_cache: false,
+            outputs: Vec::new(),
+            build_contexts: BTreeMap::new(),
+            max_parallelism: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            allow_host_network: false,
+            compression: Compression::Gzip,
+            epoch: 0,
+            tenant: crate::TenantId::local(),
+        }
+    }
+}
+
+/// Build errors. `is_usage` tells the CLI which exit code to use.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The Dockerfile is wrong.
+    #[error("{file}:{line}:{column}: {message}")]
+    Dockerfile {
+        /// File.
+        file: String,
+        /// Line.
+        line: usize,
+        /// Column.
+        column: usize,
+        /// Message.
+        message: String,
+    },
+    /// A client file could not be read.
+    #[error("{what} {path}: {source}")]
+    Input {
+        /// What was read.
+        what: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A named context could not be imported.
+    #[error("build context {name:?}: {message}")]
+    Context {
+        /// Name.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// A step failed.
+    #[error(transparent)]
+    Solve(#[from] crate::solver::SolveError),
+    /// Assembling the image failed.
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    /// Writing an output failed.
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildResult {
+    /// The image manifest digest.
+    pub manifest_digest: Digest,
+    /// The config digest.
+    pub config_digest: Digest,
+    /// Names stored in the local image store.
+    pub tags: Vec<String>,
+    /// Steps run.
+    pub executed: usize,
+    /// Steps from the cache.
+    pub cached: usize,
+    /// `--build-arg`s no ARG consumed.
+    pub unused_build_args: Vec<String>,
+}
+
+/// The embedded engine: a store and the sandbox's init binary.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    store: Arc<Store>,
+    init_exe: PathBuf,
+}
+
+/// A parsed build, before solving (also what `kiln debug dump-graph` prints).
+#[derive(Debug)]
+pub struct Planned {
+    /// The graph.
+    pub graph: Graph,
+    /// Target vertex.
+    pub target: usize,
+    /// Image metadata.
+    pub image: convert::ImageState,
+    /// Unused build args.
+    pub unused_build_args: Vec<String>,
+    contexts: HashMap<String, ContextDir>,
+}
+
+impl Engine {
+    /// An engine on `store` whose steps run via `init_exe` (normally the `kiln` binary).
+    pub fn new(store: Store, init_exe: PathBuf) -> Self {
+        Self {
+            store: Arc::new(store),
+            init_exe,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reads and converts the Dockerfile; imports image build contexts.
+    pub fn plan(&self, req: &BuildRequest) -> Result<Planned, BuildError> {
+        let dockerfile = req
+            .dockerfile
+            .clone()
+            .unwrap_or_else(|| req.context.join("Dockerfile"));
+        let file = dockerfile.display().to_string();
+        let text = std::fs::read_to_string(&dockerfile).map_err(|source| BuildError::Input {
+            what: "reading Dockerfile",
+            path: dockerfile.clone(),
+            source,
+        })?;
+        let df_err = |line: usize, column: usize, message: String| BuildError::Dockerfile {
+            file: file.clone(),
+            line,
+            column,
+            message,
+        };
+        let ast = parser::parse(&text).map_err(|e| df_err(e.line, e.column, e.message.clone()))?;
+        let df = instructions::parse_dockerfile(&ast)
+            .map_err(|e| df_err(e.line, e.column, e.message.clone()))?;
+
+        let ignore = load_dockerignore(&req.context, &dockerfile)?;
+        let mut contexts = HashMap::new();
+        contexts.insert(
+            "context".to_owned(),
+            ContextDir {
+                dir: req.context.clone(),
+                ignore,
+            },
+        );
+        let mut images = HashMap::new();
+        for (name, src) in &req.build_contexts {
+            match src {
+                ContextSource::Dir(d) => {
+                    let ignore = load_dockerignore(d, &d.join("Dockerfile"))?;
+                    contexts.insert(
+                        name.clone(),
+                        ContextDir {
+                            dir: d.clone(),
+                            ignore,
+                        },
+                    );
+                }
+                ContextSource::OciLayout { path, digest } => {
+                    let img = crate::import::oci_layout(&self.store, path, digest.as_ref())
+                        .map_err(|e| BuildError::Context {
+                            name: name.clone(),
+                            message: e.to_string(),
+                        })?;
+                    images.insert(name.clone(), img);
+                }
+                ContextSource::DockerArchive(path) => {
+                    let img = crate::import::docker_archive(&self.store, path).map_err(|e| {
+                        BuildError::Context {
+                            name: name.clone(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                    images.insert(name.clone(), img);
+                }
+            }
+        }
+        let resolver = StoreResolver {
+            store: &self.store,
+            images,
+            dirs: contexts
+                .keys()
+                .filter(|k| *k != "context")
+                .cloned()
+                .collect(),
+        };
+        let opts = ConvertOptions {
+            build_args: req.build_args.clone(),
+            target: req.target.clone(),
+            allow_host_network: req.allow_host_network,
+            platform: convert::host_platform(),
+        };
+        let c = convert::convert(&df, &opts, &resolver)
+            .map_err(|e| df_err(e.line, e.column, e.message))?;
+        Ok(Planned {
+            graph: c.graph,
+            target: c.target,
+            image: c.image,
+            unused_build_args: c.unused_build_args,
+            contexts,
+        })
+    }
+
+    /// Runs a build.
+    pub async fn build(
+        &self,
+        req: &BuildRequest,
+        progress: Progress,
+    ) -> Result<BuildResult, BuildError> {
+        let planned = self.plan(req)?;
+        let graph = Arc::new(planned.graph);
+        let ctx = Arc::new(OpContext::new(
+            self.store.clone(),
+            kiln_sandbox::Sandbox::new(self.init_exe.clone()),
+            planned.contexts,
+            progress.clone(),
+            req.no_cache,
+            req.tenant.clone(),
+        ));
+        let solved = crate::solver::solve(
+            graph.clone(),
+            &[planned.target],
+            ctx.clone(),
+            req.max_parallelism,
+        )
+        .await?;
+        let chain = match solved.outputs.get(&planned.target) {
+            Some(Output::Layers(l)) => l.as_ref().clone(),
+            _ => {
+                return Err(BuildError::Context {
+                    name: "target".into(),
+                    message: "the target stage is a context, not an image".into(),
+                });
+            }
+        };
+        let mut staged: StagedRecords = std::mem::take(
+            &mut *ctx
+                .staged
+                .lock()
+                .map_err(|_| crate::store::StoreError::Locked(self.store.root().to_path_buf()))?,
+        );
+
+        // Assemble: everything below writes only into the store.
+        let start = Instant::now();
+        progress.send(Event::Phase {
+            name: "exporting layers".into(),
+        });
+        let store = self.store.clone();
+        let state = planned.image.clone();
+        let opts = AssembleOptions {
+            epoch: req.epoch,
+            compression: req.compression,
+            parallelism: req.max_parallelism,
+        };
+        let (assembled, staged) = tokio::task::spawn_blocking(
+            move || -> Result<(Assembled, StagedRecords), BuildError> {
+                let a = image::assemble(&store, &chain, &state, &opts, &mut staged)?;
+                Ok((a, staged))
+            },
+        )
+        .await
+        .map_err(|e| BuildError::Context {
+            name: "export".into(),
+            message: e.to_string(),
+        })??;
+        let mut staged = staged;
+        progress.send(Event::Phase {
+            name: format!(
+                "exporting manifest {} ({:.1}s)",
+                assembled.manifest_descriptor.digest,
+                start.elapsed().as_secs_f64()
+            ),
+        });
+
+        // Emit outputs, then commit.
+        let names: Vec<String> = req.tags.iter().map(|t| image::normalize_name(t)).collect();
+        let store = self.store.clone();
+        let outputs = req.outputs.clone();
+        let a2 = assembled.clone();
+        let names2 = names.clone();
+        let epoch = req.epoch;
+        tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
+            for o in &outputs {
+                output::write(&store, &a2, &names2, o, epoch)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BuildError::Context {
+            name: "output".into(),
+            message: e.to_string(),
+        })??;
+        for n in &names {
+            staged.images.insert(
+                n.clone(),
+                ImageRecord {
+                    manifest: assembled.manifest_descriptor.digest,
+                    config: assembled.config_digest,
+                    size: assembled.manifest_descriptor.size,
+                    layers: assembled.chain.clone(),
+                },
+            );
+        }
+        self.store.meta.commit(&staged)?;
+        Ok(BuildResult {
+            manifest_digest: assembled.manifest_descriptor.digest,
+            config_digest: assembled.config_digest,
+            tags: names,
+            executed: solved.executed,
+            cached: solved.cached,
+            unused_build_args: planned.unused_build_args,
+        })
+    }
+}
+
+/// `<Dockerfile>.dockerignore` next to the Dockerfile wins over `CONTEXT/.dockerignore`.
+fn load_dockerignore(context: &Path, dockerfile: &Path) -> Result<DockerIgnore, BuildError> {
+    let mut candidates = Vec::new();
+    if let Some(name) = dockerfile.file_name() {
+        let mut n = name.to_os_string();
+        n.push(".dockerignore");
+        candidates.push(dockerfile.with_file_name(n));
+    }
+    candidates.push(context.join(".dockerignore"));
+    for c in candidates {
+        match std::fs::read_to_string(&c) {
+            Ok(text) => {
+                return DockerIgnore::parse(&text).map_err(|e| BuildError::Dockerfile {
+                    file: c.display().to_string(),
+                    line: 0,
+                    column: 0,
+                    message: e.to_string(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(BuildError::Input {
+                    what: "reading",
+                    path: c,
+                    source,
+                });
+            }
+        }
+    }
+    DockerIgnore::parse("").map_err(|e| BuildError::Dockerfile {
+        file: ".dockerignore".into(),
+        line: 0,
+        column: 0,
+        message: e.to_string(),
+    })
+}
+
+struct StoreResolver<'a> {
+    store: &'a Store,
+    images: HashMap<String, ResolvedImage>,
+    dirs: Vec<String>,
+}
+
+impl Resolver for StoreResolver<'_> {
+    fn image(&self, reference: &str) -> Result<Option<ResolvedImage>, String> {
+        if let Some(i) = self.images.get(reference) {
+            return Ok(Some(i.clone()));
+        }
+        let name = image::normalize_name(reference);
+        let Some(rec) = self.store.meta.image(&name).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let loaded = image::load(self.store, &rec.manifest).map_err(|e| e.to_string())?;
+        Ok(Some(ResolvedImage {
+            manifest: loaded.digest,
+            config: loaded.config,
+        }))
+    }
+
+    fn has_context(&self, name: &str) -> bool {
+        self.dirs.iter().any(|d| d == name)
+    }
+}

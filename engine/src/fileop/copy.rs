@@ -1,0 +1,397 @@
+//! COPY / ADD of local files: source selection, destination rules, the recursive copy.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use super::unpack;
+use super::upper::{Attrs, NewDir, Upper, set_attrs_fd, upper_err};
+use super::{CopyRequest, CopyStats, FileOpError, absolute_path};
+use crate::frontend::dockerignore::{DockerIgnore, contains_wildcards, glob_match};
+use crate::fsview::{DirHandle, Entry, FileKind, LayerView, join_abs, lexical_clean, split};
+
+/// Copies `req.sources` from `src` to `req.dest` of `dest`, writing only into `upper`.
+///
+/// Rules (BuildKit's): several sources, or a wildcard matching several paths, need a
+/// destination ending in `/`; a directory source copies its contents; a top-level symlink
+/// source is followed inside the source root, deeper ones are copied as links; `..` cannot
+/// leave the source root; the destination is resolved inside the destination root and its
+/// missing parents are created 0755 (owned by `chown`, else 0:0) while existing ones are
+/// copied up with their metadata.
+pub fn copy(
+    req: &CopyRequest,
+    src: &LayerView,
+    dest: &LayerView,
+    upper: &Path,
+) -> Result<CopyStats, FileOpError> {
+    if req.sources.is_empty() {
+        return Err(FileOpError::NoSources);
+    }
+    let dest_is_dir = req.dest.is_empty()
+        || req.dest.ends_with('/')
+        || req.dest == "."
+        || req.dest.ends_with("/.");
+    if req.sources.len() > 1 && !dest_is_dir {
+        return Err(FileOpError::DestMustBeDirectory {
+            dest: req.dest.clone(),
+        });
+    }
+    let resolved = dest.resolve_for_write(&absolute_path(&req.dest, &req.workdir))?;
+    let (uid, gid) = req.chown.unwrap_or((0, 0));
+    let mut c = Copier {
+        req,
+        src,
+        up: Upper::open(upper, dest)?,
+        excludes: DockerIgnore::parse(&req.excludes.join("\n"))?,
+        stats: CopyStats::default(),
+        links: HashMap::new(),
+        new_dir: NewDir {
+            mode: 0o755,
+            uid,
+            gid,
+        },
+        dest_comps: resolved.components().to_vec(),
+        dest_kind: resolved.entry().map(|e| e.metadata().kind),
+        dest_is_dir,
+    };
+    if req.parents {
+        for source in &req.sources {
+            c.copy_parents(source)?;
+        }
+    } else {
+        for source in &req.sources {
+            let selected = select(src, source, req)?;
+            if selected.len() > 1 && !dest_is_dir && c.dest_kind != Some(FileKind::Dir) {
+                return Err(FileOpError::DestMustBeDirectory {
+                    dest: req.dest.clone(),
+                });
+            }
+            for (base, entry) in selected {
+                c.copy_top(&base, &entry)?;
+            }
+        }
+    }
+    Ok(c.stats)
+}
+
+/// The entries a source selects: `(name at the destination, entry with a top-level symlink
+/// followed)`, in sorted order.
+pub(crate) fn select(
+    src: &LayerView,
+    source: &str,
+    req: &CopyRequest,
+) -> Result<Vec<(String, Entry)>, FileOpError> {
+    // BuildKit: path.Join("/", src) — `..` is clamped at the source root.
+    let clean = lexical_clean(source);
+    let not_found = || FileOpError::SourceNotFound {
+        path: source.to_owned(),
+    };
+    if !(req.allow_wildcard && contains_wildcards(&clean)) {
+        let entry = src.resolve(&clean, true)?.and_then(|r| r.entry().cloned());
+        let entry = entry.ok_or_else(not_found)?;
+        let base = split(&clean).pop().unwrap_or_default();
+        return Ok(vec![(base, entry)]);
+    }
+    let mut paths: Vec<Vec<String>> = vec![Vec::new()];
+    for comp in split(&clean) {
+        let mut next = Vec::new();
+        for p in paths {
+            if !contains_wildcards(&comp) {
+                let mut q = p;
+                q.push(comp.clone());
+                next.push(q);
+                continue;
+            }
+            let dir = src.resolve(&join_abs(&p), true)?;
+            let Some(dir) = dir.and_then(|d| d.entry().cloned()) else {
+                continue;
+            };
+            if dir.metadata().kind != FileKind::Dir {
+                continue;
+            }
+            for e in src.read_dir(&dir.path())? {
+                if glob_match(&comp, e.name())? {
+                    let mut q = p.clone();
+                    q.push(e.name().to_owned());
+                    next.push(q);
+                }
+            }
+        }
+        paths = next;
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if let Some(e) = src
+            .resolve(&join_abs(&p), true)?
+            .and_then(|r| r.entry().cloned())
+        {
+            out.push((p.last().cloned().unwrap_or_default(), e));
+        }
+    }
+    if out.is_empty() && !req.allow_empty_wildcard {
+        return Err(not_found());
+    }
+    Ok(out)
+}
+
+struct Copier<'a> {
+    req: &'a CopyRequest,
+    src: &'a LayerView,
+    up: Upper<'a>,
+    excludes: DockerIgnore,
+    stats: CopyStats,
+    /// Source hard links already written: (layer, dev, ino) → upper path.
+    links: HashMap<(usize, u64, u64), Vec<String>>,
+    new_dir: NewDir,
+    dest_comps: Vec<String>,
+    dest_kind: Option<FileKind>,
+    dest_is_dir: bool,
+}
+
+impl Copier<'_> {
+    fn attrs(&self, e: &Entry) -> Attrs {
+        let m = e.metadata();
+        let (uid, gid) = match (self.req.chown, self.req.keep_owner) {
+            (Some(ids), _) => ids,
+            (None, true) => (m.uid, m.gid),
+            (None, false) => (0, 0),
+        };
+        Attrs {
+            mode: self.req.chmod.unwrap_or(m.mode),
+            uid,
+            gid,
+            mtime: Some((m.mtime_sec, m.mtime_nsec)),
+        }
+    }
+
+    fn copy_top(&mut self, base: &str, e: &Entry) -> Result<(), FileOpError> {
+        let kind = e.metadata().kind;
+        if kind != FileKind::Dir && !base.is_empty() && self.excludes.is_excluded(base) {
+            return Ok(());
+        }
+        if kind == FileKind::File
+            && self.req.unpack
+            && let Some(format) = unpack::detect(self.src, e)?
+        {
+            // The destination is a directory for an archive, created if missing.
+            self.up.dir(&self.dest_comps, self.new_dir)?;
+            let ids = self.req.chown;
+            unpack::extract(
+                &self.up,
+                self.src,
+                e,
+                format,
+                &self.dest_comps,
+                (ids, self.new_dir),
+                &mut self.stats,
+            )?;
+            self.stats.archives += 1;
+            return Ok(());
+        }
+        let into_dir = self.dest_is_dir || self.dest_kind == Some(FileKind::Dir);
+        if kind == FileKind::Dir {
+            if matches!(self.dest_kind, Some(k) if k != FileKind::Dir) {
+                return Err(FileOpError::CannotCopyToNonDirectory {
+                    path: join_abs(&self.dest_comps),
+                });
+            }
+            let dest_comps = self.dest_comps.clone();
+            let handle = self.src.open_dir(e)?;
+            let (fd, fresh) = if into_dir || dest_comps.is_empty() {
+                (self.up.dir(&dest_comps, self.new_dir)?.0, false)
+            } else {
+                let (parent, _) = self
+                    .up
+                    .dir(&dest_comps[..dest_comps.len() - 1], self.new_dir)?;
+                let fd = self.up.child_dir(&parent, &dest_comps, self.attrs(e))?;
+                (fd.0, fd.1)
+            };
+            self.copy_contents(&handle, &fd, &dest_comps, "")?;
+            if fresh {
+                set_attrs_fd(&fd, self.attrs(e)).map_err(|err| upper_err(&dest_comps, err))?;
+            }
+            return Ok(());
+        }
+        let (parent_comps, target) = if into_dir {
+            let mut t = self.dest_comps.clone();
+            t.push(base.to_owned());
+            (self.dest_comps.clone(), t)
+        } else {
+            let n = self.dest_comps.len().saturating_sub(1);
+            (self.dest_comps[..n].to_vec(), self.dest_comps.clone())
+        };
+        let (parent, _) = self.up.dir(&parent_comps, self.new_dir)?;
+        self.write(e, None, &parent, &target, base)
+    }
+
+    /// Copies the children of an open source directory into the upper directory `fd`.
+    fn copy_contents(
+        &mut self,
+        dir: &DirHandle,
+        fd: &OwnedFd,
+        comps: &[String],
+        rel: &str,
+    ) -> Result<(), FileOpError> {
+        for child in self.src.read_dir_handle(dir)? {
+            let child_rel = if rel.is_empty() {
+                child.name().to_owned()
+            } else {
+                format!("{rel}/{}", child.name())
+            };
+            let is_dir = child.metadata().kind == FileKind::Dir;
+            if self.excludes.is_excluded(&child_rel)
+                && !(is_dir && self.excludes.may_contain_included(&child_rel))
+            {
+                continue;
+            }
+            let mut target = comps.to_vec();
+            target.push(child.name().to_owned());
+            self.write(&child, Some(dir), fd, &target, &child_rel)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one source entry at `target` (whose parent is open as `parent`); directories
+    /// recursively. `rel` is the entry's path relative to the copied source (for excludes).
+    fn write(
+        &mut self,
+        e: &Entry,
+        src_parent: Option<&DirHandle>,
+        parent: &OwnedFd,
+        target: &[String],
+        rel: &str,
+    ) -> Result<(), FileOpError> {
+        let m = e.metadata().clone();
+        let attrs = self.attrs(e);
+        match m.kind {
+            FileKind::Dir => {
+                let handle = match src_parent {
+                    Some(p) => self.src.child_dir(p, e)?,
+                    None => self.src.open_dir(e)?,
+                };
+                let (fd, fresh) = self.up.child_dir(parent, target, attrs)?;
+                if fresh {
+                    self.stats.dirs += 1;
+                }
+                self.copy_contents(&handle, &fd, target, rel)?;
+                if fresh {
+                    set_attrs_fd(&fd, attrs).map_err(|err| upper_err(target, err))?;
+                }
+            }
+            FileKind::File => {
+                let key = (e.layer(), m.dev_ino.0, m.dev_ino.1);
+                if m.nlink > 1
+                    && let Some(first) = self.links.get(&key)
+                {
+                    self.up.link(first, target)?;
+                    self.stats.hardlinks += 1;
+                    return Ok(());
+                }
+                let mut input = self.src.open_entry(e)?;
+                let mut out = Upper::create_file(parent, target)?;
+                let n = io::copy(&mut input, &mut out).map_err(|err| FileOpError::ReadSource {
+                    path: e.path(),
+                    source: err,
+                })?;
+                for (k, v) in self.src.xattrs(e)? {
+                    // Best effort, like fsutil: some namespaces need privileges.
+                    let _ = rustix::fs::fsetxattr(
+                        &out,
+                        k.as_str(),
+                        &v,
+                        rustix::fs::XattrFlags::empty(),
+                    );
+                }
+                let fd = OwnedFd::from(out);
+                set_attrs_fd(&fd, attrs).map_err(|err| upper_err(target, err))?;
+                self.stats.files += 1;
+                self.stats.bytes += n;
+                if m.nlink > 1 {
+                    self.links.insert(key, target.to_vec());
+                }
+            }
+            FileKind::Symlink => {
+                let link = self.src.read_link_entry(e)?;
+                Upper::create_symlink(parent, target, &link, attrs)?;
+                self.stats.symlinks += 1;
+            }
+            FileKind::CharDevice | FileKind::BlockDevice | FileKind::Fifo => {
+                Upper::create_node(parent, target, m.kind, m.rdev, attrs)?;
+                self.stats.nodes += 1;
+            }
+            // Sockets are not copied (as in fsutil).
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `--parents`: copy what the pattern selects below its pivot (`a/./b` pivots at `a`,
+    /// no marker pivots at the root), keeping the path below the pivot.
+    fn copy_parents(&mut self, source: &str) -> Result<(), FileOpError> {
+        let (root, pattern) = source.split_once("/./").unwrap_or(("/", source));
+        let pattern = lexical_clean(pattern).trim_start_matches('/').to_owned();
+        let not_found = || FileOpError::SourceNotFound {
+            path: source.to_owned(),
+        };
+        let root = self.src.resolve(&lexical_clean(root), true)?;
+        let root = root
+            .and_then(|r| r.entry().cloned())
+            .ok_or_else(not_found)?;
+        if root.metadata().kind != FileKind::Dir {
+            return Err(not_found());
+        }
+        let include = if pattern.is_empty() {
+            DockerIgnore::default()
+        } else {
+            DockerIgnore::parse(&format!("**\n!{}", pattern))?
+        };
+        let handle = self.src.open_dir(&root)?;
+        let mut matched = false;
+        self.walk_parents(&handle, &include, &mut Vec::new(), &mut matched)?;
+        let wildcard = self.req.allow_wildcard && contains_wildcards(&pattern);
+        if !(matched || (wildcard && self.req.allow_empty_wildcard)) {
+            return Err(not_found());
+        }
+        Ok(())
+    }
+
+    fn walk_parents(
+        &mut self,
+        dir: &DirHandle,
+        include: &DockerIgnore,
+        ancestors: &mut Vec<Entry>,
+        matched: &mut bool,
+    ) -> Result<(), FileOpError> {
+        for child in self.src.read_dir_handle(dir)? {
+            let mut rel_comps: Vec<String> =
+                ancestors.iter().map(|a| a.name().to_owned()).collect();
+            rel_comps.push(child.name().to_owned());
+            let rel = rel_comps.join("/");
+            let is_dir = child.metadata().kind == FileKind::Dir;
+            if self.excludes.is_excluded(&rel)
+                && !(is_dir && self.excludes.may_contain_included(&rel))
+            {
+                continue;
+            }
+            if !include.is_excluded(&rel) {
+                *matched = true;
+                // Create the kept parent directories with their source metadata.
+                let mut comps = self.dest_comps.clone();
+                let (mut fd, _) = self.up.dir(&comps, self.new_dir)?;
+                for a in ancestors.iter() {
+                    comps.push(a.name().to_owned());
+                    fd = self.up.child_dir(&fd, &comps, self.attrs(a))?.0;
+                }
+                comps.push(child.name().to_owned());
+                self.write(&child, Some(dir), &fd, &comps, &rel)?;
+            } else if is_dir && include.may_contain_included(&rel) {
+                let handle = self.src.child_dir(dir, &child)?;
+                ancestors.push(child);
+                self.walk_parents(&handle, include, ancestors, matched)?;
+                ancestors.pop();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,327 @@
+//! Writing into a step's fresh upper directory, the way overlayfs copy-up would.
+//!
+//! The upper directory starts empty and holds only what this module creates. Every access is
+//! `openat`/`mkdirat`/`symlinkat`/`linkat`/`mknodat`/`unlinkat` relative to a directory fd,
+//! with a single-component name and `O_NOFOLLOW` (or `AT_SYMLINK_NOFOLLOW`), walking down from
+//! the upper root: a symlink we created is therefore never followed, only replaced.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use super::FileOpError;
+use crate::fsview::{FileKind, LayerView, Metadata, join_abs};
+
+/// Ownership and mode for a directory this step creates from nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewDir {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The metadata to give one written entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attrs {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Option<(i64, i64)>,
+}
+
+/// A fresh upper directory over a destination view.
+pub(crate) struct Upper<'a> {
+    root: OwnedFd,
+    dest: &'a LayerView,
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+impl<'a> Upper<'a> {
+    /// Opens the upper directory.
+    pub fn open(path: &Path, dest: &'a LayerView) -> Result<Self, FileOpError> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let root =
+            rustix::fs::open(path, flags, Mode::empty()).map_err(|e| FileOpError::Upper {
+                path: "/".into(),
+                source: e.into(),
+            })?;
+        Ok(Self { root, dest })
+    }
+
+    /// The destination view this upper directory sits on.
+    pub fn dest(&self) -> &'a LayerView {
+        self.dest
+    }
+
+    /// What upper holds at `comps`, if anything (parents walked without following links).
+    pub fn kind_at(&self, comps: &[String]) -> Option<FileKind> {
+        let (last, parents) = comps.split_last()?;
+        let (parent, _) = self.walk(parents).ok()?;
+        Self::existing(&parent, last)
+    }
+
+    /// Opens the directory `comps` in upper, creating every missing component: copied up
+    /// (mode, owner, mtime, xattrs) when the destination view has a directory there, created
+    /// from `new` otherwise (missing, whited out, or a non-directory that the new directory
+    /// hides). Returns the fd and whether anything was created.
+    pub fn dir(&self, comps: &[String], new: NewDir) -> Result<(OwnedFd, bool), FileOpError> {
+        let mut cur = rustix::io::dup(&self.root).map_err(|e| upper_err(&[], e))?;
+        let mut created = false;
+        for i in 0..comps.len() {
+            let name = comps[i].as_str();
+            match rustix::fs::openat(&cur, name, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => {
+                    cur = fd;
+                    continue;
+                }
+                Err(Errno::NOENT) => {}
+                Err(Errno::NOTDIR | Errno::LOOP) => {
+                    return Err(FileOpError::UpperNotADirectory {
+                        path: join_abs(&comps[..=i]),
+                    });
+                }
+                Err(e) => return Err(upper_err(&comps[..=i], e)),
+            }
+            let lower = self.dest.lookup(&join_abs(&comps[..=i]))?;
+            let fd = match lower {
+                Some(e) if e.metadata().kind == FileKind::Dir => {
+                    let fd = self.mkdir_child(&cur, &comps[..=i])?;
+                    let m = e.metadata();
+                    for (k, v) in self.dest.xattrs(&e)? {
+                        // Best effort like overlayfs: security.* may be refused unprivileged.
+                        let _ = rustix::fs::fsetxattr(
+                            &fd,
+                            k.as_str(),
+                            &v,
+                            rustix::fs::XattrFlags::empty(),
+                        );
+                    }
+                    let attrs = Attrs {
+                        mode: m.mode,
+                        uid: m.uid,
+                        gid: m.gid,
+                        mtime: Some((m.mtime_sec, m.mtime_nsec)),
+                    };
+                    set_attrs_fd(&fd, attrs).map_err(|e| upper_err(&comps[..=i], e))?;
+                    fd
+                }
+                _ => {
+                    let fd = self.mkdir_child(&cur, &comps[..=i])?;
+                    let attrs = Attrs {
+                        mode: new.mode,
+                        uid: new.uid,
+                        gid: new.gid,
+                        mtime: None,
+                    };
+                    set_attrs_fd(&fd, attrs).map_err(|e| upper_err(&comps[..=i], e))?;
+                    fd
+                }
+            };
+            created = true;
+            cur = fd;
+        }
+        Ok((cur, created))
+    }
+
+    fn mkdir_child(&self, parent: &OwnedFd, comps: &[String]) -> Result<OwnedFd, FileOpError> {
+        let name = comps.last().map_or("", String::as_str);
+        rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
+            .map_err(|e| upper_err(comps, e))?;
+        rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()).map_err(|e| upper_err(comps, e))
+    }
+
+    /// What upper already holds at `name` in `parent` (created earlier in this step).
+    pub fn existing(parent: &OwnedFd, name: &str) -> Option<FileKind> {
+        let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        Some(Metadata::kind_of_mode(st.st_mode))
+    }
+
+    /// Opens or creates the directory child `comps` of `parent`: an upper directory from
+    /// earlier in this step is reused; a destination-view directory is copied up keeping its
+    /// metadata (BuildKit keeps an existing target directory's metadata); otherwise a new
+    /// directory gets `attrs`. Returns the fd and whether it is new (`attrs` applied).
+    pub fn child_dir(
+        &self,
+        parent: &OwnedFd,
+        comps: &[String],
+        attrs: Attrs,
+    ) -> Result<(OwnedFd, bool), FileOpError> {
+        let name = comps.last().map_or("", String::as_str);
+        match rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => return Ok((fd, false)),
+            Err(Errno::NOENT) => {}
+            Err(Errno::NOTDIR | Errno::LOOP) => {
+                return Err(FileOpError::CannotCopyToNonDirectory {
+                    path: join_abs(comps),
+                });
+            }
+            Err(e) => return Err(upper_err(comps, e)),
+        }
+        match self.dest.lookup(&join_abs(comps))? {
+            Some(e) if e.metadata().kind == FileKind::Dir => {
+                let new = NewDir {
+                    mode: attrs.mode,
+                    uid: attrs.uid,
+                    gid: attrs.gid,
+                };
+                Ok((self.dir(comps, new)?.0, false))
+            }
+            Some(_) => Err(FileOpError::CannotCopyToNonDirectory {
+                path: join_abs(comps),
+            }),
+            None => {
+                let fd = self.mkdir_child(parent, comps)?;
+                set_attrs_fd(&fd, attrs).map_err(|e| upper_err(comps, e))?;
+                Ok((fd, true))
+            }
+        }
+    }
+
+    /// Removes a non-directory created earlier in this step at `name`, so it can be replaced.
+    pub fn clear(parent: &OwnedFd, comps: &[String]) -> Result<(), FileOpError> {
+        let name = comps.last().map_or("", String::as_str);
+        match Self::existing(parent, name) {
+            None => Ok(()),
+            Some(FileKind::Dir) => Err(FileOpError::CannotOverwriteDirectory {
+                path: join_abs(comps),
+            }),
+            Some(_) => rustix::fs::unlinkat(parent, name, AtFlags::empty())
+                .map_err(|e| upper_err(comps, e)),
+        }
+    }
+
+    /// Creates a regular file (replacing a non-directory from this step) and returns it open
+    /// for writing.
+    pub fn create_file(parent: &OwnedFd, comps: &[String]) -> Result<File, FileOpError> {
+        Self::clear(parent, comps)?;
+        let name = comps.last().map_or("", String::as_str);
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600))
+            .map_err(|e| upper_err(comps, e))?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates a symlink with `target` (never interpreted here).
+    pub fn create_symlink(
+        parent: &OwnedFd,
+        comps: &[String],
+        target: &str,
+        attrs: Attrs,
+    ) -> Result<(), FileOpError> {
+        Self::clear(parent, comps)?;
+        let name = comps.last().map_or("", String::as_str);
+        rustix::fs::symlinkat(target, parent, name).map_err(|e| upper_err(comps, e))?;
+        set_attrs_at(parent, name, attrs, true).map_err(|e| upper_err(comps, e))
+    }
+
+    /// Creates a device node or fifo.
+    pub fn create_node(
+        parent: &OwnedFd,
+        comps: &[String],
+        kind: FileKind,
+        rdev: u64,
+        attrs: Attrs,
+    ) -> Result<(), FileOpError> {
+        Self::clear(parent, comps)?;
+        let name = comps.last().map_or("", String::as_str);
+        let ft = match kind {
+            FileKind::CharDevice => rustix::fs::FileType::CharacterDevice,
+            FileKind::BlockDevice => rustix::fs::FileType::BlockDevice,
+            _ => rustix::fs::FileType::Fifo,
+        };
+        rustix::fs::mknodat(parent, name, ft, Mode::from_raw_mode(0o600), rdev)
+            .map_err(|e| upper_err(comps, e))?;
+        set_attrs_at(parent, name, attrs, false).map_err(|e| upper_err(comps, e))
+    }
+
+    /// Hard-links `comps` to the upper entry at `target` (both in upper, walked without
+    /// following symlinks).
+    pub fn link(&self, target: &[String], comps: &[String]) -> Result<(), FileOpError> {
+        let (tparent, _) = self.walk(&target[..target.len().saturating_sub(1)])?;
+        let (parent, _) = self.walk(&comps[..comps.len().saturating_sub(1)])?;
+        Self::clear(&parent, comps)?;
+        let tname = target.last().map_or("", String::as_str);
+        let name = comps.last().map_or("", String::as_str);
+        rustix::fs::linkat(&tparent, tname, &parent, name, AtFlags::empty())
+            .map_err(|e| upper_err(comps, e))
+    }
+
+    /// Opens an existing upper directory without creating anything.
+    pub fn walk(&self, comps: &[String]) -> Result<(OwnedFd, ()), FileOpError> {
+        let mut cur = rustix::io::dup(&self.root).map_err(|e| upper_err(&[], e))?;
+        for i in 0..comps.len() {
+            cur = rustix::fs::openat(&cur, comps[i].as_str(), DIR_FLAGS, Mode::empty())
+                .map_err(|e| upper_err(&comps[..=i], e))?;
+        }
+        Ok((cur, ()))
+    }
+}
+
+/// Sets owner, then mode (chown clears setuid bits), then mtime, on an open fd.
+pub(crate) fn set_attrs_fd(fd: &OwnedFd, a: Attrs) -> Result<(), Errno> {
+    rustix::fs::fchown(
+        fd,
+        Some(rustix::fs::Uid::from_raw(a.uid)),
+        Some(rustix::fs::Gid::from_raw(a.gid)),
+    )?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(a.mode & 0o7777))?;
+    if let Some(t) = a.mtime {
+        rustix::fs::futimens(fd, &times(t))?;
+    }
+    Ok(())
+}
+
+/// Sets owner, mode (not for symlinks) and mtime on `name` in `parent`, not following it.
+pub(crate) fn set_attrs_at(
+    parent: &OwnedFd,
+    name: &str,
+    a: Attrs,
+    symlink: bool,
+) -> Result<(), Errno> {
+    rustix::fs::chownat(
+        parent,
+        name,
+        Some(rustix::fs::Uid::from_raw(a.uid)),
+        Some(rustix::fs::Gid::from_raw(a.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    if !symlink {
+        rustix::fs::chmodat(
+            parent,
+            name,
+            Mode::from_raw_mode(a.mode & 0o7777),
+            AtFlags::empty(),
+        )?;
+    }
+    if let Some(t) = a.mtime {
+        rustix::fs::utimensat(parent, name, &times(t), AtFlags::SYMLINK_NOFOLLOW)?;
+    }
+    Ok(())
+}
+
+fn times((sec, nsec): (i64, i64)) -> Timestamps {
+    let ts = Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    }
+}
+
+pub(crate) fn upper_err(comps: &[String], e: Errno) -> FileOpError {
+    FileOpError::Upper {
+        path: join_abs(comps),
+        source: io::Error::from(e),
+    }
+}

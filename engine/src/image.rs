@@ -1,0 +1,371 @@
+//! Images in kiln's store: loading a base image, assembling the built image (config, layers,
+//! manifest) and naming images in the local image store.
+
+use std::path::PathBuf;
+
+use crate::Digest;
+use crate::frontend::convert::ImageState;
+use crate::oci::compress::{BlobWriter, Compression};
+use crate::oci::layer::{LayerOptions, write_layer};
+use crate::oci::media;
+use crate::oci::types::{
+    ContainerConfig, Descriptor, Empty, History, ImageConfig, Manifest, Platform, RootFs,
+    canonical_json, rfc3339_from_epoch,
+};
+use crate::store::{LayerBlob, LayerRecord, SnapshotId, StagedRecords, Store, StoreError};
+
+/// Errors loading or assembling an image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A manifest or config did not parse.
+    #[error("{what} {digest}: {message}")]
+    Malformed {
+        /// Which document.
+        what: &'static str,
+        /// Its digest.
+        digest: Digest,
+        /// Why.
+        message: String,
+    },
+    /// Writing a layer failed.
+    #[error("writing layer {id}: {message}")]
+    Layer {
+        /// Layer directory.
+        id: SnapshotId,
+        /// Why.
+        message: String,
+    },
+    /// History and layers disagree.
+    #[error("image history has {history} layer entries but the file system has {layers} layers")]
+    HistoryMismatch {
+        /// Layer-producing history entries.
+        history: usize,
+        /// Layers.
+        layers: usize,
+    },
+}
+
+/// A manifest and config read from the content store.
+#[derive(Debug, Clone)]
+pub struct LoadedImage {
+    /// Manifest digest.
+    pub digest: Digest,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The config.
+    pub config: ImageConfig,
+}
+
+/// Reads an image's manifest and config from the content store (digests verified).
+pub fn load(store: &Store, manifest: &Digest) -> Result<LoadedImage, ImageError> {
+    let bytes = store.content.read_blob(manifest)?;
+    let m = Manifest::from_slice(&bytes).map_err(|e| ImageError::Malformed {
+        what: "manifest",
+        digest: *manifest,
+        message: e.to_string(),
+    })?;
+    let cbytes = store.content.read_blob(&m.config.digest)?;
+    let config = ImageConfig::from_slice(&cbytes).map_err(|e| ImageError::Malformed {
+        what: "config",
+        digest: m.config.digest,
+        message: e.to_string(),
+    })?;
+    Ok(LoadedImage {
+        digest: *manifest,
+        manifest: m,
+        config,
+    })
+}
+
+/// The built image, assembled in the content store.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// Manifest descriptor (digest, size, media type).
+    pub manifest_descriptor: Descriptor,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Config digest.
+    pub config_digest: Digest,
+    /// The config.
+    pub config: ImageConfig,
+    /// The layer directories of the image's file system, bottom first (empty ones included).
+    pub chain: Vec<SnapshotId>,
+}
+
+/// How to assemble.
+#[derive(Debug, Clone, Copy)]
+pub struct AssembleOptions {
+    /// `SOURCE_DATE_EPOCH`.
+    pub epoch: u64,
+    /// Layer compression for new layers.
+    pub compression: Compression,
+    /// Threads for compressing layers.
+    pub parallelism: usize,
+}
+
+/// Assembles the image for `chain` with metadata `state`: writes missing layer blobs, the
+/// config and the manifest into the content store; stages layer records.
+pub fn assemble(
+    store: &Store,
+    chain: &[SnapshotId],
+    state: &ImageState,
+    opts: &AssembleOptions,
+    staged: &mut StagedRecords,
+) -> Result<Assembled, ImageError> {
+    // 1. A blob for every layer (existing ones reused), in parallel.
+    let mut records: Vec<LayerRecord> = Vec::with_capacity(chain.len());
+    for id in chain {
+        let rec = match staged.layers.get(id) {
+            Some(r) => r.clone(),
+            None => store.meta.layer(id)?.unwrap_or_default(),
+        };
+        records.push(rec);
+    }
+    let media_type = opts.compression.media_type();
+    let needed: Vec<usize> = (0..chain.len())
+        .filter(|&i| {
+            let r = &records[i];
+            let keep = i < state.base_layers || !r.empty;
+            keep && !r
+                .blobs
+                .iter()
+                .any(|b| i < state.base_layers || b.media_type == media_type)
+        })
+        .collect();
+    let results = std::sync::Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..opts.parallelism.clamp(1, needed.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(&i) = needed.get(n) else { break };
+                    let r = write_blob(store, &chain[i], opts);
+                    if let Ok(mut v) = results.lock() {
+                        v.push((i, r));
+                    }
+                }
+            });
+        }
+    });
+    let results = results.into_inner().map_err(|_| ImageError::Layer {
+        id: SnapshotId::new_random(),
+        message: "layer writer panicked".into(),
+    })?;
+    for (i, r) in results {
+        let (diff_id, blob, empty) = r?;
+        let rec = &mut records[i];
+        rec.diff_id = Some(diff_id);
+        rec.empty = empty;
+        rec.blobs.retain(|b| b.media_type != blob.media_type);
+        rec.blobs.push(blob);
+        staged.layers.insert(chain[i].clone(), rec.clone());
+    }
+
+    // 2. Align history with layers; drop our empty layers.
+    let mut history: Vec<History> = Vec::new();
+    let layer_items = state.history.iter().filter(|h| !h.empty_layer).count();
+    let created = rfc3339_from_epoch(opts.epoch);
+    let mut pad = chain.len().saturating_sub(layer_items);
+    if layer_items > chain.len() {
+        return Err(ImageError::HistoryMismatch {
+            history: layer_items,
+            layers: chain.len(),
+        });
+    }
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    // Blob → layer directory, so a later `FROM` this image reuses the directories.
+    let mut unpacked: Vec<(Digest, SnapshotId)> = Vec::new();
+    let mut li = 0usize;
+    let push_layer = |li: usize,
+                      h: &mut History,
+                      layers: &mut Vec<Descriptor>,
+                      diff_ids: &mut Vec<Digest>,
+                      unpacked: &mut Vec<(Digest, SnapshotId)>|
+     -> Result<(), ImageError> {
+        let rec = &records[li];
+        let base = li < state.base_layers;
+        if rec.empty && !base {
+            h.empty_layer = true;
+            return Ok(());
+        }
+        let blob = if base {
+            rec.blobs.first()
+        } else {
+            rec.blobs.iter().find(|b| b.media_type == media_type)
+        };
+        let (Some(blob), Some(diff_id)) = (blob, rec.diff_id) else {
+            return Err(ImageError::Layer {
+                id: chain[li].clone(),
+                message: "layer has no blob or diff id".into(),
+            });
+        };
+        layers.push(Descriptor::new(
+            blob.media_type.clone(),
+            blob.digest,
+            blob.size,
+        ));
+        diff_ids.push(diff_id);
+        unpacked.push((blob.digest, chain[li].clone()));
+        Ok(())
+    };
+    while pad > 0 {
+        let mut h = History {
+            created: Some(created.clone()),
+            created_by: Some("(layer without history)".into()),
+            ..Default::default()
+        };
+        push_layer(li, &mut h, &mut layers, &mut diff_ids, &mut unpacked)?;
+        history.push(h);
+        li += 1;
+        pad -= 1;
+    }
+    for item in &state.history {
+        let mut h = History {
+            created: Some(item.created.clone().unwrap_or_else(|| created.clone())),
+            created_by: Some(item.created_by.clone()),
+            comment: item.comment.clone(),
+            empty_layer: item.empty_layer,
+            ..Default::default()
+        };
+        if !item.empty_layer {
+            push_layer(li, &mut h, &mut layers, &mut diff_ids, &mut unpacked)?;
+            li += 1;
+        }
+        history.push(h);
+    }
+
+    for (blob, id) in unpacked {
+        staged.unpacked.entry(blob).or_insert(id);
+    }
+
+    // 3. Config and manifest.
+    let platform = Platform::host();
+    let config = ImageConfig {
+        created: Some(created),
+        author: state.author.clone(),
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
+        config: Some(container_config(state)),
+        rootfs: RootFs {
+            diff_ids,
+            ..Default::default()
+        },
+        history,
+        ..Default::default()
+    };
+    let config_bytes = canonical_json(&config).map_err(|e| ImageError::Malformed {
+        what: "config",
+        digest: Digest::of(b""),
+        message: e.to_string(),
+    })?;
+    let config_digest = store.content.write_bytes(&config_bytes)?;
+    let manifest = Manifest::new(
+        Descriptor::new(media::OCI_CONFIG, config_digest, config_bytes.len() as u64),
+        layers,
+    );
+    let mbytes = canonical_json(&manifest).map_err(|e| ImageError::Malformed {
+        what: "manifest",
+        digest: config_digest,
+        message: e.to_string(),
+    })?;
+    let mdigest = store.content.write_bytes(&mbytes)?;
+    let mut manifest_descriptor =
+        Descriptor::new(media::OCI_MANIFEST, mdigest, mbytes.len() as u64);
+    manifest_descriptor.platform = Some(platform);
+    Ok(Assembled {
+        manifest_descriptor,
+        manifest,
+        config_digest,
+        config,
+        chain: chain.to_vec(),
+    })
+}
+
+fn container_config(s: &ImageState) -> ContainerConfig {
+    ContainerConfig {
+        user: (!s.user.is_empty()).then(|| s.user.clone()),
+        exposed_ports: s
+            .exposed_ports
+            .iter()
+            .map(|p| (p.clone(), Empty {}))
+            .collect(),
+        env: s.env_strings(),
+        entrypoint: s.entrypoint.clone(),
+        cmd: s.cmd.clone(),
+        volumes: s.volumes.iter().map(|p| (p.clone(), Empty {})).collect(),
+        working_dir: (!s.workdir.is_empty()).then(|| s.workdir.clone()),
+        labels: s.labels.clone(),
+        stop_signal: s.stop_signal.clone(),
+        healthcheck: s.healthcheck.clone(),
+        on_build: s.onbuild.clone(),
+        shell: s.shell.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// Writes one layer directory as a compressed blob; returns (diff id, blob, empty).
+fn write_blob(
+    store: &Store,
+    id: &SnapshotId,
+    opts: &AssembleOptions,
+) -> Result<(Digest, LayerBlob, bool), ImageError> {
+    let err = |m: String| ImageError::Layer {
+        id: id.clone(),
+        message: m,
+    };
+    let dir: PathBuf = store.snapshots.path(id);
+    let sink = store.content.writer()?;
+    let mut bw = BlobWriter::new(sink, opts.compression).map_err(|e| err(e.to_string()))?;
+    let stats = write_layer(&dir, &mut bw, &LayerOptions { epoch: opts.epoch })
+        .map_err(|e| err(e.to_string()))?;
+    let (sink, info) = bw.finish().map_err(|e| err(e.to_string()))?;
+    let digest = sink.commit(Some(info.digest))?;
+    Ok((
+        stats.diff_id,
+        LayerBlob {
+            media_type: info.media_type.to_owned(),
+            digest,
+            size: info.size,
+        },
+        stats.entries == 0,
+    ))
+}
+
+/// Normalises an image name for the local store: `busybox` → `busybox:latest`,
+/// `docker.io/library/x:1` → `x:1`.
+pub fn normalize_name(name: &str) -> String {
+    let n = name
+        .strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("index.docker.io/library/"))
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .unwrap_or(name);
+    let last = n.rsplit('/').next().unwrap_or(n);
+    if n.contains('@') || last.contains(':') {
+        n.to_owned()
+    } else {
+        format!("{n}:latest")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_normalise_like_docker() {
+        assert_eq!(normalize_name("busybox"), "busybox:latest");
+        assert_eq!(normalize_name("docker.io/library/busybox:1"), "busybox:1");
+        assert_eq!(
+            normalize_name("localhost:5000/app"),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(normalize_name("a/b:c"), "a/b:c");
+    }
+}

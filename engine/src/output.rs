@@ -1,0 +1,207 @@
+//! `-o` outputs: where a built image goes besides the store.
+
+use std::path::{Path, PathBuf};
+
+use crate::builder::SpecError;
+use crate::image::Assembled;
+use crate::oci::apply::{ApplyMode, apply_layer};
+use crate::oci::compress::decompress;
+use crate::oci::export::{
+    ExportOptions, ImageRef, export_docker_archive, export_oci_dir, export_oci_tar,
+};
+use crate::oci::layer::{LayerOptions, write_layer};
+use crate::store::Store;
+
+/// An output (`-o type=…,dest=…`), shaped like `docker buildx build -o`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutputSpec {
+    /// OCI image layout in a tar file.
+    Oci {
+        /// Destination file.
+        dest: PathBuf,
+    },
+    /// OCI image layout in a directory.
+    OciDir {
+        /// Destination directory.
+        dest: PathBuf,
+    },
+    /// `docker load` tarball.
+    Docker {
+        /// Destination file.
+        dest: PathBuf,
+    },
+    /// The final file system in a directory.
+    Local {
+        /// Destination directory.
+        dest: PathBuf,
+    },
+    /// The final file system as a tar file.
+    Tar {
+        /// Destination file.
+        dest: PathBuf,
+    },
+}
+
+impl OutputSpec {
+    /// Parses `type=oci,dest=out.tar` (or a bare directory, meaning `type=local,dest=DIR`).
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        let err = |reason: String| SpecError {
+            what: "--output",
+            value: s.to_owned(),
+            reason,
+        };
+        if !s.contains('=') {
+            if s.is_empty() || s == "-" {
+                return Err(err("expected type=TYPE,dest=PATH or a directory".into()));
+            }
+            return Ok(Self::Local { dest: s.into() });
+        }
+        let mut kind = None;
+        let mut dest = None;
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| err(format!("{part:?} is not key=value")))?;
+            match k.trim() {
+                "type" => kind = Some(v.trim().to_owned()),
+                "dest" => dest = Some(PathBuf::from(v.trim())),
+                other => {
+                    return Err(err(format!(
+                        "unknown attribute {other:?} (known: type, dest)"
+                    )));
+                }
+            }
+        }
+        let kind = kind.ok_or_else(|| err("missing type=".into()))?;
+        if !matches!(
+            kind.as_str(),
+            "oci" | "oci-dir" | "docker" | "local" | "tar"
+        ) {
+            return Err(err(format!(
+                "unknown output type {kind:?} (known: oci, oci-dir, docker, local, tar)"
+            )));
+        }
+        let dest = dest
+            .filter(|d| !d.as_os_str().is_empty())
+            .ok_or_else(|| err(format!("type={kind} needs dest=PATH")))?;
+        Ok(match kind.as_str() {
+            "oci" => Self::Oci { dest },
+            "oci-dir" => Self::OciDir { dest },
+            "docker" => Self::Docker { dest },
+            "local" => Self::Local { dest },
+            "tar" => Self::Tar { dest },
+            other => {
+                return Err(err(format!(
+                    "unknown output type {other:?} (known: oci, oci-dir, docker, local, tar)"
+                )));
+            }
+        })
+    }
+}
+
+/// Errors writing an output.
+#[derive(Debug, thiserror::Error)]
+#[error("writing output {dest}: {message}")]
+pub struct OutputError {
+    /// Destination.
+    pub dest: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+fn oerr(dest: &Path) -> impl Fn(String) -> OutputError + '_ {
+    move |message| OutputError {
+        dest: dest.to_path_buf(),
+        message,
+    }
+}
+
+/// Writes one output of an assembled image.
+pub fn write(
+    store: &Store,
+    img: &Assembled,
+    names: &[String],
+    spec: &OutputSpec,
+    epoch: u64,
+) -> Result<(), OutputError> {
+    let opts = ExportOptions { epoch };
+    let image = |dest: &Path| {
+        ImageRef::load(&store.content, img.manifest_descriptor.clone(), names)
+            .map_err(|e| oerr(dest)(e.to_string()))
+    };
+    match spec {
+        OutputSpec::Oci { dest } => export_oci_tar(&store.content, &image(dest)?, dest, &opts)
+            .map_err(|e| oerr(dest)(e.to_string())),
+        OutputSpec::OciDir { dest } => export_oci_dir(&store.content, &image(dest)?, dest)
+            .map_err(|e| oerr(dest)(e.to_string())),
+        OutputSpec::Docker { dest } => {
+            export_docker_archive(&store.content, &image(dest)?, dest, &opts)
+                .map_err(|e| oerr(dest)(e.to_string()))
+        }
+        OutputSpec::Local { dest } => flatten(store, img, dest),
+        OutputSpec::Tar { dest } => {
+            let parent = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let tmp = tempdir_in(parent).map_err(|e| oerr(dest)(e.to_string()))?;
+            let r = (|| {
+                flatten(store, img, &tmp)?;
+                let part = dest.with_extension("kiln-partial");
+                let file = std::fs::File::create(&part).map_err(|e| oerr(dest)(e.to_string()))?;
+                let mut w = std::io::BufWriter::new(file);
+                write_layer(&tmp, &mut w, &LayerOptions { epoch })
+                    .map_err(|e| oerr(dest)(e.to_string()))?;
+                let f = w.into_inner().map_err(|e| oerr(dest)(e.to_string()))?;
+                f.sync_all().map_err(|e| oerr(dest)(e.to_string()))?;
+                std::fs::rename(&part, dest).map_err(|e| oerr(dest)(e.to_string()))
+            })();
+            let _ = std::fs::remove_dir_all(&tmp);
+            r
+        }
+    }
+}
+
+/// Applies the image's layers, bottom first, onto `dest` (whiteouts remove files).
+fn flatten(store: &Store, img: &Assembled, dest: &Path) -> Result<(), OutputError> {
+    std::fs::create_dir_all(dest).map_err(|e| oerr(dest)(e.to_string()))?;
+    for layer in &img.manifest.layers {
+        let blob = store
+            .content
+            .open_blob(&layer.digest)
+            .map_err(|e| oerr(dest)(e.to_string()))?;
+        let reader =
+            decompress(std::io::BufReader::new(blob)).map_err(|e| oerr(dest)(e.to_string()))?;
+        apply_layer(reader, dest, ApplyMode::Flatten).map_err(|e| oerr(dest)(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn tempdir_in(parent: &Path) -> std::io::Result<PathBuf> {
+    let p = parent.join(format!(".kiln-tar-{}", std::process::id()));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_specs_parse_like_buildx() {
+        assert_eq!(
+            OutputSpec::parse("type=oci,dest=x.tar"),
+            Ok(OutputSpec::Oci {
+                dest: "x.tar".into()
+            })
+        );
+        assert_eq!(
+            OutputSpec::parse("out"),
+            Ok(OutputSpec::Local { dest: "out".into() })
+        );
+        assert!(OutputSpec::parse("type=nope,dest=x").is_err());
+        assert!(OutputSpec::parse("type=oci").is_err());
+        assert!(OutputSpec::parse("type=oci,dest=x,color=red").is_err());
+    }
+}

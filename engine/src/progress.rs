@@ -1,0 +1,87 @@
+//! Progress events: what the solver reports while a build runs. The terminal views and (later)
+//! the daemon's gRPC stream both consume this one channel.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// A progress event.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A vertex began running.
+    Started {
+        /// Vertex index.
+        vertex: usize,
+        /// Description.
+        name: String,
+    },
+    /// A vertex was satisfied from the cache.
+    Cached {
+        /// Vertex index.
+        vertex: usize,
+        /// Description.
+        name: String,
+    },
+    /// Output of a running step.
+    Log {
+        /// Vertex index.
+        vertex: usize,
+        /// 1 = stdout, 2 = stderr.
+        stream: u8,
+        /// The bytes (lossy UTF-8).
+        data: String,
+    },
+    /// A vertex finished.
+    Done {
+        /// Vertex index.
+        vertex: usize,
+        /// Wall time.
+        #[serde(serialize_with = "secs")]
+        duration: Duration,
+    },
+    /// A vertex failed.
+    Error {
+        /// Vertex index.
+        vertex: usize,
+        /// Message.
+        message: String,
+    },
+    /// A build-level phase (exporting, writing layers) began.
+    Phase {
+        /// Description.
+        name: String,
+    },
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Sending side; cloning is cheap. Sending never blocks and never fails the build.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    tx: Option<mpsc::UnboundedSender<Event>>,
+}
+
+impl Progress {
+    /// A channel pair.
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx: Some(tx) }, rx)
+    }
+
+    /// A sink that drops everything.
+    pub fn discard() -> Self {
+        Self { tx: None }
+    }
+
+    /// Sends an event (dropped if nobody listens).
+    pub fn send(&self, e: Event) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(e);
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The solver: runs the vertices a build needs, in parallel where the graph allows.
+//!
+//! It knows vertices, cache keys and scheduling; what an op does lives in [`crate::ops`].
+//! - A vertex runs once all its inputs are done; at most `max_parallelism` run at once.
+//! - Identical vertices were merged when the graph was built (same definition digest), so each
+//!   runs once.
+//! - Cache key = sha256(tenant, definition digest, input cache keys, content digest of what
+//!   the op reads from a client context). A hit in the committed metadata or earlier in this build
+//!   skips the op.
+//! - The first error cancels the rest: no new vertex starts, running tasks are aborted and
+//!   running sandboxed steps are killed; the error names the failing vertex.
+//! - Results are staged, not committed: the caller commits them when the whole build succeeds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::task::JoinSet;
+
+use crate::Digest;
+use crate::graph::{Graph, VertexIdx};
+use crate::ops::{OpContext, OpError, Output};
+use crate::progress::Event;
+
+/// Solver errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SolveError {
+    /// A vertex failed.
+    #[error("{name}: {error}")]
+    Vertex {
+        /// Index of the failing vertex.
+        vertex: VertexIdx,
+        /// Its description.
+        name: String,
+        /// What went wrong (shown in the message, so not also a `source`).
+        error: OpError,
+    },
+    /// A task panicked or was lost.
+    #[error("internal error while solving: {0}")]
+    Internal(String),
+}
+
+/// The outcome of solving: every needed vertex's result and cache key.
+#[derive(Debug, Default)]
+pub struct Solved {
+    /// Results by vertex.
+    pub outputs: HashMap<VertexIdx, Output>,
+    /// How many vertices were cache hits.
+    pub cached: usize,
+    /// How many ran.
+    pub executed: usize,
+}
+
+/// Solves `targets` and everything they depend on.
+pub async fn solve(
+    graph: Arc<Graph>,
+    targets: &[VertexIdx],
+    ctx: Arc<OpContext>,
+    max_parallelism: usize,
+) -> Result<Solved, SolveError> {
+    let needed = graph.ancestors(targets);
+    let limit = max_parallelism.max(1);
+    let mut remaining: HashMap<VertexIdx, usize> = HashMap::new();
+    let mut dependents: HashMap<VertexIdx, Vec<VertexIdx>> = HashMap::new();
+    let mut ready: Vec<VertexIdx> = Vec::new();
+    for &i in &needed {
+        let Some(v) = graph.get(i) else { continue };
+        let mut uniq = v.inputs.clone();
+        uniq.sort_unstable();
+        uniq.dedup();
+        remaining.insert(i, uniq.len());
+        for inp in uniq {
+            dependents.entry(inp).or_default().push(i);
+        }
+        if v.inputs.is_empty() {
+            ready.push(i);
+        }
+    }
+    // Start in graph order so progress numbering reads naturally.
+    ready.sort_unstable_by(|a, b| b.cmp(a));
+
+    let keys: Arc<Mutex<HashMap<VertexIdx, Digest>>> = Arc::default();
+    let mut solved = Solved::default();
+    let mut tasks: JoinSet<(VertexIdx, StepResult)> = JoinSet::new();
+    let mut running = 0usize;
+
+    loop {
+        while running < limit {
+            let Some(i) = ready.pop() else { break };
+            let Some(v) = graph.get(i) else { continue };
+            let inputs: Vec<Output> = v
+                .inputs
+                .iter()
+                .filter_map(|x| solved.outputs.get(x).cloned())
+                .collect();
+            let input_keys: Vec<Digest> = {
+                let k = keys
+                    .lock()
+                    .map_err(|e| SolveError::Internal(e.to_string()))?;
+                v.inputs.iter().filter_map(|x| k.get(x).copied()).collect()
+            };
+            if inputs.len() != v.inputs.len() || input_keys.len() != v.inputs.len() {
+                return Err(SolveError::Internal(format!(
+                    "vertex {i} scheduled before its inputs"
+                )));
+            }
+            let g = graph.clone();
+            let c = ctx.clone();
+            running += 1;
+            tasks.spawn(async move {
+                let r = run_one(&g, i, inputs, input_keys, &c).await;
+                (i, r)
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        running -= 1;
+        let (i, result) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                cancel(&mut tasks, &ctx).await;
+                return Err(SolveError::Internal(format!("step task failed: {e}")));
+            }
+        };
+        let name = graph.get(i).map(|v| v.name.clone()).unwrap_or_default();
+        match result {
+            Ok((out, key, outcome)) => {
+                match outcome {
+                    Outcome::Cached => solved.cached += 1,
+                    Outcome::Executed => solved.executed += 1,
+                    Outcome::Trivial => {}
+                }
+                keys.lock()
+                    .map_err(|e| SolveError::Internal(e.to_string()))?
+                    .insert(i, key);
+                solved.outputs.insert(i, out);
+                for &d in dependents.get(&i).map(Vec::as_slice).unwrap_or(&[]) {
+                    if let Some(n) = remaining.get_mut(&d) {
+                        *n -= 1;
+                        if *n == 0 {
+                            ready.push(d);
+                        }
+                    }
+                }
+                ready.sort_unstable_by(|a, b| b.cmp(a));
+            }
+            Err(error) => {
+                ctx.progress.send(Event::Error {
+                    vertex: i,
+                    message: error.to_string(),
+                });
+                cancel(&mut tasks, &ctx).await;
+                return Err(SolveError::Vertex {
+                    vertex: i,
+                    name,
+                    error,
+                });
+            }
+        }
+    }
+    if solved.outputs.len() != needed.len() {
+        return Err(SolveError::Internal("not every vertex was solved".into()));
+    }
+    Ok(solved)
+}
+
+/// Stops everything still running after a failure.
+async fn cancel<T: 'static>(tasks: &mut JoinSet<T>, ctx: &OpContext) {
+    ctx.cancel();
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Computes a vertex's cache key, looks it up, and runs the op on a miss.
+async fn run_one(
+    graph: &Graph,
+    i: VertexIdx,
+    inputs: Vec<Output>,
+    input_keys: Vec<Digest>,
+    ctx: &Arc<OpContext>,
+) -> StepResult {
+    let v = graph
+        .get(i)
+        .ok_or_else(|| OpError::Internal(format!("no vertex {i}")))?;
+    let content = crate::ops::content_digest(ctx, &v.op, &inputs).await?;
+    let mut enc = Vec::with_capacity(64 * (2 + input_keys.len()));
+    enc.extend_from_slice(b"kiln.cachekey.v1\0");
+    enc.extend_from_slice(ctx.tenant.as_str().as_bytes());
+    enc.push(0);
+    enc.extend_from_slice(v.digest.as_bytes());
+    for k in &input_keys {
+        enc.extend_from_slice(k.as_bytes());
+    }
+    if let Some(c) = content {
+        enc.extend_from_slice(c.as_bytes());
+    }
+    let key = Digest::of(&enc);
+    let announce = crate::ops::announces(&v.op);
+    if let Some(out) = crate::ops::cached(ctx, &v.op, &key, &inputs)? {
+        if announce {
+            ctx.progress.send(Event::Cached {
+                vertex: i,
+                name: v.name.clone(),
+            });
+        }
+        let outcome = if announce {
+            Outcome::Cached
+        } else {
+            Outcome::Trivial
+        };
+        return Ok((out, key, outcome));
+    }
+    let start = Instant::now();
+    if announce {
+        ctx.progress.send(Event::Started {
+            vertex: i,
+            name: v.name.clone(),
+        });
+    }
+    let out = crate::ops::run(ctx, i, &v.op, inputs, &key).await?;
+    if announce {
+        ctx.progress.send(Event::Done {
+            vertex: i,
+            duration: start.elapsed(),
+        });
+    }
+    Ok((out, key, Outcome::Executed))
+}
+
+/// A finished vertex: its output, cache key and how it was satisfied.
+type StepResult = Result<(Output, Digest, Outcome), OpError>;
+
+/// How a vertex was satisfied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// From the cache.
+    Cached,
+    /// By running its op.
+    Executed,
+    /// Nothing to run (scratch, a context reference, a merge of done inputs).
+    Trivial,
+}

@@ -1,0 +1,241 @@
+//! The content store: blobs named by their sha256, written temp → fsync → rename.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::{StoreError, io_err};
+use crate::digest::{Digest, Hasher};
+
+/// Blobs by digest under `ROOT/content`.
+#[derive(Debug)]
+pub struct ContentStore {
+    blobs: PathBuf,
+    ingest: PathBuf,
+}
+
+impl ContentStore {
+    /// Opens (creating) the content store at `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let blobs = dir.join("blobs/sha256");
+        let ingest = dir.join("ingest");
+        for d in [&blobs, &ingest] {
+            fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        Ok(Self { blobs, ingest })
+    }
+
+    /// The path of a blob (which may not exist).
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+
+    /// Whether the blob is present.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// Opens a blob for reading.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File, StoreError> {
+        File::open(self.path(digest)).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                StoreError::BlobNotFound(*digest)
+            } else {
+                io_err("open", &self.path(digest))(e)
+            }
+        })
+    }
+
+    /// Size of a stored blob.
+    pub fn size(&self, digest: &Digest) -> Result<u64, StoreError> {
+        let p = self.path(digest);
+        Ok(fs::metadata(&p).map_err(io_err("stat", &p))?.len())
+    }
+
+    /// Reads a whole blob into memory (for manifests and configs).
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let mut buf = Vec::new();
+        let p = self.path(digest);
+        self.open_blob(digest)?
+            .read_to_end(&mut buf)
+            .map_err(io_err("read", &p))?;
+        let actual = Digest::of(&buf);
+        if actual != *digest {
+            return Err(StoreError::DigestMismatch {
+                what: format!("blob {}", p.display()),
+                expected: *digest,
+                actual,
+            });
+        }
+        Ok(buf)
+    }
+
+    /// Stores bytes, returning their digest.
+    pub fn write_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        self.ingest(&mut &bytes[..], None)
+    }
+
+    /// Starts a streaming write; call [`BlobWriter::commit`] to make it durable.
+    pub fn writer(&self) -> Result<BlobWriter<'_>, StoreError> {
+        let tmp = self.ingest.join(format!("{}.tmp", random_hex()));
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        Ok(BlobWriter {
+            store: self,
+            tmp,
+            file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
+            hasher: Hasher::new(),
+        })
+    }
+
+    /// Copies `reader` into the store. With `expected`, the content must hash to it or nothing
+    /// is stored.
+    pub fn ingest(
+        &self,
+        reader: &mut dyn Read,
+        expected: Option<Digest>,
+    ) -> Result<Digest, StoreError> {
+        if let Some(d) = expected
+            && self.contains(&d)
+        {
+            // Drain nothing: the caller's stream is simply not needed.
+            return Ok(d);
+        }
+        let mut w = self.writer()?;
+        let tmp = w.tmp.clone();
+        io::copy(reader, &mut w).map_err(io_err("write", &tmp))?;
+        w.commit(expected)
+    }
+}
+
+impl crate::oci::blob::BlobSource for ContentStore {
+    fn open_blob(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(File::open(self.path(digest))?))
+    }
+}
+
+/// A blob being written. Dropped without commit, its temp file is removed.
+pub struct BlobWriter<'a> {
+    store: &'a ContentStore,
+    tmp: PathBuf,
+    file: Option<io::BufWriter<File>>,
+    hasher: Hasher,
+}
+
+impl std::fmt::Debug for BlobWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriter")
+            .field("tmp", &self.tmp)
+            .finish()
+    }
+}
+
+impl Write for BlobWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("blob writer already committed"))?;
+        let n = f.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl BlobWriter<'_> {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    /// True if nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.hasher.is_empty()
+    }
+
+    /// fsyncs and renames the blob into place; checks `expected` first.
+    pub fn commit(mut self, expected: Option<Digest>) -> Result<Digest, StoreError> {
+        let digest = std::mem::take(&mut self.hasher).finish();
+        let file = self.file.take();
+        if let Some(exp) = expected
+            && exp != digest
+        {
+            return Err(StoreError::DigestMismatch {
+                what: "ingested blob".into(),
+                expected: exp,
+                actual: digest,
+            });
+        }
+        if let Some(bw) = file {
+            let f = bw
+                .into_inner()
+                .map_err(|e| io_err("flush", &self.tmp)(e.into_error()))?;
+            f.sync_all().map_err(io_err("fsync", &self.tmp))?;
+        }
+        let dest = self.store.path(&digest);
+        fs::rename(&self.tmp, &dest).map_err(io_err("rename", &dest))?;
+        sync_dir(&self.store.blobs)?;
+        Ok(digest)
+    }
+}
+
+impl Drop for BlobWriter<'_> {
+    fn drop(&mut self) {
+        if self.file.is_some() || self.tmp.exists() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// fsyncs a directory so a rename inside it is durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync", dir))
+}
+
+/// 16 random bytes as hex, for temp names and snapshot ids.
+pub(crate) fn random_hex() -> String {
+    let mut buf = [0u8; 16];
+    // getrandom(2) never fails for 16 bytes once the pool is initialised; fall back to
+    // time-and-pid entropy if it ever does (names only need to be unique, not secret).
+    if rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty()).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        buf = Digest::of(format!("{t}-{}", std::process::id()).as_bytes()).as_bytes()[..16]
+            .try_into()
+            .unwrap_or([0; 16]);
+    }
+    hex::encode(buf)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_named_by_digest_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::open(dir.path()).unwrap();
+        let d = cs.write_bytes(b"hello").unwrap();
+        assert_eq!(d, Digest::of(b"hello"));
+        assert_eq!(cs.read_blob(&d).unwrap(), b"hello");
+        let wrong = Digest::of(b"other");
+        let err = cs.ingest(&mut &b"hello!"[..], Some(wrong)).unwrap_err();
+        assert!(matches!(err, StoreError::DigestMismatch { .. }));
+        assert!(!cs.contains(&wrong));
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,284 @@
+//! Metadata in one redb database: cache records, layer records, images, unpacked base layers.
+//!
+//! Values are JSON documents (small, versionable, debuggable); keys are strings. Writes from a
+//! build are gathered in [`StagedRecords`] and committed in one ACID transaction.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::{SnapshotId, StoreError};
+use crate::Digest;
+
+const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
+const LAYERS: TableDefinition<&str, &[u8]> = TableDefinition::new("layers");
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+const UNPACKED: TableDefinition<&str, &[u8]> = TableDefinition::new("unpacked");
+
+/// A cached step result: the full chain of layers (bottom → top) of its file system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// Layer directories, bottom first.
+    pub layers: Vec<SnapshotId>,
+}
+
+/// A compressed, exported form of one layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerBlob {
+    /// OCI media type of the blob.
+    pub media_type: String,
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    /// Size of the compressed blob.
+    pub size: u64,
+}
+
+/// What is known about one layer directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Digest of the uncompressed layer tar, once computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<Digest>,
+    /// True when the layer has no entries (dropped from images, like BuildKit).
+    #[serde(default)]
+    pub empty: bool,
+    /// Compressed blobs made from it, one per compression.
+    #[serde(default)]
+    pub blobs: Vec<LayerBlob>,
+}
+
+/// An image in the local image store (`-t NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// Digest of the image manifest blob.
+    pub manifest: Digest,
+    /// Digest of the image config blob.
+    pub config: Digest,
+    /// Manifest size.
+    pub size: u64,
+    /// For images built by kiln: the layer directories of the image, bottom first, so a build
+    /// `FROM` this image needs no unpacking.
+    #[serde(default)]
+    pub layers: Vec<SnapshotId>,
+}
+
+/// Records a build wants to commit, held in memory until the build succeeds.
+#[derive(Debug, Default, Clone)]
+pub struct StagedRecords {
+    /// Cache key (hex) → record.
+    pub cache: BTreeMap<String, CacheRecord>,
+    /// Layer id → record.
+    pub layers: BTreeMap<SnapshotId, LayerRecord>,
+    /// Image name → record.
+    pub images: BTreeMap<String, ImageRecord>,
+    /// Compressed blob digest → the layer directory it was unpacked into.
+    pub unpacked: BTreeMap<Digest, SnapshotId>,
+}
+
+impl StagedRecords {
+    /// True when there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+            && self.layers.is_empty()
+            && self.images.is_empty()
+            && self.unpacked.is_empty()
+    }
+}
+
+/// The metadata database.
+#[derive(Debug)]
+pub struct MetaStore {
+    db: Database,
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_owned(),
+        source,
+    })
+}
+
+fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Corrupt {
+        key: key.to_owned(),
+        source,
+    })
+}
+
+impl MetaStore {
+    /// Opens or creates the database and its tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        for t in [CACHE, LAYERS, IMAGES, UNPACKED] {
+            tx.open_table(t)?;
+        }
+        tx.commit()?;
+        Ok(Self { db })
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table)?;
+        match t.get(key)? {
+            Some(v) => Ok(Some(decode(key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn all<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_owned(), decode(k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// A cached step result.
+    pub fn cache(&self, key: &str) -> Result<Option<CacheRecord>, StoreError> {
+        self.get(CACHE, key)
+    }
+
+    /// A layer record.
+    pub fn layer(&self, id: &SnapshotId) -> Result<Option<LayerRecord>, StoreError> {
+        self.get(LAYERS, id.as_str())
+    }
+
+    /// An image by name.
+    pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        self.get(IMAGES, name)
+    }
+
+    /// Every image, sorted by name.
+    pub fn images(&self) -> Result<Vec<(String, ImageRecord)>, StoreError> {
+        self.all(IMAGES)
+    }
+
+    /// Every cache record.
+    pub fn cache_records(&self) -> Result<Vec<(String, CacheRecord)>, StoreError> {
+        self.all(CACHE)
+    }
+
+    /// Every layer record.
+    pub fn layer_records(&self) -> Result<Vec<(String, LayerRecord)>, StoreError> {
+        self.all(LAYERS)
+    }
+
+    /// The layer directory a compressed blob was unpacked into.
+    pub fn unpacked(&self, blob: &Digest) -> Result<Option<SnapshotId>, StoreError> {
+        self.get(UNPACKED, &blob.to_string())
+    }
+
+    /// Every unpacked-blob record.
+    pub fn unpacked_records(&self) -> Result<Vec<(String, SnapshotId)>, StoreError> {
+        self.all(UNPACKED)
+    }
+
+    /// Commits staged records in one transaction. Callers make every referenced file durable
+    /// first.
+    pub fn commit(&self, staged: &StagedRecords) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(CACHE)?;
+            for (k, v) in &staged.cache {
+                t.insert(k.as_str(), encode(k, v)?.as_slice())?;
+            }
+            let mut t = tx.open_table(LAYERS)?;
+            for (k, v) in &staged.layers {
+                // Merge with what is there: another build may have added a compression.
+                let mut rec: LayerRecord = match t.get(k.as_str())? {
+                    Some(old) => decode(k.as_str(), old.value())?,
+                    None => LayerRecord::default(),
+                };
+                rec.diff_id = v.diff_id.or(rec.diff_id);
+                rec.empty = v.empty || rec.empty;
+                for b in &v.blobs {
+                    if !rec.blobs.iter().any(|x| x.media_type == b.media_type) {
+                        rec.blobs.push(b.clone());
+                    }
+                }
+                t.insert(k.as_str(), encode(k.as_str(), &rec)?.as_slice())?;
+            }
+            let mut t = tx.open_table(IMAGES)?;
+            for (k, v) in &staged.images {
+                t.insert(k.as_str(), encode(k, v)?.as_slice())?;
+            }
+            let mut t = tx.open_table(UNPACKED)?;
+            for (k, v) in &staged.unpacked {
+                let key = k.to_string();
+                t.insert(key.as_str(), encode(&key, v)?.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes records (prune). Each list names keys of one table.
+    pub fn remove(
+        &self,
+        cache: &[String],
+        layers: &[String],
+        images: &[String],
+        unpacked: &[String],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            for (def, keys) in [
+                (CACHE, cache),
+                (LAYERS, layers),
+                (IMAGES, images),
+                (UNPACKED, unpacked),
+            ] {
+                let mut t = tx.open_table(def)?;
+                for k in keys {
+                    t.remove(k.as_str())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_records_commit_atomically_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let mut s = StagedRecords::default();
+        let id = SnapshotId::new_random();
+        s.cache.insert(
+            "k".into(),
+            CacheRecord {
+                layers: vec![id.clone()],
+            },
+        );
+        s.layers.insert(
+            id.clone(),
+            LayerRecord {
+                empty: true,
+                ..Default::default()
+            },
+        );
+        m.commit(&s).unwrap();
+        assert_eq!(m.cache("k").unwrap().unwrap().layers, vec![id.clone()]);
+        assert!(m.layer(&id).unwrap().unwrap().empty);
+        assert!(m.cache("other").unwrap().is_none());
+    }
+}

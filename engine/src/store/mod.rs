@@ -1,0 +1,171 @@
+//! The store under kiln's root directory (`--root`, `KILN_ROOT`, default `/var/lib/kiln`):
+//!
+//! ```text
+//! ROOT/content/blobs/sha256/<hex>   content store: immutable blobs named by their digest
+//! ROOT/content/ingest/              temp files being written (fsync → rename into blobs/)
+//! ROOT/snapshots/<id>/              one immutable layer directory per step result (overlay format)
+//! ROOT/snapshots/.tmp/              layer directories being written by running steps
+//! ROOT/meta.redb                    metadata: cache records, layers, images (one ACID database)
+//! ROOT/lock                         exclusive lock: one kiln process uses a root at a time
+//! ```
+//!
+//! Invariant: a committed metadata record points only at blobs and snapshot directories that
+//! are already durable. Everything a build writes is staged and committed in one transaction
+//! when the build succeeds; a failed or interrupted build leaves committed records unchanged
+//! and at most unreferenced files behind, which `kiln prune` removes.
+
+pub mod content;
+pub mod meta;
+pub mod snapshot;
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use content::ContentStore;
+pub use meta::{CacheRecord, ImageRecord, LayerBlob, LayerRecord, MetaStore, StagedRecords};
+pub use snapshot::{SnapshotId, Snapshots};
+
+/// Errors opening or using the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A file system operation on the store failed.
+    #[error("store: {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The metadata database failed.
+    #[error("store metadata: {0}")]
+    Db(#[from] Box<redb::Error>),
+    /// A metadata record could not be decoded.
+    #[error("store metadata record {key:?} is corrupt: {source}")]
+    Corrupt {
+        /// The record key.
+        key: String,
+        /// The decode error.
+        source: serde_json::Error,
+    },
+    /// Data did not match its expected digest.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// What was checked.
+        what: String,
+        /// The expected digest.
+        expected: crate::Digest,
+        /// The computed digest.
+        actual: crate::Digest,
+    },
+    /// A blob is missing from the content store.
+    #[error("blob {0} not found in the content store")]
+    BlobNotFound(crate::Digest),
+    /// Another kiln process holds the store.
+    #[error("store {0} is in use by another kiln process")]
+    Locked(PathBuf),
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        Self::Db(Box::new(e))
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { Self::Db(Box::new(e.into())) }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Adds path context to an io::Error.
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The whole store: content, snapshots and metadata under one root.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    /// Blobs by digest.
+    pub content: ContentStore,
+    /// Layer directories.
+    pub snapshots: Snapshots,
+    /// Metadata database.
+    pub meta: MetaStore,
+    _lock: File,
+}
+
+impl Store {
+    /// The default root when neither `--root` nor `KILN_ROOT` is given.
+    pub const DEFAULT_ROOT: &'static str = "/var/lib/kiln";
+
+    /// Opens (creating if needed) the store at `root`, taking its exclusive lock.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(root).map_err(io_err("create", root))?;
+        let lock_path = root.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(StoreError::Locked(root.into())),
+            Err(e) => return Err(io_err("lock", &lock_path)(e.into())),
+        }
+        let content = ContentStore::open(&root.join("content"))?;
+        let snapshots = Snapshots::open(&root.join("snapshots"))?;
+        let meta = MetaStore::open(&root.join("meta.redb"))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            content,
+            snapshots,
+            meta,
+            _lock: lock,
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Total size in bytes of the regular files under `path` (not following symlinks).
+pub(crate) fn tree_size(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for entry in rd.flatten() {
+            let Ok(md) = entry.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(entry.path());
+            } else if md.is_file() {
+                total += md.len();
+            }
+        }
+    }
+    total
+}

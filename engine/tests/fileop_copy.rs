@@ -1,0 +1,351 @@
+//! COPY semantics of `kiln_engine::fileop::copy`, checked on real directories.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+
+use kiln_engine::fileop::{CopyRequest, FileOpError, copy};
+use kiln_engine::fsview::LayerView;
+use tempfile::TempDir;
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+}
+
+fn req(sources: &[&str], dest: &str) -> CopyRequest {
+    CopyRequest {
+        sources: sources.iter().map(|s| s.to_string()).collect(),
+        dest: dest.to_owned(),
+        workdir: "/".to_owned(),
+        allow_wildcard: true,
+        ..CopyRequest::default()
+    }
+}
+
+/// A source context, a destination (one lower layer) and a fresh upper.
+struct Fx {
+    ctx: TempDir,
+    lower: TempDir,
+    upper: TempDir,
+}
+
+impl Fx {
+    fn new() -> Self {
+        Self {
+            ctx: TempDir::new().unwrap(),
+            lower: TempDir::new().unwrap(),
+            upper: TempDir::new().unwrap(),
+        }
+    }
+    fn run(&self, r: &CopyRequest) -> Result<kiln_engine::fileop::CopyStats, FileOpError> {
+        let src = LayerView::plain(self.ctx.path());
+        let dest = LayerView::new(vec![self.lower.path().to_owned()]);
+        copy(r, &src, &dest, self.upper.path())
+    }
+    fn up(&self, rel: &str) -> std::path::PathBuf {
+        self.upper.path().join(rel)
+    }
+    fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.up(rel)).unwrap()
+    }
+}
+
+#[test]
+fn file_into_directory_with_trailing_slash() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "a.txt", "A");
+    fx.run(&req(&["a.txt"], "/app/")).unwrap();
+    assert_eq!(fx.read("app/a.txt"), "A");
+    let m = fs::metadata(fx.up("app")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755);
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+}
+
+#[test]
+fn file_into_existing_directory_without_slash() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "a.txt", "A");
+    fs::create_dir(fx.lower.path().join("app")).unwrap();
+    fx.run(&req(&["a.txt"], "/app")).unwrap();
+    assert_eq!(fx.read("app/a.txt"), "A");
+}
+
+#[test]
+fn file_to_missing_path_is_renamed_and_relative_dest_uses_workdir() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "a.txt", "A");
+    let mut r = req(&["a.txt"], "b.txt");
+    r.workdir = "/work".into();
+    fx.run(&r).unwrap();
+    assert_eq!(fx.read("work/b.txt"), "A");
+}
+
+#[test]
+fn directory_source_copies_its_contents() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "dir/x", "X");
+    write(fx.ctx.path(), "dir/sub/y", "Y");
+    fx.run(&req(&["dir"], "/out")).unwrap();
+    assert_eq!(fx.read("out/x"), "X");
+    assert_eq!(fx.read("out/sub/y"), "Y");
+    assert!(!fx.up("out/dir").exists());
+}
+
+#[test]
+fn wildcard_selects_matching_files_into_directory() {
+    let fx = Fx::new();
+    for f in ["a.txt", "b.txt", "c.md"] {
+        write(fx.ctx.path(), f, f);
+    }
+    fx.run(&req(&["*.txt"], "/out/")).unwrap();
+    assert!(fx.up("out/a.txt").exists());
+    assert!(fx.up("out/b.txt").exists());
+    assert!(!fx.up("out/c.md").exists());
+}
+
+#[test]
+fn several_sources_need_a_trailing_slash() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "a.txt", "A");
+    write(fx.ctx.path(), "b.txt", "B");
+    let err = fx.run(&req(&["a.txt", "b.txt"], "/out")).unwrap_err();
+    assert!(err.to_string().contains(
+        "When using COPY with more than one source file, the destination must be a directory and end with a /"
+    ));
+    let err = fx.run(&req(&["*.txt"], "/out")).unwrap_err();
+    assert!(matches!(err, FileOpError::DestMustBeDirectory { .. }));
+    fx.run(&req(&["a.txt", "b.txt"], "/out/")).unwrap();
+}
+
+#[test]
+fn missing_source_is_an_error_naming_it() {
+    let fx = Fx::new();
+    let err = fx.run(&req(&["nope.txt"], "/out/")).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not found") && msg.contains("nope.txt"),
+        "{msg}"
+    );
+    assert!(fx.run(&req(&["*.none"], "/out/")).is_err());
+    let mut r = req(&["*.none"], "/out/");
+    r.allow_empty_wildcard = true;
+    fx.run(&r).unwrap();
+}
+
+#[test]
+fn top_level_symlink_is_followed_inside_the_source_root() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "real.txt", "R");
+    symlink("/real.txt", fx.ctx.path().join("abs")).unwrap();
+    symlink("../../../real.txt", fx.ctx.path().join("rel")).unwrap();
+    fx.run(&req(&["abs", "rel"], "/out/")).unwrap();
+    for name in ["abs", "rel"] {
+        let m = fs::symlink_metadata(fx.up(&format!("out/{name}"))).unwrap();
+        assert!(m.is_file(), "{name}");
+        assert_eq!(fx.read(&format!("out/{name}")), "R");
+    }
+}
+
+#[test]
+fn nested_symlink_is_copied_as_a_link() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "dir/x", "X");
+    symlink("../elsewhere", fx.ctx.path().join("dir/l")).unwrap();
+    fx.run(&req(&["dir"], "/out/")).unwrap();
+    let target = fs::read_link(fx.up("out/l")).unwrap();
+    assert_eq!(target.to_str(), Some("../elsewhere"));
+}
+
+#[test]
+fn dest_through_a_lower_symlink_writes_to_the_link_target() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "a.txt", "A");
+    fs::create_dir_all(fx.lower.path().join("srv/app")).unwrap();
+    symlink("/srv/app", fx.lower.path().join("app")).unwrap();
+    fx.run(&req(&["a.txt"], "/app/")).unwrap();
+    assert_eq!(fx.read("srv/app/a.txt"), "A");
+    assert!(fs::symlink_metadata(fx.up("app")).is_err());
+}
+
+#[test]
+fn dotdot_in_a_source_is_clamped_at_the_root() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "a.txt", "A");
+    fx.run(&req(&["../../a.txt"], "/out/")).unwrap();
+    assert_eq!(fx.read("out/a.txt"), "A");
+}
+
+#[test]
+fn chown_and_chmod_apply_to_files_and_created_parents() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "a.txt", "A");
+    let mut r = req(&["a.txt"], "/deep/er/");
+    r.chown = Some((1000, 1001));
+    r.chmod = Some(0o640);
+    fx.run(&r).unwrap();
+    let f = fs::metadata(fx.up("deep/er/a.txt")).unwrap();
+    assert_eq!((f.uid(), f.gid(), f.mode() & 0o7777), (1000, 1001, 0o640));
+    for d in ["deep", "deep/er"] {
+        let m = fs::metadata(fx.up(d)).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1001, 0o755));
+    }
+}
+
+#[test]
+fn context_files_get_root_ownership_unless_keep_owner() {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: needs root");
+        return;
+    }
+    let fx = Fx::new();
+    write(fx.ctx.path(), "a.txt", "A");
+    let p = fx.ctx.path().join("a.txt");
+    std::os::unix::fs::chown(&p, Some(123), Some(456)).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o4751)).unwrap();
+    fx.run(&req(&["a.txt"], "/ctx/")).unwrap();
+    let m = fs::metadata(fx.up("ctx/a.txt")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o4751));
+    let mut r = req(&["a.txt"], "/stage/");
+    r.keep_owner = true;
+    fx.run(&r).unwrap();
+    let m = fs::metadata(fx.up("stage/a.txt")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (123, 456, 0o4751));
+}
+
+#[test]
+fn mtime_is_preserved() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "a.txt", "A");
+    let f = fs::File::options()
+        .write(true)
+        .open(fx.ctx.path().join("a.txt"))
+        .unwrap();
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    f.set_modified(t).unwrap();
+    fx.run(&req(&["a.txt"], "/out/")).unwrap();
+    assert_eq!(fs::metadata(fx.up("out/a.txt")).unwrap().mtime(), 1_000_000);
+}
+
+#[test]
+fn parents_keeps_the_source_directory_structure() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "a/b/c.txt", "C");
+    write(fx.ctx.path(), "a/b/d.md", "D");
+    write(fx.ctx.path(), "x/y.txt", "Y");
+    let mut r = req(&["a/b/*.txt"], "/out/");
+    r.parents = true;
+    fx.run(&r).unwrap();
+    assert_eq!(fx.read("out/a/b/c.txt"), "C");
+    assert!(!fx.up("out/a/b/d.md").exists());
+    assert!(!fx.up("out/x").exists());
+
+    let mut r = req(&["a/./b/c.txt", "x"], "/pivot/");
+    r.parents = true;
+    fx.run(&r).unwrap();
+    assert_eq!(fx.read("pivot/b/c.txt"), "C");
+    assert_eq!(fx.read("pivot/x/y.txt"), "Y");
+}
+
+#[test]
+fn exclude_skips_matching_paths() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "dir/keep.txt", "K");
+    write(fx.ctx.path(), "dir/skip.md", "S");
+    write(fx.ctx.path(), "dir/sub/deep.md", "D");
+    write(fx.ctx.path(), "top.md", "T");
+    let mut r = req(&["dir", "*.md"], "/out/");
+    r.excludes = vec!["**/*.md".into()];
+    fx.run(&r).unwrap();
+    assert!(fx.up("out/keep.txt").exists());
+    assert!(!fx.up("out/skip.md").exists());
+    assert!(!fx.up("out/sub/deep.md").exists());
+    assert!(!fx.up("out/top.md").exists());
+}
+
+#[test]
+fn hardlinks_within_one_copy_are_preserved() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "dir/a", "A");
+    fs::hard_link(fx.ctx.path().join("dir/a"), fx.ctx.path().join("dir/b")).unwrap();
+    let stats = fx.run(&req(&["dir"], "/out/")).unwrap();
+    let (a, b) = (
+        fs::metadata(fx.up("out/a")).unwrap(),
+        fs::metadata(fx.up("out/b")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(stats.hardlinks, 1);
+}
+
+#[test]
+fn existing_lower_parent_is_copied_up_with_its_metadata() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "a.txt", "A");
+    let data = fx.lower.path().join("data");
+    fs::create_dir(&data).unwrap();
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&data, Some(5), Some(6)).unwrap();
+    }
+    fx.run(&req(&["a.txt"], "/data/")).unwrap();
+    let m = fs::metadata(fx.up("data")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o700);
+    if rustix::process::geteuid().is_root() {
+        assert_eq!((m.uid(), m.gid()), (5, 6));
+    }
+}
+
+#[test]
+fn directory_merges_into_lower_directory_without_opaque_and_upper_wins_for_files() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "dir/new.txt", "N");
+    write(fx.ctx.path(), "dir/same.txt", "upper");
+    write(fx.lower.path(), "out/old.txt", "O");
+    write(fx.lower.path(), "out/same.txt", "lower");
+    fx.run(&req(&["dir"], "/out")).unwrap();
+    assert_eq!(fx.read("out/new.txt"), "N");
+    assert_eq!(fx.read("out/same.txt"), "upper");
+    assert!(
+        !fx.up("out/old.txt").exists(),
+        "lower files are not copied up"
+    );
+    let opaque = rustix::fs::getxattr(fx.up("out"), "trusted.overlay.opaque", &mut [0u8; 8][..]);
+    assert!(opaque.is_err());
+}
+
+#[test]
+fn directory_onto_a_lower_file_is_refused() {
+    let fx = Fx::new();
+    write(fx.ctx.path(), "dir/x", "X");
+    write(fx.lower.path(), "etc/passwd", "root");
+    let err = fx.run(&req(&["dir"], "/etc/passwd")).unwrap_err();
+    assert!(
+        matches!(err, FileOpError::CannotCopyToNonDirectory { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn symlinks_never_reach_the_host() {
+    let fx = Fx::new();
+    let host = TempDir::new().unwrap();
+    write(host.path(), "secret", "S");
+    symlink(host.path(), fx.ctx.path().join("out_abs")).unwrap();
+    symlink("../../../../../../..", fx.ctx.path().join("out_rel")).unwrap();
+    let err = fx.run(&req(&["out_abs/secret"], "/x/")).unwrap_err();
+    assert!(matches!(err, FileOpError::SourceNotFound { .. }), "{err}");
+    let via_rel = format!("out_rel{}/secret", host.path().display());
+    assert!(fx.run(&req(&[&via_rel], "/x/")).is_err());
+    // A destination symlink climbing out lands inside the upper directory.
+    write(fx.ctx.path(), "a.txt", "A");
+    symlink(
+        "../../../../../../tmp/kiln-escape",
+        fx.lower.path().join("d"),
+    )
+    .unwrap();
+    fx.run(&req(&["a.txt"], "/d/")).unwrap();
+    assert_eq!(fx.read("tmp/kiln-escape/a.txt"), "A");
+    assert!(!Path::new("/tmp/kiln-escape").exists());
+}

@@ -1,0 +1,3 @@
+#!/bin/sh
+cat /srv/greeting.txt
+echo "running as $(id -un) in $(pwd)"

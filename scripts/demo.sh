@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# kiln's main job on a fresh Debian 12 machine, as root: install what is missing, build kiln,
+# build a busybox base image FROM scratch with kiln from the host's static busybox, build a
+# multi-stage example app on it, export it as an OCI archive and print the image digest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+cargo build --release --locked -p kiln
+KILN=$PWD/target/release/kiln
+export KILN_ROOT=${KILN_ROOT:-/var/lib/kiln}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+mkdir -p "$work/base"
+cp "$(command -v busybox)" "$work/base/busybox"
+cp examples/busybox-base/Dockerfile examples/busybox-base/passwd examples/busybox-base/group "$work/base/"
+echo "== building the busybox base image (FROM scratch)"
+"$KILN" build --progress plain -t kiln-demo/busybox:latest "$work/base"
+
+echo "== building the multi-stage example app"
+digest=$("$KILN" build --progress plain -t kiln-demo/app:latest \
+  -o type=oci,dest="$work/app.tar" examples/app)
+echo "== image digest: $digest"
+"$KILN" images
