@@ -185,6 +185,14 @@ fn umoci_unpacks_the_same_files_as_the_local_output() {
             .arg(&bundle)
             .output()
             .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if compression == "zstd" && !out.status.success() && stderr.contains("tar+zstd") {
+            println!(
+                "skipped: this umoci does not support zstd layers ({})",
+                stderr.trim()
+            );
+            continue;
+        }
         assert!(
             out.status.success(),
             "umoci unpack ({compression}): {}",
