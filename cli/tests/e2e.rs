@@ -130,6 +130,101 @@ fn check_tree(which: &str, tree: &Tree, expect: &Value, check_owner: bool, errs:
     }
 }
 
+/// The image's layers and `-o type=local` hold the same paths, kinds, contents and modes
+/// (owners are not compared: the local export may give files to the caller).
+fn compare_trees(image: &Tree, local: &Tree) -> Vec<String> {
+    let mut errs = Vec::new();
+    for (p, e) in image {
+        match local.get(p) {
+            None => errs.push(format!("{p} in the image but not in -o type=local")),
+            Some(l) if (&l.kind, l.mode) != (&e.kind, e.mode) => errs.push(format!(
+                "{p} differs: image {} {:04o}, local {} {:04o}",
+                e.kind_name(),
+                e.mode,
+                l.kind_name(),
+                l.mode
+            )),
+            Some(_) => {}
+        }
+    }
+    for p in local.keys().filter(|p| !image.contains_key(*p)) {
+        errs.push(format!("{p} in -o type=local but not in the image"));
+    }
+    errs.truncate(10);
+    errs
+}
+
+fn sha256(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    let hex = String::from_utf8_lossy(&out.stdout);
+    format!(
+        "sha256:{}",
+        hex.split_whitespace().next().unwrap_or_default()
+    )
+}
+
+/// Manifest, config and layers agree: one diff_id per layer (the digest of its uncompressed
+/// tar), one non-empty history entry per layer, blob digests and sizes match.
+fn check_image_consistency(img: &OciImage) -> Vec<String> {
+    let mut errs = Vec::new();
+    let diff_ids: Vec<String> = img.config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let uncompressed: Vec<String> = img
+        .layers
+        .iter()
+        .map(|(d, mt)| sha256(&img.layer_tar(d, mt)))
+        .collect();
+    if diff_ids != uncompressed {
+        errs.push(format!(
+            "config rootfs.diff_ids {diff_ids:?} != uncompressed layer digests {uncompressed:?}"
+        ));
+    }
+    let history = img.config["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let non_empty = history.iter().filter(|h| h["empty_layer"] != true).count();
+    if !history.is_empty() && non_empty != img.layers.len() {
+        errs.push(format!(
+            "{non_empty} non-empty history entries for {} layers",
+            img.layers.len()
+        ));
+    }
+    for l in img.manifest["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain([&img.manifest["config"]])
+    {
+        let d = l["digest"].as_str().unwrap_or_default();
+        let blob = img.blob(d);
+        if sha256(blob) != d {
+            errs.push(format!("blob {d} does not hash to its digest"));
+        }
+        if l["size"].as_u64() != Some(blob.len() as u64) {
+            errs.push(format!(
+                "blob {d} size {} != descriptor size {}",
+                blob.len(),
+                l["size"]
+            ));
+        }
+    }
+    errs
+}
+
 /// Builds `ctx` with `args` into `k`, writing OCI and local outputs under `out`, and checks
 /// `expect` against both. Returns the problems found.
 fn build_and_check(
@@ -169,12 +264,16 @@ fn build_and_check(
             img.manifest_digest
         ));
     }
-    check_tree("image", &img.rootfs(), expect, true, &mut errs);
+    let rootfs = img.rootfs();
+    check_tree("image", &rootfs, expect, true, &mut errs);
     if local.is_dir() {
-        check_tree("local", &walk_dir(&local), expect, false, &mut errs);
+        let local = walk_dir(&local);
+        check_tree("local", &local, expect, false, &mut errs);
+        errs.extend(compare_trees(&rootfs, &local));
     } else {
         errs.push("no -o type=local directory written".into());
     }
+    errs.extend(check_image_consistency(&img));
     if let Some(c) = expect.get("config") {
         check_fields("config", c, &img.config["config"], &mut errs);
     }
