@@ -7,7 +7,7 @@
 //! ```json
 //! {
 //!   "files": { "/path": { "type": "file|dir|symlink", "content": "…", "contains": "…",
-//!                         "mode": "0644", "uid": 0, "gid": 0, "target": "…" } },
+//!                         "mode": "0644", "uid": 0, "gid": 0, "target": "…", "size": 1 } },
 //!   "absent": ["/path"],
 //!   "config": { "Env": […], "Cmd": null, … },      // exact; null = unset or empty
 //!   "image": { "author": "…" },                     // top-level fields of the config blob
@@ -89,6 +89,15 @@ fn check_tree(which: &str, tree: &Tree, expect: &Value, check_owner: bool, errs:
                 errs.push(format!(
                     "{which}: {path} content {text:?} does not contain {c:?}"
                 ));
+            }
+            if let Some(n) = want.get("size").and_then(Value::as_u64)
+                && !matches!(&e.kind, Kind::File(b) if b.len() as u64 == n)
+            {
+                let got = match &e.kind {
+                    Kind::File(b) => b.len().to_string(),
+                    _ => "-".into(),
+                };
+                errs.push(format!("{which}: {path} size {got}, expected {n}"));
             }
             if let Some(t) = want.get("target").and_then(Value::as_str)
                 && e.kind != Kind::Symlink(t.to_owned())
