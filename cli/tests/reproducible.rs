@@ -300,3 +300,52 @@ fn changing_one_file_reruns_only_dependent_steps() {
         "cache-assisted and fresh builds differ"
     );
 }
+
+#[test]
+fn ignored_and_untouched_files_do_not_invalidate_the_cache() {
+    if !root_or_skip() {
+        return;
+    }
+    let k = Kiln::with_base();
+    let ctx = tempfile::tempdir().unwrap();
+    let c = ctx.path();
+    fs::write(
+        c.join("Dockerfile"),
+        "FROM kiln-test/busybox\nRUN echo first > /first\nCOPY . /ctx/\nRUN ls -a /ctx > /listing\n",
+    )
+    .unwrap();
+    fs::write(c.join(".dockerignore"), "ignored.txt\nlogs/\n").unwrap();
+    fs::write(c.join("kept.txt"), "kept\n").unwrap();
+    fs::write(c.join("ignored.txt"), "v1\n").unwrap();
+    fs::create_dir_all(c.join("logs")).unwrap();
+    fs::write(c.join("logs/a.log"), "1\n").unwrap();
+    let json = || k.build_with(c, &["--progress=json".into()], |_| {}).ok();
+    let first = json();
+    // Change only ignored files (content and new files) and mtimes of everything.
+    sleep(Duration::from_millis(1100));
+    fs::write(c.join("ignored.txt"), "v2, much longer than before\n").unwrap();
+    fs::write(c.join("logs/b.log"), "2\n").unwrap();
+    touch_all(c);
+    let again = json();
+    assert_eq!(
+        first.digest(),
+        again.digest(),
+        "ignored files changed the image"
+    );
+    let states = step_states(
+        &again.events(),
+        &["echo first", "COPY . /ctx/", "ls -a /ctx"],
+    );
+    assert!(states.values().all(|s| s == "cached"), "{states:?}");
+    // A new file that is not ignored does invalidate the COPY and what follows.
+    fs::write(c.join("new.txt"), "new\n").unwrap();
+    let changed = json();
+    assert_ne!(changed.digest(), first.digest());
+    let states = step_states(
+        &changed.events(),
+        &["echo first", "COPY . /ctx/", "ls -a /ctx"],
+    );
+    assert_eq!(states["echo first"], "cached", "{states:?}");
+    assert_eq!(states["COPY . /ctx/"], "started", "{states:?}");
+    assert_eq!(states["ls -a /ctx"], "started", "{states:?}");
+}
