@@ -81,10 +81,10 @@ fn load_cases() -> Vec<Case> {
         if !dir.join("Dockerfile").is_file() {
             continue;
         }
-        if let Some(only) = &only {
-            if !only.contains(&name) {
-                continue;
-            }
+        if let Some(only) = &only
+            && !only.contains(&name)
+        {
+            continue;
         }
         let args = fs::read_to_string(dir.join("args"))
             .unwrap_or_default()

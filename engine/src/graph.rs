@@ -124,6 +124,9 @@ pub enum FileOp {
     Mkfiles {
         /// (name, content) pairs.
         files: Vec<(String, String)>,
+        /// File mode (default 0644).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
     },
     /// `mkdir -p` (WORKDIR) on input 0.
     Mkdir {

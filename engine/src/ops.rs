@@ -577,7 +577,12 @@ fn materialize(view: &LayerView, source: &str, dest: &Path) -> Result<PathBuf, O
     })
 }
 
-fn mkfiles(ctx: &OpContext, files: &[(String, String)], key: &Digest) -> Result<Output, OpError> {
+fn mkfiles(
+    ctx: &OpContext,
+    files: &[(String, String)],
+    mode: u32,
+    key: &Digest,
+) -> Result<Output, OpError> {
     let pending = ctx.store.snapshots.create()?;
     for (name, content) in files {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
@@ -591,13 +596,15 @@ fn mkfiles(ctx: &OpContext, files: &[(String, String)], key: &Digest) -> Result<
             path: p.clone(),
             source,
         })?;
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(
-            |source| StoreError::Io {
-                op: "chmod",
-                path: p.clone(),
-                source,
-            },
-        )?;
+        std::fs::set_permissions(
+            &p,
+            std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+        )
+        .map_err(|source| StoreError::Io {
+            op: "chmod",
+            path: p.clone(),
+            source,
+        })?;
     }
     let id = commit_layer(ctx, pending)?;
     finish(ctx, key, vec![id])
@@ -605,7 +612,7 @@ fn mkfiles(ctx: &OpContext, files: &[(String, String)], key: &Digest) -> Result<
 
 fn file(ctx: &OpContext, f: &FileOp, inputs: &[Output], key: &Digest) -> Result<Output, OpError> {
     match f {
-        FileOp::Mkfiles { files } => mkfiles(ctx, files, key),
+        FileOp::Mkfiles { files, mode } => mkfiles(ctx, files, mode.unwrap_or(0o644), key),
         FileOp::Copy(c) => copy(ctx, c, inputs, key),
         FileOp::Mkdir { path, owner } => {
             let base = chain_of(inputs.first())?;
@@ -649,7 +656,7 @@ fn copy(ctx: &OpContext, c: &CopyOp, inputs: &[Output], key: &Digest) -> Result<
         excludes: c.excludes.clone(),
         unpack: c.unpack,
         allow_wildcard: true,
-        allow_empty_wildcard: false,
+        allow_empty_wildcard: true,
     };
     let pending = ctx.store.snapshots.create()?;
     fileop::copy(&req, &src, &dest, &pending.dir)?;

@@ -25,7 +25,7 @@ pub enum UserError {
 pub struct ExecUser {
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups (includes `gid`, as Docker does).
+    /// Supplementary groups: the `/etc/group` entries that list the user (as BuildKit).
     pub groups: Vec<u32>,
     /// Home directory from passwd, `/` when unknown.
     pub home: String,
@@ -68,7 +68,9 @@ pub fn resolve(
                 .ok_or_else(|| UserError::UnknownGroup(g.to_owned()))?,
         },
     };
-    let mut supplementary = vec![gid];
+    // Only the groups that list the user, as BuildKit's executor sets them: the primary gid
+    // is not repeated as a supplementary group.
+    let mut supplementary = Vec::new();
     if let Some(name) = name {
         for g in groups.iter().filter(|g| g.members.contains(&name)) {
             if !supplementary.contains(&g.gid) {
@@ -155,7 +157,7 @@ mod tests {
             Ok(ExecUser {
                 uid: 0,
                 gid: 0,
-                groups: vec![0],
+                groups: vec![],
                 home: "/root".into()
             })
         );
@@ -169,7 +171,7 @@ mod tests {
             Ok(ExecUser {
                 uid: 1000,
                 gid: 1000,
-                groups: vec![1000, 10],
+                groups: vec![10],
                 home: "/home/app".into()
             })
         );
@@ -183,7 +185,7 @@ mod tests {
             Ok(ExecUser {
                 uid: 4242,
                 gid: 77,
-                groups: vec![77],
+                groups: vec![],
                 home: "/".into()
             })
         );

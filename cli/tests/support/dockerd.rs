@@ -100,14 +100,14 @@ impl Dockerd {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(c) = me.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    me.child = None;
-                    return Err(format!(
-                        "dockerd cannot start: exited with {status}: {}",
-                        me.log_tail(15)
-                    ));
-                }
+            if let Some(c) = me.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                me.child = None;
+                return Err(format!(
+                    "dockerd cannot start: exited with {status}: {}",
+                    me.log_tail(15)
+                ));
             }
             if me.sock.exists() {
                 let out = me.docker().arg("version").output();

@@ -165,6 +165,16 @@ impl Copier<'_> {
         }
     }
 
+    /// Metadata of a destination directory the copy itself creates.
+    fn created_dir(&self) -> Attrs {
+        Attrs {
+            mode: self.new_dir.mode,
+            uid: self.new_dir.uid,
+            gid: self.new_dir.gid,
+            mtime: None,
+        }
+    }
+
     fn copy_top(&mut self, base: &str, e: &Entry) -> Result<(), FileOpError> {
         let kind = e.metadata().kind;
         if kind != FileKind::Dir && !base.is_empty() && self.excludes.is_excluded(base) {
@@ -204,12 +214,16 @@ impl Copier<'_> {
                 let (parent, _) = self
                     .up
                     .dir(&dest_comps[..dest_comps.len() - 1], self.new_dir)?;
-                let fd = self.up.child_dir(&parent, &dest_comps, self.attrs(e))?;
+                let fd = self
+                    .up
+                    .child_dir(&parent, &dest_comps, self.created_dir())?;
                 (fd.0, fd.1)
             };
             self.copy_contents(&handle, &fd, &dest_comps, "")?;
+            // A destination directory the copy creates is made like `mkdir -p` (0755, the
+            // --chown owner or root), not with the source directory's metadata: BuildKit.
             if fresh {
-                set_attrs_fd(&fd, self.attrs(e)).map_err(|err| upper_err(&dest_comps, err))?;
+                set_attrs_fd(&fd, self.created_dir()).map_err(|err| upper_err(&dest_comps, err))?;
             }
             return Ok(());
         }
@@ -275,9 +289,9 @@ impl Copier<'_> {
                     self.stats.dirs += 1;
                 }
                 self.copy_contents(&handle, &fd, target, rel)?;
-                if fresh {
-                    set_attrs_fd(&fd, attrs).map_err(|err| upper_err(target, err))?;
-                }
+                // A directory inside the copied tree takes the source's metadata even when
+                // it already existed in the destination (BuildKit overwrites it too).
+                set_attrs_fd(&fd, attrs).map_err(|err| upper_err(target, err))?;
             }
             FileKind::File => {
                 let key = (e.layer(), m.dev_ino.0, m.dev_ino.1);

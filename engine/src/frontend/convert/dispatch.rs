@@ -22,13 +22,13 @@ struct St {
 }
 
 impl St {
-    /// The scope for expanding words: stage args, overridden by ENV.
+    /// The scope for expanding words: the build-time env (ENV and ARG, later wins).
     fn scope(&self) -> Vec<(String, Option<String>)> {
-        let mut s = self.args.clone();
-        for (k, v) in &self.image.env {
-            s.push((k.clone(), Some(v.clone())));
-        }
-        s
+        self.image
+            .run_env
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect()
     }
 }
 
@@ -56,10 +56,27 @@ pub(super) fn stage(
     }
     let (vertex, image) = if let Some(j) = c.stage_ref(&base, i, false) {
         let r = c.stage(j)?;
-        (r.vertex, r.image)
+        let mut image = r.image;
+        // CMD set in the parent stage counts as inherited here (an ENTRYPOINT resets it).
+        image.cmd_inherited = image.cmd.is_some();
+        (r.vertex, image)
+    } else if base.eq_ignore_ascii_case(&stage.name.clone().unwrap_or_default())
+        && !base.eq_ignore_ascii_case("scratch")
+    {
+        return Err(ConvertError::at(
+            line,
+            1,
+            format!("circular dependency detected on stage: {base}"),
+        ));
     } else {
         let (v, img) = c.source(&base, line)?;
-        (v, img.map(|i| from_image(&i)).unwrap_or_default())
+        let image = img.map(|i| from_image(&i)).unwrap_or_else(|| {
+            // An empty image starts with the default PATH, as BuildKit's does.
+            let mut s = ImageState::default();
+            s.set_env("PATH", DEFAULT_PATH.to_owned());
+            s
+        });
+        (v, image)
     };
     let display = stage.name.clone().unwrap_or_else(|| format!("stage-{i}"));
     let mut st = St {
@@ -107,7 +124,7 @@ pub(super) fn stage(
 fn from_image(img: &ResolvedImage) -> ImageState {
     let cfg = &img.config;
     let cc = cfg.config.clone().unwrap_or_default();
-    let env = cc
+    let env: Vec<(String, String)> = cc
         .env
         .iter()
         .filter_map(|kv| {
@@ -126,6 +143,7 @@ fn from_image(img: &ResolvedImage) -> ImageState {
         })
         .collect();
     ImageState {
+        run_env: env.clone(),
         env,
         user: cc.user.clone().unwrap_or_default(),
         workdir: cc.working_dir.clone().unwrap_or_default(),
@@ -207,16 +225,20 @@ fn dispatch(
     );
     match &ins.inner {
         Instruction::Env(pairs) => {
-            let mut shown = Vec::new();
+            // Every word is expanded before any is applied (`ENV a=1 b=$a` sees the old a).
+            let mut expanded = Vec::new();
             for (k, v) in pairs {
-                let k = expand(c, st, k, ins)?;
-                let v = expand(c, st, v, ins)?;
+                expanded.push((expand(c, st, k, ins)?, expand(c, st, v, ins)?));
+            }
+            let mut shown = Vec::new();
+            for (k, v) in expanded {
                 shown.push(format!("{k}={v}"));
                 st.image.set_env(&k, v);
             }
             st.image.note(format!("ENV {}", shown.join(" ")));
         }
         Instruction::Arg(decls) => {
+            let mut values = Vec::new();
             for a in decls {
                 let value = if let Some(v) = c.opts.build_args.get(&a.name) {
                     c.used_args.insert(a.name.clone());
@@ -231,8 +253,15 @@ fn dispatch(
                         .find(|(k, _)| k == &a.name)
                         .and_then(|(_, v)| v.clone())
                 };
-                st.args.retain(|(k, _)| k != &a.name);
-                st.args.push((a.name.clone(), value));
+                values.push((a.name.clone(), value));
+            }
+            // Like ENV: defaults are expanded before any of this line's ARGs apply.
+            for (name, value) in values {
+                if let Some(v) = &value {
+                    st.image.set_arg(&name, v.clone());
+                }
+                st.args.retain(|(k, _)| k != &name);
+                st.args.push((name, value));
             }
             let shown: Vec<String> = decls
                 .iter()
@@ -244,10 +273,12 @@ fn dispatch(
             st.image.note(format!("ARG {}", shown.join(" ")));
         }
         Instruction::Label(pairs) => {
-            let mut shown = Vec::new();
+            let mut expanded = Vec::new();
             for (k, v) in pairs {
-                let k = expand(c, st, k, ins)?;
-                let v = expand(c, st, v, ins)?;
+                expanded.push((expand(c, st, k, ins)?, expand(c, st, v, ins)?));
+            }
+            let mut shown = Vec::new();
+            for (k, v) in expanded {
                 shown.push(format!("{k}={v}"));
                 st.image.labels.insert(k, v);
             }
@@ -266,16 +297,21 @@ fn dispatch(
             let w = expand(c, st, w, ins)?;
             let path = clean_abs(&abs_path(&st.image.workdir, &w));
             st.image.workdir = path.clone();
-            let owner = (!st.image.user.is_empty()).then(|| st.image.user.clone());
-            st.vertex = c.graph.add(
-                Op::File(FileOp::Mkdir {
-                    path: path.clone(),
-                    owner,
-                }),
-                vec![st.vertex],
-                name,
-            );
-            st.image.layer(format!("WORKDIR {path}"));
+            if path == "/" {
+                // The root always exists: nothing to create (BuildKit adds no step either).
+                st.image.note(format!("WORKDIR {path}"));
+            } else {
+                let owner = (!st.image.user.is_empty()).then(|| st.image.user.clone());
+                st.vertex = c.graph.add(
+                    Op::File(FileOp::Mkdir {
+                        path: path.clone(),
+                        owner,
+                    }),
+                    vec![st.vertex],
+                    name,
+                );
+                st.image.layer(format!("WORKDIR {path}"));
+            }
         }
         Instruction::Expose(ports) => {
             let mut shown = Vec::new();
@@ -311,6 +347,13 @@ fn dispatch(
         }
         Instruction::StopSignal(s) => {
             let s = expand(c, st, s, ins)?;
+            if !valid_signal(&s) {
+                return Err(ConvertError::at(
+                    ins.line,
+                    ins.column,
+                    format!("invalid signal: {s}"),
+                ));
+            }
             st.image.stop_signal = Some(s.clone());
             st.image.note(format!("STOPSIGNAL {s}"));
         }
@@ -372,6 +415,31 @@ fn health(h: &crate::frontend::instructions::HealthConfig) -> crate::oci::types:
     }
 }
 
+/// Docker's signal syntax: a number, or a name with or without `SIG` (`TERM`, `SIGRTMIN+3`).
+fn valid_signal(s: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+    ];
+    if let Ok(n) = s.parse::<u32>() {
+        return n > 0 && n <= 64;
+    }
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    if NAMES.contains(&name) {
+        return true;
+    }
+    for base in ["RTMIN", "RTMAX"] {
+        if let Some(rest) = name.strip_prefix(base) {
+            return rest.is_empty()
+                || rest
+                    .strip_prefix(['+', '-'])
+                    .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n <= 30));
+        }
+    }
+    false
+}
+
 fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
@@ -429,12 +497,27 @@ fn run(
     security: Option<SecurityMode>,
 ) -> Result<(), ConvertError> {
     let at = |m: String| ConvertError::at(ins.line, ins.column, m);
+    let mut heredoc_file = None;
     let args = match command {
         CommandLine::Exec(v) => v.clone(),
         CommandLine::Shell(s) => {
             let mut a = st.image.shell();
             // `RUN <<EOF` alone: the heredoc is the script.
             let script = match heredocs {
+                [h] if is_only_heredoc(s, &h.name) && h.content.starts_with("#!") => {
+                    // A script with a shebang is a file, run directly (BuildKit mounts it at
+                    // /dev/pipes/NAME).
+                    let file = c.graph.add(
+                        Op::File(FileOp::Mkfiles {
+                            files: vec![(h.name.clone(), h.content.clone())],
+                            mode: Some(0o755),
+                        }),
+                        vec![],
+                        format!("{name} (heredoc)"),
+                    );
+                    heredoc_file = Some(file);
+                    String::new()
+                }
                 [h] if is_only_heredoc(s, &h.name) => h.content.clone(),
                 [] => s.clone(),
                 hs => {
@@ -447,8 +530,13 @@ fn run(
                     full
                 }
             };
-            a.push(script);
-            a
+            match (&heredoc_file, heredocs.first()) {
+                (Some(_), Some(h)) => vec![format!("/dev/pipes/{}", h.name)],
+                _ => {
+                    a.push(script);
+                    a
+                }
+            }
         }
     };
     let network = match network {
@@ -469,12 +557,29 @@ fn run(
     }
     let mut inputs = vec![st.vertex];
     let mut exec_mounts = Vec::new();
+    if let Some(file) = heredoc_file {
+        inputs.push(file);
+        exec_mounts.push(ExecMount {
+            target: "/dev/pipes".into(),
+            kind: ExecMountKind::Bind {
+                input: inputs.len() - 1,
+                source: "/".into(),
+                readwrite: false,
+            },
+        });
+    }
     for raw in mounts {
         // Mount options are expanded now, with the stage's ARG/ENV, then checked again.
         let scope = st.scope();
         let lexer = &c.lexer;
         let expander = |w: &str| lexer.process_word(w, &Scope(&scope));
         let m = parse_mount(&raw.raw, Some(&expander)).map_err(|e| at(e.to_string()))?;
+        if !matches!(m.mount_type, MountType::Bind | MountType::Tmpfs) {
+            return Err(at(format!(
+                "RUN --mount=type={} is parsed but not executed by this kiln version",
+                format!("{:?}", m.mount_type).to_ascii_lowercase()
+            )));
+        }
         let target = m
             .target
             .clone()
@@ -503,15 +608,8 @@ fn run(
         };
         exec_mounts.push(ExecMount { target, kind });
     }
-    // The step's environment: image ENV plus the ARGs in scope (ENV wins), like BuildKit.
-    let mut env = st.image.env_strings();
-    for (k, v) in &st.args {
-        if let Some(v) = v
-            && !st.image.env.iter().any(|(n, _)| n == k)
-        {
-            env.push(format!("{k}={v}"));
-        }
-    }
+    // The step's environment: the build-time env (ENV and ARG in order), like BuildKit.
+    let mut env = st.image.run_env_strings();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
@@ -552,6 +650,15 @@ fn from_vertex(
 ) -> Result<VertexIdx, ConvertError> {
     if let Some(j) = c.stage_ref(from, st.index, true) {
         return Ok(c.stage(j)?.vertex);
+    }
+    if let Some(j) = c.stage_index(from)
+        && j == st.index
+    {
+        return Err(ConvertError::at(
+            line,
+            1,
+            format!("circular dependency detected on stage: {from}"),
+        ));
     }
     if c.stage_index(from).is_some() {
         return Err(ConvertError::at(
@@ -608,7 +715,10 @@ fn copy(
         .transpose()?
     {
         Some(m) => Some(
-            u32::from_str_radix(&m, 8).map_err(|_| at(format!("invalid chmod parameter: {m}")))?,
+            u32::from_str_radix(&m, 8)
+                .ok()
+                .filter(|v| *v <= 0o7777)
+                .ok_or_else(|| at(format!("invalid chmod parameter: {m}")))?,
         ),
         None => None,
     };
@@ -641,7 +751,7 @@ fn copy(
         }
         let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
         let v = c.graph.add(
-            Op::File(FileOp::Mkfiles { files }),
+            Op::File(FileOp::Mkfiles { files, mode: None }),
             vec![],
             format!("{name} (heredoc)"),
         );

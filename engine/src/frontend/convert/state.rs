@@ -7,8 +7,12 @@ use crate::frontend::shell::Env;
 /// The metadata of the image being built (what ends up in the image config).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageState {
-    /// `ENV`, in order, `K=V`.
+    /// `ENV`, in order, `K=V` (what the image config gets).
     pub env: Vec<(String, String)>,
+    /// The build-time environment, as BuildKit keeps it in the LLB state: `ENV` and `ARG`
+    /// (with a value) set it in instruction order, later wins; it expands words and is the
+    /// environment of `RUN`; a stage built `FROM` another inherits it.
+    pub run_env: Vec<(String, String)>,
     /// `USER`.
     pub user: String,
     /// `WORKDIR` (absolute; empty means `/` and is omitted from the config).
@@ -66,13 +70,23 @@ impl ImageState {
             .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
     }
 
-    /// Sets an env var, keeping first-set order.
+    /// `ENV`: sets an image env var (keeping first-set order) and the build-time env.
     pub fn set_env(&mut self, k: &str, v: String) {
-        if let Some(e) = self.env.iter_mut().find(|(n, _)| n == k) {
-            e.1 = v;
-        } else {
-            self.env.push((k.to_owned(), v));
-        }
+        set(&mut self.env, k, v.clone());
+        set(&mut self.run_env, k, v);
+    }
+
+    /// `ARG` with a value: sets only the build-time env.
+    pub fn set_arg(&mut self, k: &str, v: String) {
+        set(&mut self.run_env, k, v);
+    }
+
+    /// The build-time env as `K=V` strings.
+    pub fn run_env_strings(&self) -> Vec<String> {
+        self.run_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 
     /// `K=V` strings.
@@ -98,6 +112,14 @@ impl ImageState {
             empty_layer: false,
             created: None,
         });
+    }
+}
+
+fn set(list: &mut Vec<(String, String)>, k: &str, v: String) {
+    if let Some(e) = list.iter_mut().find(|(n, _)| n == k) {
+        e.1 = v;
+    } else {
+        list.push((k.to_owned(), v));
     }
 }
 
