@@ -362,3 +362,47 @@ fn every_document_kiln_writes_validates_against_the_oci_schemas() {
     let r = validate(&schemas, &[("image-manifest-schema.json", bad)]).unwrap();
     assert!(r.is_err(), "a bad digest must fail validation");
 }
+
+/// An image kiln exported (OCI layout dir, docker archive) is a base image for a build in an
+/// empty store via `--build-context NAME=oci-layout://…` / `docker-archive://…`.
+#[test]
+fn exported_images_are_build_contexts_for_an_empty_store() {
+    if !root_or_skip() {
+        return;
+    }
+    let k = Kiln::with_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let docker = tmp.path().join("docker.tar");
+    let o = build_outputs(
+        &k,
+        &[&format!("--output=type=docker,dest={}", docker.display())],
+    );
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM app\nRUN cat /home/app/hello.txt /opt/out/artifact > /copied\n",
+    )
+    .unwrap();
+    let sources = [
+        format!("app=oci-layout://{}", o.oci_dir.display()),
+        format!("app=oci-layout://{}@{}", o.oci_dir.display(), o.digest),
+        format!("app=docker-archive://{}", docker.display()),
+    ];
+    for (i, src) in sources.iter().enumerate() {
+        let empty = Kiln::empty();
+        let local = tmp.path().join(format!("rootfs-{i}"));
+        let args = vec![
+            "--progress=plain".to_owned(),
+            format!("--build-context={src}"),
+            format!("--output=type=local,dest={}", local.display()),
+        ];
+        let r = empty.build_with(&ctx, &args, |_| {});
+        assert_eq!(r.code, 0, "{src}: {}", r.stderr);
+        assert_eq!(
+            fs::read_to_string(local.join("copied")).unwrap(),
+            "hello from kiln\nbuilt\n",
+            "{src}"
+        );
+    }
+}
