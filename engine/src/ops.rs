@@ -431,6 +431,27 @@ fn exec(
             source,
         })?;
     }
+    // Mount points the sandbox has to create are removed again after the step if they are
+    // still empty (BuildKit's mount stub cleaner): a mount never leaves a trace in a layer.
+    let lower_view = LayerView::new(ctx.layer_dirs(&base));
+    let mut stubs: Vec<String> = Vec::new();
+    for m in &e.mounts {
+        let mut p = crate::fileop::absolute_path(&m.target, "/");
+        while p != "/" && !p.is_empty() {
+            if lower_view.lookup(&p)?.is_some() {
+                break;
+            }
+            if !stubs.contains(&p) {
+                stubs.push(p.clone());
+            }
+            p = match p.rfind('/') {
+                Some(0) | None => "/".to_owned(),
+                Some(i) => p[..i].to_owned(),
+            };
+        }
+    }
+    // Deepest first, so a parent is tried after its children.
+    stubs.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
     let mut mounts = Vec::new();
     for (n, m) in e.mounts.iter().enumerate() {
         let kind = match &m.kind {
@@ -536,6 +557,13 @@ fn exec(
             cmd: shown_command(&e.args),
             code: exit.code,
         });
+    }
+    for stub in &stubs {
+        // `remove_dir` only removes an empty directory; anything else stays as the step left it.
+        let p = pending.dir.join(stub.trim_start_matches('/'));
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            let _ = fs::remove_dir(&p);
+        }
     }
     let id = commit_layer(ctx, pending)?;
     let mut chain = base.as_ref().clone();

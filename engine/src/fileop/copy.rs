@@ -9,6 +9,7 @@ use super::unpack;
 use super::upper::{Attrs, NewDir, Upper, set_attrs_fd, upper_err};
 use super::{CopyRequest, CopyStats, FileOpError, absolute_path};
 use crate::frontend::dockerignore::{DockerIgnore, contains_wildcards, glob_match};
+use crate::fsview::FsViewError;
 use crate::fsview::{DirHandle, Entry, FileKind, LayerView, join_abs, lexical_clean, split};
 
 /// Copies `req.sources` from `src` to `req.dest` of `dest`, writing only into `upper`.
@@ -122,10 +123,13 @@ pub(crate) fn select(
     }
     let mut out = Vec::new();
     for p in paths {
-        if let Some(e) = src
-            .resolve(&join_abs(&p), true)?
-            .and_then(|r| r.entry().cloned())
-        {
+        // A wildcard that matched a file followed by more components (`a/*/c` with `a/x`
+        // a file) simply does not match.
+        let resolved = match src.resolve(&join_abs(&p), true) {
+            Err(FsViewError::NotADirectory { .. }) => None,
+            r => r?,
+        };
+        if let Some(e) = resolved.and_then(|r| r.entry().cloned()) {
             out.push((p.last().cloned().unwrap_or_default(), e));
         }
     }

@@ -79,6 +79,7 @@ pub(super) fn stage(
             // An empty image starts with the default PATH, as BuildKit's does.
             let mut s = ImageState::default();
             s.set_env("PATH", DEFAULT_PATH.to_owned());
+            s.workdir = "/".to_owned();
             s
         });
         (v, image)
@@ -653,24 +654,22 @@ fn from_vertex(
     from: &str,
     line: usize,
 ) -> Result<VertexIdx, ConvertError> {
-    if let Some(j) = c.stage_ref(from, st.index, true) {
+    // BuildKit resolves --from once every stage is known: a later stage may be named too;
+    // only a cycle is an error.
+    let j = c.stage_index(from).or_else(|| {
+        from.parse::<usize>()
+            .ok()
+            .filter(|&n| n < c.df.stages.len())
+    });
+    if let Some(j) = j {
+        if j == st.index {
+            return Err(ConvertError::at(
+                line,
+                1,
+                format!("circular dependency detected on stage: {from}"),
+            ));
+        }
         return Ok(c.stage(j)?.vertex);
-    }
-    if let Some(j) = c.stage_index(from)
-        && j == st.index
-    {
-        return Err(ConvertError::at(
-            line,
-            1,
-            format!("circular dependency detected on stage: {from}"),
-        ));
-    }
-    if c.stage_index(from).is_some() {
-        return Err(ConvertError::at(
-            line,
-            1,
-            format!("stage {from:?} is defined after this one"),
-        ));
     }
     Ok(c.source(from, line)?.0)
 }

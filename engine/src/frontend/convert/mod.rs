@@ -248,10 +248,11 @@ impl<'a> Converter<'a> {
             .get(i)
             .ok_or_else(|| ConvertError::at(0, 0, format!("internal: no stage {i}")))?;
         if self.in_progress.contains(&i) {
+            let name = stage.name.clone().unwrap_or_else(|| i.to_string());
             return Err(ConvertError::at(
                 stage.line,
                 1,
-                "circular dependency between stages",
+                format!("circular dependency detected on stage: {name}"),
             ));
         }
         self.in_progress.push(i);
