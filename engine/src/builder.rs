@@ -439,6 +439,10 @@ impl Engine {
                 },
             );
         }
+        // Records only ever point at durable layer directories.
+        if !staged.layers.is_empty() || !staged.unpacked.is_empty() {
+            self.store.snapshots.sync()?;
+        }
         self.store.meta.commit(&staged)?;
         Ok(BuildResult {
             manifest_digest: assembled.manifest_descriptor.digest,

@@ -241,7 +241,9 @@ pub fn assemble(
     }
 
     for (blob, id) in unpacked {
-        staged.unpacked.entry(blob).or_insert(id);
+        if store.meta.unpacked(&blob)?.is_none() {
+            staged.unpacked.entry(blob).or_insert(id);
+        }
     }
 
     // 3. Config and manifest.

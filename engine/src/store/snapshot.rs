@@ -1,7 +1,8 @@
 //! Layer directories: `ROOT/snapshots/<id>` holds one layer in overlayfs format (whiteouts are
 //! 0/0 character devices, opaque directories carry `trusted.overlay.opaque=y`). A running step
-//! writes into `ROOT/snapshots/.tmp/<id>`; [`Snapshots::commit`] syncs and renames it into
-//! place, after which it is never modified.
+//! writes into `ROOT/snapshots/.tmp/<id>`; [`Snapshots::commit`] renames it into place, after
+//! which it is never modified; [`Snapshots::sync`] makes committed layers durable before any
+//! record points at them.
 
 use std::fmt;
 use std::fs;
@@ -111,11 +112,16 @@ impl Snapshots {
         let dest = self.path(&pending.id);
         // Scratch held the overlay workdir; it must not outlive the step.
         let _ = fs::remove_dir_all(&pending.scratch);
-        let f = fs::File::open(&pending.dir).map_err(io_err("open", &pending.dir))?;
-        rustix::fs::syncfs(&f).map_err(|e| io_err("syncfs", &pending.dir)(e.into()))?;
         fs::rename(&pending.dir, &dest).map_err(io_err("rename", &dest))?;
-        super::content::sync_dir(&self.dir)?;
         Ok(pending.id.clone())
+    }
+
+    /// Makes every committed layer directory durable: one `syncfs` for the whole file system,
+    /// done once per build before its records are committed (cheaper than syncing each step,
+    /// and the record-after-data order is what crash safety needs).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let f = fs::File::open(&self.dir).map_err(io_err("open", &self.dir))?;
+        rustix::fs::syncfs(&f).map_err(|e| io_err("syncfs", &self.dir)(e.into()))
     }
 
     /// Ids of every committed layer directory.
