@@ -177,6 +177,23 @@ impl Failure {
     pub fn exit_code(&self) -> u8 {
         self.code
     }
+
+    /// The error and its causes, each cause added only if the text so far does not already
+    /// say it (many of kiln's errors include their cause in their own message).
+    pub fn message(&self) -> String {
+        let mut out = String::new();
+        for cause in self.err.chain() {
+            let text = cause.to_string();
+            if out.contains(&text) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        out
+    }
 }
 
 impl std::fmt::Display for Failure {
@@ -298,6 +315,13 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         LayerCompression::Gzip => Compression::Gzip,
         LayerCompression::Zstd => Compression::Zstd,
     };
+    if !rustix::process::geteuid().is_root() {
+        return Err(anyhow::anyhow!(
+            "kiln build needs root in this version: steps run in new namespaces on overlayfs \
+             and files keep their owners (run it with sudo)"
+        )
+        .into());
+    }
     let engine = open_engine(root)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
