@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod builder;
+pub mod copydiff;
 pub mod digest;
 pub mod fileop;
 pub mod frontend;
