@@ -140,6 +140,20 @@ struct BuildArgs {
     /// Print only the image digest on stdout.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// How RUN steps get their root file system: overlayfs, or a private copy of the parent
+    /// layers diffed afterwards (slower; for kernels without overlayfs).
+    #[arg(long, value_enum, default_value = "auto", env = "KILN_SNAPSHOTTER")]
+    snapshotter: SnapshotterArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SnapshotterArg {
+    /// overlayfs when available, else copy.
+    Auto,
+    /// overlayfs.
+    Overlay,
+    /// Copy and diff.
+    Copy,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -311,6 +325,11 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         }
         req.max_parallelism = n;
     }
+    req.snapshotter = match b.snapshotter {
+        SnapshotterArg::Auto => kiln_engine::ops::Snapshotter::Auto,
+        SnapshotterArg::Overlay => kiln_engine::ops::Snapshotter::Overlay,
+        SnapshotterArg::Copy => kiln_engine::ops::Snapshotter::Copy,
+    };
     req.compression = match b.compression {
         LayerCompression::Gzip => Compression::Gzip,
         LayerCompression::Zstd => Compression::Zstd,

@@ -125,6 +125,8 @@ pub struct BuildRequest {
     pub epoch: u64,
     /// Whose build this is.
     pub tenant: crate::TenantId,
+    /// How RUN steps get their root file system.
+    pub snapshotter: crate::ops::Snapshotter,
 }
 
 impl BuildRequest {
@@ -146,6 +148,7 @@ impl BuildRequest {
             compression: Compression::Gzip,
             epoch: 0,
             tenant: crate::TenantId::local(),
+            snapshotter: crate::ops::Snapshotter::Auto,
         }
     }
 }
@@ -354,6 +357,7 @@ impl Engine {
             progress.clone(),
             req.no_cache,
             req.tenant.clone(),
+            req.snapshotter.resolve(),
         ));
         let solved = crate::solver::solve(
             graph.clone(),

@@ -22,8 +22,9 @@
 //!   (its surviving children are compared entry by entry); overlayfs would store it as an opaque
 //!   directory holding all its children. The applied result is the same file system.
 //! - Overlayfs without `index=on` breaks a parent's hard link when one of its names is
-//!   modified; here every name of a hard-linked inode is written (as hard links) as soon as one
-//!   of them changed, which is what the after-tree holds.
+//!   modified. To give the same layers, the parents' hard links are materialised as separate
+//!   copies (a step sees `nlink == 1` for them, unlike on overlay); links the step itself makes
+//!   are kept, and every name of such an inode is written as soon as one of them changed.
 //! - Whiteouts get their parent directory's after-tree mtime (overlayfs: the deletion time), so
 //!   that the diff of two trees is deterministic.
 //! - Sockets are not recorded (OCI layers cannot carry them either). A char device 0/0 created
@@ -125,6 +126,12 @@ pub struct DiffStats {
     pub bytes: u64,
 }
 
+/// Whether names of one inode in a parent layer are materialised as hard links. They are not:
+/// overlayfs (without `index=on`, as kiln mounts it) breaks such a link as soon as the step
+/// writes to one name, and the copying snapshotter must give the same layers as overlayfs.
+/// Each name is an independent copy, so writing one leaves the other unchanged, as on overlay.
+const PRESERVE_PARENT_HARDLINKS: bool = false;
+
 /// Writes the merged view `view` into the empty directory `dest` as a plain tree: regular
 /// files, directories, symlinks, hard links (names of one inode in one layer), devices and
 /// fifos, with permission bits (setuid included), owner, mtime (nanoseconds) and xattrs
@@ -164,7 +171,8 @@ fn materialize_dir(
             FileKind::Socket => {}
             kind => {
                 let key = (child.layer(), m.dev_ino.0, m.dev_ino.1);
-                if m.nlink > 1
+                if PRESERVE_PARENT_HARDLINKS
+                    && m.nlink > 1
                     && let Some(first) = links.get(&key)
                 {
                     out.link(first, fd, &c)?;

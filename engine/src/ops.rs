@@ -36,6 +36,9 @@ pub enum OpError {
     /// A file operation failed.
     #[error(transparent)]
     File(#[from] fileop::FileOpError),
+    /// The copying snapshotter failed.
+    #[error(transparent)]
+    CopyDiff(#[from] crate::copydiff::CopyDiffError),
     /// The file system view failed.
     #[error(transparent)]
     View(#[from] crate::fsview::FsViewError),
@@ -64,6 +67,30 @@ pub enum OpError {
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// How a `RUN` step's root file system is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Snapshotter {
+    /// Pick overlayfs when the kernel has it, else copy.
+    #[default]
+    Auto,
+    /// An overlayfs mount of the parent layers with a fresh upper directory (the step's diff).
+    Overlay,
+    /// A private copy of the merged parent layers; the diff is computed after the step.
+    Copy,
+}
+
+impl Snapshotter {
+    /// Resolves `Auto` against the running kernel.
+    pub fn resolve(self) -> Self {
+        match self {
+            Self::Auto if sandbox::probe().overlay => Self::Overlay,
+            Self::Auto => Self::Copy,
+            other => other,
+        }
+    }
 }
 
 /// A vertex's result.
@@ -99,6 +126,8 @@ pub struct OpContext {
     pub no_cache: bool,
     /// Whose build this is (part of every cache key).
     pub tenant: crate::TenantId,
+    /// How step root file systems are made.
+    pub snapshotter: Snapshotter,
     /// Records to commit when the build succeeds.
     pub staged: Mutex<StagedRecords>,
     killers: Mutex<Vec<sandbox::Killer>>,
@@ -114,6 +143,7 @@ impl OpContext {
         progress: Progress,
         no_cache: bool,
         tenant: crate::TenantId,
+        snapshotter: Snapshotter,
     ) -> Self {
         Self {
             store,
@@ -122,6 +152,7 @@ impl OpContext {
             progress,
             no_cache,
             tenant,
+            snapshotter,
             staged: Mutex::default(),
             killers: Mutex::default(),
             cancelled: AtomicBool::new(false),
@@ -488,15 +519,23 @@ fn exec(
             kind,
         });
     }
-    let mut spec = sandbox::StepSpec::new(
-        e.args.clone(),
-        sandbox::Rootfs::Overlay {
+    let rootfs = match ctx.snapshotter {
+        Snapshotter::Overlay | Snapshotter::Auto => sandbox::Rootfs::Overlay {
             lowers,
             upper: pending.dir.clone(),
             work,
-            mountpoint,
+            mountpoint: mountpoint.clone(),
         },
-    );
+        Snapshotter::Copy => {
+            // No overlayfs: the step runs on a private copy of its parents' merged view and
+            // its diff is computed afterwards (see `copydiff`).
+            crate::copydiff::materialize(&lower_view, &mountpoint)?;
+            sandbox::Rootfs::Dir {
+                path: mountpoint.clone(),
+            }
+        }
+    };
+    let mut spec = sandbox::StepSpec::new(e.args.clone(), rootfs);
     spec.env = e.env.clone();
     spec.cwd = e.cwd.clone();
     spec.user = e.user.clone();
@@ -557,6 +596,9 @@ fn exec(
             cmd: shown_command(&e.args),
             code: exit.code,
         });
+    }
+    if ctx.snapshotter == Snapshotter::Copy {
+        crate::copydiff::diff(&lower_view, &mountpoint, &pending.dir)?;
     }
     for stub in &stubs {
         // `remove_dir` only removes an empty directory; anything else stays as the step left it.

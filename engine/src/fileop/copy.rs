@@ -312,17 +312,14 @@ impl Copier<'_> {
                     path: e.path(),
                     source: err,
                 })?;
-                for (k, v) in self.src.xattrs(e)? {
-                    // Best effort, like fsutil: some namespaces need privileges.
-                    let _ = rustix::fs::fsetxattr(
-                        &out,
-                        k.as_str(),
-                        &v,
-                        rustix::fs::XattrFlags::empty(),
-                    );
-                }
                 let fd = OwnedFd::from(out);
                 set_attrs_fd(&fd, attrs).map_err(|err| upper_err(target, err))?;
+                // After the chown: the kernel drops `security.capability` on chown.
+                for (k, v) in self.src.xattrs(e)? {
+                    // Best effort, like fsutil: some namespaces need privileges.
+                    let _ =
+                        rustix::fs::fsetxattr(&fd, k.as_str(), &v, rustix::fs::XattrFlags::empty());
+                }
                 self.stats.files += 1;
                 self.stats.bytes += n;
                 if m.nlink > 1 {
