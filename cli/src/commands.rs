@@ -140,6 +140,14 @@ struct BuildArgs {
     /// Print only the image digest on stdout.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// Time limit for each `ADD <url>` download, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "KILN_FETCH_TIMEOUT",
+        default_value_t = 600
+    )]
+    fetch_timeout: u64,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -287,6 +295,10 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     let mut req = request(&b.plan)?;
     req.tags = b.tags.clone();
     req.no_cache = b.no_cache;
+    if b.fetch_timeout == 0 {
+        return Err(usage("--fetch-timeout must be at least 1 second".into()));
+    }
+    req.fetch_timeout = std::time::Duration::from_secs(b.fetch_timeout);
     req.outputs = b.outputs.clone();
     if let Some(n) = b.max_parallelism {
         if n == 0 {
@@ -332,6 +344,9 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     if b.quiet {
         println!("{}", result.manifest_digest);
     } else {
+        for (url, digest) in &result.fetched {
+            eprintln!("fetched {url} {digest}");
+        }
         for t in &result.tags {
             eprintln!("naming to {t}");
         }

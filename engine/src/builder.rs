@@ -125,6 +125,8 @@ pub struct BuildRequest {
     pub epoch: u64,
     /// Whose build this is.
     pub tenant: crate::TenantId,
+    /// Overall time limit for one `ADD <url>` download.
+    pub fetch_timeout: std::time::Duration,
 }
 
 impl BuildRequest {
@@ -146,6 +148,7 @@ impl BuildRequest {
             compression: Compression::Gzip,
             epoch: 0,
             tenant: crate::TenantId::local(),
+            fetch_timeout: crate::ops::DEFAULT_FETCH_TIMEOUT,
         }
     }
 }
@@ -213,6 +216,11 @@ pub struct BuildResult {
     pub cached: usize,
     /// `--build-arg`s no ARG consumed.
     pub unused_build_args: Vec<String>,
+    /// The network step: every `ADD <url>` this build downloaded, with the verified digest,
+    /// sorted by URL. Downloads satisfied from the cache are not listed (nothing was fetched);
+    /// every URL the image depends on is a [`crate::graph::SourceOp::Http`] vertex of the
+    /// graph.
+    pub fetched: Vec<(String, Digest)>,
 }
 
 /// The embedded engine: a store and the sandbox's init binary.
@@ -347,14 +355,16 @@ impl Engine {
     ) -> Result<BuildResult, BuildError> {
         let planned = self.plan(req)?;
         let graph = Arc::new(planned.graph);
-        let ctx = Arc::new(OpContext::new(
+        let mut ctx = OpContext::new(
             self.store.clone(),
             kiln_sandbox::Sandbox::new(self.init_exe.clone()),
             planned.contexts,
             progress.clone(),
             req.no_cache,
             req.tenant.clone(),
-        ));
+        );
+        ctx.fetch_timeout = req.fetch_timeout;
+        let ctx = Arc::new(ctx);
         let solved = crate::solver::solve(
             graph.clone(),
             &[planned.target],
@@ -371,6 +381,13 @@ impl Engine {
                 });
             }
         };
+        let mut fetched: Vec<(String, Digest)> = std::mem::take(
+            &mut *ctx
+                .fetched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        fetched.sort();
         let mut staged: StagedRecords = std::mem::take(
             &mut *ctx
                 .staged
@@ -447,6 +464,7 @@ impl Engine {
             executed: solved.executed,
             cached: solved.cached,
             unused_build_args: planned.unused_build_args,
+            fetched,
         })
     }
 }
