@@ -101,7 +101,7 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
     let path = request_line.split_whitespace().nth(1).unwrap_or("");
     let mut out = stream;
     match path {
-        "/files/tool.sh" => {
+        "/files/tool.sh" | "/mirror/tool.sh" => {
             write!(
                 out,
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
@@ -211,6 +211,23 @@ fn add_url_with_the_right_checksum_is_fetched_once_and_cached() {
     assert!(!r2.stderr.contains("fetched http"), "{}", r2.stderr);
     assert_eq!(r2.digest(), r.digest());
 
+    // The cache key is the checksum (and file name), not the URL: a mirror is not contacted.
+    let mirror = context(
+        &tmp.path().join("mirror"),
+        &format!(
+            "FROM scratch\nADD --checksum={} {} /bin/\n",
+            sum(),
+            server.url("/mirror/tool.sh")
+        ),
+    );
+    let r4 = build(&k, &mirror, &[]).ok();
+    assert_eq!(
+        server.requests(),
+        3,
+        "the mirror was contacted:\n{}",
+        r4.stderr
+    );
+
     // -q prints only the digest, no fetched lines.
     let r3 = build(&k, &ctx, &["-q", "--no-cache"]).ok();
     assert!(!r3.stderr.contains("fetched http"), "{}", r3.stderr);
@@ -250,6 +267,22 @@ fn add_url_with_a_wrong_checksum_fails_and_leaves_no_image() {
         assert!(!blobs.join(d.hex()).exists(), "{d} was stored");
     }
     assert_eq!(server.requests(), 1);
+
+    // https to a server that does not speak TLS: a clean error (the rustls/aws-lc-rs client
+    // with the system roots is built), not a panic.
+    let tls_url = format!("https://127.0.0.1:{}/files/tool.sh", server.port);
+    let ctx = context(
+        tmp.path(),
+        &format!("FROM scratch\nADD --checksum={wrong} {tls_url} /\n"),
+    );
+    let r = build(&k, &ctx, &[]);
+    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("fetching {tls_url}")),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 
     // A 404 is an error naming the URL too.
     let missing = server.url("/nope.txt");
