@@ -144,6 +144,14 @@ struct BuildArgs {
     /// layers diffed afterwards (slower; for kernels without overlayfs).
     #[arg(long, value_enum, default_value = "auto", env = "KILN_SNAPSHOTTER")]
     snapshotter: SnapshotterArg,
+    /// Time limit for each `ADD <url>` download, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "KILN_FETCH_TIMEOUT",
+        default_value_t = 600
+    )]
+    fetch_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -318,6 +326,10 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     let mut req = request(&b.plan)?;
     req.tags = b.tags.clone();
     req.no_cache = b.no_cache;
+    if b.fetch_timeout == 0 {
+        return Err(usage("--fetch-timeout must be at least 1 second".into()));
+    }
+    req.fetch_timeout = std::time::Duration::from_secs(b.fetch_timeout);
     req.outputs = b.outputs.clone();
     if let Some(n) = b.max_parallelism {
         if n == 0 {
@@ -375,6 +387,9 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     if b.quiet {
         println!("{}", result.manifest_digest);
     } else {
+        for (url, digest) in &result.fetched {
+            eprintln!("fetched {url} {digest}");
+        }
         for t in &result.tags {
             eprintln!("naming to {t}");
         }

@@ -127,6 +127,8 @@ pub struct BuildRequest {
     pub tenant: crate::TenantId,
     /// How RUN steps get their root file system.
     pub snapshotter: crate::ops::Snapshotter,
+    /// Overall time limit for one `ADD <url>` download.
+    pub fetch_timeout: std::time::Duration,
 }
 
 impl BuildRequest {
@@ -149,6 +151,7 @@ impl BuildRequest {
             epoch: 0,
             tenant: crate::TenantId::local(),
             snapshotter: crate::ops::Snapshotter::Auto,
+            fetch_timeout: crate::ops::DEFAULT_FETCH_TIMEOUT,
         }
     }
 }
@@ -216,6 +219,11 @@ pub struct BuildResult {
     pub cached: usize,
     /// `--build-arg`s no ARG consumed.
     pub unused_build_args: Vec<String>,
+    /// The network step: every `ADD <url>` this build downloaded, with the verified digest,
+    /// sorted by URL. Downloads satisfied from the cache are not listed (nothing was fetched);
+    /// every URL the image depends on is a [`crate::graph::SourceOp::Http`] vertex of the
+    /// graph.
+    pub fetched: Vec<(String, Digest)>,
 }
 
 /// The embedded engine: a store and the sandbox's init binary.
@@ -350,7 +358,7 @@ impl Engine {
     ) -> Result<BuildResult, BuildError> {
         let planned = self.plan(req)?;
         let graph = Arc::new(planned.graph);
-        let ctx = Arc::new(OpContext::new(
+        let mut ctx = OpContext::new(
             self.store.clone(),
             kiln_sandbox::Sandbox::new(self.init_exe.clone()),
             planned.contexts,
@@ -358,7 +366,9 @@ impl Engine {
             req.no_cache,
             req.tenant.clone(),
             req.snapshotter.resolve(),
-        ));
+        );
+        ctx.fetch_timeout = req.fetch_timeout;
+        let ctx = Arc::new(ctx);
         let solved = crate::solver::solve(
             graph.clone(),
             &[planned.target],
@@ -375,6 +385,13 @@ impl Engine {
                 });
             }
         };
+        let mut fetched: Vec<(String, Digest)> = std::mem::take(
+            &mut *ctx
+                .fetched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        fetched.sort();
         let mut staged: StagedRecords = std::mem::take(
             &mut *ctx
                 .staged
@@ -455,6 +472,7 @@ impl Engine {
             executed: solved.executed,
             cached: solved.cached,
             unused_build_args: planned.unused_build_args,
+            fetched,
         })
     }
 }

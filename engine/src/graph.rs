@@ -53,6 +53,19 @@ pub enum SourceOp {
         /// Context name (`context` for the main one).
         name: String,
     },
+    /// A file downloaded by the engine (`ADD <http(s) url>`), pinned by its sha256: the
+    /// result is one file, `filename`, mode 0600, at the root of an otherwise empty file
+    /// system. Its cache key is derived from `checksum` and `filename` only (not the URL), so
+    /// a cached result is never downloaded again, from that URL or a mirror.
+    Http {
+        /// The URL as written (after expansion).
+        url: String,
+        /// The content's sha256 (`ADD --checksum`).
+        checksum: Digest,
+        /// The file's name (BuildKit's rule: last component of the URL path, else
+        /// `__unnamed__`).
+        filename: String,
+    },
 }
 
 /// Network mode of a RUN step.

@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use kiln_sandbox as sandbox;
 
@@ -61,6 +63,17 @@ pub enum OpError {
         /// Cause.
         message: String,
     },
+    /// Downloading an `ADD <url>` source failed.
+    #[error("fetching {url}: {message}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A download did not match its `--checksum`; nothing was stored.
+    #[error(transparent)]
+    ChecksumMismatch(Box<ChecksumMismatch>),
     /// The build was cancelled (another step failed).
     #[error("cancelled")]
     Cancelled,
@@ -93,6 +106,22 @@ impl Snapshotter {
     }
 }
 
+/// An `ADD <url>` download whose content did not hash to its `--checksum`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "ADD {url}: checksum mismatch: expected {expected}, got {actual} ({size} bytes downloaded)"
+)]
+pub struct ChecksumMismatch {
+    /// The URL.
+    pub url: String,
+    /// The pinned digest (`--checksum`).
+    pub expected: Digest,
+    /// The digest of what the server sent.
+    pub actual: Digest,
+    /// How many bytes it sent.
+    pub size: u64,
+}
+
 /// A vertex's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -110,6 +139,13 @@ pub struct ContextDir {
     /// Its `.dockerignore` rules.
     pub ignore: DockerIgnore,
 }
+
+/// Connect timeout for `ADD <url>` downloads.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default overall timeout for one `ADD <url>` download.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+/// Redirects followed by `ADD <url>` downloads.
+pub const MAX_REDIRECTS: u32 = 10;
 
 /// Everything ops need, shared by a build's tasks.
 #[derive(Debug)]
@@ -130,6 +166,13 @@ pub struct OpContext {
     pub snapshotter: Snapshotter,
     /// Records to commit when the build succeeds.
     pub staged: Mutex<StagedRecords>,
+    /// Overall time limit for one `ADD <url>` download (connecting is limited to
+    /// [`CONNECT_TIMEOUT`] within it).
+    pub fetch_timeout: Duration,
+    /// The network step: every URL this build downloaded, with its verified digest, in the
+    /// order the downloads finished (cache hits download nothing and are not listed).
+    pub fetched: Mutex<Vec<(String, Digest)>>,
+    http: OnceLock<ureq::Agent>,
     killers: Mutex<Vec<sandbox::Killer>>,
     cancelled: AtomicBool,
 }
@@ -154,6 +197,9 @@ impl OpContext {
             tenant,
             snapshotter,
             staged: Mutex::default(),
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            fetched: Mutex::default(),
+            http: OnceLock::new(),
             killers: Mutex::default(),
             cancelled: AtomicBool::new(false),
         }
@@ -209,8 +255,26 @@ impl OpContext {
 pub fn announces(op: &Op) -> bool {
     matches!(
         op,
-        Op::Exec(_) | Op::File(_) | Op::Source(SourceOp::Image { .. })
+        Op::Exec(_) | Op::File(_) | Op::Source(SourceOp::Image { .. } | SourceOp::Http { .. })
     )
+}
+
+/// What stands for the op in its cache key, when that is not its definition digest: an
+/// `ADD <url>` download is identified by its pinned content and file name, not its URL, so a
+/// cached download is reused whatever URL (mirror) names the same checksum.
+pub fn cache_identity(op: &Op) -> Option<Digest> {
+    match op {
+        Op::Source(SourceOp::Http {
+            checksum, filename, ..
+        }) => {
+            let enc = serde_json::json!({
+                "v": 1,
+                "http": { "checksum": checksum, "filename": filename, "mode": HTTP_FILE_MODE },
+            });
+            Some(Digest::of(enc.to_string().as_bytes()))
+        }
+        _ => None,
+    }
 }
 
 /// The digest of client content an op reads, which joins its cache key.
@@ -348,6 +412,11 @@ pub async fn run(
             Op::File(f) => file(&c, f, &inputs, &key),
             Op::Source(SourceOp::Scratch) => Ok(Output::Layers(Arc::default())),
             Op::Source(SourceOp::Context { name }) => Ok(Output::Context(name.clone())),
+            Op::Source(SourceOp::Http {
+                url,
+                checksum,
+                filename,
+            }) => http_source(&c, vertex, url, checksum, filename, &key),
             Op::Merge => merge(&inputs),
         }
     })
@@ -734,4 +803,225 @@ fn copy(ctx: &OpContext, c: &CopyOp, inputs: &[Output], key: &Digest) -> Result<
     let mut chain = base.as_ref().clone();
     chain.push(id);
     finish(ctx, key, chain)
+}
+
+/// Mode of a downloaded file before `--chmod` (BuildKit's http source).
+pub const HTTP_FILE_MODE: u32 = 0o600;
+
+impl OpContext {
+    /// The HTTP client for downloads, built on first use: rustls with the aws-lc-rs provider
+    /// and the system's root certificates (an empty set if none are found: https then fails
+    /// verification instead of trusting anything), connect timeout [`CONNECT_TIMEOUT`],
+    /// overall [`OpContext::fetch_timeout`], at most [`MAX_REDIRECTS`] redirects, proxies
+    /// from the usual environment variables, no compression (the checksum is over the bytes
+    /// the server sends).
+    fn http_agent(&self) -> &ureq::Agent {
+        self.http.get_or_init(|| {
+            let roots = rustls_native_certs::load_native_certs();
+            let certs: Vec<ureq::tls::Certificate<'static>> = roots
+                .certs
+                .iter()
+                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                .collect();
+            let tls = ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .unversioned_rustls_crypto_provider(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .build();
+            ureq::Agent::config_builder()
+                .tls_config(tls)
+                .timeout_connect(Some(CONNECT_TIMEOUT))
+                .timeout_global(Some(self.fetch_timeout))
+                .max_redirects(MAX_REDIRECTS)
+                .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .new_agent()
+        })
+    }
+
+    fn record_fetch(&self, url: &str, digest: Digest) -> Result<(), OpError> {
+        self.fetched
+            .lock()
+            .map_err(|e| OpError::Internal(format!("fetched list lock poisoned: {e}")))?
+            .push((url.to_owned(), digest));
+        Ok(())
+    }
+}
+
+/// `ADD <url>`: downloads `url` into the content store, verifying `checksum` as it streams
+/// (a mismatch stores nothing), then lays the blob out as the single file `filename`, mode
+/// [`HTTP_FILE_MODE`], of a one-layer file system. Runs in the engine process, not in a
+/// sandboxed step; the URL and digest are recorded in [`OpContext::fetched`].
+fn http_source(
+    ctx: &OpContext,
+    vertex: VertexIdx,
+    url: &str,
+    checksum: &Digest,
+    filename: &str,
+    key: &Digest,
+) -> Result<Output, OpError> {
+    if filename.is_empty() || filename.contains('/') || filename == "." || filename == ".." {
+        return Err(OpError::Internal(format!(
+            "invalid download file name {filename:?}"
+        )));
+    }
+    let log = |data: String| {
+        ctx.progress.send(Event::Log {
+            vertex,
+            stream: 2,
+            data,
+        });
+    };
+    let digest = if !ctx.no_cache && ctx.store.content.contains(checksum) {
+        // Downloaded before (by a build whose records were not committed, say): the blob is
+        // named by its verified digest, so there is nothing to fetch.
+        log(format!(
+            "{checksum} is in the content store; not fetching {url}\n"
+        ));
+        *checksum
+    } else {
+        download(ctx, url, checksum, &log)?
+    };
+    materialize_download(ctx, &digest, filename, key)
+}
+
+/// Streams `url` into the content store; the blob is kept only if it hashes to `checksum`.
+fn download(
+    ctx: &OpContext,
+    url: &str,
+    checksum: &Digest,
+    log: &dyn Fn(String),
+) -> Result<Digest, OpError> {
+    let fetch_err = |message: String| OpError::Fetch {
+        url: url.to_owned(),
+        message,
+    };
+    log(format!("fetching {url}\n"));
+    let start = std::time::Instant::now();
+    let response = ctx
+        .http_agent()
+        .get(url)
+        .call()
+        .map_err(|e| fetch_err(e.to_string()))?;
+    let mut body = response.into_body().into_reader();
+    let mut writer = ctx.store.content.writer()?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        ctx.check_cancelled()?;
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(fetch_err(e.to_string())),
+        };
+        let chunk = buf.get(..n).ok_or_else(|| fetch_err("short read".into()))?;
+        std::io::Write::write_all(&mut writer, chunk).map_err(|source| StoreError::Io {
+            op: "ingest",
+            path: ctx.store.content.path(checksum),
+            source,
+        })?;
+    }
+    let size = writer.len();
+    let digest = writer.commit(Some(*checksum)).map_err(|e| match e {
+        StoreError::DigestMismatch {
+            expected, actual, ..
+        } => OpError::ChecksumMismatch(Box::new(ChecksumMismatch {
+            url: url.to_owned(),
+            expected,
+            actual,
+            size,
+        })),
+        other => other.into(),
+    })?;
+    log(format!(
+        "fetched {url}: {size} bytes, {digest} verified ({:.1}s)\n",
+        start.elapsed().as_secs_f64()
+    ));
+    ctx.record_fetch(url, digest)?;
+    Ok(digest)
+}
+
+/// A one-layer file system holding the blob `digest` as `/filename`, mode [`HTTP_FILE_MODE`].
+fn materialize_download(
+    ctx: &OpContext,
+    digest: &Digest,
+    filename: &str,
+    key: &Digest,
+) -> Result<Output, OpError> {
+    let digest = *digest;
+    let pending = ctx.store.snapshots.create()?;
+    let path = pending.dir.join(filename);
+    let mut blob = ctx.store.content.open_blob(&digest)?;
+    let file = fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(HTTP_FILE_MODE)
+        .open(&path)
+        .map_err(|source| StoreError::Io {
+            op: "create",
+            path: path.clone(),
+            source,
+        })?;
+    // The blob is re-hashed on its way into the layer: what lands there is what was pinned.
+    let mut sink = HashingWriter {
+        inner: std::io::BufWriter::new(file),
+        hasher: crate::digest::Hasher::new(),
+    };
+    std::io::copy(&mut blob, &mut sink).map_err(|source| StoreError::Io {
+        op: "write",
+        path: path.clone(),
+        source,
+    })?;
+    let HashingWriter { inner, hasher } = sink;
+    inner
+        .into_inner()
+        .map_err(|e| StoreError::Io {
+            op: "flush",
+            path: path.clone(),
+            source: e.into_error(),
+        })?
+        .sync_all()
+        .map_err(|source| StoreError::Io {
+            op: "fsync",
+            path: path.clone(),
+            source,
+        })?;
+    let written = hasher.finish();
+    if written != digest {
+        return Err(StoreError::DigestMismatch {
+            what: format!("blob {digest} copied to {}", path.display()),
+            expected: digest,
+            actual: written,
+        }
+        .into());
+    }
+    // The umask may have narrowed the mode; set it exactly.
+    fs::set_permissions(&path, fs::Permissions::from_mode(HTTP_FILE_MODE)).map_err(|source| {
+        StoreError::Io {
+            op: "chmod",
+            path: path.clone(),
+            source,
+        }
+    })?;
+    let id = commit_layer(ctx, pending)?;
+    finish(ctx, key, vec![id])
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: crate::digest::Hasher,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(buf.get(..n).unwrap_or_default());
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

@@ -5,7 +5,8 @@
 //! - Identical vertices were merged when the graph was built (same definition digest), so each
 //!   runs once.
 //! - Cache key = sha256(tenant, definition digest, input cache keys, content digest of what
-//!   the op reads from a client context). A hit in the committed metadata or earlier in this build
+//!   the op reads from a client context). An `ADD <url>` download stands in with its pinned
+//!   checksum and file name instead of its definition digest ([`crate::ops::cache_identity`]). A hit in the committed metadata or earlier in this build
 //!   skips the op.
 //! - The first error cancels the rest: no new vertex starts, running tasks are aborted and
 //!   running sandboxed steps are killed; the error names the failing vertex.
@@ -189,7 +190,8 @@ async fn run_one(
     enc.extend_from_slice(b"kiln.cachekey.v1\0");
     enc.extend_from_slice(ctx.tenant.as_str().as_bytes());
     enc.push(0);
-    enc.extend_from_slice(v.digest.as_bytes());
+    let identity = crate::ops::cache_identity(&v.op).unwrap_or(v.digest);
+    enc.extend_from_slice(identity.as_bytes());
     for k in &input_keys {
         enc.extend_from_slice(k.as_bytes());
     }

@@ -266,6 +266,17 @@ fn dump(c: &Converted) -> String {
             Op::Source(SourceOp::Context { name }) => {
                 writeln!(o, "{i} source context {}", q(name)).unwrap();
             }
+            Op::Source(SourceOp::Http {
+                url,
+                checksum,
+                filename,
+            }) => writeln!(
+                o,
+                "{i} source http {} checksum={checksum} filename={}",
+                q(url),
+                q(filename)
+            )
+            .unwrap(),
             Op::Source(other) => writeln!(o, "{i} source {other:?}").unwrap(),
             Op::Exec(e) => {
                 writeln!(o, "{i} exec").unwrap();

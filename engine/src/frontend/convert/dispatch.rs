@@ -2,11 +2,14 @@
 
 use super::state::{HistoryItem, ImageState, Scope};
 use super::{ConvertError, Converter, ResolvedImage, StageResult};
+use crate::Digest;
 use crate::frontend::instructions::{
     CommandLine, CopyArgs, Instruction, Located, MountFlag, MountType, NetworkMode, SecurityMode,
     Stage, parse_mount,
 };
-use crate::graph::{CopyOp, ExecMount, ExecMountKind, ExecOp, FileOp, Network, Op, VertexIdx};
+use crate::graph::{
+    CopyOp, ExecMount, ExecMountKind, ExecOp, FileOp, Network, Op, SourceOp, VertexIdx,
+};
 
 /// Per-stage dispatch state.
 struct St {
@@ -684,6 +687,25 @@ fn copy(
 ) -> Result<(), ConvertError> {
     let at = |m: String| ConvertError::at(ins.line, ins.column, m);
     let verb = if is_add { "ADD" } else { "COPY" };
+    let mut sources = Vec::new();
+    for s in &a.sources {
+        let s = expand(c, st, s, ins)?;
+        if is_add && is_git_source(&s) {
+            return Err(at(format!(
+                "ADD {s}: git sources are not supported by kiln; add the checkout to the build \
+                 context or pass it with --build-context NAME=DIR"
+            )));
+        }
+        if !is_add && is_http_source(&s) {
+            return Err(at(format!(
+                "COPY {s}: source can't be a URL for COPY (use ADD --checksum=sha256:… <url>)"
+            )));
+        }
+        sources.push(s);
+    }
+    if is_add && sources.iter().any(|s| is_http_source(s)) {
+        return add_url(c, st, ins, name, a, sources);
+    }
     let from = a
         .from
         .as_deref()
@@ -693,19 +715,6 @@ fn copy(
         None => (c.context_vertex(), false),
         Some(f) => (from_vertex(c, st, f, ins.line)?, true),
     };
-    let mut sources = Vec::new();
-    for s in &a.sources {
-        let s = expand(c, st, s, ins)?;
-        if is_add
-            && (s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@"))
-        {
-            return Err(at(format!(
-                "ADD {s}: remote sources are not supported by this kiln version; download the file in a \
-                 RUN step with a pinned checksum or add it to the context"
-            )));
-        }
-        sources.push(s);
-    }
     let dest = expand(c, st, &a.dest, ins)?;
     let chown = a
         .chown
@@ -796,9 +805,236 @@ fn copy(
     Ok(())
 }
 
+/// `http://` or `https://` (BuildKit's `isHTTPSource`), and not a git repository.
+fn is_http_source(s: &str) -> bool {
+    (s.starts_with("http://") || s.starts_with("https://")) && !is_git_source(s)
+}
+
+/// A git repository reference BuildKit would clone: `git@host:…`, `git://…`, `ssh://…`, or an
+/// http(s) URL whose path ends in `.git` (optionally followed by `#ref`).
+fn is_git_source(s: &str) -> bool {
+    if s.starts_with("git@") || s.starts_with("git://") || s.starts_with("ssh://") {
+        return true;
+    }
+    let Some(rest) = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let before_fragment = rest.split('#').next().unwrap_or(rest);
+    let path = before_fragment.split('?').next().unwrap_or(before_fragment);
+    path.trim_end_matches('/').ends_with(".git")
+}
+
+/// The file name an http source gets, by BuildKit's Dockerfile rule (`dockerfile2llb`):
+/// `path.Base` of the URL's decoded path, or `__unnamed__` when that is `.` or `/`.
+/// `None` when the path's percent-encoding is invalid or decodes to something that cannot
+/// be a file name.
+fn url_filename(uri: &ureq::http::Uri) -> Option<String> {
+    let raw = uri.path().as_bytes();
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        if b == b'%' {
+            let hex = raw.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            decoded.push(b);
+            i += 1;
+        }
+    }
+    let path = String::from_utf8(decoded).ok()?;
+    if path.contains('\0') {
+        return None;
+    }
+    // Go's path.Base: trailing slashes are dropped, then the last element; "" → "."; all
+    // slashes → "/".
+    let trimmed = path.trim_end_matches('/');
+    let base = if trimmed.is_empty() {
+        if path.is_empty() { "." } else { "/" }
+    } else {
+        trimmed.rsplit('/').next().unwrap_or(trimmed)
+    };
+    Some(match base {
+        "." | "/" | ".." => "__unnamed__".to_owned(),
+        b => b.to_owned(),
+    })
+}
+
+/// `ADD [--checksum=sha256:…] [--chown] [--chmod] [--link] <http(s) url> <dest>`: the file
+/// becomes an [`SourceOp::Http`] vertex (downloaded by the engine, pinned by the checksum),
+/// copied into the stage like a context file. Remote files are never unpacked (BuildKit).
+fn add_url(
+    c: &mut Converter<'_>,
+    st: &mut St,
+    ins: &Located<Instruction>,
+    name: String,
+    a: &CopyArgs,
+    sources: Vec<String>,
+) -> Result<(), ConvertError> {
+    let at = |m: String| ConvertError::at(ins.line, ins.column, m);
+    let url = match sources.as_slice() {
+        [one] => one.clone(),
+        _ => {
+            let listed = sources.join(" ");
+            return Err(at(if a.checksum.is_some() {
+                format!("ADD {listed}: checksum can't be specified for multiple sources")
+            } else {
+                format!(
+                    "ADD {listed}: a URL must be the only source (kiln requires ADD <url> to be \
+                     pinned with --checksum=sha256:…, which names one file)"
+                )
+            }));
+        }
+    };
+    let Some(checksum) = a.checksum.as_deref() else {
+        return Err(at(format!(
+            "ADD {url} requires --checksum=sha256:… so the download is pinned (kiln refuses \
+             unpinned remote sources; BuildKit does not)"
+        )));
+    };
+    let checksum = expand(c, st, checksum, ins)?;
+    let checksum: Digest = checksum.parse().map_err(|e: crate::digest::DigestError| {
+        at(match e {
+            crate::digest::DigestError::Algorithm(_) => format!(
+                "ADD --checksum={checksum}: unsupported digest algorithm (kiln pins downloads \
+                 with sha256:<64 lowercase hex digits>)"
+            ),
+            crate::digest::DigestError::Malformed(_) => format!(
+                "ADD --checksum={checksum}: malformed digest; expected sha256:<64 lowercase \
+                 hex digits>"
+            ),
+        })
+    })?;
+    if a.from.is_some() {
+        return Err(at(format!(
+            "ADD --from cannot be used with a URL source ({url})"
+        )));
+    }
+    if a.unpack == Some(true) {
+        return Err(at(format!(
+            "ADD --unpack=true {url}: kiln does not unpack remote archives; ADD the file and \
+             extract it in a RUN step"
+        )));
+    }
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e: ureq::http::uri::InvalidUri| at(format!("ADD {url}: invalid URL: {e}")))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(at(format!("ADD {url}: invalid URL: no host")));
+    }
+    let filename = url_filename(&uri).ok_or_else(|| {
+        at(format!(
+            "ADD {url}: invalid URL: bad percent-encoding in the path"
+        ))
+    })?;
+    let dest = expand(c, st, &a.dest, ins)?;
+    let chown = a
+        .chown
+        .as_deref()
+        .map(|x| expand(c, st, x, ins))
+        .transpose()?;
+    let chmod = match a
+        .chmod
+        .as_deref()
+        .map(|x| expand(c, st, x, ins))
+        .transpose()?
+    {
+        Some(m) => Some(
+            u32::from_str_radix(&m, 8)
+                .ok()
+                .filter(|v| *v <= 0o7777)
+                .ok_or_else(|| at(format!("invalid chmod parameter: {m}")))?,
+        ),
+        None => None,
+    };
+    let workdir = if st.image.workdir.is_empty() {
+        "/".to_owned()
+    } else {
+        st.image.workdir.clone()
+    };
+    let src_vertex = c.graph.add(
+        Op::Source(SourceOp::Http {
+            url: url.clone(),
+            checksum,
+            filename: filename.clone(),
+        }),
+        vec![],
+        format!("{name} (download)"),
+    );
+    let copy = CopyOp {
+        src: 1,
+        dest: if a.link { None } else { Some(0) },
+        sources: vec![filename],
+        dest_path: dest.clone(),
+        workdir,
+        chown,
+        chmod,
+        keep_owner: false,
+        parents: false,
+        excludes: Vec::new(),
+        unpack: false,
+    };
+    if a.link {
+        let scratch = c.scratch_vertex();
+        let copied = c.graph.add(
+            Op::File(FileOp::Copy(copy)),
+            vec![scratch, src_vertex],
+            name.clone(),
+        );
+        st.vertex = c
+            .graph
+            .add(Op::Merge, vec![st.vertex, copied], format!("{name} (link)"));
+    } else {
+        st.vertex = c.graph.add(
+            Op::File(FileOp::Copy(copy)),
+            vec![st.vertex, src_vertex],
+            name,
+        );
+    }
+    st.image.layer(format!("ADD {url} {dest}"));
+    Ok(())
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_file_names_follow_buildkit() {
+        let f = |u: &str| url_filename(&u.parse().unwrap());
+        assert_eq!(
+            f("https://example.com/a/b.tar.gz").as_deref(),
+            Some("b.tar.gz")
+        );
+        assert_eq!(f("https://example.com/a/dir/").as_deref(), Some("dir"));
+        assert_eq!(f("https://example.com/").as_deref(), Some("__unnamed__"));
+        assert_eq!(f("https://example.com").as_deref(), Some("__unnamed__"));
+        assert_eq!(f("https://example.com/x?y=/z#w").as_deref(), Some("x"));
+        assert_eq!(
+            f("https://example.com/a%20b.txt").as_deref(),
+            Some("a b.txt")
+        );
+        assert_eq!(f("https://example.com/a%2Fb").as_deref(), Some("b"));
+        assert_eq!(f("https://example.com/%zz"), None);
+        assert_eq!(f("https://example.com/a%00b"), None);
+    }
+
+    #[test]
+    fn git_sources_are_recognised() {
+        assert!(is_git_source("git@github.com:org/repo.git"));
+        assert!(is_git_source("https://github.com/org/repo.git"));
+        assert!(is_git_source("https://github.com/org/repo.git#v1"));
+        assert!(is_git_source("git://host/repo"));
+        assert!(!is_git_source("https://example.com/file.tar.gz"));
+        assert!(is_http_source("https://example.com/file.git.tar"));
+        assert!(!is_http_source("https://example.com/r.git"));
+        assert!(!is_http_source("file.txt"));
+    }
 
     #[test]
     fn expose_normalises_like_docker() {
