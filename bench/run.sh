@@ -234,7 +234,7 @@ scenario_a() {
     for i in $(seq "$RUNS"); do timed t dkbuild bench-a "$d"; bw+=("$t"); done
   fi
   echo "   raw µs: kiln cold ${kc[*]} | cached ${kw[*]} | -j4 cold ${kcp[*]} | bk cold ${bc[*]:-} | bk cached ${bw[*]:-}" >>"$LOG"
-  add_row "(a) 4×sleep 1 fan-in, cold" "$(median "${kc[@]}")" "$( ((HAVE_BK)) && median "${bc[@]}" || echo -)" abs 1250000
+  add_row "(a) 4x sleep 1 fan-in, cold" "$(median "${kc[@]}")" "$( ((HAVE_BK)) && median "${bc[@]}" || echo -)" abs 1250000
   add_row "(a) same, --max-parallelism 4, cold" "$(median "${kcp[@]}")" "-" abs 1250000
   add_row "(a) fully cached rebuild" "$(median "${kw[@]}")" "$( ((HAVE_BK)) && median "${bw[@]}" || echo -)" abs 40000
 }
@@ -280,7 +280,7 @@ scenario_b() {
   fi
   add_row "(b) 1-step build, cold" "$km1" "$bm1" info -
   add_row "(b) 30-step build, cold" "$km30" "$bm30" info -
-  add_row "(b) per-step overhead (30−1)/29" "$kov" "$bov" abs 15000
+  add_row "(b) per-step overhead (30-1)/29" "$kov" "$bov" abs 15000
   add_row "(b) 30-step cached rebuild" "$(median "${kw[@]}")" "$bmw" info -
 }
 
@@ -297,7 +297,7 @@ rng = random.Random(20000)
 for d in range(100):
     dd = os.path.join(root, "src", f"d{d:02}")
     os.makedirs(dd, exist_ok=True)
-    blob = base64.encodebytes(rng.randbytes(200 * 3700))
+    blob = base64.encodebytes(rng.randbytes(200 * 3800))
     for f in range(200):
         chunk = blob[f * 5000:(f + 1) * 5000]
         assert len(chunk) == 5000
@@ -395,7 +395,7 @@ for i in "${!ROW_NAME[@]}"; do
       target="< $(fmt "$tgt")"
       if ((k < tgt)); then pass=pass; else pass=FAIL; FAILS=$((FAILS + 1)); fi ;;
     rel)
-      target="≤ ¼ BuildKit"
+      target="<= 1/4 BuildKit"
       if [[ $b == - ]]; then pass="n/a"
       elif ((k * 4 <= b)); then pass=pass; else pass=FAIL; FAILS=$((FAILS + 1)); fi ;;
   esac
