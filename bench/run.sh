@@ -37,6 +37,11 @@ KILN=${KILN_BIN:-$REPO/target/release/kiln}
 [[ -x $KILN ]] || { echo "no kiln binary at $KILN" >&2; exit 1; }
 
 W=$(mktemp -d /tmp/kiln-bench.XXXXXX)
+if [[ ${BENCH_TMPFS:-0} == 1 ]]; then
+  # Everything (contexts, kiln's stores, dockerd's data root) in memory: takes the disk and
+  # the file system's inode allocator out of the numbers.
+  mount -t tmpfs -o size="${BENCH_TMPFS_SIZE:-8g}" kiln-bench "$W"
+fi
 LOG=$W/bench.log
 DOCKERD_PID=
 cleanup() {
@@ -52,7 +57,7 @@ cleanup() {
   if [[ ${BENCH_KEEP:-0} == 1 ]]; then
     echo "kept $W" >&2
   else
-    rm -rf "$W"
+    if [[ ${BENCH_TMPFS:-0} == 1 ]]; then umount "$W" && rmdir "$W"; else rm -rf "$W"; fi
   fi
 }
 trap cleanup EXIT
@@ -380,7 +385,7 @@ done
 
 bkcol() { if ((HAVE_BK)); then fmt "$1"; else echo "not available"; fi; }
 echo
-echo "kiln $("$KILN" --version | awk '{print $2}') ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo ?)), $(nproc) CPUs, medians of $RUNS, wall time of the whole build command"
+echo "kiln $("$KILN" --version | awk '{print $2}') ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo ?)), $(nproc) CPUs, medians of $RUNS, wall time of the whole build command, work dir on $(df --output=fstype "$W" | tail -n 1)"
 ((HAVE_BK)) || echo "BuildKit: not available ($BK_REASON)"
 printf '| %-38s | %11s | %15s | %7s | %-16s | %-4s |\n' scenario "kiln median" "BuildKit median" ratio target pass
 printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "$(printf -- '-%.0s' {1..13})" \
