@@ -373,16 +373,3 @@ fn content_digest_ignores_mtimes_but_not_content_or_mode() {
     assert_ne!(content_digest(&v, &sel).unwrap(), d1);
     assert!(content_digest(&v, &["missing".to_owned()]).is_err());
 }
-
-#[test]
-#[ignore = "benchmark-sized; run by hand"]
-fn content_digest_of_twenty_thousand_files() {
-    let ctx = TempDir::new().unwrap();
-    for i in 0..20_000 {
-        write(ctx.path(), &format!("d{}/f{i}", i % 100), "some content\n");
-    }
-    let v = LayerView::plain(ctx.path());
-    let t = std::time::Instant::now();
-    content_digest(&v, &[".".to_owned()]).unwrap();
-    println!("20000 files: {:?}", t.elapsed());
-}
