@@ -1,23 +1,18 @@
 //! Dispatching one stage's instructions onto the graph and the image state.
 
+use super::run::DEFAULT_PATH;
 use super::state::{HistoryItem, ImageState, Scope};
 use super::{ConvertError, Converter, ResolvedImage, StageResult};
-use crate::Digest;
-use crate::frontend::instructions::{
-    CommandLine, CopyArgs, Instruction, Located, MountFlag, MountType, NetworkMode, SecurityMode,
-    Stage, parse_mount,
-};
-use crate::graph::{
-    CopyOp, ExecMount, ExecMountKind, ExecOp, FileOp, Network, Op, SourceOp, VertexIdx,
-};
+use crate::frontend::instructions::{CommandLine, Instruction, Located, Stage};
+use crate::graph::{FileOp, Op, VertexIdx};
 
 /// Per-stage dispatch state.
-struct St {
-    vertex: VertexIdx,
-    image: ImageState,
+pub(super) struct St {
+    pub(super) vertex: VertexIdx,
+    pub(super) image: ImageState,
     /// ARGs declared in this stage: name → value.
-    args: Vec<(String, Option<String>)>,
-    index: usize,
+    pub(super) args: Vec<(String, Option<String>)>,
+    pub(super) index: usize,
     /// `[name n/m]` prefix for progress.
     label: String,
     step: usize,
@@ -26,7 +21,7 @@ struct St {
 
 impl St {
     /// The scope for expanding words: the build-time env (ENV and ARG, later wins).
-    fn scope(&self) -> Vec<(String, Option<String>)> {
+    pub(super) fn scope(&self) -> Vec<(String, Option<String>)> {
         self.image
             .run_env
             .iter()
@@ -172,7 +167,7 @@ fn from_image(img: &ResolvedImage) -> ImageState {
     }
 }
 
-fn expand(
+pub(super) fn expand(
     c: &Converter<'_>,
     st: &St,
     word: &str,
@@ -183,7 +178,7 @@ fn expand(
         .map_err(|e| ConvertError::at(ins.line, ins.column, e.to_string()))
 }
 
-fn expand_words(
+pub(super) fn expand_words(
     c: &Converter<'_>,
     st: &St,
     word: &str,
@@ -195,7 +190,7 @@ fn expand_words(
 }
 
 /// Joins `p` onto the working directory like BuildKit (`WORKDIR` and relative destinations).
-fn abs_path(workdir: &str, p: &str) -> String {
+pub(super) fn abs_path(workdir: &str, p: &str) -> String {
     if p.starts_with('/') {
         p.to_owned()
     } else {
@@ -402,11 +397,11 @@ fn dispatch(
             mounts,
             network,
             security,
-        } => run(
+        } => super::run::run(
             c, st, ins, name, command, heredocs, mounts, *network, *security,
         )?,
-        Instruction::Copy(a) => copy(c, st, ins, name, a, false)?,
-        Instruction::Add(a) => copy(c, st, ins, name, a, true)?,
+        Instruction::Copy(a) => super::copy::copy(c, st, ins, name, a, false)?,
+        Instruction::Add(a) => super::copy::copy(c, st, ins, name, a, true)?,
     }
     Ok(())
 }
@@ -493,165 +488,8 @@ fn expose_ports(w: &str) -> Result<Vec<String>, String> {
     Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    c: &mut Converter<'_>,
-    st: &mut St,
-    ins: &Located<Instruction>,
-    name: String,
-    command: &CommandLine,
-    heredocs: &[crate::frontend::parser::Heredoc],
-    mounts: &[MountFlag],
-    network: Option<NetworkMode>,
-    security: Option<SecurityMode>,
-) -> Result<(), ConvertError> {
-    let at = |m: String| ConvertError::at(ins.line, ins.column, m);
-    let mut heredoc_file = None;
-    let args = match command {
-        CommandLine::Exec(v) => v.clone(),
-        CommandLine::Shell(s) => {
-            let mut a = st.image.shell();
-            // `RUN <<EOF` alone: the heredoc is the script.
-            let script = match heredocs {
-                [h] if is_only_heredoc(s, &h.name) && h.content.starts_with("#!") => {
-                    // A script with a shebang is a file, run directly (BuildKit mounts it at
-                    // /dev/pipes/NAME).
-                    let file = c.graph.add(
-                        Op::File(FileOp::Mkfiles {
-                            files: vec![(h.name.clone(), h.content.clone())],
-                            mode: Some(0o755),
-                        }),
-                        vec![],
-                        format!("{name} (heredoc)"),
-                    );
-                    heredoc_file = Some(file);
-                    String::new()
-                }
-                [h] if is_only_heredoc(s, &h.name) => h.content.clone(),
-                [] => s.clone(),
-                hs => {
-                    let mut full = s.clone();
-                    for h in hs {
-                        full.push('\n');
-                        full.push_str(&h.content);
-                        full.push_str(&h.name);
-                    }
-                    full
-                }
-            };
-            match (&heredoc_file, heredocs.first()) {
-                (Some(_), Some(h)) => vec![format!("/dev/pipes/{}", h.name)],
-                _ => {
-                    a.push(script);
-                    a
-                }
-            }
-        }
-    };
-    let network = match network {
-        None | Some(NetworkMode::None) | Some(NetworkMode::Default) => Network::None,
-        Some(NetworkMode::Host) if c.opts.allow_host_network => Network::Host,
-        Some(NetworkMode::Host) => {
-            return Err(at(
-                "RUN --network=host needs the network.host entitlement (kiln build --allow network.host); \
-                 it gives the step the host's network"
-                    .into(),
-            ));
-        }
-    };
-    if let Some(SecurityMode::Insecure) = security {
-        return Err(at(
-            "RUN --security=insecure is not supported by this kiln build".into(),
-        ));
-    }
-    let mut inputs = vec![st.vertex];
-    let mut exec_mounts = Vec::new();
-    if let Some(file) = heredoc_file {
-        inputs.push(file);
-        exec_mounts.push(ExecMount {
-            target: "/dev/pipes".into(),
-            kind: ExecMountKind::Bind {
-                input: inputs.len() - 1,
-                source: "/".into(),
-                readwrite: false,
-            },
-        });
-    }
-    for raw in mounts {
-        // Mount options are expanded now, with the stage's ARG/ENV, then checked again.
-        let scope = st.scope();
-        let lexer = &c.lexer;
-        let expander = |w: &str| lexer.process_word(w, &Scope(&scope));
-        let m = parse_mount(&raw.raw, Some(&expander)).map_err(|e| at(e.to_string()))?;
-        if !matches!(m.mount_type, MountType::Bind | MountType::Tmpfs) {
-            return Err(at(format!(
-                "RUN --mount=type={} is parsed but not executed by this kiln version",
-                format!("{:?}", m.mount_type).to_ascii_lowercase()
-            )));
-        }
-        let target = m
-            .target
-            .clone()
-            .ok_or_else(|| at("mount target is required".into()))?;
-        let target = clean_abs(&abs_path(&st.image.workdir, &target));
-        let kind = match m.mount_type {
-            MountType::Bind => {
-                let src_vertex = match &m.from {
-                    None => c.context_vertex(),
-                    Some(f) => from_vertex(c, st, f, ins.line)?,
-                };
-                inputs.push(src_vertex);
-                ExecMountKind::Bind {
-                    input: inputs.len() - 1,
-                    source: clean_abs(&format!("/{}", m.source.clone().unwrap_or_default())),
-                    readwrite: !m.readonly,
-                }
-            }
-            MountType::Tmpfs => ExecMountKind::Tmpfs { size: m.size },
-            other => {
-                return Err(at(format!(
-                    "RUN --mount=type={} is parsed but not executed by this kiln version",
-                    format!("{other:?}").to_ascii_lowercase()
-                )));
-            }
-        };
-        exec_mounts.push(ExecMount { target, kind });
-    }
-    // The step's environment: the build-time env (ENV and ARG in order), like BuildKit.
-    let mut env = st.image.run_env_strings();
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.insert(0, format!("PATH={DEFAULT_PATH}"));
-    }
-    let op = ExecOp {
-        args: args.clone(),
-        env,
-        cwd: if st.image.workdir.is_empty() {
-            "/".into()
-        } else {
-            st.image.workdir.clone()
-        },
-        user: st.image.user.clone(),
-        network,
-        mounts: exec_mounts,
-    };
-    st.vertex = c.graph.add(Op::Exec(op), inputs, name);
-    st.image.layer(format!("RUN {}", args.join(" ")));
-    Ok(())
-}
-
-/// The PATH a step gets when the image sets none (Docker's default).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-fn is_only_heredoc(cmd: &str, name: &str) -> bool {
-    let t = cmd.trim();
-    let rest = t.strip_prefix("<<").unwrap_or("");
-    let rest = rest.strip_prefix('-').unwrap_or(rest);
-    let rest = rest.trim_matches(|c| c == '"' || c == '\'');
-    rest == name
-}
-
 /// The vertex a `--from` names: an earlier stage (name or index), a named context, or an image.
-fn from_vertex(
+pub(super) fn from_vertex(
     c: &mut Converter<'_>,
     st: &St,
     from: &str,
@@ -677,364 +515,10 @@ fn from_vertex(
     Ok(c.source(from, line)?.0)
 }
 
-fn copy(
-    c: &mut Converter<'_>,
-    st: &mut St,
-    ins: &Located<Instruction>,
-    name: String,
-    a: &CopyArgs,
-    is_add: bool,
-) -> Result<(), ConvertError> {
-    let at = |m: String| ConvertError::at(ins.line, ins.column, m);
-    let verb = if is_add { "ADD" } else { "COPY" };
-    let mut sources = Vec::new();
-    for s in &a.sources {
-        let s = expand(c, st, s, ins)?;
-        if is_add && is_git_source(&s) {
-            return Err(at(format!(
-                "ADD {s}: git sources are not supported by kiln; add the checkout to the build \
-                 context or pass it with --build-context NAME=DIR"
-            )));
-        }
-        if !is_add && is_http_source(&s) {
-            return Err(at(format!(
-                "COPY {s}: source can't be a URL for COPY (use ADD --checksum=sha256:… <url>)"
-            )));
-        }
-        sources.push(s);
-    }
-    if is_add && sources.iter().any(|s| is_http_source(s)) {
-        return add_url(c, st, ins, name, a, sources);
-    }
-    let from = a
-        .from
-        .as_deref()
-        .map(|f| expand(c, st, f, ins))
-        .transpose()?;
-    let (src_vertex, from_stage) = match &from {
-        None => (c.context_vertex(), false),
-        Some(f) => (from_vertex(c, st, f, ins.line)?, true),
-    };
-    let dest = expand(c, st, &a.dest, ins)?;
-    let chown = a
-        .chown
-        .as_deref()
-        .map(|x| expand(c, st, x, ins))
-        .transpose()?;
-    let chmod = match a
-        .chmod
-        .as_deref()
-        .map(|x| expand(c, st, x, ins))
-        .transpose()?
-    {
-        Some(m) => Some(
-            u32::from_str_radix(&m, 8)
-                .ok()
-                .filter(|v| *v <= 0o7777)
-                .ok_or_else(|| at(format!("invalid chmod parameter: {m}")))?,
-        ),
-        None => None,
-    };
-    if a.checksum.is_some() {
-        return Err(at(
-            "ADD --checksum is only valid with a remote source".into()
-        ));
-    }
-    let mut excludes = Vec::new();
-    for e in &a.exclude {
-        excludes.push(expand(c, st, e, ins)?);
-    }
-    let workdir = if st.image.workdir.is_empty() {
-        "/".to_owned()
-    } else {
-        st.image.workdir.clone()
-    };
-    // Heredoc sources become files in a scratch layer, copied like context files.
-    let (src_vertex, sources) = if a.heredoc_sources.is_empty() {
-        (src_vertex, sources)
-    } else {
-        let mut files = Vec::new();
-        for h in &a.heredoc_sources {
-            let content = if h.expand {
-                expand(c, st, &h.content, ins)?
-            } else {
-                h.content.clone()
-            };
-            files.push((h.name.clone(), content));
-        }
-        let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
-        let v = c.graph.add(
-            Op::File(FileOp::Mkfiles { files, mode: None }),
-            vec![],
-            format!("{name} (heredoc)"),
-        );
-        (v, names)
-    };
-    let copy = CopyOp {
-        src: 1,
-        dest: if a.link { None } else { Some(0) },
-        sources: sources.clone(),
-        dest_path: dest.clone(),
-        workdir,
-        chown,
-        chmod,
-        keep_owner: from_stage && a.chown.is_none(),
-        parents: a.parents,
-        excludes,
-        unpack: is_add && !from_stage && a.unpack.unwrap_or(true),
-    };
-    let shown = format!("{verb} {} {dest}", sources.join(" "));
-    if a.link {
-        let scratch = c.scratch_vertex();
-        let copied = c.graph.add(
-            Op::File(FileOp::Copy(copy)),
-            vec![scratch, src_vertex],
-            name.clone(),
-        );
-        st.vertex = c
-            .graph
-            .add(Op::Merge, vec![st.vertex, copied], format!("{name} (link)"));
-    } else {
-        st.vertex = c.graph.add(
-            Op::File(FileOp::Copy(copy)),
-            vec![st.vertex, src_vertex],
-            name,
-        );
-    }
-    st.image.layer(shown);
-    Ok(())
-}
-
-/// `http://` or `https://` (BuildKit's `isHTTPSource`), and not a git repository.
-fn is_http_source(s: &str) -> bool {
-    (s.starts_with("http://") || s.starts_with("https://")) && !is_git_source(s)
-}
-
-/// A git repository reference BuildKit would clone: `git@host:…`, `git://…`, `ssh://…`, or an
-/// http(s) URL whose path ends in `.git` (optionally followed by `#ref`).
-fn is_git_source(s: &str) -> bool {
-    if s.starts_with("git@") || s.starts_with("git://") || s.starts_with("ssh://") {
-        return true;
-    }
-    let Some(rest) = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    let before_fragment = rest.split('#').next().unwrap_or(rest);
-    let path = before_fragment.split('?').next().unwrap_or(before_fragment);
-    path.trim_end_matches('/').ends_with(".git")
-}
-
-/// The file name an http source gets, by BuildKit's Dockerfile rule (`dockerfile2llb`):
-/// `path.Base` of the URL's decoded path, or `__unnamed__` when that is `.` or `/`.
-/// `None` when the path's percent-encoding is invalid or decodes to something that cannot
-/// be a file name.
-fn url_filename(uri: &ureq::http::Uri) -> Option<String> {
-    let raw = uri.path().as_bytes();
-    let mut decoded = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while let Some(&b) = raw.get(i) {
-        if b == b'%' {
-            let hex = raw.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            decoded.push(b);
-            i += 1;
-        }
-    }
-    let path = String::from_utf8(decoded).ok()?;
-    if path.contains('\0') {
-        return None;
-    }
-    // Go's path.Base: trailing slashes are dropped, then the last element; "" → "."; all
-    // slashes → "/".
-    let trimmed = path.trim_end_matches('/');
-    let base = if trimmed.is_empty() {
-        if path.is_empty() { "." } else { "/" }
-    } else {
-        trimmed.rsplit('/').next().unwrap_or(trimmed)
-    };
-    Some(match base {
-        "." | "/" | ".." => "__unnamed__".to_owned(),
-        b => b.to_owned(),
-    })
-}
-
-/// `ADD [--checksum=sha256:…] [--chown] [--chmod] [--link] <http(s) url> <dest>`: the file
-/// becomes an [`SourceOp::Http`] vertex (downloaded by the engine, pinned by the checksum),
-/// copied into the stage like a context file. Remote files are never unpacked (BuildKit).
-fn add_url(
-    c: &mut Converter<'_>,
-    st: &mut St,
-    ins: &Located<Instruction>,
-    name: String,
-    a: &CopyArgs,
-    sources: Vec<String>,
-) -> Result<(), ConvertError> {
-    let at = |m: String| ConvertError::at(ins.line, ins.column, m);
-    let url = match sources.as_slice() {
-        [one] => one.clone(),
-        _ => {
-            let listed = sources.join(" ");
-            return Err(at(if a.checksum.is_some() {
-                format!("ADD {listed}: checksum can't be specified for multiple sources")
-            } else {
-                format!(
-                    "ADD {listed}: a URL must be the only source (kiln requires ADD <url> to be \
-                     pinned with --checksum=sha256:…, which names one file)"
-                )
-            }));
-        }
-    };
-    let Some(checksum) = a.checksum.as_deref() else {
-        return Err(at(format!(
-            "ADD {url} requires --checksum=sha256:… so the download is pinned (kiln refuses \
-             unpinned remote sources; BuildKit does not)"
-        )));
-    };
-    let checksum = expand(c, st, checksum, ins)?;
-    let checksum: Digest = checksum.parse().map_err(|e: crate::digest::DigestError| {
-        at(match e {
-            crate::digest::DigestError::Algorithm(_) => format!(
-                "ADD --checksum={checksum}: unsupported digest algorithm (kiln pins downloads \
-                 with sha256:<64 lowercase hex digits>)"
-            ),
-            crate::digest::DigestError::Malformed(_) => format!(
-                "ADD --checksum={checksum}: malformed digest; expected sha256:<64 lowercase \
-                 hex digits>"
-            ),
-        })
-    })?;
-    if a.from.is_some() {
-        return Err(at(format!(
-            "ADD --from cannot be used with a URL source ({url})"
-        )));
-    }
-    if a.unpack == Some(true) {
-        return Err(at(format!(
-            "ADD --unpack=true {url}: kiln does not unpack remote archives; ADD the file and \
-             extract it in a RUN step"
-        )));
-    }
-    let uri: ureq::http::Uri = url
-        .parse()
-        .map_err(|e: ureq::http::uri::InvalidUri| at(format!("ADD {url}: invalid URL: {e}")))?;
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(at(format!("ADD {url}: invalid URL: no host")));
-    }
-    let filename = url_filename(&uri).ok_or_else(|| {
-        at(format!(
-            "ADD {url}: invalid URL: bad percent-encoding in the path"
-        ))
-    })?;
-    let dest = expand(c, st, &a.dest, ins)?;
-    let chown = a
-        .chown
-        .as_deref()
-        .map(|x| expand(c, st, x, ins))
-        .transpose()?;
-    let chmod = match a
-        .chmod
-        .as_deref()
-        .map(|x| expand(c, st, x, ins))
-        .transpose()?
-    {
-        Some(m) => Some(
-            u32::from_str_radix(&m, 8)
-                .ok()
-                .filter(|v| *v <= 0o7777)
-                .ok_or_else(|| at(format!("invalid chmod parameter: {m}")))?,
-        ),
-        None => None,
-    };
-    let workdir = if st.image.workdir.is_empty() {
-        "/".to_owned()
-    } else {
-        st.image.workdir.clone()
-    };
-    let src_vertex = c.graph.add(
-        Op::Source(SourceOp::Http {
-            url: url.clone(),
-            checksum,
-            filename: filename.clone(),
-        }),
-        vec![],
-        format!("{name} (download)"),
-    );
-    let copy = CopyOp {
-        src: 1,
-        dest: if a.link { None } else { Some(0) },
-        sources: vec![filename],
-        dest_path: dest.clone(),
-        workdir,
-        chown,
-        chmod,
-        keep_owner: false,
-        parents: false,
-        excludes: Vec::new(),
-        unpack: false,
-    };
-    if a.link {
-        let scratch = c.scratch_vertex();
-        let copied = c.graph.add(
-            Op::File(FileOp::Copy(copy)),
-            vec![scratch, src_vertex],
-            name.clone(),
-        );
-        st.vertex = c
-            .graph
-            .add(Op::Merge, vec![st.vertex, copied], format!("{name} (link)"));
-    } else {
-        st.vertex = c.graph.add(
-            Op::File(FileOp::Copy(copy)),
-            vec![st.vertex, src_vertex],
-            name,
-        );
-    }
-    st.image.layer(format!("ADD {url} {dest}"));
-    Ok(())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_file_names_follow_buildkit() {
-        let f = |u: &str| url_filename(&u.parse().unwrap());
-        assert_eq!(
-            f("https://example.com/a/b.tar.gz").as_deref(),
-            Some("b.tar.gz")
-        );
-        assert_eq!(f("https://example.com/a/dir/").as_deref(), Some("dir"));
-        assert_eq!(f("https://example.com/").as_deref(), Some("__unnamed__"));
-        assert_eq!(f("https://example.com").as_deref(), Some("__unnamed__"));
-        assert_eq!(f("https://example.com/x?y=/z#w").as_deref(), Some("x"));
-        assert_eq!(
-            f("https://example.com/a%20b.txt").as_deref(),
-            Some("a b.txt")
-        );
-        assert_eq!(f("https://example.com/a%2Fb").as_deref(), Some("b"));
-        assert_eq!(f("https://example.com/%zz"), None);
-        assert_eq!(f("https://example.com/a%00b"), None);
-    }
-
-    #[test]
-    fn git_sources_are_recognised() {
-        assert!(is_git_source("git@github.com:org/repo.git"));
-        assert!(is_git_source("https://github.com/org/repo.git"));
-        assert!(is_git_source("https://github.com/org/repo.git#v1"));
-        assert!(is_git_source("git://host/repo"));
-        assert!(!is_git_source("https://example.com/file.tar.gz"));
-        assert!(is_http_source("https://example.com/file.git.tar"));
-        assert!(!is_http_source("https://example.com/r.git"));
-        assert!(!is_http_source("file.txt"));
-    }
 
     #[test]
     fn expose_normalises_like_docker() {

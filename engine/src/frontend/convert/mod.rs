@@ -5,7 +5,9 @@
 //! resolved, like BuildKit), each once. ARGs before the first FROM form the global scope, used
 //! to expand FROM lines; a stage sees a global ARG only if it re-declares it.
 
+mod copy;
 mod dispatch;
+mod run;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};

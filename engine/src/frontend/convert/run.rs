@@ -1,0 +1,166 @@
+//! `RUN`: command line, heredocs, mounts and network of a step.
+
+use super::dispatch::{St, abs_path, clean_abs, from_vertex};
+use super::state::Scope;
+use super::{ConvertError, Converter};
+use crate::frontend::instructions::{
+    CommandLine, Instruction, Located, MountFlag, MountType, NetworkMode, SecurityMode, parse_mount,
+};
+use crate::graph::{ExecMount, ExecMountKind, ExecOp, FileOp, Network, Op};
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    c: &mut Converter<'_>,
+    st: &mut St,
+    ins: &Located<Instruction>,
+    name: String,
+    command: &CommandLine,
+    heredocs: &[crate::frontend::parser::Heredoc],
+    mounts: &[MountFlag],
+    network: Option<NetworkMode>,
+    security: Option<SecurityMode>,
+) -> Result<(), ConvertError> {
+    let at = |m: String| ConvertError::at(ins.line, ins.column, m);
+    let mut heredoc_file = None;
+    let args = match command {
+        CommandLine::Exec(v) => v.clone(),
+        CommandLine::Shell(s) => {
+            let mut a = st.image.shell();
+            // `RUN <<EOF` alone: the heredoc is the script.
+            let script = match heredocs {
+                [h] if is_only_heredoc(s, &h.name) && h.content.starts_with("#!") => {
+                    // A script with a shebang is a file, run directly (BuildKit mounts it at
+                    // /dev/pipes/NAME).
+                    let file = c.graph.add(
+                        Op::File(FileOp::Mkfiles {
+                            files: vec![(h.name.clone(), h.content.clone())],
+                            mode: Some(0o755),
+                        }),
+                        vec![],
+                        format!("{name} (heredoc)"),
+                    );
+                    heredoc_file = Some(file);
+                    String::new()
+                }
+                [h] if is_only_heredoc(s, &h.name) => h.content.clone(),
+                [] => s.clone(),
+                hs => {
+                    let mut full = s.clone();
+                    for h in hs {
+                        full.push('\n');
+                        full.push_str(&h.content);
+                        full.push_str(&h.name);
+                    }
+                    full
+                }
+            };
+            match (&heredoc_file, heredocs.first()) {
+                (Some(_), Some(h)) => vec![format!("/dev/pipes/{}", h.name)],
+                _ => {
+                    a.push(script);
+                    a
+                }
+            }
+        }
+    };
+    let network = match network {
+        None | Some(NetworkMode::None) | Some(NetworkMode::Default) => Network::None,
+        Some(NetworkMode::Host) if c.opts.allow_host_network => Network::Host,
+        Some(NetworkMode::Host) => {
+            return Err(at(
+                "RUN --network=host needs the network.host entitlement (kiln build --allow network.host); \
+                 it gives the step the host's network"
+                    .into(),
+            ));
+        }
+    };
+    if let Some(SecurityMode::Insecure) = security {
+        return Err(at(
+            "RUN --security=insecure is not supported by this kiln build".into(),
+        ));
+    }
+    let mut inputs = vec![st.vertex];
+    let mut exec_mounts = Vec::new();
+    if let Some(file) = heredoc_file {
+        inputs.push(file);
+        exec_mounts.push(ExecMount {
+            target: "/dev/pipes".into(),
+            kind: ExecMountKind::Bind {
+                input: inputs.len() - 1,
+                source: "/".into(),
+                readwrite: false,
+            },
+        });
+    }
+    for raw in mounts {
+        // Mount options are expanded now, with the stage's ARG/ENV, then checked again.
+        let scope = st.scope();
+        let lexer = &c.lexer;
+        let expander = |w: &str| lexer.process_word(w, &Scope(&scope));
+        let m = parse_mount(&raw.raw, Some(&expander)).map_err(|e| at(e.to_string()))?;
+        if !matches!(m.mount_type, MountType::Bind | MountType::Tmpfs) {
+            return Err(at(format!(
+                "RUN --mount=type={} is parsed but not executed by this kiln version",
+                format!("{:?}", m.mount_type).to_ascii_lowercase()
+            )));
+        }
+        let target = m
+            .target
+            .clone()
+            .ok_or_else(|| at("mount target is required".into()))?;
+        let target = clean_abs(&abs_path(&st.image.workdir, &target));
+        let kind = match m.mount_type {
+            MountType::Bind => {
+                let src_vertex = match &m.from {
+                    None => c.context_vertex(),
+                    Some(f) => from_vertex(c, st, f, ins.line)?,
+                };
+                inputs.push(src_vertex);
+                ExecMountKind::Bind {
+                    input: inputs.len() - 1,
+                    source: clean_abs(&format!("/{}", m.source.clone().unwrap_or_default())),
+                    readwrite: !m.readonly,
+                }
+            }
+            MountType::Tmpfs => ExecMountKind::Tmpfs { size: m.size },
+            other => {
+                return Err(at(format!(
+                    "RUN --mount=type={} is parsed but not executed by this kiln version",
+                    format!("{other:?}").to_ascii_lowercase()
+                )));
+            }
+        };
+        exec_mounts.push(ExecMount { target, kind });
+    }
+    // The step's environment: the build-time env (ENV and ARG in order), like BuildKit.
+    let mut env = st.image.run_env_strings();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    let op = ExecOp {
+        args: args.clone(),
+        env,
+        cwd: if st.image.workdir.is_empty() {
+            "/".into()
+        } else {
+            st.image.workdir.clone()
+        },
+        user: st.image.user.clone(),
+        network,
+        mounts: exec_mounts,
+    };
+    st.vertex = c.graph.add(Op::Exec(op), inputs, name);
+    st.image.layer(format!("RUN {}", args.join(" ")));
+    Ok(())
+}
+
+/// The PATH a step gets when the image sets none (Docker's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn is_only_heredoc(cmd: &str, name: &str) -> bool {
+    let t = cmd.trim();
+    let rest = t.strip_prefix("<<").unwrap_or("");
+    let rest = rest.strip_prefix('-').unwrap_or(rest);
+    let rest = rest.trim_matches(|c| c == '"' || c == '\'');
+    rest == name
+}
