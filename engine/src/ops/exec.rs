@@ -1,0 +1,209 @@
+//! `Exec`: one RUN step in the sandbox, on an overlay (or copied) root.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+pub(super) fn exec(
+    ctx: &OpContext,
+    vertex: VertexIdx,
+    e: &ExecOp,
+    inputs: &[Output],
+    key: &Digest,
+) -> Result<Output, OpError> {
+    let base = chain_of(inputs.first())?;
+    let pending = ctx.store.snapshots.create()?;
+    let mut lowers = ctx.layer_dirs(&base);
+    lowers.reverse(); // overlay wants the top layer first
+    let work = pending.scratch.join("work");
+    let mountpoint = pending.scratch.join("root");
+    for d in [&work, &mountpoint] {
+        fs::create_dir_all(d).map_err(|source| StoreError::Io {
+            op: "create",
+            path: d.clone(),
+            source,
+        })?;
+    }
+    // Mount points the sandbox has to create are removed again after the step if they are
+    // still empty (BuildKit's mount stub cleaner): a mount never leaves a trace in a layer.
+    let lower_view = LayerView::new(ctx.layer_dirs(&base));
+    let mut stubs: Vec<String> = Vec::new();
+    for m in &e.mounts {
+        let mut p = crate::fileop::absolute_path(&m.target, "/");
+        while p != "/" && !p.is_empty() {
+            if lower_view.lookup(&p)?.is_some() {
+                break;
+            }
+            if !stubs.contains(&p) {
+                stubs.push(p.clone());
+            }
+            p = match p.rfind('/') {
+                Some(0) | None => "/".to_owned(),
+                Some(i) => p[..i].to_owned(),
+            };
+        }
+    }
+    // Deepest first, so a parent is tried after its children.
+    stubs.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    let mut mounts = Vec::new();
+    for (n, m) in e.mounts.iter().enumerate() {
+        let kind = match &m.kind {
+            ExecMountKind::Bind {
+                input,
+                source,
+                readwrite,
+            } => {
+                // The bind source is materialised as a private copy in the step's scratch
+                // space: the step never sees a store directory or a client path directly.
+                let src_out = inputs.get(*input).ok_or_else(|| {
+                    OpError::Internal(format!("bind mount input {input} missing"))
+                })?;
+                let view = ctx.view(src_out)?;
+                let dest = pending.scratch.join(format!("bind{n}"));
+                fs::create_dir_all(&dest).map_err(|source| StoreError::Io {
+                    op: "create",
+                    path: dest.clone(),
+                    source,
+                })?;
+                let path = materialize(&view, source, &dest)?;
+                sandbox::MountKind::Bind {
+                    source: path,
+                    readonly: !readwrite,
+                }
+            }
+            ExecMountKind::Tmpfs { size } => sandbox::MountKind::Tmpfs {
+                size: *size,
+                mode: 0o1777,
+            },
+        };
+        mounts.push(sandbox::Mount {
+            target: m.target.clone(),
+            kind,
+        });
+    }
+    let rootfs = match ctx.snapshotter {
+        Snapshotter::Overlay | Snapshotter::Auto => sandbox::Rootfs::Overlay {
+            lowers,
+            upper: pending.dir.clone(),
+            work,
+            mountpoint: mountpoint.clone(),
+        },
+        Snapshotter::Copy => {
+            // No overlayfs: the step runs on a private copy of its parents' merged view and
+            // its diff is computed afterwards (see `copydiff`).
+            crate::copydiff::materialize(&lower_view, &mountpoint)?;
+            sandbox::Rootfs::Dir {
+                path: mountpoint.clone(),
+            }
+        }
+    };
+    let mut spec = sandbox::StepSpec::new(e.args.clone(), rootfs);
+    spec.env = e.env.clone();
+    spec.cwd = e.cwd.clone();
+    spec.user = e.user.clone();
+    spec.hostname = "kiln".into();
+    spec.network = match e.network {
+        Network::None => sandbox::NetworkMode::None,
+        Network::Host => sandbox::NetworkMode::Host,
+    };
+    spec.mounts = mounts;
+    ctx.check_cancelled()?;
+    let mut step = ctx.sandbox.spawn(&spec)?;
+    let killer = step.killer();
+    ctx.killers
+        .lock()
+        .map_err(|e| OpError::Internal(e.to_string()))?
+        .push(killer);
+    // A cancel that raced the registration above still has to stop this step.
+    if ctx.cancelled.load(Ordering::SeqCst) {
+        step.killer().kill();
+    }
+    let mut readers = Vec::new();
+    for (stream, r) in [
+        (
+            1u8,
+            step.take_stdout()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        ),
+        (
+            2u8,
+            step.take_stderr()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        ),
+    ] {
+        let Some(mut r) = r else { continue };
+        let progress = ctx.progress.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => progress.send(Event::Log {
+                        vertex,
+                        stream,
+                        data: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    }),
+                }
+            }
+        }));
+    }
+    let exit = step.wait();
+    for r in readers {
+        let _ = r.join();
+    }
+    let exit = exit?;
+    ctx.check_cancelled()?;
+    if exit.code != 0 {
+        return Err(OpError::ExitCode {
+            cmd: shown_command(&e.args),
+            code: exit.code,
+        });
+    }
+    if ctx.snapshotter == Snapshotter::Copy {
+        crate::copydiff::diff(&lower_view, &mountpoint, &pending.dir)?;
+    }
+    for stub in &stubs {
+        // `remove_dir` only removes an empty directory; anything else stays as the step left it.
+        let p = pending.dir.join(stub.trim_start_matches('/'));
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            let _ = fs::remove_dir(&p);
+        }
+    }
+    let id = commit_layer(ctx, pending)?;
+    let mut chain = base.as_ref().clone();
+    chain.push(id);
+    finish(ctx, key, chain)
+}
+
+/// The command as BuildKit shows it: `/bin/sh -c echo hi` for shell form.
+fn shown_command(args: &[String]) -> String {
+    args.join(" ")
+}
+
+/// Copies `source` of `view` into `dest` (a private directory) for a bind mount; returns the
+/// path to mount (the directory, or the file inside it when the source is a file).
+fn materialize(view: &LayerView, source: &str, dest: &Path) -> Result<PathBuf, OpError> {
+    let resolved = view
+        .resolve(source, true)?
+        .and_then(|r| r.entry().map(|e| e.metadata().kind))
+        .ok_or_else(|| OpError::Internal(format!("bind mount source {source:?} not found")))?;
+    let empty = LayerView::new(Vec::new());
+    let is_dir = matches!(resolved, crate::fsview::FileKind::Dir);
+    let req = CopyRequest {
+        sources: vec![source.to_owned()],
+        dest: if is_dir {
+            "/".to_owned()
+        } else {
+            "/file".to_owned()
+        },
+        workdir: "/".to_owned(),
+        keep_owner: true,
+        allow_wildcard: false,
+        ..CopyRequest::default()
+    };
+    fileop::copy(&req, view, &empty, dest)?;
+    Ok(if is_dir {
+        dest.to_path_buf()
+    } else {
+        dest.join("file")
+    })
+}

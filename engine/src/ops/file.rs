@@ -1,0 +1,98 @@
+//! `File` ops: COPY/ADD, WORKDIR mkdir, heredoc files.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+fn mkfiles(
+    ctx: &OpContext,
+    files: &[(String, String)],
+    mode: u32,
+    key: &Digest,
+) -> Result<Output, OpError> {
+    let pending = ctx.store.snapshots.create()?;
+    for (name, content) in files {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(OpError::Internal(format!(
+                "invalid heredoc file name {name:?}"
+            )));
+        }
+        let p = pending.dir.join(name);
+        std::fs::write(&p, content).map_err(|source| StoreError::Io {
+            op: "write",
+            path: p.clone(),
+            source,
+        })?;
+        std::fs::set_permissions(
+            &p,
+            std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+        )
+        .map_err(|source| StoreError::Io {
+            op: "chmod",
+            path: p.clone(),
+            source,
+        })?;
+    }
+    let id = commit_layer(ctx, pending)?;
+    finish(ctx, key, vec![id])
+}
+
+pub(super) fn file(
+    ctx: &OpContext,
+    f: &FileOp,
+    inputs: &[Output],
+    key: &Digest,
+) -> Result<Output, OpError> {
+    match f {
+        FileOp::Mkfiles { files, mode } => mkfiles(ctx, files, mode.unwrap_or(0o644), key),
+        FileOp::Copy(c) => copy(ctx, c, inputs, key),
+        FileOp::Mkdir { path, owner } => {
+            let base = chain_of(inputs.first())?;
+            let view = LayerView::new(ctx.layer_dirs(&base));
+            let owner = match owner {
+                Some(u) if !u.is_empty() => Some(fileop::resolve_user(&view, u)?),
+                _ => None,
+            };
+            let pending = ctx.store.snapshots.create()?;
+            fileop::mkdir(path, "/", owner, &view, &pending.dir)?;
+            let id = commit_layer(ctx, pending)?;
+            let mut chain = base.as_ref().clone();
+            chain.push(id);
+            finish(ctx, key, chain)
+        }
+    }
+}
+
+fn copy(ctx: &OpContext, c: &CopyOp, inputs: &[Output], key: &Digest) -> Result<Output, OpError> {
+    let src_out = inputs
+        .get(c.src)
+        .ok_or_else(|| OpError::Internal("copy source input missing".into()))?;
+    let src = ctx.view(src_out)?;
+    let base = match c.dest {
+        Some(d) => chain_of(inputs.get(d))?,
+        None => Arc::default(),
+    };
+    let dest = LayerView::new(ctx.layer_dirs(&base));
+    let chown = match &c.chown {
+        Some(u) if !u.is_empty() => Some(fileop::resolve_user(&dest, u)?),
+        _ => None,
+    };
+    let req = CopyRequest {
+        sources: c.sources.clone(),
+        dest: c.dest_path.clone(),
+        workdir: c.workdir.clone(),
+        chown,
+        chmod: c.chmod,
+        keep_owner: c.keep_owner,
+        parents: c.parents,
+        excludes: c.excludes.clone(),
+        unpack: c.unpack,
+        allow_wildcard: true,
+        allow_empty_wildcard: true,
+    };
+    let pending = ctx.store.snapshots.create()?;
+    fileop::copy(&req, &src, &dest, &pending.dir)?;
+    let id = commit_layer(ctx, pending)?;
+    let mut chain = base.as_ref().clone();
+    chain.push(id);
+    finish(ctx, key, chain)
+}

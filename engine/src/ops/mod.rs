@@ -1,0 +1,466 @@
+//! What each op does. The solver calls [`cached`] and [`run`]; everything here works on plain
+//! directories of the store (layer chains) and the client's context directories.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+mod exec;
+mod file;
+mod http;
+mod image;
+
+use kiln_sandbox as sandbox;
+
+use crate::Digest;
+use crate::fileop::{self, CopyRequest};
+use crate::frontend::dockerignore::DockerIgnore;
+use crate::fsview::LayerView;
+use crate::graph::{CopyOp, ExecMountKind, ExecOp, FileOp, Network, Op, SourceOp, VertexIdx};
+use crate::progress::{Event, Progress};
+use crate::store::{CacheRecord, LayerRecord, SnapshotId, StagedRecords, Store, StoreError};
+
+/// Errors running an op.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpError {
+    /// The command exited non-zero.
+    #[error("process {cmd:?} did not complete successfully: exit code: {code}")]
+    ExitCode {
+        /// The command, as shown to the user.
+        cmd: String,
+        /// Its exit code.
+        code: i32,
+    },
+    /// The sandbox failed to start or run the step.
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] sandbox::SandboxError),
+    /// A file operation failed.
+    #[error(transparent)]
+    File(#[from] fileop::FileOpError),
+    /// The copying snapshotter failed.
+    #[error(transparent)]
+    CopyDiff(#[from] crate::copydiff::CopyDiffError),
+    /// The file system view failed.
+    #[error(transparent)]
+    View(#[from] crate::fsview::FsViewError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A base image could not be read.
+    #[error("image {name}: {message}")]
+    Image {
+        /// Its reference.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A layer could not be unpacked.
+    #[error("unpacking layer {digest}: {message}")]
+    Unpack {
+        /// Blob digest.
+        digest: Digest,
+        /// Cause.
+        message: String,
+    },
+    /// Downloading an `ADD <url>` source failed.
+    #[error("fetching {url}: {message}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A download did not match its `--checksum`; nothing was stored.
+    #[error(transparent)]
+    ChecksumMismatch(Box<ChecksumMismatch>),
+    /// The build was cancelled (another step failed).
+    #[error("cancelled")]
+    Cancelled,
+    /// A bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How a `RUN` step's root file system is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Snapshotter {
+    /// Pick overlayfs when the kernel has it, else copy.
+    #[default]
+    Auto,
+    /// An overlayfs mount of the parent layers with a fresh upper directory (the step's diff).
+    Overlay,
+    /// A private copy of the merged parent layers; the diff is computed after the step.
+    Copy,
+}
+
+impl Snapshotter {
+    /// Resolves `Auto` against the running kernel.
+    pub fn resolve(self) -> Self {
+        match self {
+            Self::Auto if sandbox::probe().overlay => Self::Overlay,
+            Self::Auto => Self::Copy,
+            other => other,
+        }
+    }
+}
+
+/// An `ADD <url>` download whose content did not hash to its `--checksum`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "ADD {url}: checksum mismatch: expected {expected}, got {actual} ({size} bytes downloaded)"
+)]
+pub struct ChecksumMismatch {
+    /// The URL.
+    pub url: String,
+    /// The pinned digest (`--checksum`).
+    pub expected: Digest,
+    /// The digest of what the server sent.
+    pub actual: Digest,
+    /// How many bytes it sent.
+    pub size: u64,
+}
+
+/// A vertex's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A file system as a chain of layer directories, bottom first.
+    Layers(Arc<Vec<SnapshotId>>),
+    /// A client context directory, by name.
+    Context(String),
+}
+
+/// A client directory made available to the build.
+#[derive(Debug, Clone)]
+pub struct ContextDir {
+    /// Host path.
+    pub dir: PathBuf,
+    /// Its `.dockerignore` rules.
+    pub ignore: DockerIgnore,
+}
+
+/// Connect timeout for `ADD <url>` downloads.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default overall timeout for one `ADD <url>` download.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+/// Redirects followed by `ADD <url>` downloads.
+pub const MAX_REDIRECTS: u32 = 10;
+
+/// Everything ops need, shared by a build's tasks.
+#[derive(Debug)]
+pub struct OpContext {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The step executor.
+    pub sandbox: sandbox::Sandbox,
+    /// Named client directories (`context` is the main one).
+    pub contexts: HashMap<String, ContextDir>,
+    /// Progress sink.
+    pub progress: Progress,
+    /// Ignore cached results (`--no-cache`).
+    pub no_cache: bool,
+    /// Whose build this is (part of every cache key).
+    pub tenant: crate::TenantId,
+    /// How step root file systems are made.
+    pub snapshotter: Snapshotter,
+    /// Records to commit when the build succeeds.
+    pub staged: Mutex<StagedRecords>,
+    /// Overall time limit for one `ADD <url>` download (connecting is limited to
+    /// [`CONNECT_TIMEOUT`] within it).
+    pub fetch_timeout: Duration,
+    /// The network step: every URL this build downloaded, with its verified digest, in the
+    /// order the downloads finished (cache hits download nothing and are not listed).
+    pub fetched: Mutex<Vec<(String, Digest)>>,
+    http: OnceLock<ureq::Agent>,
+    killers: Mutex<Vec<sandbox::Killer>>,
+    cancelled: AtomicBool,
+}
+
+impl OpContext {
+    /// A context for one build.
+    pub fn new(
+        store: Arc<Store>,
+        sandbox: sandbox::Sandbox,
+        contexts: HashMap<String, ContextDir>,
+        progress: Progress,
+        no_cache: bool,
+        tenant: crate::TenantId,
+        snapshotter: Snapshotter,
+    ) -> Self {
+        Self {
+            store,
+            sandbox,
+            contexts,
+            progress,
+            no_cache,
+            tenant,
+            snapshotter,
+            staged: Mutex::default(),
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            fetched: Mutex::default(),
+            http: OnceLock::new(),
+            killers: Mutex::default(),
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
+    /// Cancels the build: kills running steps; ops check this flag before starting.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        if let Ok(k) = self.killers.lock() {
+            for killer in k.iter() {
+                killer.kill();
+            }
+        }
+    }
+
+    fn check_cancelled(&self) -> Result<(), OpError> {
+        if self.cancelled.load(Ordering::SeqCst) {
+            Err(OpError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn staged(&self) -> Result<std::sync::MutexGuard<'_, StagedRecords>, OpError> {
+        self.staged
+            .lock()
+            .map_err(|e| OpError::Internal(format!("staged records lock poisoned: {e}")))
+    }
+
+    fn layer_dirs(&self, chain: &[SnapshotId]) -> Vec<PathBuf> {
+        chain
+            .iter()
+            .map(|id| self.store.snapshots.path(id))
+            .collect()
+    }
+
+    /// A read view of an output.
+    fn view(&self, out: &Output) -> Result<LayerView, OpError> {
+        match out {
+            Output::Layers(chain) => Ok(LayerView::new(self.layer_dirs(chain))),
+            Output::Context(name) => {
+                let c = self
+                    .contexts
+                    .get(name)
+                    .ok_or_else(|| OpError::Internal(format!("context {name:?} not provided")))?;
+                Ok(crate::fsview::context_view(&c.dir, &c.ignore))
+            }
+        }
+    }
+}
+
+/// Whether the op is shown in progress output (sources and merges are bookkeeping).
+pub fn announces(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Exec(_) | Op::File(_) | Op::Source(SourceOp::Image { .. } | SourceOp::Http { .. })
+    )
+}
+
+/// What stands for the op in its cache key, when that is not its definition digest: an
+/// `ADD <url>` download is identified by its pinned content and file name, not its URL, so a
+/// cached download is reused whatever URL (mirror) names the same checksum.
+pub fn cache_identity(op: &Op) -> Option<Digest> {
+    match op {
+        Op::Source(SourceOp::Http {
+            checksum, filename, ..
+        }) => {
+            let enc = serde_json::json!({
+                "v": 1,
+                "http": { "checksum": checksum, "filename": filename, "mode": http::HTTP_FILE_MODE },
+            });
+            Some(Digest::of(enc.to_string().as_bytes()))
+        }
+        _ => None,
+    }
+}
+
+/// The digest of client content an op reads, which joins its cache key.
+pub async fn content_digest(
+    ctx: &Arc<OpContext>,
+    op: &Op,
+    inputs: &[Output],
+) -> Result<Option<Digest>, OpError> {
+    let mut reads: Vec<(usize, Vec<String>)> = Vec::new();
+    match op {
+        Op::File(FileOp::Copy(c)) => reads.push((c.src, c.sources.clone())),
+        Op::Exec(e) => {
+            for m in &e.mounts {
+                if let ExecMountKind::Bind { input, source, .. } = &m.kind {
+                    reads.push((*input, vec![source.clone()]));
+                }
+            }
+        }
+        _ => {}
+    }
+    let mut parts = Vec::new();
+    for (input, paths) in reads {
+        let Some(Output::Context(_)) = inputs.get(input) else {
+            continue;
+        };
+        let out = inputs.get(input).cloned();
+        let c = ctx.clone();
+        let d = tokio::task::spawn_blocking(move || -> Result<Digest, OpError> {
+            let out = out.ok_or_else(|| OpError::Internal("missing input".into()))?;
+            let view = c.view(&out)?;
+            Ok(fileop::content_digest(&view, &paths)?)
+        })
+        .await
+        .map_err(|e| OpError::Internal(e.to_string()))??;
+        parts.push(d);
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let mut enc = Vec::new();
+    for p in parts {
+        enc.extend_from_slice(p.as_bytes());
+    }
+    Ok(Some(Digest::of(&enc)))
+}
+
+/// A result available without running the op: trivial ops, cache hits, unpacked images.
+pub fn cached(
+    ctx: &OpContext,
+    op: &Op,
+    key: &Digest,
+    inputs: &[Output],
+) -> Result<Option<Output>, OpError> {
+    match op {
+        Op::Source(SourceOp::Scratch) => return Ok(Some(Output::Layers(Arc::default()))),
+        Op::Source(SourceOp::Context { name }) => return Ok(Some(Output::Context(name.clone()))),
+        Op::Merge => return merge(inputs).map(Some),
+        Op::Source(SourceOp::Image { manifest, .. }) => return unpacked_image(ctx, manifest),
+        _ if ctx.no_cache => return Ok(None),
+        _ => {}
+    }
+    let k = key.hex();
+    let rec = match ctx.staged()?.cache.get(&k).cloned() {
+        Some(r) => Some(r),
+        None => ctx.store.meta.cache(&k)?,
+    };
+    let Some(rec) = rec else { return Ok(None) };
+    if rec
+        .layers
+        .iter()
+        .all(|id| ctx.store.snapshots.path(id).is_dir())
+    {
+        Ok(Some(Output::Layers(Arc::new(rec.layers))))
+    } else {
+        Ok(None)
+    }
+}
+
+/// The layer chain of an image whose layers are all unpacked already.
+fn unpacked_image(ctx: &OpContext, manifest: &Digest) -> Result<Option<Output>, OpError> {
+    let Ok(img) = crate::image::load(&ctx.store, manifest) else {
+        return Ok(None); // `run` reports the error
+    };
+    let mut chain = Vec::with_capacity(img.manifest.layers.len());
+    for layer in &img.manifest.layers {
+        let known = match ctx.staged()?.unpacked.get(&layer.digest).cloned() {
+            Some(id) => Some(id),
+            None => ctx.store.meta.unpacked(&layer.digest)?,
+        };
+        match known {
+            Some(id) if ctx.store.snapshots.path(&id).is_dir() => chain.push(id),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(Output::Layers(Arc::new(chain))))
+}
+
+fn merge(inputs: &[Output]) -> Result<Output, OpError> {
+    let mut chain = Vec::new();
+    for i in inputs {
+        match i {
+            Output::Layers(l) => chain.extend(l.iter().cloned()),
+            Output::Context(_) => return Err(OpError::Internal("merge of a context".into())),
+        }
+    }
+    Ok(Output::Layers(Arc::new(chain)))
+}
+
+fn chain_of(out: Option<&Output>) -> Result<Arc<Vec<SnapshotId>>, OpError> {
+    match out {
+        Some(Output::Layers(l)) => Ok(l.clone()),
+        Some(Output::Context(_)) => Err(OpError::Internal(
+            "a context is not a root file system".into(),
+        )),
+        None => Err(OpError::Internal("missing input".into())),
+    }
+}
+
+/// Runs an op whose result was not cached.
+pub async fn run(
+    ctx: &Arc<OpContext>,
+    vertex: VertexIdx,
+    op: &Op,
+    inputs: Vec<Output>,
+    key: &Digest,
+) -> Result<Output, OpError> {
+    ctx.check_cancelled()?;
+    let c = ctx.clone();
+    let op = op.clone();
+    let key = *key;
+    let out = tokio::task::spawn_blocking(move || -> Result<Output, OpError> {
+        match &op {
+            Op::Source(SourceOp::Image { name, manifest }) => {
+                image::unpack_image(&c, name, manifest)
+            }
+            Op::Exec(e) => exec::exec(&c, vertex, e, &inputs, &key),
+            Op::File(f) => file::file(&c, f, &inputs, &key),
+            Op::Source(SourceOp::Scratch) => Ok(Output::Layers(Arc::default())),
+            Op::Source(SourceOp::Context { name }) => Ok(Output::Context(name.clone())),
+            Op::Source(SourceOp::Http {
+                url,
+                checksum,
+                filename,
+            }) => http::http_source(&c, vertex, url, checksum, filename, &key),
+            Op::Merge => merge(&inputs),
+        }
+    })
+    .await
+    .map_err(|e| OpError::Internal(format!("step task: {e}")))??;
+    Ok(out)
+}
+
+/// Stages the cache record for a new chain and returns it as an output.
+fn finish(ctx: &OpContext, key: &Digest, chain: Vec<SnapshotId>) -> Result<Output, OpError> {
+    ctx.staged()?.cache.insert(
+        key.hex(),
+        CacheRecord {
+            layers: chain.clone(),
+        },
+    );
+    Ok(Output::Layers(Arc::new(chain)))
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    fs::read_dir(p)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false)
+}
+
+fn commit_layer(
+    ctx: &OpContext,
+    pending: crate::store::snapshot::PendingSnapshot,
+) -> Result<SnapshotId, OpError> {
+    let empty = is_empty_dir(&pending.dir);
+    let id = ctx.store.snapshots.commit(pending)?;
+    ctx.staged()?.layers.insert(
+        id.clone(),
+        LayerRecord {
+            empty,
+            ..Default::default()
+        },
+    );
+    Ok(id)
+}
