@@ -132,3 +132,46 @@ fn prune_removes_the_build_cache_but_keeps_images_usable() {
     let du = k.du();
     assert_eq!(support::kiln::du_count(&du, "layers"), 0, "{du}");
 }
+
+#[test]
+fn the_file_hash_cache_never_hides_a_change() {
+    if !root_or_skip() {
+        return;
+    }
+    let k = Kiln::with_base();
+    let ctx = tempfile::tempdir().unwrap();
+    let f = ctx.path().join("data.txt");
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {BASE}\nCOPY data.txt /\n"),
+    )
+    .unwrap();
+    std::fs::write(&f, "aaaa").unwrap();
+    // Files changed in the last two seconds are not remembered (coarse file times); wait so
+    // that this one is, and the cache is really in play below.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let first = k.build(ctx.path(), &[]).ok().digest();
+    assert_eq!(
+        k.build(ctx.path(), &[]).ok().digest(),
+        first,
+        "no-op rebuild"
+    );
+    // Same size, same mtime (restored): only the status-change time tells the difference.
+    let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+    std::fs::write(&f, "bbbb").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&f).unwrap().modified().unwrap(), mtime);
+    let second = k.build(ctx.path(), &[]).ok().digest();
+    assert_ne!(
+        second, first,
+        "a changed file was served from the file-hash cache"
+    );
+    // And back: the old content gives the old image again.
+    std::fs::write(&f, "aaaa").unwrap();
+    assert_eq!(k.build(ctx.path(), &[]).ok().digest(), first);
+}

@@ -460,6 +460,7 @@ impl Engine {
                 },
             );
         }
+        staged.file_hashes = ctx.file_hashes.take_learned();
         // Records only ever point at durable layer directories.
         if !staged.layers.is_empty() || !staged.unpacked.is_empty() {
             self.store.snapshots.sync()?;

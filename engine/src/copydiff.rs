@@ -823,21 +823,8 @@ fn is_overlay_xattr(name: &str) -> bool {
     name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
 }
 
-// `Stat` field types differ between architectures; the conversions are no-ops on some.
-#[allow(clippy::useless_conversion)]
 fn meta_of(st: &Stat) -> Metadata {
-    Metadata {
-        kind: Metadata::kind_of_mode(st.st_mode),
-        mode: st.st_mode & 0o7777,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        size: u64::try_from(st.st_size).unwrap_or(0),
-        mtime_sec: i64::try_from(st.st_mtime).unwrap_or(0),
-        mtime_nsec: i64::try_from(st.st_mtime_nsec).unwrap_or(0),
-        rdev: st.st_rdev,
-        nlink: u64::try_from(st.st_nlink).unwrap_or(1),
-        dev_ino: (st.st_dev, st.st_ino),
-    }
+    Metadata::from_stat(st)
 }
 
 fn mtime_of(m: &Metadata) -> (i64, i64) {

@@ -137,6 +137,9 @@ pub struct Metadata {
     pub nlink: u64,
     /// Host device and inode (hard link detection within one layer).
     pub dev_ino: (u64, u64),
+    /// Status change time (seconds, nanoseconds): changes whenever content or metadata does,
+    /// and cannot be set by users, so it keys the file-hash cache.
+    pub ctime: (i64, i64),
 }
 
 impl Metadata {
@@ -155,7 +158,7 @@ impl Metadata {
 
     // `Stat` field types differ between architectures; the conversions are no-ops on some.
     #[allow(clippy::useless_conversion)]
-    fn from_stat(st: &Stat) -> Self {
+    pub(crate) fn from_stat(st: &Stat) -> Self {
         Self {
             kind: Self::kind_of_mode(st.st_mode),
             mode: st.st_mode & 0o7777,
@@ -167,6 +170,10 @@ impl Metadata {
             rdev: st.st_rdev,
             nlink: u64::try_from(st.st_nlink).unwrap_or(1),
             dev_ino: (st.st_dev, st.st_ino),
+            ctime: (
+                i64::try_from(st.st_ctime).unwrap_or(0),
+                i64::try_from(st.st_ctime_nsec).unwrap_or(0),
+            ),
         }
     }
 }
@@ -354,6 +361,21 @@ impl LayerView {
         Ok(File::from(fd))
     }
 
+    /// Opens a regular file entry read by a directory walk, relative to its open parent
+    /// directory (no walk from the root).
+    pub(crate) fn open_entry_in(&self, parent: &DirHandle, e: &Entry) -> Result<File, FsViewError> {
+        if e.meta.kind != FileKind::File {
+            return Err(wrong_kind(e, FileKind::File));
+        }
+        let Some((_, dir)) = parent.fds.iter().find(|(l, _)| *l == e.layer) else {
+            return self.open_entry(e);
+        };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+        let fd = rustix::fs::openat(dir, e.name(), flags, Mode::empty())
+            .map_err(|err| self.read_err(e, err))?;
+        Ok(File::from(fd))
+    }
+
     /// Reads a symlink entry's target.
     pub fn read_link_entry(&self, e: &Entry) -> Result<String, FsViewError> {
         if e.meta.kind != FileKind::Symlink {
@@ -516,6 +538,7 @@ impl LayerView {
                 rdev: 0,
                 nlink: 1,
                 dev_ino: (0, 0),
+                ctime: (0, 0),
             },
         ));
         let entry = Entry {

@@ -136,6 +136,7 @@ pub fn prune(store: &Store, all: bool) -> Result<Pruned, StoreError> {
     p.cache_records = cache.len();
     // Records go first (one transaction), so no record ever points at a removed file.
     store.meta.remove(&cache, &[], &images, &[])?;
+    store.meta.clear_file_hashes()?;
     let keep = roots(store, true)?;
     let mut gone_layers = Vec::new();
     let mut gone_unpacked = Vec::new();

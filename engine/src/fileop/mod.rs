@@ -22,7 +22,7 @@ use std::path::Path;
 use thiserror::Error;
 
 pub use copy::copy;
-pub use digest::content_digest;
+pub use digest::{FileHashCache, FileKey, content_digest, content_digest_cached};
 pub use user::resolve_user;
 
 use crate::frontend::dockerignore::DockerIgnoreError;

@@ -152,6 +152,60 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 /// Redirects followed by `ADD <url>` downloads.
 pub const MAX_REDIRECTS: u32 = 10;
 
+/// The file-hash cache of a build: what earlier builds remembered (loaded on first use) plus
+/// what this build learns (committed with its records).
+#[derive(Debug)]
+pub struct FileHashes {
+    store: Arc<Store>,
+    known: std::sync::OnceLock<HashMap<fileop::FileKey, Digest>>,
+    learned: Mutex<std::collections::BTreeMap<fileop::FileKey, Digest>>,
+}
+
+impl FileHashes {
+    fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            known: std::sync::OnceLock::new(),
+            learned: Mutex::default(),
+        }
+    }
+
+    /// What this build learned.
+    pub fn take_learned(&self) -> std::collections::BTreeMap<fileop::FileKey, Digest> {
+        self.learned
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+}
+
+impl fileop::FileHashCache for FileHashes {
+    fn get(&self, key: &fileop::FileKey) -> Option<Digest> {
+        // A store that cannot be read only means no hits.
+        let known = self
+            .known
+            .get_or_init(|| self.store.meta.file_hashes().unwrap_or_default());
+        known.get(key).copied()
+    }
+
+    fn put(&self, key: fileop::FileKey, digest: Digest) {
+        // "Racy git": file times have the kernel's coarse clock granularity, so a file changed
+        // again within the same tick after it was hashed would keep its key. Only files whose
+        // status changed more than two seconds ago are remembered.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let ctime_sec = key.0[5];
+        if ctime_sec.saturating_add(2) >= now {
+            return;
+        }
+        if let Ok(mut l) = self.learned.lock() {
+            l.insert(key, digest);
+        }
+    }
+}
+
 /// Everything ops need, shared by a build's tasks.
 #[derive(Debug)]
 pub struct OpContext {
@@ -169,6 +223,8 @@ pub struct OpContext {
     pub tenant: crate::TenantId,
     /// How step root file systems are made.
     pub snapshotter: Snapshotter,
+    /// Hashes of client files, remembered across builds.
+    pub file_hashes: FileHashes,
     /// Records to commit when the build succeeds.
     pub staged: Mutex<StagedRecords>,
     /// Overall time limit for one `ADD <url>` download (connecting is limited to
@@ -194,6 +250,7 @@ impl OpContext {
         snapshotter: Snapshotter,
     ) -> Self {
         Self {
+            file_hashes: FileHashes::new(store.clone()),
             store,
             sandbox,
             contexts,
@@ -310,7 +367,11 @@ pub async fn content_digest(
         let d = tokio::task::spawn_blocking(move || -> Result<Digest, OpError> {
             let out = out.ok_or_else(|| OpError::Internal("missing input".into()))?;
             let view = c.view(&out)?;
-            Ok(fileop::content_digest(&view, &paths)?)
+            Ok(fileop::content_digest_cached(
+                &view,
+                &paths,
+                Some(&c.file_hashes),
+            )?)
         })
         .await
         .map_err(|e| OpError::Internal(e.to_string()))??;

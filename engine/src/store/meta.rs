@@ -16,6 +16,7 @@ const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
 const LAYERS: TableDefinition<&str, &[u8]> = TableDefinition::new("layers");
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const UNPACKED: TableDefinition<&str, &[u8]> = TableDefinition::new("unpacked");
+const FILE_HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("file_hashes");
 
 /// A cached step result: the full chain of layers (bottom → top) of its file system.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +76,8 @@ pub struct StagedRecords {
     pub images: BTreeMap<String, ImageRecord>,
     /// Compressed blob digest → the layer directory it was unpacked into.
     pub unpacked: BTreeMap<Digest, SnapshotId>,
+    /// Client file identity → content digest (see [`crate::fileop::FileHashCache`]).
+    pub file_hashes: BTreeMap<crate::fileop::FileKey, Digest>,
 }
 
 impl StagedRecords {
@@ -84,6 +87,7 @@ impl StagedRecords {
             && self.layers.is_empty()
             && self.images.is_empty()
             && self.unpacked.is_empty()
+            && self.file_hashes.is_empty()
     }
 }
 
@@ -115,6 +119,7 @@ impl MetaStore {
         for t in [CACHE, LAYERS, IMAGES, UNPACKED] {
             tx.open_table(t)?;
         }
+        tx.open_table(FILE_HASHES)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -186,6 +191,35 @@ impl MetaStore {
         self.all(UNPACKED)
     }
 
+    /// Every remembered client file hash.
+    pub fn file_hashes(
+        &self,
+    ) -> Result<std::collections::HashMap<crate::fileop::FileKey, Digest>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(FILE_HASHES)?;
+        let mut out = std::collections::HashMap::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let (Some(key), Ok(d)) = (
+                crate::fileop::FileKey::from_bytes(k.value()),
+                <[u8; 32]>::try_from(v.value()),
+            ) else {
+                continue; // a malformed entry is only a cache miss
+            };
+            out.insert(key, Digest::from_bytes(d));
+        }
+        Ok(out)
+    }
+
+    /// Forgets every client file hash (prune).
+    pub fn clear_file_hashes(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.delete_table(FILE_HASHES)?;
+        tx.open_table(FILE_HASHES)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Commits staged records in one transaction. Callers make every referenced file durable
     /// first.
     pub fn commit(&self, staged: &StagedRecords) -> Result<(), StoreError> {
@@ -219,6 +253,10 @@ impl MetaStore {
             for (k, v) in &staged.unpacked {
                 let key = k.to_string();
                 t.insert(key.as_str(), encode(&key, v)?.as_slice())?;
+            }
+            let mut t = tx.open_table(FILE_HASHES)?;
+            for (k, v) in &staged.file_hashes {
+                t.insert(k.to_bytes().as_slice(), v.as_bytes().as_slice())?;
             }
         }
         tx.commit()?;
