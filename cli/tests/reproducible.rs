@@ -349,3 +349,69 @@ fn ignored_and_untouched_files_do_not_invalidate_the_cache() {
     assert_eq!(states["COPY . /ctx/"], "started", "{states:?}");
     assert_eq!(states["ls -a /ctx"], "started", "{states:?}");
 }
+
+/// Found in review: a layer blob written for one `SOURCE_DATE_EPOCH` must not be reused for
+/// another (tars clamp mtimes to the epoch), and an image built `FROM` a base keeps the base
+/// manifest's own layer blobs, whatever else the store holds. Both must give the digest a
+/// fresh store gives.
+#[test]
+fn store_history_never_changes_a_digest() {
+    if !support::kiln::root_or_skip() {
+        return;
+    }
+    use support::kiln::{BASE, Kiln};
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("f"), "file").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {BASE}\nCOPY f /f\nRUN echo x > /x\n"),
+    )
+    .unwrap();
+    let epoch = |k: &Kiln, e: &str, extra: &[&str]| {
+        let mut args: Vec<String> = vec!["--progress=plain".into(), "-q".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        k.build_with(ctx.path(), &args, |c| {
+            c.env("SOURCE_DATE_EPOCH", e);
+        })
+        .ok()
+        .digest()
+    };
+    let fresh = Kiln::with_base();
+    let want = epoch(&fresh, "2000000000", &[]);
+    let used = Kiln::with_base();
+    epoch(&used, "0", &[]);
+    assert_eq!(
+        epoch(&used, "2000000000", &[]),
+        want,
+        "a blob of another epoch was reused"
+    );
+
+    // The base re-tagged with zstd layers, then pruned: builds FROM it use its zstd blobs.
+    let base_ctx = tempfile::tempdir().unwrap();
+    support::kiln::write_base_context(base_ctx.path());
+    let a = Kiln::with_base();
+    a.build(base_ctx.path(), &["-t", BASE, "--compression", "zstd"])
+        .ok();
+    a.run(a.root(), ["prune"]).ok();
+    let b = Kiln::empty();
+    b.build(base_ctx.path(), &["-t", BASE, "--compression", "zstd"])
+        .ok();
+    let out = tempfile::tempdir().unwrap();
+    let oci = |k: &Kiln| {
+        let dest = out
+            .path()
+            .join(format!("{}.tar", k.root().display().to_string().len()));
+        let d = k
+            .build(
+                ctx.path(),
+                &["-o", &format!("type=oci,dest={}", dest.display())],
+            )
+            .ok()
+            .digest();
+        (d, dest.exists())
+    };
+    let (da, ea) = oci(&a);
+    let (db, eb) = oci(&b);
+    assert!(ea && eb, "the OCI export failed");
+    assert_eq!(da, db, "the digest depends on what the store built before");
+}

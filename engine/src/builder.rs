@@ -533,6 +533,7 @@ impl Resolver for StoreResolver<'_> {
         let loaded = image::load(self.store, &rec.manifest).map_err(|e| e.to_string())?;
         Ok(Some(ResolvedImage {
             manifest: loaded.digest,
+            layers: loaded.manifest.layers.clone(),
             config: loaded.config,
         }))
     }

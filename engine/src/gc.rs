@@ -73,6 +73,12 @@ fn roots(store: &Store, include_images: bool) -> Result<Roots, StoreError> {
             r.snapshots.insert(id);
         }
     }
+    // Blobs a kept layer's record lists are kept too, so no record points at a removed blob.
+    for (id, rec) in store.meta.layer_records()? {
+        if SnapshotId::parse(&id).is_some_and(|s| r.snapshots.contains(&s)) {
+            r.blobs.extend(rec.blobs.iter().map(|b| b.digest));
+        }
+    }
     Ok(r)
 }
 

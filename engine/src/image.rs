@@ -126,14 +126,27 @@ pub fn assemble(
         records.push(rec);
     }
     let media_type = opts.compression.media_type();
+    let epoch = Some(opts.epoch);
+    // A blob is reused only if it is really in the content store (prune may have removed it)
+    // and was written with this compression and epoch.
+    let reusable = |b: &LayerBlob| {
+        b.media_type == media_type && b.epoch == epoch && store.content.contains(&b.digest)
+    };
+    let base_blob = |i: usize| {
+        state
+            .base_blobs
+            .get(i)
+            .filter(|d| store.content.contains(&d.digest))
+    };
     let needed: Vec<usize> = (0..chain.len())
         .filter(|&i| {
             let r = &records[i];
-            let keep = i < state.base_layers || !r.empty;
-            keep && !r
-                .blobs
-                .iter()
-                .any(|b| i < state.base_layers || b.media_type == media_type)
+            if i < state.base_layers {
+                // Base layers keep the base image's own blobs.
+                return base_blob(i).is_none()
+                    && !r.blobs.iter().any(|b| store.content.contains(&b.digest));
+            }
+            !r.empty && !r.blobs.iter().any(reusable)
         })
         .collect();
     let results = std::sync::Mutex::new(Vec::new());
@@ -161,7 +174,8 @@ pub fn assemble(
         let rec = &mut records[i];
         rec.diff_id = Some(diff_id);
         rec.empty = empty;
-        rec.blobs.retain(|b| b.media_type != blob.media_type);
+        rec.blobs
+            .retain(|b| !(b.media_type == blob.media_type && b.epoch == blob.epoch));
         rec.blobs.push(blob);
         staged.layers.insert(chain[i].clone(), rec.clone());
     }
@@ -194,12 +208,20 @@ pub fn assemble(
             h.empty_layer = true;
             return Ok(());
         }
-        let blob = if base {
-            rec.blobs.first()
+        let descriptor = if base {
+            base_blob(li).cloned().or_else(|| {
+                rec.blobs
+                    .iter()
+                    .find(|b| store.content.contains(&b.digest))
+                    .map(|b| Descriptor::new(b.media_type.clone(), b.digest, b.size))
+            })
         } else {
-            rec.blobs.iter().find(|b| b.media_type == media_type)
+            rec.blobs
+                .iter()
+                .find(|b| reusable(b))
+                .map(|b| Descriptor::new(b.media_type.clone(), b.digest, b.size))
         };
-        let (Some(blob), Some(diff_id)) = (blob, rec.diff_id) else {
+        let (Some(blob), Some(diff_id)) = (descriptor, rec.diff_id) else {
             return Err(ImageError::Layer {
                 id: chain[li].clone(),
                 message: "layer has no blob or diff id".into(),
@@ -335,6 +357,7 @@ fn write_blob(
             media_type: info.media_type.to_owned(),
             digest,
             size: info.size,
+            epoch: Some(opts.epoch),
         },
         stats.entries == 0,
     ))

@@ -33,6 +33,7 @@ fn resolved(img: crate::oci::import::ImportedImage) -> ResolvedImage {
     ResolvedImage {
         manifest: img.manifest_digest,
         config: img.config,
+        layers: img.layers,
     }
 }
 

@@ -48,6 +48,7 @@ fn history(entries: &[(&str, bool)]) -> Vec<History> {
 fn image(name: &str, layers: usize, cc: ContainerConfig, hist: &[(&str, bool)]) -> ResolvedImage {
     ResolvedImage {
         manifest: Digest::of(format!("manifest of {name}").as_bytes()),
+        layers: Vec::new(),
         config: ImageConfig {
             architecture: "amd64".into(),
             os: "linux".into(),

@@ -162,11 +162,7 @@ pub(super) fn exec(
         crate::copydiff::diff(&lower_view, &mountpoint, &pending.dir)?;
     }
     for stub in &stubs {
-        // `remove_dir` only removes an empty directory; anything else stays as the step left it.
-        let p = pending.dir.join(stub.trim_start_matches('/'));
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-            let _ = fs::remove_dir(&p);
-        }
+        remove_empty_stub(&pending.dir, stub);
     }
     let id = commit_layer(ctx, pending)?;
     let mut chain = base.as_ref().clone();
@@ -206,4 +202,65 @@ fn materialize(view: &LayerView, source: &str, dest: &Path) -> Result<PathBuf, O
     } else {
         dest.join("file")
     })
+}
+
+/// Removes the mount point `stub` from the step's upper directory if it is an empty directory.
+///
+/// The upper was written by the step, so no path in it may be resolved by the kernel: a step
+/// can replace a parent of the stub by a symlink to a host directory. Each component is opened
+/// relative to the previous one with `O_NOFOLLOW`, and the walk stops at anything that is not a
+/// real directory; `unlinkat(AT_REMOVEDIR)` only removes an empty directory.
+fn remove_empty_stub(upper: &Path, stub: &str) {
+    use rustix::fs::{AtFlags, Mode, OFlags, openat, unlinkat};
+    let comps: Vec<&str> = stub.split('/').filter(|c| !c.is_empty()).collect();
+    let Some((name, parents)) = comps.split_last() else {
+        return;
+    };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(mut dir) = openat(rustix::fs::CWD, upper, flags, Mode::empty()) else {
+        return;
+    };
+    for c in parents {
+        if *c == ".." || *c == "." {
+            return;
+        }
+        match openat(&dir, *c, flags, Mode::empty()) {
+            Ok(next) => dir = next,
+            Err(_) => return, // missing, or not a real directory (a symlink fails here)
+        }
+    }
+    let _ = unlinkat(&dir, *name, AtFlags::REMOVEDIR);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stub_cleanup_never_follows_a_symlink_the_step_planted() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::create_dir(host.path().join("victim")).unwrap();
+        let upper = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(host.path(), upper.path().join("a")).unwrap();
+        remove_empty_stub(upper.path(), "/a/victim");
+        remove_empty_stub(upper.path(), "/a");
+        assert!(
+            host.path().join("victim").is_dir(),
+            "a host directory was removed"
+        );
+        assert!(upper.path().join("a").is_symlink());
+    }
+
+    #[test]
+    fn empty_stubs_are_removed_and_others_kept() {
+        let upper = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(upper.path().join("m/empty")).unwrap();
+        std::fs::create_dir_all(upper.path().join("m/full")).unwrap();
+        std::fs::write(upper.path().join("m/full/f"), "x").unwrap();
+        remove_empty_stub(upper.path(), "/m/empty");
+        remove_empty_stub(upper.path(), "/m/full");
+        assert!(!upper.path().join("m/empty").exists());
+        assert!(upper.path().join("m/full/f").exists());
+    }
 }

@@ -52,6 +52,7 @@ pub(super) fn unpack_image(
                     media_type: layer.media_type.clone(),
                     digest: layer.digest,
                     size: layer.size,
+                    epoch: None,
                 }],
             },
         );

@@ -34,6 +34,10 @@ pub struct LayerBlob {
     pub digest: Digest,
     /// Size of the compressed blob.
     pub size: u64,
+    /// `SOURCE_DATE_EPOCH` the layer tar was written with (`None`: a base image's original
+    /// blob). Tars clamp mtimes to it, so a blob is reused only for the same epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// What is known about one layer directory.
@@ -239,9 +243,9 @@ impl MetaStore {
                 rec.diff_id = v.diff_id.or(rec.diff_id);
                 rec.empty = v.empty || rec.empty;
                 for b in &v.blobs {
-                    if !rec.blobs.iter().any(|x| x.media_type == b.media_type) {
-                        rec.blobs.push(b.clone());
-                    }
+                    rec.blobs
+                        .retain(|x| !(x.media_type == b.media_type && x.epoch == b.epoch));
+                    rec.blobs.push(b.clone());
                 }
                 t.insert(k.as_str(), encode(k.as_str(), &rec)?.as_slice())?;
             }

@@ -67,6 +67,9 @@ pub enum StoreError {
     /// Another kiln process holds the store.
     #[error("store {0} is in use by another kiln process")]
     Locked(PathBuf),
+    /// The store directory belongs to another user.
+    #[error("store {0} is not owned by the user running kiln; refusing to use it")]
+    NotOwned(PathBuf),
 }
 
 impl From<redb::Error> for StoreError {
@@ -122,6 +125,15 @@ impl Store {
     /// Opens (creating if needed) the store at `root`, taking its exclusive lock.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         fs::create_dir_all(root).map_err(io_err("create", root))?;
+        // Layers hold untrusted content as root wrote it (setuid files, device nodes, 1777
+        // directories): no other user may reach them. The root is owner-only whatever the
+        // umask, and must belong to whoever runs kiln.
+        let md = fs::metadata(root).map_err(io_err("stat", root))?;
+        if std::os::unix::fs::MetadataExt::uid(&md) != rustix::process::geteuid().as_raw() {
+            return Err(StoreError::NotOwned(root.into()));
+        }
+        fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io_err("chmod", root))?;
         let lock_path = root.join("lock");
         let lock = File::options()
             .create(true)

@@ -164,6 +164,7 @@ fn from_image(img: &ResolvedImage) -> ImageState {
         author: cfg.author.clone(),
         history,
         base_layers: cfg.rootfs.diff_ids.len(),
+        base_blobs: img.layers.clone(),
     }
 }
 

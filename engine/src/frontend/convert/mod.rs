@@ -49,6 +49,8 @@ pub struct ResolvedImage {
     pub manifest: Digest,
     /// The image's config (for ENV, USER, WORKDIR, … and ONBUILD triggers).
     pub config: crate::oci::types::ImageConfig,
+    /// The manifest's layer descriptors (an image built on this one reuses them as they are).
+    pub layers: Vec<crate::oci::types::Descriptor>,
 }
 
 /// What the conversion needs from outside: image lookup and named contexts.

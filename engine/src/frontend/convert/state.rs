@@ -44,6 +44,8 @@ pub struct ImageState {
     /// Number of layers the base image has (history entries with `empty_layer == false` among
     /// the inherited ones map to them).
     pub base_layers: usize,
+    /// The base image's layer descriptors, reused unchanged in the built image.
+    pub base_blobs: Vec<crate::oci::types::Descriptor>,
 }
 
 /// One history entry.
