@@ -175,3 +175,33 @@ fn the_file_hash_cache_never_hides_a_change() {
     std::fs::write(&f, "aaaa").unwrap();
     assert_eq!(k.build(ctx.path(), &[]).ok().digest(), first);
 }
+
+#[test]
+fn local_output_refuses_a_non_empty_directory() {
+    if !root_or_skip() {
+        return;
+    }
+    let k = Kiln::with_base();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), format!("FROM {BASE}\n")).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    std::fs::write(dest.path().join("mine.txt"), "keep me").unwrap();
+    let out = k.build(
+        ctx.path(),
+        &["-o", &format!("type=local,dest={}", dest.path().display())],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("not empty"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("mine.txt")).unwrap(),
+        "keep me"
+    );
+    // A new directory works.
+    let fresh = dest.path().join("rootfs");
+    k.build(
+        ctx.path(),
+        &["-o", &format!("type=local,dest={}", fresh.display())],
+    )
+    .ok();
+    assert!(fresh.join("bin/busybox").is_file());
+}

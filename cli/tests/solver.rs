@@ -155,6 +155,17 @@ fn a_rebuild_is_fully_cached_and_identical() {
 #[test]
 fn the_first_failure_cancels_running_steps() {
     need_root!();
+    cancel_case("");
+}
+
+/// The kernel clears the parent-death signal when a step switches user; the sandbox re-arms it.
+#[test]
+fn the_first_failure_cancels_steps_running_as_another_user() {
+    need_root!();
+    cancel_case("USER 65534:65534\n");
+}
+
+fn cancel_case(user: &str) {
     let dir = tempfile::tempdir().unwrap();
     let root = store_with_base(dir.path());
     let marker = format!("kiln-cancel-test-{}", std::process::id());
@@ -162,7 +173,7 @@ fn the_first_failure_cancels_running_steps() {
         dir.path(),
         "ctx",
         &format!(
-            "FROM base AS slow\nRUN sleep 300; echo {marker}\n\
+            "FROM base AS slow\n{user}RUN sleep 300; echo {marker}\n\
              FROM base AS bad\nRUN sleep 0.3; exit 7\n\
              FROM base\nCOPY --from=slow / /s\nCOPY --from=bad / /b\n"
         ),

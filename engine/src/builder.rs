@@ -356,6 +356,9 @@ impl Engine {
         req: &BuildRequest,
         progress: Progress,
     ) -> Result<BuildResult, BuildError> {
+        for o in &req.outputs {
+            o.check()?;
+        }
         let planned = self.plan(req)?;
         let graph = Arc::new(planned.graph);
         let mut ctx = OpContext::new(

@@ -355,7 +355,9 @@ impl LayerView {
             return Err(wrong_kind(e, FileKind::File));
         }
         let parent = self.open_parent(e)?;
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+        // NONBLOCK: a fifo swapped in for a regular file must not hang the engine.
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
         let fd = rustix::fs::openat(&parent, e.name(), flags, Mode::empty())
             .map_err(|err| self.read_err(e, err))?;
         Ok(File::from(fd))
@@ -370,7 +372,9 @@ impl LayerView {
         let Some((_, dir)) = parent.fds.iter().find(|(l, _)| *l == e.layer) else {
             return self.open_entry(e);
         };
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+        // NONBLOCK: a fifo swapped in for a regular file must not hang the engine.
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
         let fd = rustix::fs::openat(dir, e.name(), flags, Mode::empty())
             .map_err(|err| self.read_err(e, err))?;
         Ok(File::from(fd))

@@ -117,6 +117,30 @@ fn oerr(dest: &Path) -> impl Fn(String) -> OutputError + '_ {
     }
 }
 
+impl OutputSpec {
+    /// Checks an output before the build starts. A `local` destination must not exist or be an
+    /// empty directory: layers carry whiteouts, and applying them onto a directory holding other
+    /// files would delete those files.
+    pub fn check(&self) -> Result<(), OutputError> {
+        if let Self::Local { dest } = self {
+            match std::fs::read_dir(dest) {
+                Ok(mut entries) => {
+                    if entries.next().is_some() {
+                        return Err(oerr(dest)(
+                            "the directory is not empty; -o type=local writes a whole file system \
+                             into an empty or new directory"
+                                .into(),
+                        ));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(oerr(dest)(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Writes one output of an assembled image.
 pub fn write(
     store: &Store,
@@ -148,8 +172,17 @@ pub fn write(
             let tmp = tempdir_in(parent).map_err(|e| oerr(dest)(e.to_string()))?;
             let r = (|| {
                 flatten(store, img, &tmp)?;
-                let part = dest.with_extension("kiln-partial");
-                let file = std::fs::File::create(&part).map_err(|e| oerr(dest)(e.to_string()))?;
+                // A fresh name, created exclusively: never an existing file or a symlink
+                // someone else put there.
+                let part = dest.with_extension(format!(
+                    "kiln-partial-{}",
+                    crate::store::content::random_hex()
+                ));
+                let file = std::fs::File::options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&part)
+                    .map_err(|e| oerr(dest)(e.to_string()))?;
                 let mut w = std::io::BufWriter::new(file);
                 write_layer(&tmp, &mut w, &LayerOptions { epoch })
                     .map_err(|e| oerr(dest)(e.to_string()))?;
@@ -165,6 +198,10 @@ pub fn write(
 
 /// Applies the image's layers, bottom first, onto `dest` (whiteouts remove files).
 fn flatten(store: &Store, img: &Assembled, dest: &Path) -> Result<(), OutputError> {
+    OutputSpec::Local {
+        dest: dest.to_path_buf(),
+    }
+    .check()?;
     std::fs::create_dir_all(dest).map_err(|e| oerr(dest)(e.to_string()))?;
     for layer in &img.manifest.layers {
         let blob = store
@@ -179,8 +216,10 @@ fn flatten(store: &Store, img: &Assembled, dest: &Path) -> Result<(), OutputErro
 }
 
 fn tempdir_in(parent: &Path) -> std::io::Result<PathBuf> {
-    let p = parent.join(format!(".kiln-tar-{}", std::process::id()));
-    std::fs::create_dir_all(&p)?;
+    // Random and created with mkdir (not `create_dir_all`): a leftover or a planted directory
+    // or symlink of the same name makes this fail instead of being used.
+    let p = parent.join(format!(".kiln-tar-{}", crate::store::content::random_hex()));
+    std::fs::create_dir(&p)?;
     Ok(p)
 }
 

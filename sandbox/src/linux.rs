@@ -190,11 +190,29 @@ impl Syscall for LinuxSyscall {
     }
 
     fn read_file(&self, path: &Path) -> Result<Option<String>, Errno> {
-        match std::fs::read(path) {
-            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_errno(&e)),
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        // The image chose this file: it may be a fifo (would block), a device such as
+        // /dev/zero (endless), or huge. Only a regular file is read, and only its first 4 MiB.
+        const MAX: u64 = 4 << 20;
+        let f = match std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_errno(&e)),
+        };
+        let md = f.metadata().map_err(|e| io_errno(&e))?;
+        if !md.is_file() {
+            return Err(Errno::INVAL);
         }
+        let mut bytes = Vec::new();
+        f.take(MAX)
+            .read_to_end(&mut bytes)
+            .map_err(|e| io_errno(&e))?;
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     fn setgroups(&self, groups: &[u32]) -> Result<(), Errno> {
@@ -211,7 +229,12 @@ impl Syscall for LinuxSyscall {
     }
 
     fn setuid(&self, uid: u32) -> Result<(), Errno> {
-        rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(uid))
+        rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(uid))?;
+        // The kernel clears the parent-death signal when credentials change (setgid/setuid):
+        // arm it again so killing the outer init still kills the step. A step running as root
+        // can disarm it itself; killing the whole step reliably (cgroup.kill) comes with the
+        // hardened sandbox.
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
     }
 
     fn set_no_new_privs(&self) -> Result<(), Errno> {

@@ -50,17 +50,22 @@ pub fn resolve_user(view: &LayerView, user: &str) -> Result<(u32, u32), FileOpEr
 
 /// Reads a colon-separated database; `None` when it does not exist.
 fn read_db(view: &LayerView, path: &str) -> Result<Option<String>, FileOpError> {
-    let mut f = match view.open(path) {
+    let f = match view.open(path) {
         Ok(f) => f,
         Err(FsViewError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    // The image chose this file: only a regular file is read, and only its first 4 MiB (a
+    // link to a device such as /dev/zero, or a huge file, must not exhaust the engine).
+    let read_err = |source| FileOpError::ReadSource {
+        path: path.to_owned(),
+        source,
+    };
+    if !f.metadata().map_err(read_err)?.is_file() {
+        return Err(read_err(std::io::Error::other("not a regular file")));
+    }
     let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)
-        .map_err(|source| FileOpError::ReadSource {
-            path: path.to_owned(),
-            source,
-        })?;
+    f.take(4 << 20).read_to_end(&mut bytes).map_err(read_err)?;
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
