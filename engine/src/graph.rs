@@ -42,7 +42,9 @@ pub enum SourceOp {
     Scratch,
     /// An image whose manifest and config are in the content store.
     Image {
-        /// The reference as written (for display; the digest is what counts).
+        /// The reference as written: for display only, so it is not part of the canonical
+        /// encoding (`FROM base` and `FROM base:latest` of one manifest are the same vertex).
+        #[serde(skip_serializing, default)]
         name: String,
         /// Manifest digest.
         manifest: Digest,

@@ -78,12 +78,13 @@ pub fn content_digest_cached(
         ..CopyRequest::default()
     };
     let mut h = Hasher::new();
-    field(&mut h, b"kiln content digest v1");
+    let mut links = std::collections::HashMap::new();
+    field(&mut h, b"kiln content digest v2");
     for p in paths {
         field(&mut h, b"source");
         field(&mut h, p.as_bytes());
         for (base, e) in select(view, p, &req)? {
-            entry(view, &mut h, &base, &e, None, cache)?;
+            entry(view, &mut h, &base, &e, None, cache, &mut links)?;
         }
     }
     Ok(h.finish())
@@ -96,6 +97,7 @@ fn entry(
     e: &Entry,
     parent: Option<&DirHandle>,
     cache: Option<&dyn FileHashCache>,
+    links: &mut std::collections::HashMap<(u64, u64), String>,
 ) -> Result<(), FileOpError> {
     let m = e.metadata();
     field(h, b"entry");
@@ -106,6 +108,19 @@ fn entry(
     field(h, &m.gid.to_le_bytes());
     match m.kind {
         FileKind::File => {
+            // COPY recreates hard links between the files it copies: their structure is part
+            // of what is copied (the first name of each linked inode, in walk order).
+            if m.nlink > 1 {
+                match links.get(&m.dev_ino) {
+                    Some(first) => {
+                        field(h, b"hardlink");
+                        field(h, first.as_bytes());
+                    }
+                    None => {
+                        links.insert(m.dev_ino, rel.to_owned());
+                    }
+                }
+            }
             let key = FileKey::of(m);
             let cached = cache.and_then(|c| c.get(&key));
             let digest = match cached {
@@ -120,6 +135,13 @@ fn entry(
                         path: e.path(),
                         source,
                     })?;
+                    // File capabilities are copied too (and changing them changes the ctime,
+                    // so the cached value stays right).
+                    let mut cap = vec![0u8; 256];
+                    if let Ok(n) = rustix::fs::fgetxattr(&f, "security.capability", &mut cap[..]) {
+                        content.update(b"\0security.capability\0");
+                        content.update(cap.get(..n).unwrap_or_default());
+                    }
                     let d = content.finish();
                     if let Some(c) = cache {
                         c.put(key, d);
@@ -142,7 +164,7 @@ fn entry(
                 } else {
                     format!("{rel}/{}", child.name())
                 };
-                entry(view, h, &child_rel, &child, Some(&dir), cache)?;
+                entry(view, h, &child_rel, &child, Some(&dir), cache, links)?;
             }
             field(h, b"end");
         }

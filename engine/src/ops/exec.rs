@@ -112,7 +112,7 @@ pub(super) fn exec(
     ctx.killers
         .lock()
         .map_err(|e| OpError::Internal(e.to_string()))?
-        .push(killer);
+        .push((vertex, killer));
     // A cancel that raced the registration above still has to stop this step.
     if ctx.cancelled.load(Ordering::SeqCst) {
         step.killer().kill();
@@ -147,6 +147,10 @@ pub(super) fn exec(
         }));
     }
     let exit = step.wait();
+    // The step is gone: drop its killer (and the pidfd it holds).
+    if let Ok(mut k) = ctx.killers.lock() {
+        k.retain(|(v, _)| *v != vertex);
+    }
     for r in readers {
         let _ = r.join();
     }

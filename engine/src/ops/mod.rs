@@ -234,7 +234,8 @@ pub struct OpContext {
     /// order the downloads finished (cache hits download nothing and are not listed).
     pub fetched: Mutex<Vec<(String, Digest)>>,
     http: OnceLock<ureq::Agent>,
-    killers: Mutex<Vec<sandbox::Killer>>,
+    /// Running steps' killers, by vertex.
+    killers: Mutex<Vec<(VertexIdx, sandbox::Killer)>>,
     cancelled: AtomicBool,
 }
 
@@ -271,7 +272,7 @@ impl OpContext {
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         if let Ok(k) = self.killers.lock() {
-            for killer in k.iter() {
+            for (_, killer) in k.iter() {
                 killer.kill();
             }
         }

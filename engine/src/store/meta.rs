@@ -16,7 +16,7 @@ const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
 const LAYERS: TableDefinition<&str, &[u8]> = TableDefinition::new("layers");
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const UNPACKED: TableDefinition<&str, &[u8]> = TableDefinition::new("unpacked");
-const FILE_HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("file_hashes");
+const FILE_HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("file_hashes_v2");
 
 /// A cached step result: the full chain of layers (bottom → top) of its file system.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
