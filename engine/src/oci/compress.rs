@@ -63,9 +63,9 @@ pub struct BlobInfo {
 }
 
 /// A writer that hashes everything passed through to `inner`.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Hasher,
+pub(crate) struct HashingWriter<W> {
+    pub(crate) inner: W,
+    pub(crate) hasher: Hasher,
 }
 
 impl<W: Write> Write for HashingWriter<W> {

@@ -89,7 +89,7 @@ pub fn write_layer(
     out: impl Write,
     opts: &LayerOptions,
 ) -> Result<LayerStats, LayerError> {
-    let sink = HashOut {
+    let sink = super::compress::HashingWriter {
         inner: out,
         hasher: Hasher::new(),
     };
@@ -110,24 +110,8 @@ pub fn write_layer(
     })
 }
 
-struct HashOut<W> {
-    inner: W,
-    hasher: Hasher,
-}
-
-impl<W: Write> Write for HashOut<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 struct Walker<W: Write> {
-    tar: tar::Builder<HashOut<W>>,
+    tar: tar::Builder<super::compress::HashingWriter<W>>,
     epoch: u64,
     links: HashMap<(u64, u64), Vec<u8>>,
     entries: u64,

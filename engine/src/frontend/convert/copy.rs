@@ -95,23 +95,7 @@ pub(super) fn copy(
         unpack: is_add && !from_stage && a.unpack.unwrap_or(true),
     };
     let shown = format!("{verb} {} {dest}", sources.join(" "));
-    if a.link {
-        let scratch = c.scratch_vertex();
-        let copied = c.graph.add(
-            Op::File(FileOp::Copy(copy)),
-            vec![scratch, src_vertex],
-            name.clone(),
-        );
-        st.vertex = c
-            .graph
-            .add(Op::Merge, vec![st.vertex, copied], format!("{name} (link)"));
-    } else {
-        st.vertex = c.graph.add(
-            Op::File(FileOp::Copy(copy)),
-            vec![st.vertex, src_vertex],
-            name,
-        );
-    }
+    add_copy(c, st, copy, a.link, src_vertex, name);
     st.image.layer(shown);
     Ok(())
 }
@@ -271,23 +255,7 @@ fn add_url(
         excludes: Vec::new(),
         unpack: false,
     };
-    if a.link {
-        let scratch = c.scratch_vertex();
-        let copied = c.graph.add(
-            Op::File(FileOp::Copy(copy)),
-            vec![scratch, src_vertex],
-            name.clone(),
-        );
-        st.vertex = c
-            .graph
-            .add(Op::Merge, vec![st.vertex, copied], format!("{name} (link)"));
-    } else {
-        st.vertex = c.graph.add(
-            Op::File(FileOp::Copy(copy)),
-            vec![st.vertex, src_vertex],
-            name,
-        );
-    }
+    add_copy(c, st, copy, a.link, src_vertex, name);
     st.image.layer(format!("ADD {url} {dest}"));
     Ok(())
 }
@@ -325,6 +293,35 @@ fn owner_and_mode(
         None => None,
     };
     Ok((chown, chmod))
+}
+
+/// Adds a copy vertex: onto the stage's file system, or for `--link` into scratch merged on
+/// top (so the copied layer does not depend on what is below it).
+fn add_copy(
+    c: &mut Converter<'_>,
+    st: &mut St,
+    copy: CopyOp,
+    link: bool,
+    src_vertex: crate::graph::VertexIdx,
+    name: String,
+) {
+    if link {
+        let scratch = c.scratch_vertex();
+        let copied = c.graph.add(
+            Op::File(FileOp::Copy(copy)),
+            vec![scratch, src_vertex],
+            name.clone(),
+        );
+        st.vertex = c
+            .graph
+            .add(Op::Merge, vec![st.vertex, copied], format!("{name} (link)"));
+    } else {
+        st.vertex = c.graph.add(
+            Op::File(FileOp::Copy(copy)),
+            vec![st.vertex, src_vertex],
+            name,
+        );
+    }
 }
 
 #[cfg(test)]
