@@ -24,7 +24,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
@@ -400,13 +400,26 @@ impl LayerView {
             FileKind::File => OwnedFd::from(self.open_entry(e)?),
             _ => return Ok(Vec::new()),
         };
-        let size = match rustix::fs::flistxattr_query(&fd) {
+        self.xattrs_of(e, &fd)
+    }
+
+    /// The extended attributes of an entry already open as `fd`, except overlayfs' own.
+    pub(crate) fn xattrs_of(
+        &self,
+        e: &Entry,
+        fd: &impl AsFd,
+    ) -> Result<Vec<(String, Vec<u8>)>, FsViewError> {
+        let fd = fd.as_fd();
+        let size = match rustix::fs::flistxattr_query(fd) {
             Ok(n) => n,
             Err(Errno::NOTSUP) => return Ok(Vec::new()),
             Err(err) => return Err(self.read_err(e, err)),
         };
+        if size == 0 {
+            return Ok(Vec::new());
+        }
         let mut names = vec![0u8; size];
-        let n = rustix::fs::flistxattr(&fd, &mut names[..]).map_err(|err| self.read_err(e, err))?;
+        let n = rustix::fs::flistxattr(fd, &mut names[..]).map_err(|err| self.read_err(e, err))?;
         let mut out = Vec::new();
         for raw in names[..n.min(size)].split(|b| *b == 0) {
             let Ok(name) = std::str::from_utf8(raw) else {
@@ -415,7 +428,7 @@ impl LayerView {
             if name.is_empty() || is_overlay_xattr(name) {
                 continue;
             }
-            if let Some(value) = get_xattr(&fd, name) {
+            if let Some(value) = get_xattr(fd, name) {
                 out.push((name.to_owned(), value));
             }
         }
@@ -745,7 +758,7 @@ fn is_overlay_xattr(name: &str) -> bool {
     name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
 }
 
-fn get_xattr(fd: &OwnedFd, name: &str) -> Option<Vec<u8>> {
+fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
     let size = rustix::fs::fgetxattr_query(fd, name).ok()?;
     let mut buf = vec![0u8; size];
     let n = rustix::fs::fgetxattr(fd, name, &mut buf[..]).ok()?;
@@ -756,7 +769,7 @@ fn get_xattr(fd: &OwnedFd, name: &str) -> Option<Vec<u8>> {
 fn is_opaque(fd: &OwnedFd) -> bool {
     ["trusted.overlay.opaque", "user.overlay.opaque"]
         .iter()
-        .any(|n| get_xattr(fd, n).is_some_and(|v| v == b"y"))
+        .any(|n| get_xattr(fd.as_fd(), n).is_some_and(|v| v == b"y"))
 }
 
 fn dir_is_opaque(parent: &OwnedFd, name: &str) -> bool {

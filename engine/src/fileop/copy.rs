@@ -306,7 +306,10 @@ impl Copier<'_> {
                     self.stats.hardlinks += 1;
                     return Ok(());
                 }
-                let mut input = self.src.open_entry(e)?;
+                let mut input = match src_parent {
+                    Some(p) => self.src.open_entry_in(p, e)?,
+                    None => self.src.open_entry(e)?,
+                };
                 let mut out = Upper::create_file(parent, target)?;
                 let n = io::copy(&mut input, &mut out).map_err(|err| FileOpError::ReadSource {
                     path: e.path(),
@@ -315,7 +318,7 @@ impl Copier<'_> {
                 let fd = OwnedFd::from(out);
                 set_attrs_fd(&fd, attrs).map_err(|err| upper_err(target, err))?;
                 // After the chown: the kernel drops `security.capability` on chown.
-                for (k, v) in self.src.xattrs(e)? {
+                for (k, v) in self.src.xattrs_of(e, &input)? {
                     // Best effort, like fsutil: some namespaces need privileges.
                     let _ =
                         rustix::fs::fsetxattr(&fd, k.as_str(), &v, rustix::fs::XattrFlags::empty());
