@@ -228,3 +228,46 @@ fn a_failed_build_commits_nothing() {
         .count();
     assert_eq!(tmp, 0, "the failed step's layer directory was left behind");
 }
+
+/// A step whose client files change while it runs fails instead of caching a result under a
+/// key computed from the files' earlier content.
+#[test]
+fn context_files_changed_during_a_step_fail_the_build() {
+    need_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let root = store_with_base(dir.path());
+    let ctx = context(
+        dir.path(),
+        "ctx",
+        "FROM base\nRUN --mount=type=bind,source=f,target=/f sleep 4 && cat /f > /copied\n",
+    );
+    let f = ctx.join("f");
+    std::fs::write(&f, "before").unwrap();
+    let writer = {
+        let f = f.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            std::fs::write(&f, "after!").unwrap();
+        })
+    };
+    let out = kiln(
+        &root,
+        &["build", "--progress", "plain", ctx.to_str().unwrap()],
+    );
+    writer.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("changed while this step read them"), "{err}");
+    // Built again with the files at rest, it succeeds.
+    let out = kiln(&root, &["build", "-q", ctx.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

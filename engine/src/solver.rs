@@ -221,7 +221,15 @@ async fn run_one(
             name: v.name.clone(),
         });
     }
+    let recheck = content.is_some().then(|| inputs.clone());
     let out = crate::ops::run(ctx, i, &v.op, inputs, &key).await?;
+    // The op read the client's files after they were hashed for the key. If they changed in
+    // between, the result does not belong to that key: fail rather than cache it.
+    if let Some(inputs) = recheck
+        && crate::ops::content_digest(ctx, &v.op, &inputs).await? != content
+    {
+        return Err(OpError::ContextChanged);
+    }
     if announce {
         ctx.progress.send(Event::Done {
             vertex: i,

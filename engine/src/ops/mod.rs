@@ -82,6 +82,9 @@ pub enum OpError {
     /// The build was cancelled (another step failed).
     #[error("cancelled")]
     Cancelled,
+    /// Client files changed while the step read them.
+    #[error("files in the build context changed while this step read them; build again")]
+    ContextChanged,
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -185,7 +188,10 @@ impl fileop::FileHashCache for FileHashes {
         let known = self
             .known
             .get_or_init(|| self.store.meta.file_hashes().unwrap_or_default());
-        known.get(key).copied()
+        if let Some(d) = known.get(key) {
+            return Some(*d);
+        }
+        self.learned.lock().ok().and_then(|l| l.get(key).copied())
     }
 
     fn put(&self, key: fileop::FileKey, digest: Digest) {
