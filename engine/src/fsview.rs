@@ -3,8 +3,8 @@
 //!
 //! A layer may hold whiteouts (a char device 0/0, or a file with the xattr
 //! `trusted.overlay.whiteout`) hiding lower entries, and opaque directories
-//! (`trusted.overlay.opaque=y`) hiding lower contents. The `user.overlay.*` names are honoured
-//! too. A single plain directory (the build context, a bind source) is a view with one layer and
+//! (`trusted.overlay.opaque=y`) hiding lower contents. Only the `trusted.*` names count, as in
+//! the kernel's overlay as kiln mounts it (a step can set `user.overlay.*` itself). A single plain directory (the build context, a bind source) is a view with one layer and
 //! no whiteouts; [`context_view`] additionally hides what `.dockerignore` excludes.
 //!
 //! # Why no host symlink is ever followed
@@ -767,7 +767,7 @@ fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
 }
 
 fn is_opaque(fd: &OwnedFd) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
+    ["trusted.overlay.opaque"]
         .iter()
         .any(|n| get_xattr(fd.as_fd(), n).is_some_and(|v| v == b"y"))
 }
@@ -783,7 +783,7 @@ fn is_whiteout(parent: &OwnedFd, name: &str, meta: &Metadata) -> bool {
         FileKind::File if meta.size == 0 => {
             let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
             rustix::fs::openat(parent, name, flags, Mode::empty()).is_ok_and(|fd| {
-                ["trusted.overlay.whiteout", "user.overlay.whiteout"]
+                ["trusted.overlay.whiteout"]
                     .iter()
                     .any(|n| rustix::fs::fgetxattr_query(&fd, *n).is_ok())
             })

@@ -178,6 +178,16 @@ fn overlay_upper(root: &Path) {
     fs::write(root.join("xw"), b"").unwrap();
     rustix::fs::lsetxattr(
         root.join("xw"),
+        "trusted.overlay.whiteout",
+        b"",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    // A step can set `user.overlay.*` itself; the kernel overlay (trusted mode) ignores it, so
+    // the layer writer must too: this stays an ordinary empty file.
+    fs::write(root.join("uw"), b"").unwrap();
+    rustix::fs::lsetxattr(
+        root.join("uw"),
         "user.overlay.whiteout",
         b"",
         XattrFlags::empty(),
@@ -229,6 +239,10 @@ fn overlay_whiteouts_and_opaque_dirs_become_oci_markers() {
     assert!(names.contains(&"etc/.wh.gone"), "{names:?}");
     assert!(names.contains(&".wh.xw"), "{names:?}");
     assert!(!names.contains(&"etc/gone") && !names.contains(&"xw"));
+    assert!(
+        names.contains(&"uw") && !names.contains(&".wh.uw"),
+        "a user.overlay.whiteout xattr made a whiteout: {names:?}"
+    );
     let opq = names.iter().position(|n| *n == "opq/").unwrap();
     assert_eq!(
         names[opq + 1],

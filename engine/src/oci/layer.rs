@@ -186,12 +186,9 @@ impl<W: Write> Walker<W> {
         let is_whiteout = (ft.is_char_device() && md.rdev() == 0)
             || (ft.is_file()
                 && md.len() == 0
-                && (get_xattr(abs, media::XATTR_OVERLAY_WHITEOUT)
+                && get_xattr(abs, media::XATTR_OVERLAY_WHITEOUT)
                     .map_err(read)?
-                    .is_some()
-                    || get_xattr(abs, media::XATTR_OVERLAY_WHITEOUT_USER)
-                        .map_err(read)?
-                        .is_some()));
+                    .is_some());
         if is_whiteout {
             let mut path = rel[..rel.len() - name.len()].to_vec();
             path.extend_from_slice(media::WHITEOUT_PREFIX.as_bytes());
@@ -417,10 +414,9 @@ fn pax_records(records: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
 }
 
 fn is_opaque(abs: &Path) -> io::Result<bool> {
-    for name in [
-        media::XATTR_OVERLAY_OPAQUE,
-        media::XATTR_OVERLAY_OPAQUE_USER,
-    ] {
+    // Only the `trusted.*` names: kiln mounts overlayfs in that mode, and a step can set
+    // `user.overlay.*` xattrs itself, which the kernel does not honour — neither may we.
+    for name in [media::XATTR_OVERLAY_OPAQUE] {
         if get_xattr(abs, name)?.as_deref() == Some(b"y") {
             return Ok(true);
         }
