@@ -489,3 +489,26 @@ fn skopeo_and_umoci_read_our_images() {
         println!("skipped: umoci not installed");
     }
 }
+
+/// A layout directory whose `blobs` is a symlink (to a copy of the real blobs) is refused: a
+/// crafted layout must not make the importer read files outside it.
+#[test]
+fn a_layout_directory_cannot_lead_the_importer_through_a_symlink() {
+    let (store, a) = image(Compression::Gzip);
+    let img = image_ref(&store, &a);
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    export_oci_dir(&store, &img, &layout).unwrap();
+    let drain =
+        |_: &_, r: &mut dyn io::Read| -> Result<(), kiln_engine::oci::import::IngestError> {
+            io::copy(r, &mut io::sink())?;
+            Ok(())
+        };
+    // The plain layout imports.
+    import_oci_layout(&layout, None, &mut drain.clone()).unwrap();
+    // The same blobs behind a symlinked directory do not.
+    fs::rename(layout.join("blobs"), dir.path().join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), layout.join("blobs")).unwrap();
+    let err = import_oci_layout(&layout, None, &mut drain.clone()).unwrap_err();
+    assert!(!matches!(err, ImportError::NotConsumed { .. }), "{err}");
+}

@@ -124,18 +124,39 @@ impl Layout {
         }
         match self {
             Self::Dir(root) => {
-                let p = root.join(&name);
-                let fd = rustix::fs::open(
-                    &p,
+                // Names come from the (untrusted) layout's JSON: resolve them beneath the
+                // layout directory with no symlink anywhere on the way, and read only regular
+                // files (a fifo or a device must not hang or flood the import).
+                let dir = rustix::fs::open(
+                    root,
                     rustix::fs::OFlags::RDONLY
-                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::DIRECTORY
                         | rustix::fs::OFlags::CLOEXEC,
                     rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| self.read_err(e.into()))?;
+                let fd = rustix::fs::openat2(
+                    &dir,
+                    name.as_str(),
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::NONBLOCK
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                    rustix::fs::ResolveFlags::BENEATH
+                        | rustix::fs::ResolveFlags::NO_SYMLINKS
+                        | rustix::fs::ResolveFlags::NO_MAGICLINKS,
                 )
                 .map_err(|e| match e {
                     rustix::io::Errno::NOENT => self.missing(&name),
                     e => self.read_err(e.into()),
                 })?;
+                let st = rustix::fs::fstat(&fd).map_err(|e| self.read_err(e.into()))?;
+                if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    != rustix::fs::FileType::RegularFile
+                {
+                    return Err(self.format(format!("{name:?} is not a regular file")));
+                }
                 Ok(Box::new(File::from(fd)))
             }
             Self::Tar { file, entries, .. } => {
