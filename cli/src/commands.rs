@@ -377,7 +377,11 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         let r = engine.build(&req, progress).await;
         let _ = ui.await;
         r
-    })?;
+    });
+    // After a failure, engine-side work of cancelled steps (a large COPY, an unpack, a
+    // download) may still be running on blocking threads: do not wait for it to finish.
+    rt.shutdown_background();
+    let result = result?;
     if !result.unused_build_args.is_empty() {
         eprintln!(
             "warning: build-args not consumed by any ARG: {}",
