@@ -67,6 +67,9 @@ pub enum StoreError {
     /// Another kiln process holds the store.
     #[error("store {0} is in use by another kiln process")]
     Locked(PathBuf),
+    /// The directory is neither empty nor a kiln store.
+    #[error("{0} is not empty and not a kiln store; choose an empty or new directory for --root")]
+    NotAStore(PathBuf),
     /// The store directory belongs to another user.
     #[error("store {0} is not owned by the user running kiln; refusing to use it")]
     NotOwned(PathBuf),
@@ -128,6 +131,15 @@ impl Store {
         // Layers hold untrusted content as root wrote it (setuid files, device nodes, 1777
         // directories): no other user may reach them. The root is owner-only whatever the
         // umask, and must belong to whoever runs kiln.
+        // Never take over (and chmod) a directory that is something else, such as /tmp or $HOME.
+        let is_store = root.join("meta.redb").exists();
+        let is_empty = fs::read_dir(root)
+            .map_err(io_err("read", root))?
+            .next()
+            .is_none();
+        if !is_store && !is_empty {
+            return Err(StoreError::NotAStore(root.into()));
+        }
         let md = fs::metadata(root).map_err(io_err("stat", root))?;
         if std::os::unix::fs::MetadataExt::uid(&md) != rustix::process::geteuid().as_raw() {
             return Err(StoreError::NotOwned(root.into()));
