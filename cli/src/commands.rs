@@ -90,7 +90,8 @@ struct PlanArgs {
     /// Extra context: NAME=DIR, NAME=oci-layout://PATH[@sha256:…] or NAME=docker-archive://PATH.tar.
     #[arg(long = "build-context", value_name = "NAME=SRC", value_parser = parse_context)]
     build_contexts: Vec<(String, ContextSource)>,
-    /// Allow an entitlement: `network.host` lets `RUN --network=host` reach the host network.
+    /// DANGEROUS: grant an entitlement that weakens isolation. `network.host` gives steps that
+    /// ask for `RUN --network=host` the host's network (default: no network at all).
     #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = ["network.host"])]
     allow: Vec<String>,
     /// The build context directory.
