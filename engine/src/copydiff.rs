@@ -44,10 +44,11 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 use thiserror::Error;
 
+use crate::fileop::upper::times;
 use crate::fsview::{DirHandle, Entry, FileKind, FsViewError, LayerView, Metadata, join_abs};
 
 /// The xattr carrying file capabilities (compared and kept).
@@ -714,22 +715,13 @@ fn chown_times_at(
     m: &Metadata,
     mode: Option<u32>,
 ) -> Result<(), Errno> {
-    rustix::fs::chownat(
-        parent,
-        name,
-        Some(rustix::fs::Uid::from_raw(m.uid)),
-        Some(rustix::fs::Gid::from_raw(m.gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    if let Some(mode) = mode {
-        rustix::fs::chmodat(
-            parent,
-            name,
-            Mode::from_raw_mode(mode & 0o7777),
-            AtFlags::empty(),
-        )?;
-    }
-    rustix::fs::utimensat(parent, name, &times(mtime_of(m)), AtFlags::SYMLINK_NOFOLLOW)
+    let attrs = crate::fileop::upper::Attrs {
+        mode: mode.unwrap_or(0),
+        uid: m.uid,
+        gid: m.gid,
+        mtime: Some(mtime_of(m)),
+    };
+    crate::fileop::upper::set_attrs_at(parent, name, attrs, mode.is_none())
 }
 
 /// The sorted names in a directory, `.` and `..` excluded.
@@ -829,17 +821,6 @@ fn meta_of(st: &Stat) -> Metadata {
 
 fn mtime_of(m: &Metadata) -> (i64, i64) {
     (m.mtime_sec, m.mtime_nsec)
-}
-
-fn times((sec, nsec): (i64, i64)) -> Timestamps {
-    let ts = Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
-    };
-    Timestamps {
-        last_access: ts,
-        last_modification: ts,
-    }
 }
 
 fn last(comps: &[String]) -> &str {

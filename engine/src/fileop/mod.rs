@@ -13,7 +13,7 @@
 mod copy;
 mod digest;
 mod unpack;
-mod upper;
+pub(crate) mod upper;
 mod user;
 
 use std::io;

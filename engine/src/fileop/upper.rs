@@ -308,7 +308,7 @@ pub(crate) fn set_attrs_at(
     Ok(())
 }
 
-fn times((sec, nsec): (i64, i64)) -> Timestamps {
+pub(crate) fn times((sec, nsec): (i64, i64)) -> Timestamps {
     let ts = Timespec {
         tv_sec: sec,
         tv_nsec: nsec,
