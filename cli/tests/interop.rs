@@ -246,31 +246,11 @@ fn schema_dir() -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
-/// Validates with Python's `jsonschema` (draft 4, schemas registered under the URIs their
-/// relative `$ref`s resolve to), like `engine/tests/oci_export.rs`.
-const VALIDATE_PY: &str = r#"
-import json, sys, pathlib
-import jsonschema
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT4
-d = pathlib.Path(sys.argv[1])
-resources = []
-for f in d.glob("*.json"):
-    r = Resource.from_contents(json.loads(f.read_text()), default_specification=DRAFT4)
-    for base in ("https://opencontainers.org/schema/", "https://opencontainers.org/schema/image/"):
-        resources.append((base + f.name, r))
-registry = Registry().with_resources(resources)
-failed = 0
-for schema_name, doc in zip(sys.argv[2::2], sys.argv[3::2]):
-    schema = json.loads((d / schema_name).read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    v = cls(schema, registry=registry, format_checker=cls.FORMAT_CHECKER)
-    errors = list(v.iter_errors(json.loads(pathlib.Path(doc).read_text())))
-    for e in errors:
-        print(f"{doc} against {schema_name}: {e.message} at {list(e.absolute_path)}")
-    failed += bool(errors)
-sys.exit(1 if failed else 0)
-"#;
+/// The schema validator both schema tests run (Python `jsonschema`).
+const VALIDATE_PY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../scripts/validate_oci_schemas.py"
+);
 
 /// Runs the validator; `None` when python3 or jsonschema is missing.
 fn validate(dir: &Path, pairs: &[(&str, PathBuf)]) -> Option<Result<(), String>> {
@@ -280,7 +260,6 @@ fn validate(dir: &Path, pairs: &[(&str, PathBuf)]) -> Option<Result<(), String>>
         args.push(doc.to_string_lossy().into_owned());
     }
     let Ok(out) = Command::new("python3")
-        .arg("-c")
         .arg(VALIDATE_PY)
         .args(&args)
         .output()
