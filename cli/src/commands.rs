@@ -91,8 +91,11 @@ struct PlanArgs {
     #[arg(long = "build-context", value_name = "NAME=SRC", value_parser = parse_context)]
     build_contexts: Vec<(String, ContextSource)>,
     /// DANGEROUS: grant an entitlement that weakens isolation. `network.host` gives steps that
-    /// ask for `RUN --network=host` the host's network (default: no network at all).
-    #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = ["network.host"])]
+    /// ask for `RUN --network=host` the host's network (default: no network at all);
+    /// `security.insecure` lets `RUN --security=insecure` steps run with every capability,
+    /// without the seccomp allow-list and without landlock (root in such a step can reach
+    /// kernel interfaces the sandbox otherwise closes).
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = ["network.host", "security.insecure"])]
     allow: Vec<String>,
     /// The build context directory.
     context: PathBuf,
@@ -153,6 +156,15 @@ struct BuildArgs {
         default_value_t = 600
     )]
     fetch_timeout: u64,
+    /// Kill a RUN step, with every process it started, when it runs longer than this many
+    /// seconds (0: no limit).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "KILN_STEP_TIMEOUT",
+        default_value_t = 0
+    )]
+    step_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -306,6 +318,7 @@ fn request(p: &PlanArgs) -> Result<BuildRequest, Failure> {
     req.target = p.target.clone();
     req.build_contexts = p.build_contexts.iter().cloned().collect();
     req.allow_host_network = p.allow.iter().any(|a| a == "network.host");
+    req.allow_insecure = p.allow.iter().any(|a| a == "security.insecure");
     req.epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => v.parse().map_err(|_| {
             usage(format!(
@@ -331,6 +344,7 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         return Err(usage("--fetch-timeout must be at least 1 second".into()));
     }
     req.fetch_timeout = std::time::Duration::from_secs(b.fetch_timeout);
+    req.step_timeout = (b.step_timeout > 0).then(|| std::time::Duration::from_secs(b.step_timeout));
     req.outputs = b.outputs.clone();
     if let Some(n) = b.max_parallelism {
         if n == 0 {

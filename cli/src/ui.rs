@@ -106,6 +106,16 @@ impl Plain {
             Event::Phase { name } => {
                 let _ = writeln!(err, "#- {name}");
             }
+            Event::Confined {
+                vertex,
+                confinement,
+            } if confinement.security == kiln_sandbox::Security::Insecure => {
+                let n = self.num(*vertex);
+                let _ = writeln!(
+                    err,
+                    "#{n} WARNING: ran with --security=insecure: every capability, no seccomp allow-list, no landlock"
+                );
+            }
             _ => {}
         }
     }

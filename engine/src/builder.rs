@@ -119,6 +119,10 @@ pub struct BuildRequest {
     pub max_parallelism: usize,
     /// `--allow network.host`.
     pub allow_host_network: bool,
+    /// `--allow security.insecure` (DANGEROUS).
+    pub allow_insecure: bool,
+    /// Kill a RUN step (its whole process tree) after this long; `None`: no limit.
+    pub step_timeout: Option<std::time::Duration>,
     /// Layer compression.
     pub compression: Compression,
     /// `SOURCE_DATE_EPOCH` (0 when unset).
@@ -147,6 +151,8 @@ impl BuildRequest {
                 .map(|n| n.get())
                 .unwrap_or(2),
             allow_host_network: false,
+            allow_insecure: false,
+            step_timeout: None,
             compression: Compression::Gzip,
             epoch: 0,
             tenant: crate::TenantId::local(),
@@ -337,6 +343,7 @@ impl Engine {
             build_args: req.build_args.clone(),
             target: req.target.clone(),
             allow_host_network: req.allow_host_network,
+            allow_insecure: req.allow_insecure,
             platform: convert::host_platform(),
         };
         let c = convert::convert(&df, &opts, &resolver)
@@ -371,6 +378,7 @@ impl Engine {
             req.snapshotter.resolve(),
         );
         ctx.fetch_timeout = req.fetch_timeout;
+        ctx.step_timeout = req.step_timeout;
         let ctx = Arc::new(ctx);
         let solved = crate::solver::solve(
             graph.clone(),

@@ -80,6 +80,24 @@ pub enum Network {
     Host,
 }
 
+/// How tightly a RUN step is confined (`RUN --security=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// The hardened sandbox (default).
+    #[default]
+    Sandbox,
+    /// DANGEROUS: every capability, the insecure seccomp profile, no landlock domain. Needs
+    /// the `security.insecure` entitlement.
+    Insecure,
+}
+
+impl Security {
+    fn is_sandbox(&self) -> bool {
+        *self == Self::Sandbox
+    }
+}
+
 /// Run a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecOp {
@@ -95,6 +113,10 @@ pub struct ExecOp {
     pub network: Network,
     /// Extra mounts.
     pub mounts: Vec<ExecMount>,
+    /// Confinement. Left out of the encoding when it is the default, so definitions (and
+    /// cache keys) of ordinary steps are what they were before the field existed.
+    #[serde(default, skip_serializing_if = "Security::is_sandbox")]
+    pub security: Security,
 }
 
 /// A mount for a RUN step.
@@ -318,6 +340,7 @@ mod tests {
             user: String::new(),
             network: Network::None,
             mounts: vec![],
+            security: Security::Sandbox,
         })
     }
 

@@ -49,6 +49,14 @@ pub enum Event {
         /// Message.
         message: String,
     },
+    /// How a RUN step was confined, as the sandbox applied it (capabilities, landlock ABI,
+    /// network, masked paths); the provenance records it.
+    Confined {
+        /// Vertex index.
+        vertex: usize,
+        /// The sandbox's record.
+        confinement: kiln_sandbox::Confinement,
+    },
     /// A build-level phase (exporting, writing layers) began.
     Phase {
         /// Description.

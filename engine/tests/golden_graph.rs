@@ -2,7 +2,7 @@
 //! and the expected result of parse → instructions → convert, either `graph.txt` (a readable
 //! dump of the graph and the final image state) or `error.txt` (`{line}:{column}: {message}`).
 //!
-//! `args` has one option a line: `--build-arg=K=V`, `--target=T`, `--allow=network.host`
+//! `args` has one option a line: `--build-arg=K=V`, `--target=T`, `--allow=network.host`, `--allow=security.insecure`
 //! (blank lines and `#` comments are ignored).
 //!
 //! Regenerate the expected files with
@@ -222,6 +222,8 @@ fn options(case: &Path) -> ConvertOptions {
             opts.target = Some(t.into());
         } else if line == "--allow=network.host" {
             opts.allow_host_network = true;
+        } else if line == "--allow=security.insecure" {
+            opts.allow_insecure = true;
         } else {
             panic!("{}: unknown option in args: {line}", case.display());
         }
@@ -286,6 +288,9 @@ fn dump(c: &Converted) -> String {
                 writeln!(o, "  cwd: {}", q(&e.cwd)).unwrap();
                 writeln!(o, "  user: {}", q(&e.user)).unwrap();
                 writeln!(o, "  network: {:?}", e.network).unwrap();
+                if e.security != kiln_engine::graph::Security::Sandbox {
+                    writeln!(o, "  security: {:?}", e.security).unwrap();
+                }
                 for m in &e.mounts {
                     match &m.kind {
                         ExecMountKind::Bind {

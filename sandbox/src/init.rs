@@ -24,8 +24,10 @@ use rustix::io::Errno;
 use rustix::thread::UnshareFlags;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{DEFAULT_PATH, MountKind, NetworkMode, StepSpec};
-use crate::syscall::{Forked, InRootFs, OpError, Syscall};
+use crate::caps::{self, CapSets, DEFAULT_CAPS};
+use crate::landlock::{LandlockError, LandlockRecord};
+use crate::spec::{DEFAULT_PATH, MountKind, NetworkMode, Security, StepSpec};
+use crate::syscall::{Forked, Harden, InRootFs, OpError, Syscall};
 use crate::user::{self, ExecUser, UserError};
 
 /// The fd the error pipe is on in the init.
@@ -47,13 +49,17 @@ pub enum Step {
     MountDev,
     MountSys,
     StepMounts,
+    MaskPaths,
     Loopback,
     Hostname,
     PivotRoot,
     Chdir,
+    DropBounding,
     SetUser,
+    Capabilities,
     NoNewPrivs,
     CloseFds,
+    Landlock,
     Exec,
 }
 
@@ -67,10 +73,7 @@ pub(crate) static OUTER_STEPS: &[Step] = &[
     Step::Fork,
 ];
 
-/// Steps of PID 1 in the new namespaces, in order. Later issues add, between `SetUser` and
-/// `Exec`: capability drop (after the id change, which needs CAP_SETUID/SETGID), landlock
-/// (after everything that opens host paths), then seccomp last, as close to exec as possible
-/// (its allow-list need not permit any set-up call).
+/// Steps of PID 1 in the new namespaces, in order.
 pub(crate) static INNER_STEPS: &[Step] = &[
     // First, so no mount below propagates back to the host's mount namespace.
     Step::MakeRootPrivate,
@@ -85,6 +88,9 @@ pub(crate) static INNER_STEPS: &[Step] = &[
     Step::MountSys,
     // The step's mounts last, so they may sit on top of anything above (e.g. a tmpfs /dev/shm).
     Step::StepMounts,
+    // runc's masked and read-only kernel paths, and /dev read-only; after every mount (a step
+    // mount under /dev needs its target created first), before pivot_root.
+    Step::MaskPaths,
     // Needs the new net ns (from Unshare); independent of the file system.
     Step::Loopback,
     Step::Hostname,
@@ -92,12 +98,20 @@ pub(crate) static INNER_STEPS: &[Step] = &[
     Step::PivotRoot,
     // In the new root: a relative symlink or `..` in cwd can not leave it.
     Step::Chdir,
+    // Shrink the bounding set while we still hold CAP_SETPCAP (a non-root user loses it at
+    // setuid).
+    Step::DropBounding,
     // Reads the image's /etc/passwd and /etc/group (needs PivotRoot); setgroups and setgid
     // before setuid, while we still may.
     Step::SetUser,
+    // Ambient cleared; effective = permitted = the kept set (empty for a non-root user).
+    Step::Capabilities,
+    // Before landlock (which requires it) and before exec (setuid bits, file caps ignored).
     Step::NoNewPrivs,
     // No fd of the init (error pipe, lifeline, root dirfd) survives exec (runc CVE-2024-21626).
     Step::CloseFds,
+    // After everything that opens paths; the rule is on the new "/".
+    Step::Landlock,
     Step::Exec,
 ];
 
@@ -127,6 +141,11 @@ pub enum InitError {
     MountSys { source: OpError },
     #[error("mounting {target}: {source}")]
     Mount { target: String, source: OpError },
+    #[error("masking {target}: {source}")]
+    MaskPath {
+        target: &'static str,
+        source: OpError,
+    },
     #[error("bringing up lo: {source}")]
     Loopback { source: Errno },
     #[error("sethostname: {source}")]
@@ -145,8 +164,14 @@ pub enum InitError {
     SetGid { source: Errno },
     #[error("setuid: {source}")]
     SetUid { source: Errno },
+    #[error("dropping capabilities from the bounding set: {source}")]
+    DropBounding { source: Errno },
+    #[error("setting capabilities: {source}")]
+    Capabilities { source: Errno },
     #[error("prctl(PR_SET_NO_NEW_PRIVS): {source}")]
     NoNewPrivs { source: Errno },
+    #[error("landlock: {source}")]
+    Landlock { source: LandlockError },
     #[error("closing inherited fds: {source}")]
     CloseFds { source: Errno },
     #[error("resetting signal dispositions: {source}")]
@@ -172,6 +197,10 @@ impl InitError {
             Self::MountDev { .. } => Step::MountDev,
             Self::MountSys { .. } => Step::MountSys,
             Self::Mount { .. } => Step::StepMounts,
+            Self::MaskPath { .. } => Step::MaskPaths,
+            Self::DropBounding { .. } => Step::DropBounding,
+            Self::Capabilities { .. } => Step::Capabilities,
+            Self::Landlock { .. } => Step::Landlock,
             Self::Loopback { .. } => Step::Loopback,
             Self::Hostname { .. } => Step::Hostname,
             Self::PivotRoot { .. } => Step::PivotRoot,
@@ -200,6 +229,8 @@ impl InitError {
             | Self::SetGid { source }
             | Self::SetUid { source }
             | Self::NoNewPrivs { source }
+            | Self::DropBounding { source }
+            | Self::Capabilities { source }
             | Self::CloseFds { source }
             | Self::ResetSignals { source }
             | Self::Exec { source, .. } => Some(source.raw_os_error()),
@@ -208,6 +239,7 @@ impl InitError {
             | Self::MountDev { source }
             | Self::MountSys { source }
             | Self::Mount { source, .. }
+            | Self::MaskPath { source, .. }
             | Self::PivotRoot { source } => Some(source.errno.raw_os_error()),
             Self::ReadSpec { source } => source.raw_os_error(),
             _ => None,
@@ -237,6 +269,46 @@ impl From<&InitError> for InitFailure {
     }
 }
 
+/// How the step was confined, as the init applied it. Reported just before `execve`, so it
+/// is what the kernel really enforced, not what was asked for; it goes into the step result
+/// and from there into the provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Confinement {
+    /// `sandboxed` or `insecure`.
+    pub security: Security,
+    /// `none` or `host`.
+    pub network: NetworkMode,
+    /// Capabilities left in the step's permitted (= effective) set.
+    pub capabilities: Vec<String>,
+    /// Capabilities left in the bounding set (what a root exec can have).
+    pub bounding: Vec<String>,
+    /// The landlock domain; `None` for an insecure step.
+    pub landlock: Option<LandlockRecord>,
+    /// `no_new_privs` is set (always).
+    pub no_new_privs: bool,
+    /// Kernel paths masked or made read-only (those present in this kernel's /proc and /sys).
+    pub hardened_paths: Vec<String>,
+}
+
+/// One message on the report pipe (fd 3), one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Report {
+    /// Set-up is done; the init is about to exec the command.
+    Confined(Confinement),
+    /// Set-up failed.
+    Failed(InitFailure),
+}
+
+impl Report {
+    pub(crate) fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+}
+
 /// Entry point of the init process. Never returns.
 pub(crate) fn main() -> ! {
     // SAFETY: F_GETFD passes no memory; it only tells whether fd 3 is open.
@@ -255,8 +327,8 @@ pub(crate) fn main() -> ! {
         Err(e) => {
             match report {
                 Some(fd) => {
-                    let json = serde_json::to_vec(&InitFailure::from(&e)).unwrap_or_default();
-                    let _ = std::fs::File::from(fd).write_all(&json);
+                    let line = Report::Failed(InitFailure::from(&e)).to_line();
+                    let _ = std::fs::File::from(fd).write_all(&line);
                 }
                 // Started by hand, without the error pipe: say it on stderr.
                 None => eprintln!("sandbox init: {e}"),
@@ -340,19 +412,65 @@ fn namespaces(network: NetworkMode) -> UnshareFlags {
     flags
 }
 
+/// runc's masked paths: hidden behind `/dev/null` (files) or an empty read-only tmpfs (dirs).
+/// They leak host information (`/proc/kcore`, `/proc/keys`, `/proc/timer_list`) or reach
+/// hardware (`/proc/acpi`, `/sys/firmware`, powercap's energy counters, a side channel).
+pub(crate) const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+];
+
+/// runc's read-only paths: kernel knobs a root step could otherwise turn for the whole host
+/// (`/proc/sys/kernel/core_pattern` is a classic escape; `/proc/sysrq-trigger` reboots).
+pub(crate) const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
 /// The inner init's running state.
 struct Inner<'a> {
     spec: &'a StepSpec,
     root: PathBuf,
     env: Vec<String>,
+    /// Capabilities the step keeps (bit n = capability n), decided by `security` and the user.
+    keep: u64,
+    /// Filled in as the steps run; reported just before exec.
+    confinement: Confinement,
 }
 
 /// Run [`INNER_STEPS`]. Returns `Ok` only when a recording `execve` "succeeds".
 fn run_inner(sys: &impl Syscall, spec: &StepSpec) -> Result<(), InitError> {
+    let keep = match spec.security {
+        Security::Insecure => u64::MAX,
+        _ => caps::mask(DEFAULT_CAPS),
+    };
     let mut st = Inner {
         spec,
         root: PathBuf::new(),
         env: spec.env.clone(),
+        keep,
+        confinement: Confinement {
+            security: spec.security,
+            network: spec.network,
+            capabilities: Vec::new(),
+            bounding: Vec::new(),
+            landlock: None,
+            no_new_privs: false,
+            hardened_paths: Vec::new(),
+        },
     };
     for step in INNER_STEPS {
         st.run(sys, *step)?;
@@ -410,6 +528,23 @@ impl Inner<'_> {
                 }
                 Ok(())
             }
+            Step::MaskPaths => {
+                let paths = MASKED_PATHS
+                    .iter()
+                    .map(|p| (*p, Harden::Mask))
+                    .chain(READONLY_PATHS.iter().map(|p| (*p, Harden::ReadOnlyBind)))
+                    // Last: the masks above bind /dev/null from it.
+                    .chain([("/dev", Harden::ReadOnlyMount)]);
+                for (target, how) in paths {
+                    let present = sys
+                        .harden_in_root(&self.root, target, how)
+                        .map_err(|source| InitError::MaskPath { target, source })?;
+                    if present {
+                        self.confinement.hardened_paths.push(target.to_owned());
+                    }
+                }
+                Ok(())
+            }
             Step::Loopback => match spec.network {
                 NetworkMode::None => sys
                     .loopback_up()
@@ -436,13 +571,43 @@ impl Inner<'_> {
                 sys.mkdir_all(Path::new(&spec.cwd)).map_err(chdir_err)?;
                 sys.chdir(Path::new(&spec.cwd)).map_err(chdir_err)
             }
+            Step::DropBounding => {
+                sys.drop_bounding(self.keep)
+                    .map_err(|source| InitError::DropBounding { source })?;
+                self.confinement.bounding = caps::names(self.keep & all_caps());
+                Ok(())
+            }
             Step::SetUser => self.set_user(sys),
-            Step::NoNewPrivs => sys
-                .set_no_new_privs()
-                .map_err(|source| InitError::NoNewPrivs { source }),
+            Step::Capabilities => {
+                let sets = CapSets {
+                    effective: self.keep,
+                    permitted: self.keep,
+                    inheritable: 0,
+                };
+                sys.set_caps(sets)
+                    .map_err(|source| InitError::Capabilities { source })?;
+                self.confinement.capabilities = caps::names(self.keep & all_caps());
+                Ok(())
+            }
+            Step::NoNewPrivs => {
+                sys.set_no_new_privs()
+                    .map_err(|source| InitError::NoNewPrivs { source })?;
+                self.confinement.no_new_privs = true;
+                Ok(())
+            }
             Step::CloseFds => sys
                 .cloexec_fds_above_stdio()
                 .map_err(|source| InitError::CloseFds { source }),
+            Step::Landlock => {
+                // An insecure step may mount, which a landlocked process never can.
+                if spec.security == Security::Sandboxed {
+                    self.confinement.landlock = Some(
+                        sys.landlock(spec.network)
+                            .map_err(|source| InitError::Landlock { source })?,
+                    );
+                }
+                Ok(())
+            }
             Step::Exec => self.exec(sys),
             Step::ReadSpec | Step::Unshare | Step::Fork => Ok(()),
         }
@@ -470,7 +635,13 @@ impl Inner<'_> {
         sys.setgid(gid)
             .map_err(|source| InitError::SetGid { source })?;
         sys.setuid(uid)
-            .map_err(|source| InitError::SetUid { source })
+            .map_err(|source| InitError::SetUid { source })?;
+        if uid != 0 {
+            // As Docker: a non-root user has no capabilities (setuid already cleared them;
+            // the Capabilities step states it explicitly).
+            self.keep = 0;
+        }
+        Ok(())
     }
 
     fn exec(&self, sys: &impl Syscall) -> Result<(), InitError> {
@@ -500,12 +671,18 @@ impl Inner<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         sys.reset_signals()
             .map_err(|source| InitError::ResetSignals { source })?;
+        sys.report(&Report::Confined(self.confinement.clone()));
         sys.execve(&cpath, &argv, &envp)
             .map_err(|source| InitError::Exec {
                 path: path.to_string_lossy().into_owned(),
                 source,
             })
     }
+}
+
+/// Every capability number the kernel may know (the bounding set's bits never exceed it).
+fn all_caps() -> u64 {
+    caps::mask(&(0..=40).map(caps::Cap).collect::<Vec<_>>())
 }
 
 /// `args[0]` as runc resolves it: a name with a `/` is used as is; otherwise the first

@@ -32,7 +32,9 @@
 //! image content (symlinks, `/etc/passwd`) is untrusted from the start of set-up: mount
 //! targets are resolved with `RESOLVE_IN_ROOT`, users are resolved after `pivot_root`.
 
+mod caps;
 mod init;
+mod landlock;
 mod linux;
 mod mounts;
 mod probe;
@@ -41,10 +43,12 @@ mod spec;
 mod syscall;
 mod user;
 
-pub use init::{InitError, InitFailure, Step};
+pub use caps::{Cap, DEFAULT_CAPS};
+pub use init::{Confinement, InitError, InitFailure, Step};
+pub use landlock::{Enforcement, LandlockRecord};
 pub use probe::{CgroupMode, Features, probe};
 pub use sandbox::{Killer, RunningStep, Sandbox, SandboxError, StepExit};
-pub use spec::{DEFAULT_PATH, Mount, MountKind, NetworkMode, Rootfs, StepSpec};
+pub use spec::{DEFAULT_PATH, Mount, MountKind, NetworkMode, Rootfs, Security, StepSpec};
 pub use user::UserError;
 
 /// The hidden first argument that turns the binary into the sandbox init.

@@ -16,9 +16,13 @@ use rustix::mount::{
 };
 use rustix::thread::UnshareFlags;
 
-use crate::mounts::{detached_mount, mount_overlay, open_in_root, populate_dev};
-use crate::spec::Rootfs;
-use crate::syscall::{Forked, InRootFs, OpError, Syscall, op};
+use crate::caps::CapSets;
+use crate::landlock::{LandlockError, LandlockRecord};
+use crate::mounts::{
+    detached_mount, harden_in_root, mount_overlay, open_in_root, populate_dev, set_mount_attrs,
+};
+use crate::spec::{NetworkMode, Rootfs};
+use crate::syscall::{Forked, Harden, InRootFs, OpError, Syscall, op};
 
 /// The kernel, for real.
 #[derive(Debug, Default)]
@@ -99,6 +103,10 @@ impl Syscall for LinuxSyscall {
             }
             Rootfs::Dir { path } => {
                 rmount::mount_bind_recursive(path, path).map_err(op("bind rootfs onto itself"))?;
+                // As the overlay: a device node the step makes can not be opened.
+                let fd = rfs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(op("open rootfs"))?;
+                set_mount_attrs(fd.as_fd(), libc::MOUNT_ATTR_NODEV, true)?;
                 Ok(path.clone())
             }
         }
@@ -142,6 +150,16 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
+    fn harden_in_root(&self, root: &Path, target: &str, how: Harden) -> Result<bool, OpError> {
+        let root_fd = rfs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(op("open root"))?;
+        harden_in_root(root_fd.as_fd(), target, how)
+    }
+
     fn loopback_up(&self) -> Result<(), Errno> {
         // SAFETY: socket(2) takes no pointers; the returned fd is owned by `owned` below.
         let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -166,6 +184,11 @@ impl Syscall for LinuxSyscall {
         if unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) } < 0 {
             return Err(last_errno());
         }
+        // As Docker (since 20.10): unprivileged ICMP echo sockets for every group, so `ping`
+        // works without CAP_NET_RAW, which a step never has. A net sysctl acts on the writer's
+        // network namespace: this is the step's own, never the host's.
+        std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+            .map_err(|e| io_errno(&e))?;
         Ok(())
     }
 
@@ -237,6 +260,79 @@ impl Syscall for LinuxSyscall {
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
     }
 
+    fn drop_bounding(&self, keep: u64) -> Result<(), Errno> {
+        for cap in 0..=last_cap() {
+            if cap < 64 && keep & (1u64 << cap) != 0 {
+                continue;
+            }
+            // SAFETY: PR_CAPBSET_DROP takes integer arguments only.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) } < 0
+            {
+                return Err(last_errno());
+            }
+        }
+        Ok(())
+    }
+
+    fn set_caps(&self, sets: CapSets) -> Result<(), Errno> {
+        // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes integer arguments only.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(last_errno());
+        }
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+        let split = |m: u64| (m as u32, (m >> 32) as u32);
+        let (e0, e1) = split(sets.effective);
+        let (p0, p1) = split(sets.permitted);
+        let (i0, i1) = split(sets.inheritable);
+        let mut header = Header {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [
+            Data {
+                effective: e0,
+                permitted: p0,
+                inheritable: i0,
+            },
+            Data {
+                effective: e1,
+                permitted: p1,
+                inheritable: i1,
+            },
+        ];
+        // SAFETY: `header` is a valid v3 `__user_cap_header_struct` (pid 0 = this thread),
+        // `data` the two `__user_cap_data_struct`s version 3 requires; the kernel reads both
+        // (and may write the preferred version into `header`, which is writable).
+        let r =
+            unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
+        if r < 0 { Err(last_errno()) } else { Ok(()) }
+    }
+
+    fn landlock(&self, network: NetworkMode) -> Result<LandlockRecord, LandlockError> {
+        crate::landlock::restrict_self(network)
+    }
+
     fn set_no_new_privs(&self) -> Result<(), Errno> {
         rustix::thread::set_no_new_privs(true)
     }
@@ -280,6 +376,14 @@ impl Syscall for LinuxSyscall {
         })
     }
 
+    fn report(&self, report: &crate::init::Report) {
+        let line = report.to_line();
+        // SAFETY: ERROR_FD is the report pipe inherited from the outer init (close-on-exec,
+        // still open until execve); `line` is a valid buffer of `line.len()` bytes. A short or
+        // failed write only loses the record.
+        let _ = unsafe { libc::write(crate::init::ERROR_FD, line.as_ptr().cast(), line.len()) };
+    }
+
     fn execve(&self, path: &CString, argv: &[CString], envp: &[CString]) -> Result<(), Errno> {
         let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_p.push(std::ptr::null());
@@ -290,6 +394,15 @@ impl Syscall for LinuxSyscall {
         unsafe { libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
         Err(last_errno())
     }
+}
+
+/// The kernel's highest capability number (`/proc/sys/kernel/cap_last_cap`), read from the
+/// step's own `/proc` (the same kernel); 40 (`CAP_CHECKPOINT_RESTORE`) when unreadable.
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
 }
 
 /// Highest signal number on Linux.

@@ -14,7 +14,7 @@ use rustix::mount::{
 };
 
 use crate::linux::last_errno;
-use crate::syscall::{InRootFs, OpError, op};
+use crate::syscall::{Harden, InRootFs, OpError, op};
 
 /// Symlinks followed while walking a mount target before giving up (the kernel's limit).
 const MAX_SYMLINKS: u32 = 40;
@@ -46,8 +46,14 @@ pub(crate) fn mount_overlay(
         rmount::fsconfig_set_string(&fs, "upperdir", upper).map_err(op("fsconfig upperdir"))?;
         rmount::fsconfig_set_string(&fs, "workdir", work).map_err(op("fsconfig workdir"))?;
         rmount::fsconfig_create(&fs).map_err(op("fsconfig create overlay"))?;
-        let mnt = rmount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
-            .map_err(op("fsmount overlay"))?;
+        // nodev: a device node the step makes in its root can never be opened (its /dev is a
+        // separate, read-only tmpfs).
+        let mnt = rmount::fsmount(
+            &fs,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            MountAttrFlags::MOUNT_ATTR_NODEV,
+        )
+        .map_err(op("fsmount overlay"))?;
         Ok(Some(mnt))
     };
     if let Some(mnt) = new_api()? {
@@ -75,7 +81,7 @@ pub(crate) fn mount_overlay(
         "overlay",
         target,
         "overlay",
-        MountFlags::empty(),
+        MountFlags::NODEV,
         data.as_c_str(),
     )
     .map_err(op("mount overlay"))
@@ -139,7 +145,7 @@ pub(crate) fn detached_mount(fs: &InRootFs) -> Result<OwnedFd, OpError> {
             if *readonly {
                 set |= libc::MOUNT_ATTR_RDONLY;
             }
-            set_mount_attrs(tree.as_fd(), set)?;
+            set_mount_attrs(tree.as_fd(), set, true)?;
             Ok(tree)
         }
     }
@@ -154,8 +160,18 @@ fn new_fs(fstype: &str, opts: &[(&str, &str)], attrs: MountAttrFlags) -> Result<
     rmount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(op("fsmount"))
 }
 
-/// `mount_setattr(fd, "", AT_EMPTY_PATH|AT_RECURSIVE, {attr_set})` (not wrapped by rustix 1.1).
-fn set_mount_attrs(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), OpError> {
+/// `mount_setattr(fd, "", AT_EMPTY_PATH[|AT_RECURSIVE], {attr_set})` (not wrapped by rustix
+/// 1.1).
+pub(crate) fn set_mount_attrs(
+    tree: BorrowedFd<'_>,
+    attr_set: u64,
+    recursive: bool,
+) -> Result<(), OpError> {
+    let flags = if recursive {
+        libc::AT_EMPTY_PATH | libc::AT_RECURSIVE
+    } else {
+        libc::AT_EMPTY_PATH
+    };
     let attr = libc::mount_attr {
         attr_set,
         attr_clr: 0,
@@ -169,7 +185,7 @@ fn set_mount_attrs(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), OpError> {
             libc::SYS_mount_setattr,
             std::os::fd::AsRawFd::as_raw_fd(&tree),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            flags,
             &attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
@@ -182,6 +198,92 @@ fn set_mount_attrs(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), OpError> {
     } else {
         Ok(())
     }
+}
+
+/// Hide or freeze the kernel path `target` inside `root` (see [`Harden`]). The target is opened
+/// with `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS` and never created: `Ok(false)` when missing.
+pub(crate) fn harden_in_root(
+    root: BorrowedFd<'_>,
+    target: &str,
+    how: Harden,
+) -> Result<bool, OpError> {
+    let rel = target.trim_start_matches('/');
+    let fd = match rfs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(false),
+        Err(errno) => {
+            return Err(OpError {
+                op: "openat2 hardened path",
+                errno,
+            });
+        }
+    };
+    let ro = libc::MOUNT_ATTR_RDONLY
+        | libc::MOUNT_ATTR_NOSUID
+        | libc::MOUNT_ATTR_NODEV
+        | libc::MOUNT_ATTR_NOEXEC;
+    let mnt = match how {
+        Harden::ReadOnlyMount => {
+            set_mount_attrs(fd.as_fd(), libc::MOUNT_ATTR_RDONLY, false)?;
+            return Ok(true);
+        }
+        Harden::ReadOnlyBind => {
+            let tree = rmount::open_tree(
+                &fd,
+                "",
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                    | OpenTreeFlags::AT_RECURSIVE
+                    | OpenTreeFlags::AT_EMPTY_PATH,
+            )
+            .map_err(op("open_tree read-only path"))?;
+            set_mount_attrs(tree.as_fd(), ro, true)?;
+            tree
+        }
+        Harden::Mask => {
+            let is_dir = rfs::fstat(&fd).map_err(op("fstat masked path"))?.st_mode & libc::S_IFMT
+                == libc::S_IFDIR;
+            if is_dir {
+                new_fs(
+                    "tmpfs",
+                    &[("size", "0"), ("mode", "0555")],
+                    MountAttrFlags::MOUNT_ATTR_RDONLY
+                        | MountAttrFlags::MOUNT_ATTR_NOSUID
+                        | MountAttrFlags::MOUNT_ATTR_NODEV
+                        | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+                )?
+            } else {
+                // The step's own /dev/null (mknod'ed by populate_dev), as runc does.
+                let null = rmount::open_tree(
+                    root,
+                    "dev/null",
+                    OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+                )
+                .map_err(op("open_tree /dev/null"))?;
+                set_mount_attrs(
+                    null.as_fd(),
+                    libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
+                    false,
+                )?;
+                null
+            }
+        }
+    };
+    rmount::move_mount(
+        &mnt,
+        "",
+        &fd,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(op("move_mount hardened path"))?;
+    Ok(true)
 }
 
 /// Open (creating what is missing) `target` inside `root`, following symlinks as if `root`

@@ -7,7 +7,7 @@ use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 
 use crate::INIT_ARG;
-use crate::init::{ERROR_FD, InitFailure};
+use crate::init::{Confinement, ERROR_FD, InitFailure, Report};
 use crate::spec::StepSpec;
 
 /// A failure to run a step (not the step's own nonzero exit, which is a [`StepExit`]).
@@ -37,10 +37,16 @@ pub enum SandboxError {
 }
 
 /// How the step's command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StepExit {
     /// Exit code; 128+signal when the command was killed by a signal.
     pub code: i32,
+    /// The step ran longer than [`StepSpec::timeout`] and was killed.
+    pub timed_out: bool,
+    /// How the init confined the command (what the kernel enforced), for the provenance.
+    /// `None` only if the report was lost (the init always sends it before exec).
+    pub confinement: Option<Confinement>,
 }
 
 /// Starts steps by re-executing `init_exe` in init mode.
@@ -122,6 +128,7 @@ impl Sandbox {
             child,
             report: report_r,
             killer: Killer { pidfd },
+            timeout: spec.timeout,
         })
     }
 }
@@ -132,6 +139,7 @@ pub struct RunningStep {
     child: Child,
     report: OwnedFd,
     killer: Killer,
+    timeout: Option<std::time::Duration>,
 }
 
 impl RunningStep {
@@ -162,20 +170,36 @@ impl RunningStep {
     pub fn wait(mut self) -> Result<StepExit, SandboxError> {
         drop(self.child.stdout.take());
         drop(self.child.stderr.take());
-        let status = self
-            .child
-            .wait()
-            .map_err(|source| SandboxError::Wait { source })?;
-        // Every writer of the error pipe is gone now: the init exited, its PID 1 child with it
+        // The watchdog: kills the step when its time is up, unless told it ended first.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let watchdog = self.timeout.map(|limit| {
+            let killer = self.killer.clone();
+            std::thread::spawn(move || match done_rx.recv_timeout(limit) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    killer.kill();
+                    true
+                }
+                _ => false,
+            })
+        });
+        let status = self.child.wait();
+        drop(done_tx);
+        let timed_out = watchdog.is_some_and(|w| w.join().unwrap_or(false));
+        let status = status.map_err(|source| SandboxError::Wait { source })?;
+        // Every writer of the report pipe is gone now: the init exited, its PID 1 child with it
         // (or earlier: the copy closes at exec).
         let mut report = Vec::new();
         std::fs::File::from(self.report)
             .read_to_end(&mut report)
             .map_err(|source| SandboxError::ReadReport { source })?;
-        if !report.is_empty() {
-            let failure: InitFailure = serde_json::from_slice(&report)
-                .map_err(|source| SandboxError::BadReport { source })?;
-            return Err(SandboxError::Init(failure));
+        let mut confinement = None;
+        for line in report.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            match serde_json::from_slice(line)
+                .map_err(|source| SandboxError::BadReport { source })?
+            {
+                Report::Confined(c) => confinement = Some(c),
+                Report::Failed(failure) => return Err(SandboxError::Init(failure)),
+            }
         }
         let code = match (
             status.code(),
@@ -185,7 +209,11 @@ impl RunningStep {
             (None, Some(sig)) => 128 + sig,
             (None, None) => crate::init::SETUP_FAILED,
         };
-        Ok(StepExit { code })
+        Ok(StepExit {
+            code,
+            timed_out,
+            confinement,
+        })
     }
 }
 

@@ -33,6 +33,11 @@ pub struct StepSpec {
     pub rootfs: Rootfs,
     /// Extra mounts, applied in order after `/proc`, `/dev` and `/sys`.
     pub mounts: Vec<Mount>,
+    /// The confinement: [`Security::Sandboxed`] unless the build holds the dangerous
+    /// `security.insecure` entitlement and the step asked for it.
+    pub security: Security,
+    /// Kill the whole step when it runs longer than this; `None` waits for ever.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl StepSpec {
@@ -47,6 +52,8 @@ impl StepSpec {
             network: NetworkMode::None,
             rootfs,
             mounts: Vec::new(),
+            security: Security::Sandboxed,
+            timeout: None,
         }
     }
 }
@@ -62,6 +69,23 @@ pub enum NetworkMode {
     None,
     /// The host's network namespace (the policy decides whether a step may have it).
     Host,
+}
+
+/// How tightly a step is confined.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Security {
+    /// The default: Docker's default capabilities (minus `NET_RAW`) for root and none for
+    /// other users, the default seccomp allow-list, the landlock domain, masked and read-only
+    /// kernel paths.
+    #[default]
+    Sandboxed,
+    /// DANGEROUS (`RUN --security=insecure` with the `security.insecure` entitlement): every
+    /// capability, the insecure seccomp profile (mount, namespaces, ptrace allowed) and no
+    /// landlock domain, so a root step can administer the kernel objects its namespaces own.
+    /// Masked paths, read-only `/proc/sys`, `no_new_privs` and the cgroup limits stay.
+    Insecure,
 }
 
 /// The step's root file system.

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use rustix::io::Errno;
 use rustix::thread::UnshareFlags;
 
-use crate::spec::Rootfs;
+use crate::caps::CapSets;
+use crate::landlock::{LandlockError, LandlockRecord};
+use crate::spec::{NetworkMode, Rootfs};
 
 /// A failed kernel call inside a compound operation: which call, and its errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,17 @@ pub(crate) enum InRootFs {
     Tmpfs { size: Option<u64>, mode: u32 },
 }
 
+/// How a kernel path inside the root is hidden or frozen (runc's masked and read-only paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Harden {
+    /// Hide: `/dev/null` bound over a file, an empty read-only tmpfs over a directory.
+    Mask,
+    /// Bind the path onto itself read-only (recursive, `nosuid,nodev,noexec`).
+    ReadOnlyBind,
+    /// Make the mount already at the path read-only (not its submounts).
+    ReadOnlyMount,
+}
+
 /// The kernel calls of the init, in the granularity its step order needs.
 pub(crate) trait Syscall {
     /// `unshare(2)`.
@@ -79,6 +92,9 @@ pub(crate) trait Syscall {
     fn mount_rootfs(&self, rootfs: &Rootfs) -> Result<PathBuf, OpError>;
     /// Mount `fs` at `target` inside `root`, creating the target, never leaving `root`.
     fn mount_in_root(&self, root: &Path, target: &str, fs: &InRootFs) -> Result<(), OpError>;
+    /// Apply `how` to `target` inside `root`; a target that does not exist is skipped
+    /// (`Ok(false)`). Never creates anything and never follows a symlink.
+    fn harden_in_root(&self, root: &Path, target: &str, how: Harden) -> Result<bool, OpError>;
     /// Bring up `lo` in the current network namespace.
     fn loopback_up(&self) -> Result<(), Errno>;
     /// `sethostname(2)`.
@@ -97,8 +113,14 @@ pub(crate) trait Syscall {
     fn setgid(&self, gid: u32) -> Result<(), Errno>;
     /// `setuid(2)` (real, effective and saved).
     fn setuid(&self, uid: u32) -> Result<(), Errno>;
+    /// `PR_CAPBSET_DROP` every capability whose bit is not set in `keep`.
+    fn drop_bounding(&self, keep: u64) -> Result<(), Errno>;
+    /// Clear the ambient set, then `capset` effective, permitted and inheritable.
+    fn set_caps(&self, sets: CapSets) -> Result<(), Errno>;
     /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
     fn set_no_new_privs(&self) -> Result<(), Errno>;
+    /// Build and apply the step's landlock ruleset (see [`crate::landlock`]).
+    fn landlock(&self, network: NetworkMode) -> Result<LandlockRecord, LandlockError>;
     /// Mark every fd above 2 close-on-exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`).
     fn cloexec_fds_above_stdio(&self) -> Result<(), Errno>;
     /// Every signal back to `SIG_DFL` and an empty signal mask: exec keeps ignored signals
@@ -106,6 +128,9 @@ pub(crate) trait Syscall {
     fn reset_signals(&self) -> Result<(), Errno>;
     /// Is `path` a regular file with an execute bit (`exec.LookPath`'s test)?
     fn is_executable(&self, path: &Path) -> bool;
+    /// Write one report line to the report pipe (best effort: a lost report only loses the
+    /// record, the step still runs).
+    fn report(&self, report: &crate::init::Report);
     /// `execve(2)`. Returns only on failure (`Ok` only from a recording implementation).
     fn execve(&self, path: &CString, argv: &[CString], envp: &[CString]) -> Result<(), Errno>;
 }
@@ -164,6 +189,13 @@ pub(crate) mod tests {
             ));
             Ok(())
         }
+        fn harden_in_root(&self, root: &Path, target: &str, how: Harden) -> Result<bool, OpError> {
+            self.log(format!(
+                "harden_in_root({}, {target}, {how:?})",
+                root.display()
+            ));
+            Ok(true)
+        }
         fn loopback_up(&self) -> Result<(), Errno> {
             self.log("loopback_up()".into());
             Ok(())
@@ -204,9 +236,28 @@ pub(crate) mod tests {
             self.log(format!("setuid({uid})"));
             Ok(())
         }
+        fn drop_bounding(&self, keep: u64) -> Result<(), Errno> {
+            self.log(format!("drop_bounding({keep:#x})"));
+            Ok(())
+        }
+        fn set_caps(&self, sets: CapSets) -> Result<(), Errno> {
+            self.log(format!(
+                "set_caps(e={:#x}, p={:#x}, i={:#x})",
+                sets.effective, sets.permitted, sets.inheritable
+            ));
+            Ok(())
+        }
         fn set_no_new_privs(&self) -> Result<(), Errno> {
             self.log("set_no_new_privs()".into());
             Ok(())
+        }
+        fn landlock(&self, network: NetworkMode) -> Result<LandlockRecord, LandlockError> {
+            self.log(format!("landlock({network:?})"));
+            Ok(LandlockRecord {
+                enforced: crate::landlock::Enforcement::Full,
+                abi: 7,
+                tcp_restricted: network == NetworkMode::None,
+            })
         }
         fn cloexec_fds_above_stdio(&self) -> Result<(), Errno> {
             self.log("cloexec_fds_above_stdio()".into());
@@ -218,6 +269,12 @@ pub(crate) mod tests {
         }
         fn is_executable(&self, path: &Path) -> bool {
             self.executables.iter().any(|p| p == path)
+        }
+        fn report(&self, report: &crate::init::Report) {
+            self.log(format!(
+                "report({})",
+                String::from_utf8_lossy(&report.to_line()).trim()
+            ));
         }
         fn execve(&self, path: &CString, argv: &[CString], envp: &[CString]) -> Result<(), Errno> {
             self.log(format!("execve({path:?}, {argv:?}, {envp:?})"));

@@ -106,6 +106,11 @@ pub(super) fn exec(
         Network::Host => sandbox::NetworkMode::Host,
     };
     spec.mounts = mounts;
+    spec.security = match e.security {
+        crate::graph::Security::Sandbox => sandbox::Security::Sandboxed,
+        crate::graph::Security::Insecure => sandbox::Security::Insecure,
+    };
+    spec.timeout = ctx.step_timeout;
     ctx.check_cancelled()?;
     let mut step = ctx.sandbox.spawn(&spec)?;
     let killer = step.killer();
@@ -156,6 +161,18 @@ pub(super) fn exec(
     }
     let exit = exit?;
     ctx.check_cancelled()?;
+    if let Some(c) = &exit.confinement {
+        ctx.progress.send(Event::Confined {
+            vertex,
+            confinement: c.clone(),
+        });
+    }
+    if exit.timed_out {
+        return Err(OpError::TimedOut {
+            cmd: shown_command(&e.args),
+            after: ctx.step_timeout.unwrap_or_default(),
+        });
+    }
     if exit.code != 0 {
         return Err(OpError::ExitCode {
             cmd: shown_command(&e.args),

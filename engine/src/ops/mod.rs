@@ -37,6 +37,14 @@ pub enum OpError {
         /// Its exit code.
         code: i32,
     },
+    /// The step ran past the build's `--step-timeout` and was killed with its process tree.
+    #[error("process {cmd:?} did not complete: killed after the step timeout of {}s", .after.as_secs_f64())]
+    TimedOut {
+        /// The command, as shown to the user.
+        cmd: String,
+        /// The limit.
+        after: Duration,
+    },
     /// The sandbox failed to start or run the step.
     #[error("sandbox: {0}")]
     Sandbox(#[from] sandbox::SandboxError),
@@ -236,6 +244,8 @@ pub struct OpContext {
     /// Overall time limit for one `ADD <url>` download (connecting is limited to
     /// [`CONNECT_TIMEOUT`] within it).
     pub fetch_timeout: Duration,
+    /// Time limit of one RUN step (`None`: none).
+    pub step_timeout: Option<Duration>,
     /// The network step: every URL this build downloaded, with its verified digest, in the
     /// order the downloads finished (cache hits download nothing and are not listed).
     pub fetched: Mutex<Vec<(String, Digest)>>,
@@ -267,6 +277,7 @@ impl OpContext {
             snapshotter,
             staged: Mutex::default(),
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            step_timeout: None,
             fetched: Mutex::default(),
             http: OnceLock::new(),
             killers: Mutex::default(),

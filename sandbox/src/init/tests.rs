@@ -74,19 +74,41 @@ fn inner_steps_run_in_the_documented_order() -> Result<(), InitError> {
         "mount_in_root(/newroot, /dev/shm, Shm)",
         "mount_in_root(/newroot, /sys, Sysfs)",
         "mount_in_root(/newroot, /cache, Tmpfs",
+        "harden_in_root(/newroot, /proc/acpi, Mask)",
+        "harden_in_root(/newroot, /proc/asound, Mask)",
+        "harden_in_root(/newroot, /proc/interrupts, Mask)",
+        "harden_in_root(/newroot, /proc/kcore, Mask)",
+        "harden_in_root(/newroot, /proc/keys, Mask)",
+        "harden_in_root(/newroot, /proc/latency_stats, Mask)",
+        "harden_in_root(/newroot, /proc/sched_debug, Mask)",
+        "harden_in_root(/newroot, /proc/scsi, Mask)",
+        "harden_in_root(/newroot, /proc/timer_list, Mask)",
+        "harden_in_root(/newroot, /proc/timer_stats, Mask)",
+        "harden_in_root(/newroot, /sys/devices/virtual/powercap, Mask)",
+        "harden_in_root(/newroot, /sys/firmware, Mask)",
+        "harden_in_root(/newroot, /proc/bus, ReadOnlyBind)",
+        "harden_in_root(/newroot, /proc/fs, ReadOnlyBind)",
+        "harden_in_root(/newroot, /proc/irq, ReadOnlyBind)",
+        "harden_in_root(/newroot, /proc/sys, ReadOnlyBind)",
+        "harden_in_root(/newroot, /proc/sysrq-trigger, ReadOnlyBind)",
+        "harden_in_root(/newroot, /dev, ReadOnlyMount)",
         "loopback_up()",
         "sethostname(kiln)",
         "pivot_root(/newroot)",
         "mkdir_all(/src)",
         "chdir(/src)",
+        "drop_bounding(0xa80405fb)",
         "read_file(/etc/passwd)",
         "read_file(/etc/group)",
         "setgroups([])",
         "setgid(65534)",
         "setuid(65534)",
+        "set_caps(e=0x0, p=0x0, i=0x0)",
         "set_no_new_privs()",
         "cloexec_fds_above_stdio()",
+        "landlock(None)",
         "reset_signals()",
+        "report(",
         "execve(\"/bin/sh\"",
     ];
     assert_eq!(calls.len(), expect_prefixes.len(), "{calls:#?}");
@@ -178,5 +200,52 @@ fn init_failure_round_trips_as_json() -> Result<(), serde_json::Error> {
     assert_eq!(back.step, Step::PivotRoot);
     assert_eq!(back.errno, Some(libc::EPERM));
     assert!(back.message.starts_with("pivot_root: "));
+    Ok(())
+}
+
+#[test]
+fn root_keeps_dockers_default_caps_and_insecure_keeps_all() -> Result<(), InitError> {
+    let mut s = spec();
+    s.user = String::new();
+    let sys = recording();
+    run_inner(&sys, &s)?;
+    let calls = sys.calls.borrow().clone();
+    assert!(
+        calls.contains(&"drop_bounding(0xa80405fb)".to_owned()),
+        "{calls:#?}"
+    );
+    assert!(
+        calls.contains(&"set_caps(e=0xa80405fb, p=0xa80405fb, i=0x0)".to_owned()),
+        "{calls:#?}"
+    );
+    assert!(calls.iter().any(|c| c.starts_with("landlock(")));
+
+    s.security = Security::Insecure;
+    let sys = recording();
+    run_inner(&sys, &s)?;
+    let calls = sys.calls.borrow().clone();
+    assert!(calls.contains(&"drop_bounding(0xffffffffffffffff)".to_owned()));
+    assert!(
+        !calls.iter().any(|c| c.starts_with("landlock(")),
+        "an insecure step may mount; landlock forbids it"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_confinement_report_is_sent_right_before_exec() -> Result<(), InitError> {
+    let sys = recording();
+    run_inner(&sys, &spec())?;
+    let calls = sys.calls.borrow().clone();
+    let report = calls
+        .iter()
+        .find(|c| c.starts_with("report("))
+        .cloned()
+        .unwrap_or_default();
+    assert!(report.contains("\"no_new_privs\":true"), "{report}");
+    assert!(report.contains("\"capabilities\":[]"), "{report}");
+    assert!(report.contains("\"/proc/sys\""), "{report}");
+    let names = sys.names();
+    assert_eq!(names[names.len() - 2], "report");
     Ok(())
 }

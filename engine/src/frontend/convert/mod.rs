@@ -70,6 +70,8 @@ pub struct ConvertOptions {
     pub target: Option<String>,
     /// Allow `RUN --network=host` (entitlement `network.host`).
     pub allow_host_network: bool,
+    /// Allow `RUN --security=insecure` (entitlement `security.insecure`, DANGEROUS).
+    pub allow_insecure: bool,
     /// Target platform, `os/arch[/variant]`.
     pub platform: String,
 }

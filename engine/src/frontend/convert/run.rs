@@ -6,7 +6,7 @@ use super::{ConvertError, Converter};
 use crate::frontend::instructions::{
     CommandLine, Instruction, Located, MountFlag, MountType, NetworkMode, SecurityMode, parse_mount,
 };
-use crate::graph::{ExecMount, ExecMountKind, ExecOp, FileOp, Network, Op};
+use crate::graph::{ExecMount, ExecMountKind, ExecOp, FileOp, Network, Op, Security};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
@@ -74,11 +74,17 @@ pub(super) fn run(
             ));
         }
     };
-    if let Some(SecurityMode::Insecure) = security {
-        return Err(at(
-            "RUN --security=insecure is not supported by this kiln build".into(),
-        ));
-    }
+    let security = match security {
+        None | Some(SecurityMode::Sandbox) => Security::Sandbox,
+        Some(SecurityMode::Insecure) if c.opts.allow_insecure => Security::Insecure,
+        Some(SecurityMode::Insecure) => {
+            return Err(at(
+                "RUN --security=insecure needs the security.insecure entitlement (kiln build --allow security.insecure); \
+                 it runs the step with every capability and without the seccomp allow-list or landlock"
+                    .into(),
+            ));
+        }
+    };
     let mut inputs = vec![st.vertex];
     let mut exec_mounts = Vec::new();
     if let Some(file) = heredoc_file {
@@ -148,6 +154,7 @@ pub(super) fn run(
         user: st.image.user.clone(),
         network,
         mounts: exec_mounts,
+        security,
     };
     st.vertex = c.graph.add(Op::Exec(op), inputs, name);
     st.image.layer(format!("RUN {}", args.join(" ")));
