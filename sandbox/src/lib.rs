@@ -32,6 +32,7 @@
 //! image content (symlinks, `/etc/passwd`) is untrusted from the start of set-up: mount
 //! targets are resolved with `RESOLVE_IN_ROOT`, users are resolved after `pivot_root`.
 
+mod cgroup;
 mod init;
 mod linux;
 mod mounts;
@@ -41,6 +42,10 @@ mod spec;
 mod syscall;
 mod user;
 
+pub use cgroup::{
+    CgroupError, Controller, CpuLimit, KILL_TIMEOUT, KILN_PARENT, Limits, MAX_NAME_LEN, Outcome,
+    StepCgroup, join_cgroups, kiln_cgroups, remove_stale_cgroups,
+};
 pub use init::{InitError, InitFailure, Step};
 pub use probe::{CgroupMode, Features, probe};
 pub use sandbox::{Killer, RunningStep, Sandbox, SandboxError, StepExit};
