@@ -33,6 +33,7 @@
 //! targets are resolved with `RESOLVE_IN_ROOT`, users are resolved after `pivot_root`.
 
 mod caps;
+mod cgroup;
 mod init;
 mod landlock;
 mod linux;
@@ -44,6 +45,10 @@ mod syscall;
 mod user;
 
 pub use caps::{Cap, DEFAULT_CAPS};
+pub use cgroup::{
+    CgroupError, Controller, CpuLimit, KILL_TIMEOUT, KILN_PARENT, Limits, MAX_NAME_LEN, Outcome,
+    StepCgroup, join_cgroups, kiln_cgroups, remove_stale_cgroups,
+};
 pub use init::{Confinement, InitError, InitFailure, Step};
 pub use landlock::{Enforcement, LandlockRecord};
 pub use probe::{CgroupMode, Features, probe};

@@ -110,6 +110,10 @@ const CASES: &[(&str, Case)] = &[
     ),
     ("timeout_kills_the_whole_step", timeout_kills_the_whole_step),
     (
+        "two_hundred_steps_leave_no_process_or_mount_behind",
+        two_hundred_steps_leave_no_process_or_mount_behind,
+    ),
+    (
         "many_layers_beyond_the_4k_option_limit_mount",
         many_layers_beyond_the_4k_option_limit_mount,
     ),
@@ -645,6 +649,79 @@ fn timeout_kills_the_whole_step() -> CaseResult {
     }
     if start.elapsed() > Duration::from_secs(10) {
         return Err(format!("took {:?}", start.elapsed()));
+    }
+    Ok(())
+}
+
+/// Mount points of this (the host's) mount namespace.
+fn host_mounts() -> Result<Vec<String>, String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(e)?;
+    let mut v: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Pids whose command line carries `marker` (the steps' background sleepers), and pids of
+/// this process's children (the inits).
+fn leftover_processes(marker: &str) -> Result<Vec<String>, String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").map_err(e)? {
+        let entry = entry.map_err(e)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // "pid (comm) state ppid ...": the ppid follows the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .unwrap_or_default();
+        if cmdline.contains(marker) || ppid == me {
+            found.push(format!("{name}: {cmdline}"));
+        }
+    }
+    Ok(found)
+}
+
+fn two_hundred_steps_leave_no_process_or_mount_behind() -> CaseResult {
+    let f = Fixture::new()?;
+    let marker = "7377";
+    let mounts_before = host_mounts()?;
+    for i in 0..200 {
+        // Each step leaves a background process and a mount of its own behind it.
+        let mut spec = f.spec(&format!("sleep {marker} & mkdir -p /m && echo {i} > /m/x"));
+        spec.mounts.push(Mount {
+            target: "/m".into(),
+            kind: MountKind::Tmpfs {
+                size: Some(1 << 20),
+                mode: 0o755,
+            },
+        });
+        run_ok(&spec).map_err(|why| format!("step {i}: {why}"))?;
+        // Fresh upper/work for the next step (the fixture's overlay dirs are reused).
+        let _ = std::fs::remove_dir_all(f.path("upper"));
+        let _ = std::fs::remove_dir_all(f.path("work"));
+        std::fs::create_dir_all(f.path("upper")).map_err(e)?;
+        std::fs::create_dir_all(f.path("work")).map_err(e)?;
+    }
+    let left = leftover_processes(&format!("sleep {marker}"))?;
+    if !left.is_empty() {
+        return Err(format!("processes left behind: {left:?}"));
+    }
+    let mounts_after = host_mounts()?;
+    if mounts_after != mounts_before {
+        return Err(format!(
+            "host mount table changed: before {} entries, after {}",
+            mounts_before.len(),
+            mounts_after.len()
+        ));
     }
     Ok(())
 }
