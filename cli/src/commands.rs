@@ -165,6 +165,70 @@ struct BuildArgs {
         default_value_t = 0
     )]
     step_timeout: u64,
+    /// Memory limit of each RUN step's cgroup, e.g. `512m`, `4g`, or `max` for none. A step
+    /// that exceeds it is OOM-killed and the build says so (default: half of the host's RAM).
+    #[arg(long, value_name = "BYTES", env = "KILN_MEMORY", value_parser = parse_memory)]
+    memory: Option<MaxOr<u64>>,
+    /// Most processes and threads a RUN step may have at once, or `max` for no limit
+    /// (default: 4096; stops fork bombs).
+    #[arg(long, value_name = "N", env = "KILN_PIDS_LIMIT", value_parser = parse_max_or::<u64>)]
+    pids_limit: Option<MaxOr<u64>>,
+    /// CPU time of each RUN step, in CPUs (e.g. `1.5`), or `max` for no limit (default).
+    #[arg(long, value_name = "CPUS", env = "KILN_CPUS", value_parser = parse_max_or::<f64>)]
+    cpus: Option<MaxOr<f64>>,
+}
+
+/// A limit value, or `max` for none (cgroup syntax).
+#[derive(Debug, Clone, Copy)]
+enum MaxOr<T> {
+    Max,
+    Value(T),
+}
+
+impl<T> MaxOr<T> {
+    fn into_option(self) -> Option<T> {
+        match self {
+            Self::Max => None,
+            Self::Value(v) => Some(v),
+        }
+    }
+}
+
+fn parse_max_or<T: std::str::FromStr>(s: &str) -> Result<MaxOr<T>, String> {
+    if s == "max" {
+        return Ok(MaxOr::Max);
+    }
+    s.parse()
+        .map(MaxOr::Value)
+        .map_err(|_| format!("{s:?} is not a number or `max`"))
+}
+
+/// `1073741824`, `512k`, `64m`, `1.5g`, `2GiB`, `max`. Suffixes are powers of 1024, as
+/// Docker's `--memory`.
+fn parse_memory(s: &str) -> Result<MaxOr<u64>, String> {
+    if s == "max" {
+        return Ok(MaxOr::Max);
+    }
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (num, shift) = match lower.char_indices().last() {
+        Some((i, 'k')) => (&lower[..i], 10),
+        Some((i, 'm')) => (&lower[..i], 20),
+        Some((i, 'g')) => (&lower[..i], 30),
+        Some((i, 't')) => (&lower[..i], 40),
+        _ => (lower, 0),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512m, 4g, or max)"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("{s:?} is not a size"));
+    }
+    Ok(MaxOr::Value((n * (1u64 << shift) as f64) as u64))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -345,6 +409,24 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     }
     req.fetch_timeout = std::time::Duration::from_secs(b.fetch_timeout);
     req.step_timeout = (b.step_timeout > 0).then(|| std::time::Duration::from_secs(b.step_timeout));
+    if let Some(m) = b.memory {
+        req.step_limits.memory_bytes = m.into_option();
+    }
+    if let Some(p) = b.pids_limit {
+        req.step_limits.pids = p.into_option();
+    }
+    if let Some(c) = b.cpus {
+        req.step_limits.cpu = match c.into_option() {
+            None => None,
+            Some(cpus) => Some(
+                kiln_sandbox::CpuLimit::from_cpus(cpus)
+                    .map_err(|e| usage(format!("--cpus: {e}")))?,
+            ),
+        };
+    }
+    req.step_limits
+        .validate()
+        .map_err(|e| usage(format!("step limits: {e}")))?;
     req.outputs = b.outputs.clone();
     if let Some(n) = b.max_parallelism {
         if n == 0 {
@@ -493,5 +575,29 @@ fn human(n: u64) -> String {
         format!("{n}B")
     } else {
         format!("{v:.1}{}", U[i])
+    }
+}
+
+#[cfg(test)]
+mod limit_flag_tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_parse_like_dockers() {
+        let v = |s: &str| match parse_memory(s) {
+            Ok(MaxOr::Value(n)) => Some(n),
+            _ => None,
+        };
+        assert_eq!(v("1048576"), Some(1 << 20));
+        assert_eq!(v("512k"), Some(512 << 10));
+        assert_eq!(v("64m"), Some(64 << 20));
+        assert_eq!(v("64MiB"), Some(64 << 20));
+        assert_eq!(v("1.5g"), Some(3 << 29));
+        assert_eq!(v("2GB"), Some(2 << 30));
+        assert!(matches!(parse_memory("max"), Ok(MaxOr::Max)));
+        assert!(parse_memory("lots").is_err());
+        assert!(parse_memory("-1m").is_err());
+        assert!(matches!(parse_max_or::<u64>("64"), Ok(MaxOr::Value(64))));
+        assert!(parse_max_or::<u64>("sixty").is_err());
     }
 }

@@ -123,6 +123,8 @@ pub struct BuildRequest {
     pub allow_insecure: bool,
     /// Kill a RUN step (its whole process tree) after this long; `None`: no limit.
     pub step_timeout: Option<std::time::Duration>,
+    /// Memory, pids and CPU limits of each RUN step's cgroup.
+    pub step_limits: kiln_sandbox::Limits,
     /// Layer compression.
     pub compression: Compression,
     /// `SOURCE_DATE_EPOCH` (0 when unset).
@@ -153,6 +155,7 @@ impl BuildRequest {
             allow_host_network: false,
             allow_insecure: false,
             step_timeout: None,
+            step_limits: kiln_sandbox::Limits::defaults(),
             compression: Compression::Gzip,
             epoch: 0,
             tenant: crate::TenantId::local(),
@@ -379,6 +382,7 @@ impl Engine {
         );
         ctx.fetch_timeout = req.fetch_timeout;
         ctx.step_timeout = req.step_timeout;
+        ctx.step_limits = req.step_limits.clone();
         let ctx = Arc::new(ctx);
         let solved = crate::solver::solve(
             graph.clone(),

@@ -41,6 +41,7 @@ pub(crate) const SETUP_FAILED: i32 = 125;
 #[non_exhaustive]
 pub enum Step {
     ReadSpec,
+    JoinCgroup,
     Unshare,
     Fork,
     MakeRootPrivate,
@@ -65,6 +66,9 @@ pub enum Step {
 
 /// Steps of the outer init, in order.
 pub(crate) static OUTER_STEPS: &[Step] = &[
+    // First: every process of the step (the inits included) is in the step's cgroup from
+    // here on, so its limits cover everything and the cgroup namespace below is rooted there.
+    Step::JoinCgroup,
     // New mount, PID, net (for NetworkMode::None), IPC, UTS, cgroup namespaces. (Later: the
     // user namespace for rootless goes here too; cgroup placement of the init must happen
     // before this, so the cgroup namespace is rooted at the step's cgroup.)
@@ -125,6 +129,8 @@ pub enum InitError {
     ParseSpec { source: serde_json::Error },
     #[error("invalid spec: {reason}")]
     InvalidSpec { reason: String },
+    #[error("joining the step's cgroup: {source}")]
+    JoinCgroup { source: crate::cgroup::CgroupError },
     #[error("unshare: {source}")]
     Unshare { source: Errno },
     #[error("fork: {source}")]
@@ -189,6 +195,7 @@ impl InitError {
             Self::ReadSpec { .. } | Self::ParseSpec { .. } | Self::InvalidSpec { .. } => {
                 Step::ReadSpec
             }
+            Self::JoinCgroup { .. } => Step::JoinCgroup,
             Self::Unshare { .. } => Step::Unshare,
             Self::Fork { .. } => Step::Fork,
             Self::MakeRootPrivate { .. } => Step::MakeRootPrivate,
@@ -340,10 +347,13 @@ pub(crate) fn main() -> ! {
 }
 
 fn run_outer(sys: &impl Syscall) -> Result<i32, InitError> {
-    let spec = read_spec()?;
+    let InitSpec { spec, cgroup } = read_spec()?;
     let mut forked = None;
     for step in OUTER_STEPS {
         match step {
+            Step::JoinCgroup => sys
+                .join_cgroup(&cgroup)
+                .map_err(|source| InitError::JoinCgroup { source })?,
             Step::Unshare => sys
                 .unshare(namespaces(spec.network))
                 .map_err(|source| InitError::Unshare { source })?,
@@ -364,7 +374,15 @@ fn run_outer(sys: &impl Syscall) -> Result<i32, InitError> {
     }
 }
 
-fn read_spec() -> Result<StepSpec, InitError> {
+/// What [`crate::Sandbox::spawn`] sends the init: the step, and the `cgroup.procs` files of
+/// the step's cgroup (one per hierarchy) it made for it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InitSpec {
+    pub spec: StepSpec,
+    pub cgroup: Vec<PathBuf>,
+}
+
+fn read_spec() -> Result<InitSpec, InitError> {
     let mut json = Vec::new();
     std::io::stdin()
         .lock()
@@ -380,9 +398,9 @@ fn read_spec() -> Result<StepSpec, InitError> {
             source: std::io::Error::last_os_error(),
         });
     }
-    let spec: StepSpec =
+    let spec: InitSpec =
         serde_json::from_slice(&json).map_err(|source| InitError::ParseSpec { source })?;
-    validate(&spec)?;
+    validate(&spec.spec)?;
     Ok(spec)
 }
 
@@ -609,7 +627,7 @@ impl Inner<'_> {
                 Ok(())
             }
             Step::Exec => self.exec(sys),
-            Step::ReadSpec | Step::Unshare | Step::Fork => Ok(()),
+            Step::ReadSpec | Step::JoinCgroup | Step::Unshare | Step::Fork => Ok(()),
         }
     }
 

@@ -29,6 +29,10 @@ use crate::syscall::{Forked, Harden, InRootFs, OpError, Syscall, op};
 pub(crate) struct LinuxSyscall;
 
 impl Syscall for LinuxSyscall {
+    fn join_cgroup(&self, procs: &[PathBuf]) -> Result<(), crate::cgroup::CgroupError> {
+        crate::cgroup::join_cgroups(procs)
+    }
+
     fn unshare(&self, flags: UnshareFlags) -> Result<(), Errno> {
         // SAFETY: `unshare_unsafe` is unsafe only for `CLONE_FILES`, which could let threads
         // observe fds from an unshared table. `flags` never contains FILES (the init builds

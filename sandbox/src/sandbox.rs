@@ -7,7 +7,8 @@ use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 
 use crate::INIT_ARG;
-use crate::init::{Confinement, ERROR_FD, InitFailure, Report};
+use crate::cgroup::{CgroupError, Outcome, StepCgroup};
+use crate::init::{Confinement, ERROR_FD, InitFailure, InitSpec, Report};
 use crate::spec::StepSpec;
 
 /// A failure to run a step (not the step's own nonzero exit, which is a [`StepExit`]).
@@ -31,6 +32,9 @@ pub enum SandboxError {
     ReadReport { source: std::io::Error },
     #[error("sandbox: unreadable error report from the init: {source}")]
     BadReport { source: serde_json::Error },
+    /// The step's cgroup could not be made, limited or removed.
+    #[error("sandbox: step cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
     /// The init reported a set-up failure: which step, and why.
     #[error("sandbox: {0}")]
     Init(InitFailure),
@@ -44,6 +48,8 @@ pub struct StepExit {
     pub code: i32,
     /// The step ran longer than [`StepSpec::timeout`] and was killed.
     pub timed_out: bool,
+    /// What the step's cgroup saw: an OOM kill, the pids limit reached, peak memory.
+    pub resources: Outcome,
     /// How the init confined the command (what the kernel enforced), for the provenance.
     /// `None` only if the report was lost (the init always sends it before exec).
     pub confinement: Option<Confinement>,
@@ -64,8 +70,14 @@ impl Sandbox {
 
     /// Start one step. Blocking (call it from `spawn_blocking` in async code).
     pub fn spawn(&self, spec: &StepSpec) -> Result<RunningStep, SandboxError> {
+        // The step's own cgroup, limited before anything runs in it; the init joins it first.
+        let cgroup = Arc::new(StepCgroup::create(&next_cgroup_name(), &spec.limits)?);
+        let init_spec = InitSpec {
+            spec: spec.clone(),
+            cgroup: cgroup.procs_files(),
+        };
         let json =
-            serde_json::to_vec(spec).map_err(|source| SandboxError::EncodeSpec { source })?;
+            serde_json::to_vec(&init_spec).map_err(|source| SandboxError::EncodeSpec { source })?;
         let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| SandboxError::ErrorPipe { source: e.into() })?;
         // Above the stdio fds, so the child's stdio set-up can not clobber it.
@@ -127,7 +139,11 @@ impl Sandbox {
         Ok(RunningStep {
             child,
             report: report_r,
-            killer: Killer { pidfd },
+            killer: Killer {
+                pidfd,
+                cgroup: Arc::downgrade(&cgroup),
+            },
+            cgroup,
             timeout: spec.timeout,
         })
     }
@@ -139,6 +155,7 @@ pub struct RunningStep {
     child: Child,
     report: OwnedFd,
     killer: Killer,
+    cgroup: Arc<StepCgroup>,
     timeout: Option<std::time::Duration>,
 }
 
@@ -185,7 +202,16 @@ impl RunningStep {
         let status = self.child.wait();
         drop(done_tx);
         let timed_out = watchdog.is_some_and(|w| w.join().unwrap_or(false));
+        // Read the counters, then make sure nothing of the step is left (a root step could
+        // have disarmed its parent-death signal and outlived the init), then remove the cgroup.
+        let resources = self.cgroup.outcome();
+        let cleanup = match Arc::try_unwrap(self.cgroup) {
+            Ok(cgroup) => cgroup.remove(),
+            // A Killer is killing right now; the last reference's Drop removes it.
+            Err(shared) => shared.kill_all(),
+        };
         let status = status.map_err(|source| SandboxError::Wait { source })?;
+        cleanup?;
         // Every writer of the report pipe is gone now: the init exited, its PID 1 child with it
         // (or earlier: the copy closes at exec).
         let mut report = Vec::new();
@@ -212,21 +238,46 @@ impl RunningStep {
         Ok(StepExit {
             code,
             timed_out,
+            resources,
             confinement,
         })
     }
 }
 
 /// Kills a running step: SIGKILL to the init (through a pidfd, so never a recycled pid),
-/// whose PID-1 child dies with it (`PR_SET_PDEATHSIG`), and with that the whole PID namespace.
+/// whose PID-1 child dies with it (`PR_SET_PDEATHSIG`), and with that the whole PID namespace;
+/// then every process left in the step's cgroup (a root step can disarm the death signal).
 #[derive(Debug, Clone)]
 pub struct Killer {
     pidfd: Arc<OwnedFd>,
+    cgroup: std::sync::Weak<StepCgroup>,
 }
 
 impl Killer {
     /// Send SIGKILL. Killing a step that already ended is not an error.
     pub fn kill(&self) {
         let _ = rustix::process::pidfd_send_signal(&*self.pidfd, rustix::process::Signal::KILL);
+        if let Some(cgroup) = self.cgroup.upgrade() {
+            let _ = cgroup.kill_all();
+        }
     }
+}
+
+/// A cgroup name unique on this host: this process's pid, a random tag (a recycled pid of a
+/// dead kiln whose cgroups were left behind can not collide) and a counter.
+fn next_cgroup_name() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TAG: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tag = *TAG.get_or_init(|| {
+        let mut b = [0u8; 4];
+        let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+        u32::from_le_bytes(b)
+    });
+    format!(
+        "step-{}-{tag:08x}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::Limits;
+
 /// One build step to run in a fresh sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -38,6 +40,8 @@ pub struct StepSpec {
     pub security: Security,
     /// Kill the whole step when it runs longer than this; `None` waits for ever.
     pub timeout: Option<std::time::Duration>,
+    /// Memory, pids and CPU limits of the step's own cgroup ([`Limits::defaults`] unless set).
+    pub limits: Limits,
 }
 
 impl StepSpec {
@@ -54,6 +58,7 @@ impl StepSpec {
             mounts: Vec::new(),
             security: Security::Sandboxed,
             timeout: None,
+            limits: Limits::defaults(),
         }
     }
 }

@@ -82,6 +82,8 @@ pub(crate) enum Harden {
 
 /// The kernel calls of the init, in the granularity its step order needs.
 pub(crate) trait Syscall {
+    /// Move this process into the step's cgroup: `0` into each `cgroup.procs` file.
+    fn join_cgroup(&self, procs: &[PathBuf]) -> Result<(), crate::cgroup::CgroupError>;
     /// `unshare(2)`.
     fn unshare(&self, flags: UnshareFlags) -> Result<(), Errno>;
     /// `fork(2)`; the child gets `PR_SET_PDEATHSIG(SIGKILL)` and checks its lifeline.
@@ -166,6 +168,10 @@ pub(crate) mod tests {
     }
 
     impl Syscall for Recording {
+        fn join_cgroup(&self, procs: &[PathBuf]) -> Result<(), crate::cgroup::CgroupError> {
+            self.log(format!("join_cgroup({procs:?})"));
+            Ok(())
+        }
         fn unshare(&self, flags: UnshareFlags) -> Result<(), Errno> {
             self.log(format!("unshare({flags:?})"));
             Ok(())

@@ -110,6 +110,18 @@ const CASES: &[(&str, Case)] = &[
     ),
     ("timeout_kills_the_whole_step", timeout_kills_the_whole_step),
     (
+        "memory_hog_is_oom_killed_and_reported",
+        memory_hog_is_oom_killed_and_reported,
+    ),
+    (
+        "fork_bomb_hits_the_pids_limit_and_is_reported",
+        fork_bomb_hits_the_pids_limit_and_is_reported,
+    ),
+    (
+        "step_sees_only_its_own_cgroup",
+        step_sees_only_its_own_cgroup,
+    ),
+    (
         "two_hundred_steps_leave_no_process_or_mount_behind",
         two_hundred_steps_leave_no_process_or_mount_behind,
     ),
@@ -694,6 +706,7 @@ fn two_hundred_steps_leave_no_process_or_mount_behind() -> CaseResult {
     let f = Fixture::new()?;
     let marker = "7377";
     let mounts_before = host_mounts()?;
+    let cgroups_before = kiln_sandbox::kiln_cgroups();
     for i in 0..200 {
         // Each step leaves a background process and a mount of its own behind it.
         let mut spec = f.spec(&format!("sleep {marker} & mkdir -p /m && echo {i} > /m/x"));
@@ -715,6 +728,12 @@ fn two_hundred_steps_leave_no_process_or_mount_behind() -> CaseResult {
     if !left.is_empty() {
         return Err(format!("processes left behind: {left:?}"));
     }
+    let cgroups_after = kiln_sandbox::kiln_cgroups();
+    if cgroups_after != cgroups_before {
+        return Err(format!(
+            "kiln cgroups changed: before {cgroups_before:?}, after {cgroups_after:?}"
+        ));
+    }
     let mounts_after = host_mounts()?;
     if mounts_after != mounts_before {
         return Err(format!(
@@ -724,4 +743,34 @@ fn two_hundred_steps_leave_no_process_or_mount_behind() -> CaseResult {
         ));
     }
     Ok(())
+}
+
+fn memory_hog_is_oom_killed_and_reported() -> CaseResult {
+    let f = Fixture::new()?;
+    let mut spec = f.spec("tail /dev/zero");
+    spec.limits.memory_bytes = Some(32 << 20);
+    let out = run(&spec)?.map_err(e)?;
+    if !out.exit.resources.oom_killed || out.exit.code == 0 {
+        return Err(format!("exit {:?}", out.exit));
+    }
+    Ok(())
+}
+
+fn fork_bomb_hits_the_pids_limit_and_is_reported() -> CaseResult {
+    let f = Fixture::new()?;
+    let mut spec = f.spec("b() { b | b & }; b; sleep 2; exit 7");
+    spec.limits.pids = Some(32);
+    spec.timeout = Some(Duration::from_secs(30));
+    let out = run(&spec)?.map_err(e)?;
+    if !out.exit.resources.pids_limit_hit {
+        return Err(format!("exit {:?}", out.exit));
+    }
+    Ok(())
+}
+
+fn step_sees_only_its_own_cgroup() -> CaseResult {
+    let f = Fixture::new()?;
+    // The cgroup namespace is rooted at the step's cgroup: every hierarchy shows "/".
+    let out = run_ok(&f.spec("cut -d: -f3 /proc/self/cgroup | sort -u"))?;
+    expect_eq(&out, "/\n")
 }

@@ -111,6 +111,7 @@ pub(super) fn exec(
         crate::graph::Security::Insecure => sandbox::Security::Insecure,
     };
     spec.timeout = ctx.step_timeout;
+    spec.limits = ctx.step_limits.clone();
     ctx.check_cancelled()?;
     let mut step = ctx.sandbox.spawn(&spec)?;
     let killer = step.killer();
@@ -171,6 +172,19 @@ pub(super) fn exec(
         return Err(OpError::TimedOut {
             cmd: shown_command(&e.args),
             after: ctx.step_timeout.unwrap_or_default(),
+        });
+    }
+    if exit.resources.oom_killed && exit.code != 0 {
+        return Err(OpError::OutOfMemory {
+            cmd: shown_command(&e.args),
+            limit: ctx.step_limits.memory_bytes,
+        });
+    }
+    if exit.resources.pids_limit_hit && exit.code != 0 {
+        return Err(OpError::PidsLimit {
+            cmd: shown_command(&e.args),
+            code: exit.code,
+            limit: ctx.step_limits.pids,
         });
     }
     if exit.code != 0 {

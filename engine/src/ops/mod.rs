@@ -45,6 +45,24 @@ pub enum OpError {
         /// The limit.
         after: Duration,
     },
+    /// The step was killed by the kernel's OOM killer at its memory limit.
+    #[error("process {cmd:?} did not complete: out of memory (the step's memory limit is {}; raise it with --memory)", limit.map_or_else(|| "unlimited".to_owned(), crate::ops::human_bytes))]
+    OutOfMemory {
+        /// The command, as shown to the user.
+        cmd: String,
+        /// The limit in bytes.
+        limit: Option<u64>,
+    },
+    /// The step reached its pids limit (a fork bomb, or a build needing more processes).
+    #[error("process {cmd:?} did not complete successfully: exit code: {code}; the step reached its pids limit of {} processes (raise it with --pids-limit)", limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()))]
+    PidsLimit {
+        /// The command, as shown to the user.
+        cmd: String,
+        /// Its exit code.
+        code: i32,
+        /// The limit.
+        limit: Option<u64>,
+    },
     /// The sandbox failed to start or run the step.
     #[error("sandbox: {0}")]
     Sandbox(#[from] sandbox::SandboxError),
@@ -246,6 +264,8 @@ pub struct OpContext {
     pub fetch_timeout: Duration,
     /// Time limit of one RUN step (`None`: none).
     pub step_timeout: Option<Duration>,
+    /// Cgroup limits of one RUN step.
+    pub step_limits: sandbox::Limits,
     /// The network step: every URL this build downloaded, with its verified digest, in the
     /// order the downloads finished (cache hits download nothing and are not listed).
     pub fetched: Mutex<Vec<(String, Digest)>>,
@@ -253,6 +273,22 @@ pub struct OpContext {
     /// Running steps' killers, by vertex.
     killers: Mutex<Vec<(VertexIdx, sandbox::Killer)>>,
     cancelled: AtomicBool,
+}
+
+/// `64 MiB`, `1.5 GiB`: a byte count for messages.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 || v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 impl OpContext {
@@ -278,6 +314,7 @@ impl OpContext {
             staged: Mutex::default(),
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
             step_timeout: None,
+            step_limits: sandbox::Limits::defaults(),
             fetched: Mutex::default(),
             http: OnceLock::new(),
             killers: Mutex::default(),

@@ -40,6 +40,9 @@ fn outer_init_unshares_before_forking_into_pid_1() -> Result<(), InitError> {
     let sys = recording();
     for step in OUTER_STEPS {
         match step {
+            Step::JoinCgroup => sys
+                .join_cgroup(&[PathBuf::from("/cg/cgroup.procs")])
+                .map_err(|source| InitError::JoinCgroup { source })?,
             Step::Unshare => sys
                 .unshare(namespaces(NetworkMode::None))
                 .map_err(|source| InitError::Unshare { source })?,
@@ -47,7 +50,7 @@ fn outer_init_unshares_before_forking_into_pid_1() -> Result<(), InitError> {
             _ => {}
         }
     }
-    assert_eq!(sys.names(), ["unshare", "fork"]);
+    assert_eq!(sys.names(), ["join_cgroup", "unshare", "fork"]);
     Ok(())
 }
 
