@@ -173,9 +173,42 @@ struct BuildArgs {
     /// (default: 4096; stops fork bombs).
     #[arg(long, value_name = "N", env = "KILN_PIDS_LIMIT", value_parser = parse_max_or::<u64>)]
     pids_limit: Option<MaxOr<u64>>,
+    /// Run RUN steps in a user namespace, so root in a step is an unprivileged id range on the
+    /// host: `default` (100000:100000:65536, as dockerd) or `UID:GID:COUNT`. Needs the copying
+    /// snapshotter (an overlay mount can not be idmapped), which it selects.
+    #[arg(long, value_name = "RANGE", env = "KILN_USERNS_REMAP", value_parser = parse_userns)]
+    userns_remap: Option<kiln_sandbox::IdMap>,
     /// CPU time of each RUN step, in CPUs (e.g. `1.5`), or `max` for no limit (default).
     #[arg(long, value_name = "CPUS", env = "KILN_CPUS", value_parser = parse_max_or::<f64>)]
     cpus: Option<MaxOr<f64>>,
+}
+
+/// `default` or `UID:GID:COUNT`.
+fn parse_userns(s: &str) -> Result<kiln_sandbox::IdMap, String> {
+    if s == "default" {
+        return Ok(kiln_sandbox::IdMap::DEFAULT);
+    }
+    let bad = || format!("{s:?} is not `default` or UID:GID:COUNT (e.g. 100000:100000:65536)");
+    let parts: Vec<u32> = s
+        .split(':')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    match parts[..] {
+        [host_uid, host_gid, size] if size > 0 && host_uid > 0 && host_gid > 0 => {
+            if host_uid.checked_add(size).is_none() || host_gid.checked_add(size).is_none() {
+                return Err(bad());
+            }
+            Ok(kiln_sandbox::IdMap {
+                host_uid,
+                host_gid,
+                size,
+            })
+        }
+        _ => Err(format!(
+            "{}; the range must not start at host id 0 (that would keep root as root)",
+            bad()
+        )),
+    }
 }
 
 /// A limit value, or `max` for none (cgroup syntax).
@@ -424,6 +457,14 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
             ),
         };
     }
+    if let Some(map) = b.userns_remap {
+        if matches!(b.snapshotter, SnapshotterArg::Overlay) {
+            return Err(usage(
+                "--userns-remap needs the copying snapshotter (an overlay mount can not be idmapped); drop --snapshotter overlay".into(),
+            ));
+        }
+        req.userns = Some(map);
+    }
     req.step_limits
         .validate()
         .map_err(|e| usage(format!("step limits: {e}")))?;
@@ -439,6 +480,9 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         SnapshotterArg::Overlay => kiln_engine::ops::Snapshotter::Overlay,
         SnapshotterArg::Copy => kiln_engine::ops::Snapshotter::Copy,
     };
+    if req.userns.is_some() {
+        req.snapshotter = kiln_engine::ops::Snapshotter::Copy;
+    }
     req.compression = match b.compression {
         LayerCompression::Gzip => Compression::Gzip,
         LayerCompression::Zstd => Compression::Zstd,

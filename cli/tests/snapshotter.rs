@@ -1,4 +1,5 @@
-//! The copying snapshotter (for kernels without overlayfs) gives the same images as overlayfs.
+//! The copying snapshotter (for kernels without overlayfs) gives the same images as overlayfs,
+//! and so does running the steps in a user namespace (`--userns-remap`, which uses it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -34,4 +35,64 @@ fn copy_and_overlay_snapshotters_build_identical_images() {
     }
     assert_eq!(digests[0].1, digests[1].1, "{digests:?}");
     assert!(digests[0].1.starts_with("sha256:"));
+}
+
+#[test]
+fn steps_in_a_user_namespace_give_the_same_image_and_run_unprivileged() {
+    if !root_or_skip() {
+        return;
+    }
+    if std::fs::read_to_string("/proc/sys/user/max_user_namespaces").is_ok_and(|n| n.trim() == "0")
+    {
+        eprintln!("skipped: user namespaces are disabled on this kernel");
+        return;
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        DOCKERFILE.replace("BASE", BASE),
+    )
+    .unwrap();
+    let plain = Kiln::with_base()
+        .build(ctx.path(), &["--snapshotter", "copy"])
+        .ok()
+        .digest();
+    let k = Kiln::with_base();
+    let args = ["--progress=json", "--userns-remap", "default"].map(String::from);
+    let remapped = k.build_with(ctx.path(), &args, |_| {}).ok();
+    assert_eq!(
+        remapped.digest(),
+        plain,
+        "ownership on disk must be the image's"
+    );
+    // Each step's confinement record names the mapping.
+    let confined: Vec<_> = remapped
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "confined")
+        .collect();
+    assert!(!confined.is_empty(), "{}", remapped.stderr);
+    for e in confined {
+        let text = e.to_string();
+        assert!(text.contains("\"host_uid\":100000"), "{text}");
+    }
+    // And the mapping is visible from inside the step.
+    let probe = tempfile::tempdir().unwrap();
+    std::fs::write(
+        probe.path().join("Dockerfile"),
+        format!("FROM {BASE}\nRUN tr -s ' ' < /proc/self/uid_map && test \"$(tr -s ' ' < /proc/self/uid_map)\" = ' 0 100000 65536'\n"),
+    )
+    .unwrap();
+    k.build(probe.path(), &["--userns-remap", "100000:100000:65536"])
+        .ok();
+    let refused = k.build(
+        probe.path(),
+        &["--userns-remap", "default", "--snapshotter", "overlay"],
+    );
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("copying snapshotter"),
+        "{}",
+        refused.stderr
+    );
 }

@@ -125,6 +125,8 @@ pub struct BuildRequest {
     pub step_timeout: Option<std::time::Duration>,
     /// Memory, pids and CPU limits of each RUN step's cgroup.
     pub step_limits: kiln_sandbox::Limits,
+    /// Run RUN steps in a user namespace with this mapping (needs the copying snapshotter).
+    pub userns: Option<kiln_sandbox::IdMap>,
     /// Layer compression.
     pub compression: Compression,
     /// `SOURCE_DATE_EPOCH` (0 when unset).
@@ -156,6 +158,7 @@ impl BuildRequest {
             allow_insecure: false,
             step_timeout: None,
             step_limits: kiln_sandbox::Limits::defaults(),
+            userns: None,
             compression: Compression::Gzip,
             epoch: 0,
             tenant: crate::TenantId::local(),
@@ -383,6 +386,7 @@ impl Engine {
         ctx.fetch_timeout = req.fetch_timeout;
         ctx.step_timeout = req.step_timeout;
         ctx.step_limits = req.step_limits.clone();
+        ctx.userns = req.userns;
         let ctx = Arc::new(ctx);
         let solved = crate::solver::solve(
             graph.clone(),

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::caps::{self, CapSets, DEFAULT_CAPS};
 use crate::landlock::{LandlockError, LandlockRecord};
-use crate::spec::{DEFAULT_PATH, MountKind, NetworkMode, Security, StepSpec};
+use crate::spec::{DEFAULT_PATH, IdMap, MountKind, NetworkMode, Rootfs, Security, StepSpec};
 use crate::syscall::{Forked, Harden, InRootFs, OpError, Syscall};
 use crate::user::{self, ExecUser, UserError};
 
@@ -42,6 +42,7 @@ pub(crate) const SETUP_FAILED: i32 = 125;
 pub enum Step {
     ReadSpec,
     JoinCgroup,
+    UserNs,
     Unshare,
     Fork,
     MakeRootPrivate,
@@ -50,11 +51,14 @@ pub enum Step {
     MountDev,
     MountSys,
     StepMounts,
+    MakeCwd,
     MaskPaths,
     Loopback,
     Hostname,
+    IdmapRoot,
     PivotRoot,
     Chdir,
+    EnterUserNs,
     DropBounding,
     SetUser,
     Capabilities,
@@ -69,6 +73,11 @@ pub(crate) static OUTER_STEPS: &[Step] = &[
     // First: every process of the step (the inits included) is in the step's cgroup from
     // here on, so its limits cover everything and the cgroup namespace below is rooted there.
     Step::JoinCgroup,
+    // With a user-namespace mapping only: the namespace is made (and its maps written) by
+    // this host-privileged process, and held by an fd; the step's other namespaces stay owned
+    // by the initial one, so root in the step can not mount, set the hostname or configure
+    // the network even inside them.
+    Step::UserNs,
     // New mount, PID, net (for NetworkMode::None), IPC, UTS, cgroup namespaces. (Later: the
     // user namespace for rootless goes here too; cgroup placement of the init must happen
     // before this, so the cgroup namespace is rooted at the step's cgroup.)
@@ -92,16 +101,24 @@ pub(crate) static INNER_STEPS: &[Step] = &[
     Step::MountSys,
     // The step's mounts last, so they may sit on top of anything above (e.g. a tmpfs /dev/shm).
     Step::StepMounts,
+    // The working directory, created (as root, owned by root as Docker does) inside the root
+    // before an idmapped root would turn the host's root into an unmapped id.
+    Step::MakeCwd,
     // runc's masked and read-only kernel paths, and /dev read-only; after every mount (a step
     // mount under /dev needs its target created first), before pivot_root.
     Step::MaskPaths,
     // Needs the new net ns (from Unshare); independent of the file system.
     Step::Loopback,
     Step::Hostname,
+    // With a user namespace: an idmapped clone of the root tree on top of it, so the step's
+    // ids are the image's ids on disk.
+    Step::IdmapRoot,
     // After every mount that needs a host path; the old root is detached here.
     Step::PivotRoot,
     // In the new root: a relative symlink or `..` in cwd can not leave it.
     Step::Chdir,
+    // With a user namespace: from here on every capability counts only inside it.
+    Step::EnterUserNs,
     // Shrink the bounding set while we still hold CAP_SETPCAP (a non-root user loses it at
     // setuid).
     Step::DropBounding,
@@ -131,6 +148,8 @@ pub enum InitError {
     InvalidSpec { reason: String },
     #[error("joining the step's cgroup: {source}")]
     JoinCgroup { source: crate::cgroup::CgroupError },
+    #[error("creating the user namespace: {source}")]
+    UserNs { source: OpError },
     #[error("unshare: {source}")]
     Unshare { source: Errno },
     #[error("fork: {source}")]
@@ -147,6 +166,12 @@ pub enum InitError {
     MountSys { source: OpError },
     #[error("mounting {target}: {source}")]
     Mount { target: String, source: OpError },
+    #[error("creating the working directory {cwd}: {source}")]
+    MakeCwd { cwd: String, source: OpError },
+    #[error("idmapping the root for the user namespace: {source}")]
+    IdmapRoot { source: OpError },
+    #[error("entering the user namespace: {source}")]
+    EnterUserNs { source: Errno },
     #[error("masking {target}: {source}")]
     MaskPath {
         target: &'static str,
@@ -196,6 +221,10 @@ impl InitError {
                 Step::ReadSpec
             }
             Self::JoinCgroup { .. } => Step::JoinCgroup,
+            Self::UserNs { .. } => Step::UserNs,
+            Self::MakeCwd { .. } => Step::MakeCwd,
+            Self::IdmapRoot { .. } => Step::IdmapRoot,
+            Self::EnterUserNs { .. } => Step::EnterUserNs,
             Self::Unshare { .. } => Step::Unshare,
             Self::Fork { .. } => Step::Fork,
             Self::MakeRootPrivate { .. } => Step::MakeRootPrivate,
@@ -237,6 +266,7 @@ impl InitError {
             | Self::SetUid { source }
             | Self::NoNewPrivs { source }
             | Self::DropBounding { source }
+            | Self::EnterUserNs { source }
             | Self::Capabilities { source }
             | Self::CloseFds { source }
             | Self::ResetSignals { source }
@@ -247,6 +277,9 @@ impl InitError {
             | Self::MountSys { source }
             | Self::Mount { source, .. }
             | Self::MaskPath { source, .. }
+            | Self::UserNs { source }
+            | Self::MakeCwd { source, .. }
+            | Self::IdmapRoot { source }
             | Self::PivotRoot { source } => Some(source.errno.raw_os_error()),
             Self::ReadSpec { source } => source.raw_os_error(),
             _ => None,
@@ -296,6 +329,8 @@ pub struct Confinement {
     pub no_new_privs: bool,
     /// Kernel paths masked or made read-only (those present in this kernel's /proc and /sys).
     pub hardened_paths: Vec<String>,
+    /// The user-namespace mapping, when the step ran in one.
+    pub user_namespace: Option<IdMap>,
 }
 
 /// One message on the report pipe (fd 3), one JSON object per line.
@@ -349,11 +384,20 @@ pub(crate) fn main() -> ! {
 fn run_outer(sys: &impl Syscall) -> Result<i32, InitError> {
     let InitSpec { spec, cgroup } = read_spec()?;
     let mut forked = None;
+    let mut userns = None;
     for step in OUTER_STEPS {
         match step {
             Step::JoinCgroup => sys
                 .join_cgroup(&cgroup)
                 .map_err(|source| InitError::JoinCgroup { source })?,
+            Step::UserNs => {
+                if let Some(map) = &spec.userns {
+                    userns = Some(
+                        sys.create_userns(map)
+                            .map_err(|source| InitError::UserNs { source })?,
+                    );
+                }
+            }
             Step::Unshare => sys
                 .unshare(namespaces(spec.network))
                 .map_err(|source| InitError::Unshare { source })?,
@@ -365,10 +409,13 @@ fn run_outer(sys: &impl Syscall) -> Result<i32, InitError> {
         Some(Forked::Parent { pid, _lifeline }) => Ok(supervise(pid)),
         _ => {
             // PID 1 of the new namespace: report our own failure and exit; on success we exec.
-            let err = run_inner(sys, &spec).err().unwrap_or(InitError::Exec {
-                path: String::new(),
-                source: Errno::NOEXEC,
-            });
+            let userns = userns.as_ref().map(std::os::fd::AsFd::as_fd);
+            let err = run_inner(sys, &spec, userns)
+                .err()
+                .unwrap_or(InitError::Exec {
+                    path: String::new(),
+                    source: Errno::NOEXEC,
+                });
             Err(err)
         }
     }
@@ -411,6 +458,11 @@ fn validate(spec: &StepSpec) -> Result<(), InitError> {
     }
     if !spec.cwd.starts_with('/') {
         return invalid(format!("cwd {:?} is not absolute", spec.cwd));
+    }
+    if spec.userns.is_some() && !matches!(spec.rootfs, Rootfs::Dir { .. }) {
+        return invalid(
+            "a user namespace needs a directory root (the copying snapshotter): an overlay mount can not be idmapped".into(),
+        );
     }
     if let Some(m) = spec.mounts.iter().find(|m| !m.target.starts_with('/')) {
         return invalid(format!("mount target {:?} is not absolute", m.target));
@@ -467,10 +519,16 @@ struct Inner<'a> {
     keep: u64,
     /// Filled in as the steps run; reported just before exec.
     confinement: Confinement,
+    /// The user namespace to enter, when the spec asks for one.
+    userns: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// Run [`INNER_STEPS`]. Returns `Ok` only when a recording `execve` "succeeds".
-fn run_inner(sys: &impl Syscall, spec: &StepSpec) -> Result<(), InitError> {
+fn run_inner<'a>(
+    sys: &impl Syscall,
+    spec: &'a StepSpec,
+    userns: Option<std::os::fd::BorrowedFd<'a>>,
+) -> Result<(), InitError> {
     let keep = match spec.security {
         Security::Insecure => u64::MAX,
         _ => caps::mask(DEFAULT_CAPS),
@@ -488,7 +546,9 @@ fn run_inner(sys: &impl Syscall, spec: &StepSpec) -> Result<(), InitError> {
             landlock: None,
             no_new_privs: false,
             hardened_paths: Vec::new(),
+            user_namespace: userns.and(spec.userns),
         },
+        userns,
     };
     for step in INNER_STEPS {
         st.run(sys, *step)?;
@@ -546,6 +606,24 @@ impl Inner<'_> {
                 }
                 Ok(())
             }
+            Step::MakeCwd => sys
+                .make_dir_in_root(&self.root, &spec.cwd)
+                .map_err(|source| InitError::MakeCwd {
+                    cwd: spec.cwd.clone(),
+                    source,
+                }),
+            Step::IdmapRoot => match self.userns {
+                Some(userns) => sys
+                    .idmap_root(&self.root, userns)
+                    .map_err(|source| InitError::IdmapRoot { source }),
+                None => Ok(()),
+            },
+            Step::EnterUserNs => match self.userns {
+                Some(userns) => sys
+                    .enter_userns(userns)
+                    .map_err(|source| InitError::EnterUserNs { source }),
+                None => Ok(()),
+            },
             Step::MaskPaths => {
                 let paths = MASKED_PATHS
                     .iter()
@@ -627,7 +705,7 @@ impl Inner<'_> {
                 Ok(())
             }
             Step::Exec => self.exec(sys),
-            Step::ReadSpec | Step::JoinCgroup | Step::Unshare | Step::Fork => Ok(()),
+            Step::ReadSpec | Step::JoinCgroup | Step::UserNs | Step::Unshare | Step::Fork => Ok(()),
         }
     }
 

@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self as rfs, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{self as rfs, CWD, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use rustix::mount::{
     self as rmount, MountFlags, MountPropagationFlags, MoveMountFlags, UnmountFlags,
@@ -21,7 +21,7 @@ use crate::landlock::{LandlockError, LandlockRecord};
 use crate::mounts::{
     detached_mount, harden_in_root, mount_overlay, open_in_root, populate_dev, set_mount_attrs,
 };
-use crate::spec::{NetworkMode, Rootfs};
+use crate::spec::{IdMap, NetworkMode, Rootfs};
 use crate::syscall::{Forked, Harden, InRootFs, OpError, Syscall, op};
 
 /// The kernel, for real.
@@ -31,6 +31,77 @@ pub(crate) struct LinuxSyscall;
 impl Syscall for LinuxSyscall {
     fn join_cgroup(&self, procs: &[PathBuf]) -> Result<(), crate::cgroup::CgroupError> {
         crate::cgroup::join_cgroups(procs)
+    }
+
+    fn create_userns(&self, map: &IdMap) -> Result<OwnedFd, OpError> {
+        use rustix::pipe::{PipeFlags, pipe_with};
+        let (ready_r, ready_w) = pipe_with(PipeFlags::CLOEXEC).map_err(op("pipe"))?;
+        let (done_r, done_w) = pipe_with(PipeFlags::CLOEXEC).map_err(op("pipe"))?;
+        // SAFETY: the init is single-threaded (see `fork` above); the helper only unshares,
+        // writes one byte, waits for EOF and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(OpError {
+                op: "fork userns helper",
+                errno: last_errno(),
+            });
+        }
+        if pid == 0 {
+            drop(ready_r);
+            drop(done_w);
+            // SAFETY: CLONE_NEWUSER takes no pointers; this helper process is single-threaded.
+            let ok = unsafe { libc::unshare(libc::CLONE_NEWUSER) } == 0;
+            let _ = rustix::io::write(&ready_w, &[u8::from(ok)]);
+            let mut b = [0u8; 1];
+            let _ = rustix::io::read(&done_r, &mut b);
+            // SAFETY: `_exit` ends the helper without running the parent's atexit handlers or
+            // flushing its copied stdio buffers.
+            unsafe { libc::_exit(0) };
+        }
+        drop(ready_w);
+        drop(done_r);
+        let helper = rustix::process::Pid::from_raw(pid).ok_or(OpError {
+            op: "fork userns helper",
+            errno: Errno::INVAL,
+        })?;
+        let result = (|| {
+            let mut b = [0u8; 1];
+            match rustix::io::read(&ready_r, &mut b) {
+                Ok(1) if b[0] == 1 => {}
+                _ => {
+                    return Err(OpError {
+                        op: "unshare(CLONE_NEWUSER)",
+                        errno: Errno::PERM,
+                    });
+                }
+            }
+            let proc = format!("/proc/{pid}");
+            let write = |file: &str, line: String, what: &'static str| {
+                std::fs::write(format!("{proc}/{file}"), line).map_err(|e| OpError {
+                    op: what,
+                    errno: io_errno(&e),
+                })
+            };
+            write(
+                "uid_map",
+                format!("0 {} {}\n", map.host_uid, map.size),
+                "write uid_map",
+            )?;
+            write(
+                "gid_map",
+                format!("0 {} {}\n", map.host_gid, map.size),
+                "write gid_map",
+            )?;
+            rfs::open(
+                format!("{proc}/ns/user"),
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(op("open ns/user"))
+        })();
+        drop(done_w);
+        let _ = rustix::process::waitpid(Some(helper), rustix::process::WaitOptions::empty());
+        result
     }
 
     fn unshare(&self, flags: UnshareFlags) -> Result<(), Errno> {
@@ -162,6 +233,51 @@ impl Syscall for LinuxSyscall {
         )
         .map_err(op("open root"))?;
         harden_in_root(root_fd.as_fd(), target, how)
+    }
+
+    fn make_dir_in_root(&self, root: &Path, path: &str) -> Result<(), OpError> {
+        if path.split('/').all(|c| c.is_empty() || c == ".") {
+            return Ok(()); // the root itself
+        }
+        let root_fd = rfs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(op("open root"))?;
+        open_in_root(root_fd.as_fd(), path, true).map(drop)
+    }
+
+    fn idmap_root(&self, root: &Path, userns: std::os::fd::BorrowedFd<'_>) -> Result<(), OpError> {
+        let tree = rmount::open_tree(
+            CWD,
+            root,
+            rmount::OpenTreeFlags::OPEN_TREE_CLONE
+                | rmount::OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | rmount::OpenTreeFlags::AT_RECURSIVE,
+        )
+        .map_err(op("open_tree root"))?;
+        crate::mounts::idmap_mount(tree.as_fd(), userns)?;
+        rmount::move_mount(
+            &tree,
+            "",
+            CWD,
+            root,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(op("move_mount idmapped root"))
+    }
+
+    fn enter_userns(&self, userns: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
+        // SAFETY: `userns` is an open user-namespace fd; the init is single-threaded (setns
+        // into a user namespace refuses a multithreaded caller anyway).
+        let r = unsafe {
+            libc::setns(
+                std::os::fd::AsRawFd::as_raw_fd(&userns),
+                libc::CLONE_NEWUSER,
+            )
+        };
+        if r < 0 { Err(last_errno()) } else { Ok(()) }
     }
 
     fn loopback_up(&self) -> Result<(), Errno> {

@@ -200,6 +200,39 @@ pub(crate) fn set_mount_attrs(
     }
 }
 
+/// Make the detached mount `tree` (its top mount only) idmapped through `userns`: a file
+/// owned by id `n` on disk is seen as the namespace's id `n`, and what the namespace writes as
+/// `n` is stored as `n`.
+pub(crate) fn idmap_mount(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> Result<(), OpError> {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: std::os::fd::AsRawFd::as_raw_fd(&userns) as u64,
+    };
+    // SAFETY: `tree` is an open detached mount fd; the path is a static NUL-terminated empty
+    // string; `attr` is a valid `mount_attr` whose exact size is passed, read-only for the
+    // kernel; `userns_fd` is an open user-namespace fd for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            std::os::fd::AsRawFd::as_raw_fd(&tree),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        Err(OpError {
+            op: "mount_setattr idmap",
+            errno: last_errno(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
 /// Hide or freeze the kernel path `target` inside `root` (see [`Harden`]). The target is opened
 /// with `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS` and never created: `Ok(false)` when missing.
 pub(crate) fn harden_in_root(

@@ -42,6 +42,31 @@ pub struct StepSpec {
     pub timeout: Option<std::time::Duration>,
     /// Memory, pids and CPU limits of the step's own cgroup ([`Limits::defaults`] unless set).
     pub limits: Limits,
+    /// Run the step in a user namespace with this mapping, so root in the step is an
+    /// unprivileged id range on the host. Needs a [`Rootfs::Dir`] root (an overlay mount can
+    /// not be idmapped); `None` (default): the initial user namespace.
+    pub userns: Option<IdMap>,
+}
+
+/// A user namespace mapping: ids `0..size` in the step are `host_uid..host_uid+size` and
+/// `host_gid..host_gid+size` on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    /// First host uid (step uid 0).
+    pub host_uid: u32,
+    /// First host gid (step gid 0).
+    pub host_gid: u32,
+    /// How many ids are mapped (65536 covers every id images use).
+    pub size: u32,
+}
+
+impl IdMap {
+    /// dockerd's `--userns-remap=default` range: 100000, 65536 ids.
+    pub const DEFAULT: IdMap = IdMap {
+        host_uid: 100_000,
+        host_gid: 100_000,
+        size: 65_536,
+    };
 }
 
 impl StepSpec {
@@ -59,6 +84,7 @@ impl StepSpec {
             security: Security::Sandboxed,
             timeout: None,
             limits: Limits::defaults(),
+            userns: None,
         }
     }
 }

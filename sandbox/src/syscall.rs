@@ -14,7 +14,7 @@ use rustix::thread::UnshareFlags;
 
 use crate::caps::CapSets;
 use crate::landlock::{LandlockError, LandlockRecord};
-use crate::spec::{NetworkMode, Rootfs};
+use crate::spec::{IdMap, NetworkMode, Rootfs};
 
 /// A failed kernel call inside a compound operation: which call, and its errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +84,9 @@ pub(crate) enum Harden {
 pub(crate) trait Syscall {
     /// Move this process into the step's cgroup: `0` into each `cgroup.procs` file.
     fn join_cgroup(&self, procs: &[PathBuf]) -> Result<(), crate::cgroup::CgroupError>;
+    /// A new user namespace with `map` written by this (host-privileged) process, held by the
+    /// returned fd (`/proc/<helper>/ns/user`; the helper that made it has exited).
+    fn create_userns(&self, map: &IdMap) -> Result<std::os::fd::OwnedFd, OpError>;
     /// `unshare(2)`.
     fn unshare(&self, flags: UnshareFlags) -> Result<(), Errno>;
     /// `fork(2)`; the child gets `PR_SET_PDEATHSIG(SIGKILL)` and checks its lifeline.
@@ -97,6 +100,13 @@ pub(crate) trait Syscall {
     /// Apply `how` to `target` inside `root`; a target that does not exist is skipped
     /// (`Ok(false)`). Never creates anything and never follows a symlink.
     fn harden_in_root(&self, root: &Path, target: &str, how: Harden) -> Result<bool, OpError>;
+    /// Create the directory `path` (and its parents) inside `root`, never leaving it.
+    fn make_dir_in_root(&self, root: &Path, path: &str) -> Result<(), OpError>;
+    /// Stack an idmapped clone of the mount tree at `root` onto `root` (only its top mount is
+    /// idmapped: proc, sysfs and devpts can not be).
+    fn idmap_root(&self, root: &Path, userns: std::os::fd::BorrowedFd<'_>) -> Result<(), OpError>;
+    /// `setns(fd, CLONE_NEWUSER)`: all capabilities in that namespace, none outside.
+    fn enter_userns(&self, userns: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno>;
     /// Bring up `lo` in the current network namespace.
     fn loopback_up(&self) -> Result<(), Errno>;
     /// `sethostname(2)`.
@@ -172,6 +182,15 @@ pub(crate) mod tests {
             self.log(format!("join_cgroup({procs:?})"));
             Ok(())
         }
+        fn create_userns(&self, map: &IdMap) -> Result<std::os::fd::OwnedFd, OpError> {
+            self.log(format!("create_userns({map:?})"));
+            std::fs::File::open("/dev/null")
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(|_| OpError {
+                    op: "open",
+                    errno: Errno::NOENT,
+                })
+        }
         fn unshare(&self, flags: UnshareFlags) -> Result<(), Errno> {
             self.log(format!("unshare({flags:?})"));
             Ok(())
@@ -201,6 +220,22 @@ pub(crate) mod tests {
                 root.display()
             ));
             Ok(true)
+        }
+        fn make_dir_in_root(&self, root: &Path, path: &str) -> Result<(), OpError> {
+            self.log(format!("make_dir_in_root({}, {path})", root.display()));
+            Ok(())
+        }
+        fn idmap_root(
+            &self,
+            root: &Path,
+            _userns: std::os::fd::BorrowedFd<'_>,
+        ) -> Result<(), OpError> {
+            self.log(format!("idmap_root({})", root.display()));
+            Ok(())
+        }
+        fn enter_userns(&self, _userns: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
+            self.log("enter_userns()".into());
+            Ok(())
         }
         fn loopback_up(&self) -> Result<(), Errno> {
             self.log("loopback_up()".into());

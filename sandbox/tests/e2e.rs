@@ -122,6 +122,10 @@ const CASES: &[(&str, Case)] = &[
         step_sees_only_its_own_cgroup,
     ),
     (
+        "user_namespace_maps_root_to_an_unprivileged_range",
+        user_namespace_maps_root_to_an_unprivileged_range,
+    ),
+    (
         "two_hundred_steps_leave_no_process_or_mount_behind",
         two_hundred_steps_leave_no_process_or_mount_behind,
     ),
@@ -773,4 +777,63 @@ fn step_sees_only_its_own_cgroup() -> CaseResult {
     // The cgroup namespace is rooted at the step's cgroup: every hierarchy shows "/".
     let out = run_ok(&f.spec("cut -d: -f3 /proc/self/cgroup | sort -u"))?;
     expect_eq(&out, "/\n")
+}
+
+fn user_namespace_maps_root_to_an_unprivileged_range() -> CaseResult {
+    if !kiln_sandbox::probe().user_namespaces {
+        println!("  (skipped: this kernel does not allow user namespaces)");
+        return Ok(());
+    }
+    let f = Fixture::new()?;
+    // A host file no mapped id owns, mode 0600: root in the step has CAP_DAC_OVERRIDE only
+    // for files whose owner is mapped into its namespace, so it can not read it.
+    let secret = f.path("host-secret");
+    std::fs::write(&secret, "host only\n").map_err(e)?;
+    std::os::unix::fs::chown(&secret, Some(4242), Some(4242)).map_err(e)?;
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(e)?;
+    let mut spec = StepSpec::new(
+        sh(
+            "cat /proc/self/uid_map | tr -s ' '; id -u; stat -c %u /bin/busybox; \
+            mkdir -p /work && touch /work/by-root && chown 1000:1000 /work && echo chowned; \
+            cat /secret/host-secret 2>/dev/null || echo denied; \
+            grep CapEff /proc/self/status | cut -f2",
+        ),
+        Rootfs::Dir {
+            path: f.path("lower0"),
+        },
+    );
+    spec.userns = Some(kiln_sandbox::IdMap::DEFAULT);
+    spec.cwd = "/work".into();
+    spec.mounts.push(Mount {
+        target: "/secret".into(),
+        kind: MountKind::Bind {
+            source: f.path(""),
+            readonly: true,
+        },
+    });
+    let out = run(&spec)?.map_err(e)?;
+    if out.exit.code != 0 {
+        return Err(format!("exit {:?}: {}", out.exit, out.stderr));
+    }
+    expect_eq(
+        &out.stdout,
+        " 0 100000 65536\n0\n0\nchowned\ndenied\n00000000a80405fb\n",
+    )?;
+    // On disk the ids are the image's: root's file is uid 0, the chown is uid 1000.
+    let md = std::fs::metadata(f.path("lower0/work/by-root")).map_err(e)?;
+    let dir = std::fs::metadata(f.path("lower0/work")).map_err(e)?;
+    if md.uid() != 0 || dir.uid() != 1000 || dir.gid() != 1000 {
+        return Err(format!(
+            "on disk: file uid {}, dir {}:{}",
+            md.uid(),
+            dir.uid(),
+            dir.gid()
+        ));
+    }
+    let c = out.exit.confinement.ok_or("no confinement record")?;
+    if c.user_namespace != Some(kiln_sandbox::IdMap::DEFAULT) {
+        return Err(format!("record {:?}", c.user_namespace));
+    }
+    Ok(())
 }

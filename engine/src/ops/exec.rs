@@ -112,6 +112,7 @@ pub(super) fn exec(
     };
     spec.timeout = ctx.step_timeout;
     spec.limits = ctx.step_limits.clone();
+    spec.userns = ctx.userns;
     ctx.check_cancelled()?;
     let mut step = ctx.sandbox.spawn(&spec)?;
     let killer = step.killer();

@@ -266,6 +266,8 @@ pub struct OpContext {
     pub step_timeout: Option<Duration>,
     /// Cgroup limits of one RUN step.
     pub step_limits: sandbox::Limits,
+    /// User-namespace mapping for RUN steps (only with [`Snapshotter::Copy`]).
+    pub userns: Option<sandbox::IdMap>,
     /// The network step: every URL this build downloaded, with its verified digest, in the
     /// order the downloads finished (cache hits download nothing and are not listed).
     pub fetched: Mutex<Vec<(String, Digest)>>,
@@ -315,6 +317,7 @@ impl OpContext {
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
             step_timeout: None,
             step_limits: sandbox::Limits::defaults(),
+            userns: None,
             fetched: Mutex::default(),
             http: OnceLock::new(),
             killers: Mutex::default(),

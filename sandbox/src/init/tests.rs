@@ -66,7 +66,7 @@ fn network_none_gets_a_new_net_namespace_and_host_does_not() {
 #[test]
 fn inner_steps_run_in_the_documented_order() -> Result<(), InitError> {
     let sys = recording();
-    run_inner(&sys, &spec())?;
+    run_inner(&sys, &spec(), None)?;
     let calls = sys.calls.borrow().clone();
     let expect_prefixes = [
         "make_root_private()",
@@ -77,6 +77,7 @@ fn inner_steps_run_in_the_documented_order() -> Result<(), InitError> {
         "mount_in_root(/newroot, /dev/shm, Shm)",
         "mount_in_root(/newroot, /sys, Sysfs)",
         "mount_in_root(/newroot, /cache, Tmpfs",
+        "make_dir_in_root(/newroot, /src)",
         "harden_in_root(/newroot, /proc/acpi, Mask)",
         "harden_in_root(/newroot, /proc/asound, Mask)",
         "harden_in_root(/newroot, /proc/interrupts, Mask)",
@@ -127,7 +128,7 @@ fn inner_steps_run_in_the_documented_order() -> Result<(), InitError> {
 #[test]
 fn ids_are_dropped_before_no_new_privs_and_exec_is_last() -> Result<(), InitError> {
     let sys = recording();
-    run_inner(&sys, &spec())?;
+    run_inner(&sys, &spec(), None)?;
     let names = sys.names();
     let pos = |n: &str| names.iter().position(|c| c == n);
     assert!(pos("setuid") < pos("set_no_new_privs"));
@@ -142,7 +143,7 @@ fn ids_are_dropped_before_no_new_privs_and_exec_is_last() -> Result<(), InitErro
 #[test]
 fn home_comes_from_passwd_when_the_env_has_none() -> Result<(), InitError> {
     let sys = recording();
-    run_inner(&sys, &spec())?;
+    run_inner(&sys, &spec(), None)?;
     let calls = sys.calls.borrow();
     let exec = calls.last().map(String::as_str).unwrap_or_default();
     assert!(exec.contains("HOME=/nonexistent"), "{exec}");
@@ -155,7 +156,7 @@ fn missing_executable_says_not_found_in_path() {
         executables: vec![],
         ..recording()
     };
-    let err = run_inner(&sys, &spec()).err();
+    let err = run_inner(&sys, &spec(), None).err();
     assert!(
         matches!(&err, Some(InitError::ExecNotFound { name }) if name == "sh"),
         "{err:?}"
@@ -170,7 +171,7 @@ fn host_network_skips_loopback() -> Result<(), InitError> {
     let sys = recording();
     let mut spec = spec();
     spec.network = NetworkMode::Host;
-    run_inner(&sys, &spec)?;
+    run_inner(&sys, &spec, None)?;
     assert!(!sys.names().iter().any(|n| n == "loopback_up"));
     Ok(())
 }
@@ -211,7 +212,7 @@ fn root_keeps_dockers_default_caps_and_insecure_keeps_all() -> Result<(), InitEr
     let mut s = spec();
     s.user = String::new();
     let sys = recording();
-    run_inner(&sys, &s)?;
+    run_inner(&sys, &s, None)?;
     let calls = sys.calls.borrow().clone();
     assert!(
         calls.contains(&"drop_bounding(0xa80405fb)".to_owned()),
@@ -225,7 +226,7 @@ fn root_keeps_dockers_default_caps_and_insecure_keeps_all() -> Result<(), InitEr
 
     s.security = Security::Insecure;
     let sys = recording();
-    run_inner(&sys, &s)?;
+    run_inner(&sys, &s, None)?;
     let calls = sys.calls.borrow().clone();
     assert!(calls.contains(&"drop_bounding(0xffffffffffffffff)".to_owned()));
     assert!(
@@ -238,7 +239,7 @@ fn root_keeps_dockers_default_caps_and_insecure_keeps_all() -> Result<(), InitEr
 #[test]
 fn the_confinement_report_is_sent_right_before_exec() -> Result<(), InitError> {
     let sys = recording();
-    run_inner(&sys, &spec())?;
+    run_inner(&sys, &spec(), None)?;
     let calls = sys.calls.borrow().clone();
     let report = calls
         .iter()
@@ -251,4 +252,43 @@ fn the_confinement_report_is_sent_right_before_exec() -> Result<(), InitError> {
     let names = sys.names();
     assert_eq!(names[names.len() - 2], "report");
     Ok(())
+}
+
+#[test]
+fn a_user_namespace_is_entered_after_pivot_root_and_before_the_id_change() -> Result<(), InitError>
+{
+    let sys = recording();
+    let devnull =
+        std::fs::File::open("/dev/null").map_err(|source| InitError::ReadSpec { source })?;
+    let mut s = spec();
+    s.userns = Some(crate::spec::IdMap::DEFAULT);
+    s.rootfs = Rootfs::Dir { path: "/r".into() };
+    run_inner(&sys, &s, Some(std::os::fd::AsFd::as_fd(&devnull)))?;
+    let names = sys.names();
+    let pos = |n: &str| names.iter().position(|c| c == n).unwrap_or(usize::MAX);
+    assert!(pos("make_dir_in_root") < pos("idmap_root"), "{names:?}");
+    assert!(pos("harden_in_root") < pos("idmap_root"), "{names:?}");
+    assert!(pos("idmap_root") < pos("pivot_root"), "{names:?}");
+    assert!(pos("pivot_root") < pos("enter_userns"), "{names:?}");
+    assert!(pos("enter_userns") < pos("drop_bounding"), "{names:?}");
+    assert!(pos("enter_userns") < pos("setuid"), "{names:?}");
+    let report = sys
+        .calls
+        .borrow()
+        .iter()
+        .find(|c| c.starts_with("report("))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        report.contains("\"user_namespace\":{\"host_uid\":100000"),
+        "{report}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_user_namespace_with_an_overlay_root_is_refused() {
+    let mut s = spec();
+    s.userns = Some(crate::spec::IdMap::DEFAULT);
+    assert!(matches!(validate(&s), Err(InitError::InvalidSpec { .. })));
 }
