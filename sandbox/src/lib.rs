@@ -40,6 +40,7 @@ mod linux;
 mod mounts;
 mod probe;
 mod sandbox;
+pub mod seccomp;
 mod spec;
 mod syscall;
 mod user;
