@@ -41,6 +41,7 @@ pub(crate) const SETUP_FAILED: i32 = 125;
 #[non_exhaustive]
 pub enum Step {
     ReadSpec,
+    CompileSeccomp,
     JoinCgroup,
     UserNs,
     Unshare,
@@ -65,11 +66,15 @@ pub enum Step {
     NoNewPrivs,
     CloseFds,
     Landlock,
+    Seccomp,
     Exec,
 }
 
 /// Steps of the outer init, in order.
 pub(crate) static OUTER_STEPS: &[Step] = &[
+    // The step's seccomp profile, compiled once, before anything changes: bad data fails the
+    // step before it has any effect (fail closed).
+    Step::CompileSeccomp,
     // First: every process of the step (the inits included) is in the step's cgroup from
     // here on, so its limits cover everything and the cgroup namespace below is rooted there.
     Step::JoinCgroup,
@@ -133,6 +138,9 @@ pub(crate) static INNER_STEPS: &[Step] = &[
     Step::CloseFds,
     // After everything that opens paths; the rule is on the new "/".
     Step::Landlock,
+    // Last before exec: the allow-list need not permit any set-up call. What runs after it
+    // (the PATH lookup's stat, signal resets, the report write, execve) is allowed.
+    Step::Seccomp,
     Step::Exec,
 ];
 
@@ -203,6 +211,14 @@ pub enum InitError {
     NoNewPrivs { source: Errno },
     #[error("landlock: {source}")]
     Landlock { source: LandlockError },
+    #[error("compiling the seccomp profile: {source}")]
+    CompileSeccomp {
+        source: crate::seccomp::SeccompError,
+    },
+    #[error("seccomp: {source}")]
+    Seccomp {
+        source: crate::seccomp::SeccompError,
+    },
     #[error("closing inherited fds: {source}")]
     CloseFds { source: Errno },
     #[error("resetting signal dispositions: {source}")]
@@ -237,6 +253,8 @@ impl InitError {
             Self::DropBounding { .. } => Step::DropBounding,
             Self::Capabilities { .. } => Step::Capabilities,
             Self::Landlock { .. } => Step::Landlock,
+            Self::CompileSeccomp { .. } => Step::CompileSeccomp,
+            Self::Seccomp { .. } => Step::Seccomp,
             Self::Loopback { .. } => Step::Loopback,
             Self::Hostname { .. } => Step::Hostname,
             Self::PivotRoot { .. } => Step::PivotRoot,
@@ -325,6 +343,8 @@ pub struct Confinement {
     pub bounding: Vec<String>,
     /// The landlock domain; `None` for an insecure step.
     pub landlock: Option<LandlockRecord>,
+    /// The seccomp profile installed (`default` or `insecure`).
+    pub seccomp: Option<String>,
     /// `no_new_privs` is set (always).
     pub no_new_privs: bool,
     /// Kernel paths masked or made read-only (those present in this kernel's /proc and /sys).
@@ -385,8 +405,15 @@ fn run_outer(sys: &impl Syscall) -> Result<i32, InitError> {
     let InitSpec { spec, cgroup } = read_spec()?;
     let mut forked = None;
     let mut userns = None;
+    let mut filters = None;
     for step in OUTER_STEPS {
         match step {
+            Step::CompileSeccomp => {
+                filters = Some(
+                    crate::seccomp::compile(seccomp_profile(spec.security))
+                        .map_err(|source| InitError::CompileSeccomp { source })?,
+                );
+            }
             Step::JoinCgroup => sys
                 .join_cgroup(&cgroup)
                 .map_err(|source| InitError::JoinCgroup { source })?,
@@ -410,7 +437,7 @@ fn run_outer(sys: &impl Syscall) -> Result<i32, InitError> {
         _ => {
             // PID 1 of the new namespace: report our own failure and exit; on success we exec.
             let userns = userns.as_ref().map(std::os::fd::AsFd::as_fd);
-            let err = run_inner(sys, &spec, userns)
+            let err = run_inner(sys, &spec, userns, filters.as_ref())
                 .err()
                 .unwrap_or(InitError::Exec {
                     path: String::new(),
@@ -521,6 +548,8 @@ struct Inner<'a> {
     confinement: Confinement,
     /// The user namespace to enter, when the spec asks for one.
     userns: Option<std::os::fd::BorrowedFd<'a>>,
+    /// The compiled seccomp filters (always `Some` in the real init).
+    filters: Option<&'a crate::seccomp::Filters>,
 }
 
 /// Run [`INNER_STEPS`]. Returns `Ok` only when a recording `execve` "succeeds".
@@ -528,6 +557,7 @@ fn run_inner<'a>(
     sys: &impl Syscall,
     spec: &'a StepSpec,
     userns: Option<std::os::fd::BorrowedFd<'a>>,
+    filters: Option<&'a crate::seccomp::Filters>,
 ) -> Result<(), InitError> {
     let keep = match spec.security {
         Security::Insecure => u64::MAX,
@@ -547,8 +577,10 @@ fn run_inner<'a>(
             no_new_privs: false,
             hardened_paths: Vec::new(),
             user_namespace: userns.and(spec.userns),
+            seccomp: None,
         },
         userns,
+        filters,
     };
     for step in INNER_STEPS {
         st.run(sys, *step)?;
@@ -705,7 +737,23 @@ impl Inner<'_> {
                 Ok(())
             }
             Step::Exec => self.exec(sys),
-            Step::ReadSpec | Step::JoinCgroup | Step::UserNs | Step::Unshare | Step::Fork => Ok(()),
+            Step::Seccomp => {
+                let Some(filters) = self.filters else {
+                    return Err(InitError::Seccomp {
+                        source: crate::seccomp::SeccompError::NoFilters,
+                    });
+                };
+                sys.apply_seccomp(filters)
+                    .map_err(|source| InitError::Seccomp { source })?;
+                self.confinement.seccomp = Some(seccomp_profile(spec.security).name().to_owned());
+                Ok(())
+            }
+            Step::ReadSpec
+            | Step::CompileSeccomp
+            | Step::JoinCgroup
+            | Step::UserNs
+            | Step::Unshare
+            | Step::Fork => Ok(()),
         }
     }
 
@@ -773,6 +821,14 @@ impl Inner<'_> {
                 path: path.to_string_lossy().into_owned(),
                 source,
             })
+    }
+}
+
+/// The seccomp profile a step's security mode selects.
+fn seccomp_profile(security: Security) -> crate::seccomp::SeccompProfile {
+    match security {
+        Security::Insecure => crate::seccomp::SeccompProfile::Insecure,
+        _ => crate::seccomp::SeccompProfile::Default,
     }
 }
 

@@ -453,6 +453,13 @@ impl Syscall for LinuxSyscall {
         crate::landlock::restrict_self(network)
     }
 
+    fn apply_seccomp(
+        &self,
+        filters: &crate::seccomp::Filters,
+    ) -> Result<(), crate::seccomp::SeccompError> {
+        crate::seccomp::apply(filters)
+    }
+
     fn set_no_new_privs(&self) -> Result<(), Errno> {
         rustix::thread::set_no_new_privs(true)
     }

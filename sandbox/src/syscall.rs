@@ -133,6 +133,11 @@ pub(crate) trait Syscall {
     fn set_no_new_privs(&self) -> Result<(), Errno>;
     /// Build and apply the step's landlock ruleset (see [`crate::landlock`]).
     fn landlock(&self, network: NetworkMode) -> Result<LandlockRecord, LandlockError>;
+    /// Install the compiled seccomp filters on this (single) thread.
+    fn apply_seccomp(
+        &self,
+        filters: &crate::seccomp::Filters,
+    ) -> Result<(), crate::seccomp::SeccompError>;
     /// Mark every fd above 2 close-on-exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`).
     fn cloexec_fds_above_stdio(&self) -> Result<(), Errno>;
     /// Every signal back to `SIG_DFL` and an empty signal mask: exec keeps ignored signals
@@ -310,6 +315,13 @@ pub(crate) mod tests {
         }
         fn is_executable(&self, path: &Path) -> bool {
             self.executables.iter().any(|p| p == path)
+        }
+        fn apply_seccomp(
+            &self,
+            filters: &crate::seccomp::Filters,
+        ) -> Result<(), crate::seccomp::SeccompError> {
+            self.log(format!("apply_seccomp({filters:?})"));
+            Ok(())
         }
         fn report(&self, report: &crate::init::Report) {
             self.log(format!(

@@ -24,6 +24,17 @@ fn spec() -> StepSpec {
     spec
 }
 
+fn compiled() -> Result<crate::seccomp::Filters, InitError> {
+    crate::seccomp::compile(crate::seccomp::SeccompProfile::Default)
+        .map_err(|source| InitError::CompileSeccomp { source })
+}
+
+/// [`run_inner`] without a user namespace, with the default seccomp profile compiled.
+fn run_default(sys: &Recording, spec: &StepSpec) -> Result<(), InitError> {
+    let filters = compiled()?;
+    run_inner(sys, spec, None, Some(&filters))
+}
+
 fn recording() -> Recording {
     Recording {
         executables: vec![PathBuf::from("/bin/sh")],
@@ -40,6 +51,7 @@ fn outer_init_unshares_before_forking_into_pid_1() -> Result<(), InitError> {
     let sys = recording();
     for step in OUTER_STEPS {
         match step {
+            Step::CompileSeccomp => drop(compiled()?),
             Step::JoinCgroup => sys
                 .join_cgroup(&[PathBuf::from("/cg/cgroup.procs")])
                 .map_err(|source| InitError::JoinCgroup { source })?,
@@ -51,6 +63,7 @@ fn outer_init_unshares_before_forking_into_pid_1() -> Result<(), InitError> {
         }
     }
     assert_eq!(sys.names(), ["join_cgroup", "unshare", "fork"]);
+    assert_eq!(OUTER_STEPS.first(), Some(&Step::CompileSeccomp));
     Ok(())
 }
 
@@ -66,7 +79,7 @@ fn network_none_gets_a_new_net_namespace_and_host_does_not() {
 #[test]
 fn inner_steps_run_in_the_documented_order() -> Result<(), InitError> {
     let sys = recording();
-    run_inner(&sys, &spec(), None)?;
+    run_default(&sys, &spec())?;
     let calls = sys.calls.borrow().clone();
     let expect_prefixes = [
         "make_root_private()",
@@ -111,6 +124,7 @@ fn inner_steps_run_in_the_documented_order() -> Result<(), InitError> {
         "set_no_new_privs()",
         "cloexec_fds_above_stdio()",
         "landlock(None)",
+        "apply_seccomp(",
         "reset_signals()",
         "report(",
         "execve(\"/bin/sh\"",
@@ -128,7 +142,7 @@ fn inner_steps_run_in_the_documented_order() -> Result<(), InitError> {
 #[test]
 fn ids_are_dropped_before_no_new_privs_and_exec_is_last() -> Result<(), InitError> {
     let sys = recording();
-    run_inner(&sys, &spec(), None)?;
+    run_default(&sys, &spec())?;
     let names = sys.names();
     let pos = |n: &str| names.iter().position(|c| c == n);
     assert!(pos("setuid") < pos("set_no_new_privs"));
@@ -143,7 +157,7 @@ fn ids_are_dropped_before_no_new_privs_and_exec_is_last() -> Result<(), InitErro
 #[test]
 fn home_comes_from_passwd_when_the_env_has_none() -> Result<(), InitError> {
     let sys = recording();
-    run_inner(&sys, &spec(), None)?;
+    run_default(&sys, &spec())?;
     let calls = sys.calls.borrow();
     let exec = calls.last().map(String::as_str).unwrap_or_default();
     assert!(exec.contains("HOME=/nonexistent"), "{exec}");
@@ -156,7 +170,7 @@ fn missing_executable_says_not_found_in_path() {
         executables: vec![],
         ..recording()
     };
-    let err = run_inner(&sys, &spec(), None).err();
+    let err = run_default(&sys, &spec()).err();
     assert!(
         matches!(&err, Some(InitError::ExecNotFound { name }) if name == "sh"),
         "{err:?}"
@@ -171,7 +185,7 @@ fn host_network_skips_loopback() -> Result<(), InitError> {
     let sys = recording();
     let mut spec = spec();
     spec.network = NetworkMode::Host;
-    run_inner(&sys, &spec, None)?;
+    run_default(&sys, &spec)?;
     assert!(!sys.names().iter().any(|n| n == "loopback_up"));
     Ok(())
 }
@@ -212,7 +226,7 @@ fn root_keeps_dockers_default_caps_and_insecure_keeps_all() -> Result<(), InitEr
     let mut s = spec();
     s.user = String::new();
     let sys = recording();
-    run_inner(&sys, &s, None)?;
+    run_default(&sys, &s)?;
     let calls = sys.calls.borrow().clone();
     assert!(
         calls.contains(&"drop_bounding(0xa80405fb)".to_owned()),
@@ -226,7 +240,7 @@ fn root_keeps_dockers_default_caps_and_insecure_keeps_all() -> Result<(), InitEr
 
     s.security = Security::Insecure;
     let sys = recording();
-    run_inner(&sys, &s, None)?;
+    run_default(&sys, &s)?;
     let calls = sys.calls.borrow().clone();
     assert!(calls.contains(&"drop_bounding(0xffffffffffffffff)".to_owned()));
     assert!(
@@ -239,7 +253,7 @@ fn root_keeps_dockers_default_caps_and_insecure_keeps_all() -> Result<(), InitEr
 #[test]
 fn the_confinement_report_is_sent_right_before_exec() -> Result<(), InitError> {
     let sys = recording();
-    run_inner(&sys, &spec(), None)?;
+    run_default(&sys, &spec())?;
     let calls = sys.calls.borrow().clone();
     let report = calls
         .iter()
@@ -263,7 +277,13 @@ fn a_user_namespace_is_entered_after_pivot_root_and_before_the_id_change() -> Re
     let mut s = spec();
     s.userns = Some(crate::spec::IdMap::DEFAULT);
     s.rootfs = Rootfs::Dir { path: "/r".into() };
-    run_inner(&sys, &s, Some(std::os::fd::AsFd::as_fd(&devnull)))?;
+    let filters = compiled()?;
+    run_inner(
+        &sys,
+        &s,
+        Some(std::os::fd::AsFd::as_fd(&devnull)),
+        Some(&filters),
+    )?;
     let names = sys.names();
     let pos = |n: &str| names.iter().position(|c| c == n).unwrap_or(usize::MAX);
     assert!(pos("make_dir_in_root") < pos("idmap_root"), "{names:?}");
@@ -291,4 +311,32 @@ fn a_user_namespace_with_an_overlay_root_is_refused() {
     let mut s = spec();
     s.userns = Some(crate::spec::IdMap::DEFAULT);
     assert!(matches!(validate(&s), Err(InitError::InvalidSpec { .. })));
+}
+
+#[test]
+fn seccomp_is_the_last_step_before_exec_and_is_recorded() -> Result<(), InitError> {
+    let sys = recording();
+    run_default(&sys, &spec())?;
+    let names = sys.names();
+    let pos = |n: &str| names.iter().position(|c| c == n).unwrap_or(usize::MAX);
+    assert!(pos("landlock") < pos("apply_seccomp"));
+    assert!(pos("set_no_new_privs") < pos("apply_seccomp"));
+    assert_eq!(
+        names[pos("apply_seccomp") + 1..],
+        ["reset_signals", "report", "execve"]
+    );
+    let report = sys
+        .calls
+        .borrow()
+        .iter()
+        .find(|c| c.starts_with("report("))
+        .cloned()
+        .unwrap_or_default();
+    assert!(report.contains("\"seccomp\":\"default\""), "{report}");
+    // Without compiled filters the step never runs (fail closed).
+    let sys = recording();
+    let err = run_inner(&sys, &spec(), None, None).err();
+    assert!(matches!(err, Some(InitError::Seccomp { .. })), "{err:?}");
+    assert!(!sys.names().contains(&"execve".to_owned()));
+    Ok(())
 }

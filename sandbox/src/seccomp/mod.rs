@@ -203,6 +203,9 @@ pub enum SeccompError {
         filter: String,
         source: BackendError,
     },
+    /// The init reached its seccomp step without compiled filters (never fail open).
+    #[error("no compiled seccomp filters to install")]
+    NoFilters,
     /// `apply` was called before `no_new_privs` was set.
     #[error("no_new_privs is not set: set it before installing seccomp filters")]
     NoNewPrivs,
@@ -321,13 +324,6 @@ impl fmt::Debug for Filters {
 }
 
 /// Parse, validate and compile `profile` for the running architecture. Pure: no kernel call.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the init calls it once seccomp is integrated (issue 3)"
-    )
-)]
 pub(crate) fn compile(profile: SeccompProfile) -> Result<Filters, SeccompError> {
     Model::load(profile)?.compile()
 }
@@ -338,13 +334,6 @@ pub(crate) fn compile(profile: SeccompProfile) -> Result<Filters, SeccompError> 
 /// Requires `no_new_privs` (the init's `NoNewPrivs` step); refuses to run without it rather
 /// than set it behind the caller's back. Call it as the last step before `execve`: every call
 /// after it must be allowed (`execve`, and `write`/`exit_group` to report a failed exec).
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the init calls it once seccomp is integrated (issue 3)"
-    )
-)]
 pub(crate) fn apply(filters: &Filters) -> Result<(), SeccompError> {
     // SAFETY: PR_GET_NO_NEW_PRIVS only reads a flag of the calling thread; the other
     // arguments must be zero and no memory is passed.
