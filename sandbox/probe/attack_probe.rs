@@ -64,6 +64,7 @@ type Attack = fn(&[String]) -> Outcome;
 #[rustfmt::skip]
 static ATTACKS: &[(&str, &str, &str, Attack)] = &[
     ("syscall", "NAME", "a raw syscall from SYSCALLS with harmless args", attack_syscall),
+    ("raw", "NR A0 A1 A2 A3 A4 A5", "a raw syscall by number (args decimal or 0x hex)", attack_raw),
     ("open-ro", "PATH", "open PATH read-only and read from it", attack_open_ro),
     ("read-dir", "PATH", "list a directory", attack_read_dir),
     ("write-file", "PATH DATA", "open an existing PATH write-only and write DATA", attack_write_file),
@@ -288,8 +289,8 @@ unsafe fn raw(nr: c_long, a: [c_long; 6]) -> Result<c_long, i32> {
 /// a fork: no `CLONE_VM`, null stack).
 fn sys(nr: c_long, a: [c_long; 6]) -> Result<c_long, i32> {
     // SAFETY: no argument points into this process, so the kernel reads and writes none of
-    // its memory; the callers never pass CLONE_VM (checked in the `SYSCALLS` table and at the
-    // two clone call sites).
+    // its memory; the callers never pass CLONE_VM (checked in the `SYSCALLS` table, at the
+    // two clone call sites and in `attack_raw`).
     unsafe { raw(nr, a) }
 }
 
@@ -345,6 +346,35 @@ fn is_null_device(f: &fs::File) -> bool {
     use std::os::unix::fs::FileTypeExt;
     f.metadata()
         .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0x103)
+}
+
+/// For tests generated from the seccomp profile data, which carries numbers and probe args.
+fn attack_raw(args: &[String]) -> Outcome {
+    let parse = |s: &String| -> Option<c_long> {
+        match s.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok().map(|v| v as c_long),
+            None => s.parse::<u64>().ok().map(|v| v as c_long),
+        }
+    };
+    let nums: Option<Vec<c_long>> = args.iter().map(parse).collect();
+    match nums.as_deref() {
+        Some([nr, a0, a1, a2, a3, a4, a5]) => {
+            let nr = *nr;
+            // `sys` must never share this address space with a child (see its SAFETY note):
+            // no vfork, no clone3 (flags in memory), no clone with CLONE_VM.
+            const CLONE: c_long = 56;
+            const VFORK: c_long = 58;
+            const CLONE3: c_long = 435;
+            const CLONE_VM: c_long = 0x100;
+            if nr == VFORK || nr == CLONE3 || (nr == CLONE && a0 & CLONE_VM != 0) {
+                return Usage(format!("raw syscall {nr} with these arguments is not probed"));
+            }
+            verdict(sys(nr, [*a0, *a1, *a2, *a3, *a4, *a5]), |v| {
+                format!("syscall {nr} returned {v}")
+            })
+        }
+        _ => Usage("expected NR and six numeric arguments".into()),
+    }
 }
 
 fn attack_open_ro(args: &[String]) -> Outcome {
@@ -1198,6 +1228,11 @@ fn attack_run(args: &[String]) -> Outcome {
         if text.contains(&strerror(*e)) {
             return Errno(*e);
         }
+    }
+    // busybox's own wording for EPERM (libbb's `bb_msg_perm_denied_are_you_root`, printed by
+    // mount and others exactly when the call failed with EPERM).
+    if text.contains("permission denied (are you root?)") {
+        return Errno(1);
     }
     Unexplained(format!(
         "{cmd} failed ({}) without naming an errno",

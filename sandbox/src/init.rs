@@ -43,6 +43,7 @@ pub enum Step {
     ReadSpec,
     CompileSeccomp,
     JoinCgroup,
+    NewSession,
     UserNs,
     Unshare,
     Fork,
@@ -78,6 +79,10 @@ pub(crate) static OUTER_STEPS: &[Step] = &[
     // First: every process of the step (the inits included) is in the step's cgroup from
     // here on, so its limits cover everything and the cgroup namespace below is rooted there.
     Step::JoinCgroup,
+    // A session (and process group) of its own, without a controlling terminal: `kill(0)` or
+    // `kill(-pgrp)` in the step can not reach kiln or the user's shell job, and `/dev/tty`
+    // (TIOCSTI keystroke injection) is not the user's terminal.
+    Step::NewSession,
     // With a user-namespace mapping only: the namespace is made (and its maps written) by
     // this host-privileged process, and held by an fd; the step's other namespaces stay owned
     // by the initial one, so root in the step can not mount, set the hostname or configure
@@ -156,6 +161,8 @@ pub enum InitError {
     InvalidSpec { reason: String },
     #[error("joining the step's cgroup: {source}")]
     JoinCgroup { source: crate::cgroup::CgroupError },
+    #[error("setsid: {source}")]
+    NewSession { source: Errno },
     #[error("creating the user namespace: {source}")]
     UserNs { source: OpError },
     #[error("unshare: {source}")]
@@ -174,7 +181,7 @@ pub enum InitError {
     MountSys { source: OpError },
     #[error("mounting {target}: {source}")]
     Mount { target: String, source: OpError },
-    #[error("creating the working directory {cwd}: {source}")]
+    #[error("chdir to {cwd}: creating the working directory: {source}")]
     MakeCwd { cwd: String, source: OpError },
     #[error("idmapping the root for the user namespace: {source}")]
     IdmapRoot { source: OpError },
@@ -238,6 +245,7 @@ impl InitError {
             }
             Self::JoinCgroup { .. } => Step::JoinCgroup,
             Self::UserNs { .. } => Step::UserNs,
+            Self::NewSession { .. } => Step::NewSession,
             Self::MakeCwd { .. } => Step::MakeCwd,
             Self::IdmapRoot { .. } => Step::IdmapRoot,
             Self::EnterUserNs { .. } => Step::EnterUserNs,
@@ -285,6 +293,7 @@ impl InitError {
             | Self::NoNewPrivs { source }
             | Self::DropBounding { source }
             | Self::EnterUserNs { source }
+            | Self::NewSession { source }
             | Self::Capabilities { source }
             | Self::CloseFds { source }
             | Self::ResetSignals { source }
@@ -417,6 +426,9 @@ fn run_outer(sys: &impl Syscall) -> Result<i32, InitError> {
             Step::JoinCgroup => sys
                 .join_cgroup(&cgroup)
                 .map_err(|source| InitError::JoinCgroup { source })?,
+            Step::NewSession => sys
+                .setsid()
+                .map_err(|source| InitError::NewSession { source })?,
             Step::UserNs => {
                 if let Some(map) = &spec.userns {
                     userns = Some(
@@ -560,7 +572,7 @@ fn run_inner<'a>(
     filters: Option<&'a crate::seccomp::Filters>,
 ) -> Result<(), InitError> {
     let keep = match spec.security {
-        Security::Insecure => u64::MAX,
+        Security::Insecure => all_caps(),
         _ => caps::mask(DEFAULT_CAPS),
     };
     let mut st = Inner {
@@ -712,9 +724,10 @@ impl Inner<'_> {
                     permitted: self.keep,
                     inheritable: 0,
                 };
-                sys.set_caps(sets)
+                let applied = sys
+                    .set_caps(sets)
                     .map_err(|source| InitError::Capabilities { source })?;
-                self.confinement.capabilities = caps::names(self.keep & all_caps());
+                self.confinement.capabilities = caps::names(applied);
                 Ok(())
             }
             Step::NoNewPrivs => {
@@ -751,6 +764,7 @@ impl Inner<'_> {
             Step::ReadSpec
             | Step::CompileSeccomp
             | Step::JoinCgroup
+            | Step::NewSession
             | Step::UserNs
             | Step::Unshare
             | Step::Fork => Ok(()),

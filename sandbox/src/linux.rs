@@ -104,6 +104,10 @@ impl Syscall for LinuxSyscall {
         result
     }
 
+    fn setsid(&self) -> Result<(), Errno> {
+        rustix::process::setsid().map(drop)
+    }
+
     fn unshare(&self, flags: UnshareFlags) -> Result<(), Errno> {
         // SAFETY: `unshare_unsafe` is unsafe only for `CLONE_FILES`, which could let threads
         // observe fds from an unshared table. `flags` never contains FILES (the init builds
@@ -394,7 +398,7 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
-    fn set_caps(&self, sets: CapSets) -> Result<(), Errno> {
+    fn set_caps(&self, sets: CapSets) -> Result<u64, Errno> {
         // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes integer arguments only.
         let r = unsafe {
             libc::prctl(
@@ -421,14 +425,37 @@ impl Syscall for LinuxSyscall {
             inheritable: u32,
         }
         const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-        let split = |m: u64| (m as u32, (m >> 32) as u32);
-        let (e0, e1) = split(sets.effective);
-        let (p0, p1) = split(sets.permitted);
-        let (i0, i1) = split(sets.inheritable);
         let mut header = Header {
             version: LINUX_CAPABILITY_VERSION_3,
             pid: 0,
         };
+        let mut current = [Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        // SAFETY: `header` is a valid v3 header (pid 0 = this thread); `current` has room for
+        // the two `__user_cap_data_struct`s version 3 writes.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_capget,
+                &mut header as *mut Header,
+                current.as_mut_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(last_errno());
+        }
+        let have = u64::from(current[0].permitted) | (u64::from(current[1].permitted) << 32);
+        let sets = CapSets {
+            effective: sets.effective & have,
+            permitted: sets.permitted & have,
+            inheritable: sets.inheritable & have,
+        };
+        let split = |m: u64| (m as u32, (m >> 32) as u32);
+        let (e0, e1) = split(sets.effective);
+        let (p0, p1) = split(sets.permitted);
+        let (i0, i1) = split(sets.inheritable);
         let data = [
             Data {
                 effective: e0,
@@ -446,7 +473,11 @@ impl Syscall for LinuxSyscall {
         // (and may write the preferred version into `header`, which is writable).
         let r =
             unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
-        if r < 0 { Err(last_errno()) } else { Ok(()) }
+        if r < 0 {
+            Err(last_errno())
+        } else {
+            Ok(sets.permitted)
+        }
     }
 
     fn landlock(&self, network: NetworkMode) -> Result<LandlockRecord, LandlockError> {

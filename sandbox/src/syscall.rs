@@ -87,6 +87,8 @@ pub(crate) trait Syscall {
     /// A new user namespace with `map` written by this (host-privileged) process, held by the
     /// returned fd (`/proc/<helper>/ns/user`; the helper that made it has exited).
     fn create_userns(&self, map: &IdMap) -> Result<std::os::fd::OwnedFd, OpError>;
+    /// `setsid(2)`.
+    fn setsid(&self) -> Result<(), Errno>;
     /// `unshare(2)`.
     fn unshare(&self, flags: UnshareFlags) -> Result<(), Errno>;
     /// `fork(2)`; the child gets `PR_SET_PDEATHSIG(SIGKILL)` and checks its lifeline.
@@ -127,8 +129,10 @@ pub(crate) trait Syscall {
     fn setuid(&self, uid: u32) -> Result<(), Errno>;
     /// `PR_CAPBSET_DROP` every capability whose bit is not set in `keep`.
     fn drop_bounding(&self, keep: u64) -> Result<(), Errno>;
-    /// Clear the ambient set, then `capset` effective, permitted and inheritable.
-    fn set_caps(&self, sets: CapSets) -> Result<(), Errno>;
+    /// Clear the ambient set, then `capset` effective, permitted and inheritable, each limited
+    /// to what the process has (a host may withhold some from root). Returns the permitted set
+    /// applied.
+    fn set_caps(&self, sets: CapSets) -> Result<u64, Errno>;
     /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
     fn set_no_new_privs(&self) -> Result<(), Errno>;
     /// Build and apply the step's landlock ruleset (see [`crate::landlock`]).
@@ -195,6 +199,10 @@ pub(crate) mod tests {
                     op: "open",
                     errno: Errno::NOENT,
                 })
+        }
+        fn setsid(&self) -> Result<(), Errno> {
+            self.log("setsid()".into());
+            Ok(())
         }
         fn unshare(&self, flags: UnshareFlags) -> Result<(), Errno> {
             self.log(format!("unshare({flags:?})"));
@@ -286,12 +294,12 @@ pub(crate) mod tests {
             self.log(format!("drop_bounding({keep:#x})"));
             Ok(())
         }
-        fn set_caps(&self, sets: CapSets) -> Result<(), Errno> {
+        fn set_caps(&self, sets: CapSets) -> Result<u64, Errno> {
             self.log(format!(
                 "set_caps(e={:#x}, p={:#x}, i={:#x})",
                 sets.effective, sets.permitted, sets.inheritable
             ));
-            Ok(())
+            Ok(sets.permitted)
         }
         fn set_no_new_privs(&self) -> Result<(), Errno> {
             self.log("set_no_new_privs()".into());

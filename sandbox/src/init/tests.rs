@@ -55,6 +55,9 @@ fn outer_init_unshares_before_forking_into_pid_1() -> Result<(), InitError> {
             Step::JoinCgroup => sys
                 .join_cgroup(&[PathBuf::from("/cg/cgroup.procs")])
                 .map_err(|source| InitError::JoinCgroup { source })?,
+            Step::NewSession => sys
+                .setsid()
+                .map_err(|source| InitError::NewSession { source })?,
             Step::Unshare => sys
                 .unshare(namespaces(NetworkMode::None))
                 .map_err(|source| InitError::Unshare { source })?,
@@ -62,7 +65,7 @@ fn outer_init_unshares_before_forking_into_pid_1() -> Result<(), InitError> {
             _ => {}
         }
     }
-    assert_eq!(sys.names(), ["join_cgroup", "unshare", "fork"]);
+    assert_eq!(sys.names(), ["join_cgroup", "setsid", "unshare", "fork"]);
     assert_eq!(OUTER_STEPS.first(), Some(&Step::CompileSeccomp));
     Ok(())
 }
@@ -242,7 +245,7 @@ fn root_keeps_dockers_default_caps_and_insecure_keeps_all() -> Result<(), InitEr
     let sys = recording();
     run_default(&sys, &s)?;
     let calls = sys.calls.borrow().clone();
-    assert!(calls.contains(&"drop_bounding(0xffffffffffffffff)".to_owned()));
+    assert!(calls.contains(&"drop_bounding(0x1ffffffffff)".to_owned()));
     assert!(
         !calls.iter().any(|c| c.starts_with("landlock(")),
         "an insecure step may mount; landlock forbids it"
