@@ -30,7 +30,7 @@ pub(crate) struct LinuxSyscall;
 
 impl Syscall for LinuxSyscall {
     fn join_cgroup(&self, procs: &[PathBuf]) -> Result<(), crate::cgroup::CgroupError> {
-        crate::cgroup::join_cgroups(procs)
+        crate::cgroup::ensure_in_cgroups(procs)
     }
 
     fn create_userns(&self, map: &IdMap) -> Result<OwnedFd, OpError> {

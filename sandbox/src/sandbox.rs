@@ -125,6 +125,14 @@ impl Sandbox {
                 });
             }
         };
+        // Into the step's cgroup from here, while the init is still loading: the move can wait
+        // for an RCU grace period, and the init does nothing before it has read the spec
+        // below (it then checks its membership and joins itself if needed).
+        if let Err(e) = crate::cgroup::move_into_cgroups(&cgroup.procs_files(), child.id()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e.into());
+        }
         if let Some(mut stdin) = child.stdin.take() {
             // A broken pipe means the init died early; `wait` reports why.
             match stdin.write_all(&json) {

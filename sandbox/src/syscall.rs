@@ -82,7 +82,8 @@ pub(crate) enum Harden {
 
 /// The kernel calls of the init, in the granularity its step order needs.
 pub(crate) trait Syscall {
-    /// Move this process into the step's cgroup: `0` into each `cgroup.procs` file.
+    /// Be in the step's cgroup: checked in `/proc/self/cgroup` (the parent moved the init
+    /// there before sending the spec), joined (`0` into each `cgroup.procs`) if not.
     fn join_cgroup(&self, procs: &[PathBuf]) -> Result<(), crate::cgroup::CgroupError>;
     /// A new user namespace with `map` written by this (host-privileged) process, held by the
     /// returned fd (`/proc/<helper>/ns/user`; the helper that made it has exited).

@@ -73,7 +73,7 @@ mod kill;
 mod limits;
 mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -351,14 +351,23 @@ impl Drop for StepCgroup {
 /// and before `unshare(CLONE_NEWCGROUP)`. It allocates nothing unless it fails (paths under
 /// 256 bytes), so it may run between `fork` and `exec`.
 pub fn join_cgroups(procs_files: &[PathBuf]) -> Result<(), CgroupError> {
+    move_into_cgroups(procs_files, 0)
+}
+
+/// Move process `pid` (`0`: the caller) into every cgroup whose `cgroup.procs` is listed.
+/// The first migration of a burst can wait for an RCU grace period (the kernel's
+/// `cgroup_threadgroup_rwsem`), milliseconds; [`crate::Sandbox::spawn`] therefore moves the
+/// init from the parent while the init is still starting up.
+pub fn move_into_cgroups(procs_files: &[PathBuf], pid: u32) -> Result<(), CgroupError> {
     use rustix::fs::{Mode, OFlags};
+    let pid = pid.to_string();
     for path in procs_files {
         let joined = rustix::fs::open(
             path.as_path(),
             OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
         )
-        .and_then(|fd| rustix::io::write(&fd, b"0"));
+        .and_then(|fd| rustix::io::write(&fd, pid.as_bytes()));
         if let Err(e) = joined {
             return Err(CgroupError::Join {
                 path: path.clone(),
@@ -367,6 +376,31 @@ pub fn join_cgroups(procs_files: &[PathBuf]) -> Result<(), CgroupError> {
         }
     }
     Ok(())
+}
+
+/// Make sure the caller is in every cgroup listed (their `cgroup.procs` files, all of one
+/// step cgroup, i.e. one directory name): `/proc/self/cgroup` is checked, and only when a
+/// hierarchy is missing is `0` written to every file. Used by the init after the parent moved
+/// it, so a failed or skipped move can never let a step run outside its limits.
+pub fn ensure_in_cgroups(procs_files: &[PathBuf]) -> Result<(), CgroupError> {
+    let names: HashSet<&std::ffi::OsStr> = procs_files
+        .iter()
+        .filter_map(|p| p.parent().and_then(Path::file_name))
+        .collect();
+    let membership = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let joined = membership
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .filter(|path| {
+            Path::new(path)
+                .file_name()
+                .is_some_and(|n| names.contains(n))
+        })
+        .count();
+    if names.len() == 1 && joined >= procs_files.len() {
+        return Ok(());
+    }
+    join_cgroups(procs_files)
 }
 
 /// Every `kiln/<name>` directory in every hierarchy kiln uses (the no-leak check of tests).
