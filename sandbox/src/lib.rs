@@ -4,29 +4,30 @@
 //! [`INIT_ARG`], whose `main` must call [`init_main_if_requested`] before anything else
 //! (before any thread starts: the init forks and must be single-threaded).
 //!
-//! Wire protocol: the spec is JSON on the init's stdin (then `/dev/null` replaces it); a
-//! set-up failure comes back as one [`InitFailure`] in JSON on fd 3, a close-on-exec pipe, so
-//! it can never be confused with the step's stdout/stderr. A nonzero exit of the command is a
-//! [`StepExit`], not an error.
+//! Wire protocol: the spec (with the `cgroup.procs` files of the step's cgroup, which
+//! [`Sandbox::spawn`] made and moved the init into) is JSON on the init's stdin (then
+//! `/dev/null` replaces it). The init answers on fd 3, a close-on-exec pipe, one JSON line per
+//! message: `confined` (the [`Confinement`] it applied) just before exec, or `failed` (an
+//! [`InitFailure`]: which step, which errno). The step's stdout/stderr are separate pipes, so
+//! the two can never be confused. A nonzero exit of the command is a [`StepExit`], not an
+//! error; so are an OOM kill and the pids limit (in [`StepExit::resources`]).
 //!
-//! The init's steps, in order (each its own [`InitError`] variant, see [`Step`]):
-//! 1. outer init: `unshare` mount, PID, net (network `None`), IPC, UTS, cgroup namespaces;
-//!    `fork` so the child is PID 1 (the outer init forwards SIGTERM/INT/HUP/QUIT, relays the
-//!    exit code, 128+signal when killed; the child has `PR_SET_PDEATHSIG(SIGKILL)`);
-//! 2. PID 1: `/` recursively private; rootfs (overlay through `fsopen` + one `lowerdir+` per
-//!    layer, falling back to `mount(2)`; an empty tmpfs dir when there are no lowers; or a
-//!    `Dir` bound onto itself); `/proc`; `/dev` (tmpfs, mknod'ed null, zero, full, random,
-//!    urandom, tty, `/dev/pts` newinstance + `ptmx` link, `/dev/shm`, fd/stdin/stdout/stderr
-//!    links); `/sys` read-only; the step's mounts (targets created and opened with
-//!    `openat2(RESOLVE_IN_ROOT)`, mounted through `move_mount` onto that fd); `lo` up;
-//!    `sethostname`; `pivot_root(".", ".")` + detach the old root; mkdir -p and chdir to cwd;
-//!    user from the image's `/etc/passwd` and `/etc/group`, setgroups, setgid, setuid;
-//!    `no_new_privs`; every fd above 2 close-on-exec; signals reset; `execve` with `args[0]`
-//!    looked up on the step env's `PATH`.
-//!
-//! Capabilities, landlock, seccomp and cgroup limits come between the user change and exec in
-//! a later change; until then a step run as root keeps root's capabilities inside its
-//! namespaces, so this is isolation, not yet a security boundary against a root step.
+//! The init's steps, in order, are the lists `OUTER_STEPS` and `INNER_STEPS` in `init.rs`
+//! (each step its own [`InitError`] variant, see [`Step`]; the order is unit-tested with a
+//! recording [`syscall`](crate) implementation):
+//! 1. outer init: compile the seccomp profile; check it is in the step's cgroup (join if
+//!    not); `setsid`; with a mapping, make the user namespace; `unshare` mount, PID, net
+//!    (network `None`), IPC, UTS, cgroup namespaces; `fork` so the child is PID 1 (the outer
+//!    init forwards SIGTERM/INT/HUP/QUIT and relays the exit code; the child has
+//!    `PR_SET_PDEATHSIG(SIGKILL)`);
+//! 2. PID 1: `/` recursively private; rootfs (overlay `nodev`, or a `Dir` bound onto itself);
+//!    `/proc`; `/dev`; `/sys` read-only; the step's mounts (targets resolved with
+//!    `openat2(RESOLVE_IN_ROOT)`); the working directory; masked and read-only kernel paths and
+//!    `/dev` read-only; `lo` up; `sethostname`; with a user namespace, an idmapped root;
+//!    `pivot_root` + detach the old root; chdir; enter the user namespace; shrink the
+//!    bounding set; user from the image's `/etc/passwd` and `/etc/group`; capabilities (Docker's
+//!    default set minus `NET_RAW` for root, none otherwise); `no_new_privs`; every fd above 2
+//!    close-on-exec; landlock; seccomp; `execve`.
 //!
 //! Threat model: everything the step runs is malicious from the moment it starts, and the
 //! image content (symlinks, `/etc/passwd`) is untrusted from the start of set-up: mount
