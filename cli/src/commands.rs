@@ -93,8 +93,8 @@ struct PlanArgs {
     /// DANGEROUS: grant an entitlement that weakens isolation. `network.host` gives steps that
     /// ask for `RUN --network=host` the host's network (default: no network at all);
     /// `security.insecure` lets `RUN --security=insecure` steps run with every capability,
-    /// without the seccomp allow-list and without landlock (root in such a step can reach
-    /// kernel interfaces the sandbox otherwise closes).
+    /// mount and namespaces allowed and no landlock: root in such a step is root on the host
+    /// (like `docker run --privileged`); grant it only to trusted Dockerfiles.
     #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = ["network.host", "security.insecure"])]
     allow: Vec<String>,
     /// The build context directory.

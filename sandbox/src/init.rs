@@ -498,6 +498,14 @@ fn validate(spec: &StepSpec) -> Result<(), InitError> {
     if !spec.cwd.starts_with('/') {
         return invalid(format!("cwd {:?} is not absolute", spec.cwd));
     }
+    if let Some(map) = &spec.userns {
+        let fits = |start: u32| start > 0 && start.checked_add(map.size).is_some();
+        if map.size == 0 || !fits(map.host_uid) || !fits(map.host_gid) {
+            return invalid(format!(
+                "user namespace mapping {map:?}: the range must be non-empty, must not start at host id 0 and must not overflow"
+            ));
+        }
+    }
     if spec.userns.is_some() && !matches!(spec.rootfs, Rootfs::Dir { .. }) {
         return invalid(
             "a user namespace needs a directory root (the copying snapshotter): an overlay mount can not be idmapped".into(),
@@ -712,9 +720,10 @@ impl Inner<'_> {
                 sys.chdir(Path::new(&spec.cwd)).map_err(chdir_err)
             }
             Step::DropBounding => {
-                sys.drop_bounding(self.keep)
+                let left = sys
+                    .drop_bounding(self.keep)
                     .map_err(|source| InitError::DropBounding { source })?;
-                self.confinement.bounding = caps::names(self.keep & all_caps());
+                self.confinement.bounding = caps::names(left);
                 Ok(())
             }
             Step::SetUser => self.set_user(sys),
@@ -736,9 +745,13 @@ impl Inner<'_> {
                 self.confinement.no_new_privs = true;
                 Ok(())
             }
-            Step::CloseFds => sys
-                .cloexec_fds_above_stdio()
-                .map_err(|source| InitError::CloseFds { source }),
+            Step::CloseFds => {
+                // fd 0 was the host's /dev/null since the spec was read: the step gets its own.
+                sys.stdin_from_dev_null()
+                    .map_err(|source| InitError::CloseFds { source })?;
+                sys.cloexec_fds_above_stdio()
+                    .map_err(|source| InitError::CloseFds { source })
+            }
             Step::Landlock => {
                 // An insecure step may mount, which a landlocked process never can.
                 if spec.security == Security::Sandboxed {

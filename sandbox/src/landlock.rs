@@ -11,7 +11,9 @@
 //!   else — a host directory reached through an fd that leaked in, a path outside the new root —
 //!   is outside the one rule, so denied. No build step needs to create a block device node.
 //! - **Network** (ABI 4+): with network `none`, TCP bind and connect are handled and no port is
-//!   granted, so both fail with `EACCES` even on the step's own loopback.
+//!   granted, so both fail with `EACCES` even on the step's own loopback (`sendmsg` with
+//!   `MSG_FASTOPEN` bypasses the connect hook, which in a namespace with only `lo` reaches
+//!   nothing but the step itself).
 //! - **Scoping** (ABI 6+): the step can not connect to abstract unix sockets created outside
 //!   its domain (the host's, e.g. a D-Bus or containerd socket reachable under
 //!   `--network=host`), nor signal processes outside it.

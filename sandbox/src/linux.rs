@@ -207,6 +207,7 @@ impl Syscall for LinuxSyscall {
         };
         let mnt = detached_mount(fs)?;
         let (resolved, target_fd) = open_in_root(root_fd.as_fd(), target, want_dir)?;
+        check_target(fs, target, &resolved)?;
         rmount::move_mount(
             &mnt,
             "",
@@ -384,18 +385,29 @@ impl Syscall for LinuxSyscall {
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
     }
 
-    fn drop_bounding(&self, keep: u64) -> Result<(), Errno> {
-        for cap in 0..=last_cap() {
-            if cap < 64 && keep & (1u64 << cap) != 0 {
-                continue;
+    fn drop_bounding(&self, keep: u64) -> Result<u64, Errno> {
+        // Every capability the kernel knows, asked of the kernel itself (PR_CAPBSET_READ is
+        // EINVAL past the last one), never of a file the image could shadow.
+        let known = |cap: u32| {
+            // SAFETY: PR_CAPBSET_READ takes integer arguments only.
+            unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) }
+        };
+        let mut left = 0u64;
+        for cap in (0..64u32).take_while(|c| known(*c) >= 0) {
+            if keep & (1u64 << cap) == 0 {
+                // SAFETY: PR_CAPBSET_DROP takes integer arguments only.
+                let r = unsafe {
+                    libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0)
+                };
+                if r < 0 {
+                    return Err(last_errno());
+                }
             }
-            // SAFETY: PR_CAPBSET_DROP takes integer arguments only.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) } < 0
-            {
-                return Err(last_errno());
+            if known(cap) == 1 {
+                left |= 1u64 << cap;
             }
         }
-        Ok(())
+        Ok(left)
     }
 
     fn set_caps(&self, sets: CapSets) -> Result<u64, Errno> {
@@ -495,6 +507,16 @@ impl Syscall for LinuxSyscall {
         rustix::thread::set_no_new_privs(true)
     }
 
+    fn stdin_from_dev_null(&self) -> Result<(), Errno> {
+        let null = rfs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        // SAFETY: `null` is open; dup2 atomically replaces fd 0, which no Rust object of the
+        // init owns (the spec was read from it long ago); the copy on fd 0 has no CLOEXEC.
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) } < 0 {
+            return Err(last_errno());
+        }
+        Ok(())
+    }
+
     fn cloexec_fds_above_stdio(&self) -> Result<(), Errno> {
         // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing; it only sets FD_CLOEXEC
         // on fds 3.., which the init does not rely on surviving exec.
@@ -554,13 +576,35 @@ impl Syscall for LinuxSyscall {
     }
 }
 
-/// The kernel's highest capability number (`/proc/sys/kernel/cap_last_cap`), read from the
-/// step's own `/proc` (the same kernel); 40 (`CAP_CHECKPOINT_RESTORE`) when unreadable.
-fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+/// Where a file system may land. The kernel's own (`/proc`, `/dev`, `/sys`, …) go exactly at
+/// their path: an image whose `/proc` is a symlink would otherwise move proc somewhere the
+/// masks (which never follow symlinks) do not reach. A step's mounts never go on or under
+/// `/proc`, `/sys` or `/dev` (but a tmpfs may replace `/dev/shm`): they could cover the masks
+/// or hand the init a file where it expects the kernel's (runc's `checkProcMount` idea).
+fn check_target(fs: &InRootFs, target: &str, resolved: &str) -> Result<(), OpError> {
+    let kernel_fs = matches!(
+        fs,
+        InRootFs::Proc | InRootFs::Dev | InRootFs::Devpts | InRootFs::Shm | InRootFs::Sysfs
+    );
+    if kernel_fs {
+        return if resolved == target.trim_start_matches('/') {
+            Ok(())
+        } else {
+            Err(OpError {
+                op: "kernel file system target is a symlink in the image",
+                errno: Errno::LOOP,
+            })
+        };
+    }
+    let under = |dir: &str| resolved == dir || resolved.starts_with(&format!("{dir}/"));
+    let tmpfs_on_shm = resolved == "dev/shm" && matches!(fs, InRootFs::Tmpfs { .. });
+    if (under("proc") || under("sys") || under("dev")) && !tmpfs_on_shm {
+        return Err(OpError {
+            op: "mount target under /proc, /sys or /dev",
+            errno: Errno::PERM,
+        });
+    }
+    Ok(())
 }
 
 /// Highest signal number on Linux.

@@ -292,11 +292,32 @@ pub(crate) fn harden_in_root(
                         | MountAttrFlags::MOUNT_ATTR_NOEXEC,
                 )?
             } else {
-                // The step's own /dev/null (mknod'ed by populate_dev), as runc does.
-                let null = rmount::open_tree(
+                // The step's own /dev/null (mknod'ed by populate_dev), as runc does; opened
+                // without following anything and checked to be the null device, never a
+                // file some mount put there.
+                let null_fd = rfs::openat2(
                     root,
                     "dev/null",
-                    OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+                )
+                .map_err(op("open /dev/null for masking"))?;
+                let st = rfs::fstat(&null_fd).map_err(op("fstat /dev/null"))?;
+                if FileType::from_raw_mode(st.st_mode) != FileType::CharacterDevice
+                    || st.st_rdev != rfs::makedev(1, 3)
+                {
+                    return Err(OpError {
+                        op: "/dev/null is not the null device",
+                        errno: Errno::PERM,
+                    });
+                }
+                let null = rmount::open_tree(
+                    &null_fd,
+                    "",
+                    OpenTreeFlags::OPEN_TREE_CLONE
+                        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                        | OpenTreeFlags::AT_EMPTY_PATH,
                 )
                 .map_err(op("open_tree /dev/null"))?;
                 set_mount_attrs(

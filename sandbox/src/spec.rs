@@ -114,8 +114,9 @@ pub enum Security {
     Sandboxed,
     /// DANGEROUS (`RUN --security=insecure` with the `security.insecure` entitlement): every
     /// capability, the insecure seccomp profile (mount, namespaces, ptrace allowed) and no
-    /// landlock domain, so a root step can administer the kernel objects its namespaces own.
-    /// Masked paths, read-only `/proc/sys`, `no_new_privs` and the cgroup limits stay.
+    /// landlock domain. A root step can then undo the masks and mount host devices: it is root
+    /// on the host, like `docker run --privileged`. `no_new_privs`, the cgroup limits and the
+    /// seccomp refusals of kexec, modules, reboot, swap and the clock stay.
     Insecure,
 }
 

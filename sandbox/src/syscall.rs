@@ -128,8 +128,9 @@ pub(crate) trait Syscall {
     fn setgid(&self, gid: u32) -> Result<(), Errno>;
     /// `setuid(2)` (real, effective and saved).
     fn setuid(&self, uid: u32) -> Result<(), Errno>;
-    /// `PR_CAPBSET_DROP` every capability whose bit is not set in `keep`.
-    fn drop_bounding(&self, keep: u64) -> Result<(), Errno>;
+    /// `PR_CAPBSET_DROP` every capability whose bit is not set in `keep`; returns the bounding
+    /// set read back afterwards.
+    fn drop_bounding(&self, keep: u64) -> Result<u64, Errno>;
     /// Clear the ambient set, then `capset` effective, permitted and inheritable, each limited
     /// to what the process has (a host may withhold some from root). Returns the permitted set
     /// applied.
@@ -143,6 +144,8 @@ pub(crate) trait Syscall {
         &self,
         filters: &crate::seccomp::Filters,
     ) -> Result<(), crate::seccomp::SeccompError>;
+    /// Put the (new root's) `/dev/null` on fd 0.
+    fn stdin_from_dev_null(&self) -> Result<(), Errno>;
     /// Mark every fd above 2 close-on-exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`).
     fn cloexec_fds_above_stdio(&self) -> Result<(), Errno>;
     /// Every signal back to `SIG_DFL` and an empty signal mask: exec keeps ignored signals
@@ -291,9 +294,9 @@ pub(crate) mod tests {
             self.log(format!("setuid({uid})"));
             Ok(())
         }
-        fn drop_bounding(&self, keep: u64) -> Result<(), Errno> {
+        fn drop_bounding(&self, keep: u64) -> Result<u64, Errno> {
             self.log(format!("drop_bounding({keep:#x})"));
-            Ok(())
+            Ok(keep & ((1 << 41) - 1))
         }
         fn set_caps(&self, sets: CapSets) -> Result<u64, Errno> {
             self.log(format!(
@@ -313,6 +316,10 @@ pub(crate) mod tests {
                 abi: 7,
                 tcp_restricted: network == NetworkMode::None,
             })
+        }
+        fn stdin_from_dev_null(&self) -> Result<(), Errno> {
+            self.log("stdin_from_dev_null()".into());
+            Ok(())
         }
         fn cloexec_fds_above_stdio(&self) -> Result<(), Errno> {
             self.log("cloexec_fds_above_stdio()".into());

@@ -65,6 +65,22 @@ impl Limits {
         }
     }
 
+    /// The limits of the shared `kiln/` parent cgroup, which caps all steps of all builds
+    /// together (each step's own default is half the RAM, and builds run steps in parallel):
+    /// three quarters of the RAM and half of the kernel's `pid_max`.
+    pub fn aggregate() -> Self {
+        let mem = mem_total().unwrap_or(2 * Self::FALLBACK_MEMORY_BYTES);
+        let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(32_768);
+        Self {
+            memory_bytes: Some(((mem / 4) * 3) & !((1 << 20) - 1)),
+            pids: Some((pid_max / 2).max(Self::DEFAULT_PIDS)),
+            cpu: None,
+        }
+    }
+
     /// No limit at all: a fork bomb or a memory hog in the step can take the host down. For
     /// callers that enforce limits some other way.
     pub fn unlimited() -> Self {

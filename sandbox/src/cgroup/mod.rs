@@ -197,7 +197,13 @@ impl StepCgroup {
     ) -> Result<Self, CgroupError> {
         validate_name(name)?;
         limits.validate()?;
-        let ops = plan(h, name, limits, kill == KillVia::V1Freezer)?;
+        let ops = plan(
+            h,
+            name,
+            limits,
+            &Limits::aggregate(),
+            kill == KillVia::V1Freezer,
+        )?;
         // On an error below, dropping `cg` removes the directories made so far (empty).
         let mut cg = Self {
             name: name.to_owned(),

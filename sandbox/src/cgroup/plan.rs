@@ -48,11 +48,13 @@ pub(crate) struct StepDir {
 /// 4. with none of these, one v1 hierarchy to track the processes in.
 ///
 /// In each hierarchy: (v2) the controllers enabled in the root's and `kiln/`'s
-/// `subtree_control`, then the step's directory, then its limit files.
+/// `subtree_control`, `kiln/`'s own memory and pids limits (`aggregate`, best effort), then the
+/// step's directory, then its limit files.
 pub(crate) fn plan(
     h: &Hierarchies,
     name: &str,
     limits: &Limits,
+    aggregate: &Limits,
     v1_freezer: bool,
 ) -> Result<Vec<Op>, CgroupError> {
     let mut dirs: Vec<(&Hierarchy, Vec<Controller>)> = Vec::new();
@@ -109,7 +111,18 @@ pub(crate) fn plan(
                 });
             }
         } else {
-            ops.push(Op::EnsureDir(parent));
+            ops.push(Op::EnsureDir(parent.clone()));
+        }
+        // All steps together stay below the host's size (parallel steps each default to half
+        // the RAM). Best effort: another kiln may be writing the same values.
+        for c in limited().filter(|c| matches!(c, Controller::Memory | Controller::Pids)) {
+            for (file, value, _) in writes(hier.version, *c, aggregate) {
+                ops.push(Op::Write {
+                    file: parent.join(file),
+                    value,
+                    required: false,
+                });
+            }
         }
         ops.push(Op::CreateDir(StepDir {
             version: hier.version,
@@ -199,7 +212,12 @@ mod tests {
 
     fn render(mountinfo: &str, limits: &Limits, freezer: bool) -> Result<Vec<String>, CgroupError> {
         let h = Hierarchies::from_mountinfo(mountinfo, v2_controllers);
-        let ops = plan(&h, "s1", limits, freezer)?;
+        let aggregate = Limits {
+            memory_bytes: Some(3 << 30),
+            pids: Some(16384),
+            cpu: None,
+        };
+        let ops = plan(&h, "s1", limits, &aggregate, freezer)?;
         Ok(ops
             .iter()
             .map(|op| match op {
@@ -231,6 +249,9 @@ mod tests {
                 "+memory /sys/fs/cgroup/kiln/cgroup.subtree_control",
                 "+pids /sys/fs/cgroup/kiln/cgroup.subtree_control",
                 "+cpu /sys/fs/cgroup/kiln/cgroup.subtree_control",
+                "? /sys/fs/cgroup/kiln/memory.max = 3221225472",
+                "? /sys/fs/cgroup/kiln/memory.swap.max = 0",
+                "? /sys/fs/cgroup/kiln/pids.max = 16384",
                 "mkdir /sys/fs/cgroup/kiln/s1",
                 "/sys/fs/cgroup/kiln/s1/memory.max = 67108864",
                 "? /sys/fs/cgroup/kiln/s1/memory.swap.max = 0",
@@ -249,10 +270,13 @@ mod tests {
                 "mkdir -p /sys/fs/cgroup/unified/kiln",
                 "mkdir /sys/fs/cgroup/unified/kiln/s1",
                 "mkdir -p /sys/fs/cgroup/memory/kiln",
+                "? /sys/fs/cgroup/memory/kiln/memory.limit_in_bytes = 3221225472",
+                "? /sys/fs/cgroup/memory/kiln/memory.memsw.limit_in_bytes = 3221225472",
                 "mkdir /sys/fs/cgroup/memory/kiln/s1",
                 "/sys/fs/cgroup/memory/kiln/s1/memory.limit_in_bytes = 67108864",
                 "? /sys/fs/cgroup/memory/kiln/s1/memory.memsw.limit_in_bytes = 67108864",
                 "mkdir -p /sys/fs/cgroup/pids/kiln",
+                "? /sys/fs/cgroup/pids/kiln/pids.max = 16384",
                 "mkdir /sys/fs/cgroup/pids/kiln/s1",
                 "/sys/fs/cgroup/pids/kiln/s1/pids.max = 100",
                 "mkdir -p /sys/fs/cgroup/cpu/kiln",
@@ -275,6 +299,7 @@ mod tests {
             render(V1, &l, false)?,
             [
                 "mkdir -p /sys/fs/cgroup/pids/kiln",
+                "? /sys/fs/cgroup/pids/kiln/pids.max = 16384",
                 "mkdir /sys/fs/cgroup/pids/kiln/s1",
                 "/sys/fs/cgroup/pids/kiln/s1/pids.max = 100",
                 "mkdir -p /sys/fs/cgroup/freezer/kiln",

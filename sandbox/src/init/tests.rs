@@ -125,6 +125,7 @@ fn inner_steps_run_in_the_documented_order() -> Result<(), InitError> {
         "setuid(65534)",
         "set_caps(e=0x0, p=0x0, i=0x0)",
         "set_no_new_privs()",
+        "stdin_from_dev_null()",
         "cloexec_fds_above_stdio()",
         "landlock(None)",
         "apply_seccomp(",
@@ -342,4 +343,40 @@ fn seccomp_is_the_last_step_before_exec_and_is_recorded() -> Result<(), InitErro
     assert!(matches!(err, Some(InitError::Seccomp { .. })), "{err:?}");
     assert!(!sys.names().contains(&"execve".to_owned()));
     Ok(())
+}
+
+#[test]
+fn a_user_namespace_mapping_of_host_root_or_empty_or_overflowing_is_refused() {
+    let mut s = spec();
+    s.rootfs = Rootfs::Dir { path: "/r".into() };
+    for bad in [
+        crate::spec::IdMap {
+            host_uid: 0,
+            host_gid: 100_000,
+            size: 65_536,
+        },
+        crate::spec::IdMap {
+            host_uid: 100_000,
+            host_gid: 0,
+            size: 65_536,
+        },
+        crate::spec::IdMap {
+            host_uid: 100_000,
+            host_gid: 100_000,
+            size: 0,
+        },
+        crate::spec::IdMap {
+            host_uid: u32::MAX - 10,
+            host_gid: 100_000,
+            size: 65_536,
+        },
+    ] {
+        s.userns = Some(bad);
+        assert!(
+            matches!(validate(&s), Err(InitError::InvalidSpec { .. })),
+            "{bad:?}"
+        );
+    }
+    s.userns = Some(crate::spec::IdMap::DEFAULT);
+    assert!(validate(&s).is_ok());
 }

@@ -115,6 +115,15 @@ pub(super) fn run(
             .clone()
             .ok_or_else(|| at("mount target is required".into()))?;
         let target = clean_abs(&abs_path(&st.image.workdir, &target));
+        // The sandbox owns /proc, /sys and /dev (it checks the resolved path again, since a
+        // symlink in the image can point there); say so here with the line and column.
+        let under = |dir: &str| target == dir || target.starts_with(&format!("{dir}/"));
+        let tmpfs_on_shm = target == "/dev/shm" && m.mount_type == MountType::Tmpfs;
+        if (under("/proc") || under("/sys") || under("/dev")) && !tmpfs_on_shm {
+            return Err(at(format!(
+                "RUN --mount target {target} is under /proc, /sys or /dev, which the sandbox provides"
+            )));
+        }
         let kind = match m.mount_type {
             MountType::Bind => {
                 let src_vertex = match &m.from {
