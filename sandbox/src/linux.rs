@@ -579,7 +579,8 @@ impl Syscall for LinuxSyscall {
 /// Where a file system may land. The kernel's own (`/proc`, `/dev`, `/sys`, …) go exactly at
 /// their path: an image whose `/proc` is a symlink would otherwise move proc somewhere the
 /// masks (which never follow symlinks) do not reach. A step's mounts never go on or under
-/// `/proc`, `/sys` or `/dev` (but a tmpfs may replace `/dev/shm`): they could cover the masks
+/// `/proc`, `/sys` or `/dev` (but a tmpfs may replace `/dev/shm`, and the engine binds heredoc
+/// files read-only at `/dev/pipes`): they could cover the masks
 /// or hand the init a file where it expects the kernel's (runc's `checkProcMount` idea).
 fn check_target(fs: &InRootFs, target: &str, resolved: &str) -> Result<(), OpError> {
     let kernel_fs = matches!(
@@ -598,7 +599,9 @@ fn check_target(fs: &InRootFs, target: &str, resolved: &str) -> Result<(), OpErr
     }
     let under = |dir: &str| resolved == dir || resolved.starts_with(&format!("{dir}/"));
     let tmpfs_on_shm = resolved == "dev/shm" && matches!(fs, InRootFs::Tmpfs { .. });
-    if (under("proc") || under("sys") || under("dev")) && !tmpfs_on_shm {
+    // The engine's heredoc files (BuildKit's `/dev/pipes/<name>`), read-only.
+    let heredocs = resolved == "dev/pipes" && matches!(fs, InRootFs::Bind { readonly: true, .. });
+    if (under("proc") || under("sys") || under("dev")) && !tmpfs_on_shm && !heredocs {
         return Err(OpError {
             op: "mount target under /proc, /sys or /dev",
             errno: Errno::PERM,
