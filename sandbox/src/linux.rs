@@ -192,12 +192,7 @@ impl Syscall for LinuxSyscall {
     }
 
     fn mount_in_root(&self, root: &Path, target: &str, fs: &InRootFs) -> Result<(), OpError> {
-        let root_fd = rfs::open(
-            root,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(op("open root"))?;
+        let root_fd = open_root(root)?;
         let want_dir = match fs {
             InRootFs::Bind { source, .. } => {
                 rfs::stat(source).map_err(op("stat bind source"))?.st_mode & libc::S_IFMT
@@ -231,12 +226,7 @@ impl Syscall for LinuxSyscall {
     }
 
     fn harden_in_root(&self, root: &Path, target: &str, how: Harden) -> Result<bool, OpError> {
-        let root_fd = rfs::open(
-            root,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(op("open root"))?;
+        let root_fd = open_root(root)?;
         harden_in_root(root_fd.as_fd(), target, how)
     }
 
@@ -244,12 +234,7 @@ impl Syscall for LinuxSyscall {
         if path.split('/').all(|c| c.is_empty() || c == ".") {
             return Ok(()); // the root itself
         }
-        let root_fd = rfs::open(
-            root,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(op("open root"))?;
+        let root_fd = open_root(root)?;
         open_in_root(root_fd.as_fd(), path, true).map(drop)
     }
 
@@ -574,6 +559,16 @@ impl Syscall for LinuxSyscall {
         unsafe { libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
         Err(last_errno())
     }
+}
+
+/// An `O_PATH` fd of the new root directory.
+fn open_root(root: &Path) -> Result<OwnedFd, OpError> {
+    rfs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(op("open root"))
 }
 
 /// Where a file system may land. The kernel's own (`/proc`, `/dev`, `/sys`, …) go exactly at

@@ -167,6 +167,28 @@ pub(crate) fn set_mount_attrs(
     attr_set: u64,
     recursive: bool,
 ) -> Result<(), OpError> {
+    mount_setattr(tree, attr_set, None, recursive).map_err(|errno| OpError {
+        op: "mount_setattr",
+        errno,
+    })
+}
+
+/// Make the detached mount `tree` (its top mount only) idmapped through `userns`: a file
+/// owned by id `n` on disk is seen as the namespace's id `n`, and what the namespace writes as
+/// `n` is stored as `n`.
+pub(crate) fn idmap_mount(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> Result<(), OpError> {
+    mount_setattr(tree, libc::MOUNT_ATTR_IDMAP, Some(userns), false).map_err(|errno| OpError {
+        op: "mount_setattr idmap",
+        errno,
+    })
+}
+
+fn mount_setattr(
+    tree: BorrowedFd<'_>,
+    attr_set: u64,
+    userns: Option<BorrowedFd<'_>>,
+    recursive: bool,
+) -> Result<(), Errno> {
     let flags = if recursive {
         libc::AT_EMPTY_PATH | libc::AT_RECURSIVE
     } else {
@@ -176,10 +198,11 @@ pub(crate) fn set_mount_attrs(
         attr_set,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd: userns.map_or(0, |fd| std::os::fd::AsRawFd::as_raw_fd(&fd) as u64),
     };
     // SAFETY: `tree` is an open mount fd; the path is a static NUL-terminated empty string;
-    // `attr` is a valid `mount_attr` whose exact size is passed, read-only for the kernel.
+    // `attr` is a valid `mount_attr` whose exact size is passed, read-only for the kernel;
+    // `userns_fd`, when set, is an open user-namespace fd borrowed for the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
@@ -190,47 +213,7 @@ pub(crate) fn set_mount_attrs(
             std::mem::size_of::<libc::mount_attr>(),
         )
     };
-    if r < 0 {
-        Err(OpError {
-            op: "mount_setattr",
-            errno: last_errno(),
-        })
-    } else {
-        Ok(())
-    }
-}
-
-/// Make the detached mount `tree` (its top mount only) idmapped through `userns`: a file
-/// owned by id `n` on disk is seen as the namespace's id `n`, and what the namespace writes as
-/// `n` is stored as `n`.
-pub(crate) fn idmap_mount(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> Result<(), OpError> {
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: std::os::fd::AsRawFd::as_raw_fd(&userns) as u64,
-    };
-    // SAFETY: `tree` is an open detached mount fd; the path is a static NUL-terminated empty
-    // string; `attr` is a valid `mount_attr` whose exact size is passed, read-only for the
-    // kernel; `userns_fd` is an open user-namespace fd for the duration of the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            std::os::fd::AsRawFd::as_raw_fd(&tree),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if r < 0 {
-        Err(OpError {
-            op: "mount_setattr idmap",
-            errno: last_errno(),
-        })
-    } else {
-        Ok(())
-    }
+    if r < 0 { Err(last_errno()) } else { Ok(()) }
 }
 
 /// Hide or freeze the kernel path `target` inside `root` (see [`Harden`]). The target is opened

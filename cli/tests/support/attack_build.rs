@@ -39,33 +39,17 @@ pub struct Finished {
     pub errors: Vec<String>,
 }
 
+#[path = "../../../sandbox/probe/compile.rs"]
+mod compile;
+
 /// The probe, compiled once per test process. `$RUSTC` or `rustc`.
 pub fn probe() -> R<&'static Path> {
     static PROBE: OnceLock<R<PathBuf>> = OnceLock::new();
     PROBE
         .get_or_init(|| {
-            let src =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/probe/attack_probe.rs");
-            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-attack-probe");
-            let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-            let o = io(
-                "running rustc",
-                Command::new(&rustc)
-                    .args(["--edition=2024", "-O", "-C", "target-feature=+crt-static"])
-                    .args(["-C", "strip=symbols"])
-                    .arg(&src)
-                    .arg("-o")
-                    .arg(&out)
-                    .output(),
-            )?;
-            if !o.status.success() {
-                return Err(format!(
-                    "compiling {}: {}",
-                    src.display(),
-                    String::from_utf8_lossy(&o.stderr)
-                ));
-            }
-            Ok(out)
+            compile::compile_probe(
+                &Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-attack-probe"),
+            )
         })
         .as_ref()
         .map(PathBuf::as_path)

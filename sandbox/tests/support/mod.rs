@@ -135,26 +135,11 @@ pub fn expect_eq(got: &str, want: &str) -> CaseResult {
     }
 }
 
-/// The attack probe (`sandbox/probe/attack_probe.rs`), compiled static with `$RUSTC` or
-/// `rustc` into this test's temp dir, so it runs in a busybox root without a libc.
+#[path = "../../probe/compile.rs"]
+mod compile;
+
+/// The attack probe (`sandbox/probe/attack_probe.rs`), compiled static into this test's temp
+/// dir, so it runs in a busybox root without a libc.
 pub fn probe() -> Result<PathBuf, String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("probe/attack_probe.rs");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-sandbox-probe");
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let o = std::process::Command::new(&rustc)
-        .args(["--edition=2024", "-O", "-C", "target-feature=+crt-static"])
-        .args(["-C", "strip=symbols"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .map_err(|err| format!("running {rustc}: {err}"))?;
-    if !o.status.success() {
-        return Err(format!(
-            "compiling {}: {}",
-            src.display(),
-            String::from_utf8_lossy(&o.stderr)
-        ));
-    }
-    Ok(out)
+    compile::compile_probe(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-sandbox-probe"))
 }
