@@ -70,7 +70,8 @@ impl Sandbox {
 
     /// Start one step. Blocking (call it from `spawn_blocking` in async code).
     pub fn spawn(&self, spec: &StepSpec) -> Result<RunningStep, SandboxError> {
-        // The step's own cgroup, limited before anything runs in it; the init joins it first.
+        // The step's own cgroup, limited before anything runs in it; the init is moved into
+        // it below, before it reads its spec.
         let cgroup = Arc::new(StepCgroup::create(&next_cgroup_name(), &spec.limits)?);
         let init_spec = InitSpec {
             spec: spec.clone(),
