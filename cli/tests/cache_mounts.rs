@@ -306,12 +306,14 @@ fn from_and_source_seed_a_new_cache_once() {
     }
     let k = Kiln::with_base();
     let df = format!(
-        "FROM {BASE} AS seed\nRUN mkdir -p /opt/seed/sub && echo seed > /opt/seed/f && echo deep > /opt/seed/sub/g\n\
+        "FROM {BASE} AS seed\nRUN mkdir -p /opt/seed/sub && echo seed > /opt/seed/f && echo deep > /opt/seed/sub/g && chown 1000:1000 /opt/seed && chmod 0751 /opt/seed\n\
          FROM {BASE}\n\
-         RUN --mount=type=cache,id=seeded,target=/c,from=seed,source=/opt/seed sh -c 'cat /c/f /c/sub/g > /got; echo more >> /c/f'\n"
+         RUN --mount=type=cache,id=seeded,target=/c,from=seed,source=/opt/seed sh -c 'cat /c/f /c/sub/g > /got; stat -c \"%a %u %g\" /c > /root-stat; echo more >> /c/f'\n"
     );
     let t = build_local(&k, &df, &[]);
     assert_eq!(file(&t, "/got"), "seed\ndeep\n");
+    // The cache's root is the source directory (BuildKit: mode, uid and gid are ignored).
+    assert_eq!(file(&t, "/root-stat"), "751 1000 1000\n");
     // Not seeded again: the cache keeps what the first build wrote.
     let t = build_local(&k, &df, &["--no-cache"]);
     assert_eq!(file(&t, "/got"), "seed\nmore\ndeep\n");
@@ -406,4 +408,34 @@ fn symlinks_left_in_a_cache_reach_nothing_of_the_host_in_the_next_build() {
         fs::read_to_string(host.path().join("marker")).unwrap(),
         "host-secret"
     );
+}
+
+#[test]
+fn caches_work_in_a_user_namespace_and_are_kept_apart_from_host_id_ones() {
+    if !root_or_skip() {
+        return;
+    }
+    let k = Kiln::with_base();
+    let remap = ["--userns-remap", "default"];
+    let df = |script: &str| {
+        format!(
+            "FROM {BASE} AS seed\nRUN mkdir -p /s && echo seeded > /s/f\n\
+             FROM {BASE}\n\
+             RUN --mount=type=cache,id=u,target=/c sh -c '{script}'\n\
+             RUN --mount=type=cache,id=seeded,target=/d,from=seed,source=/s sh -c 'echo more >> /d/f && stat -c \"%u %g\" /d/f > /d-owner'\n"
+        )
+    };
+    let t = build_local(
+        &k,
+        &df("stat -c \"%u %g\" /c > /owner; echo in-ns > /c/f"),
+        &remap,
+    );
+    // Root in the step owns its new cache (host ids 100000…, seen as 0 inside).
+    assert_eq!(file(&t, "/owner"), "0 0\n");
+    assert_eq!(file(&t, "/d-owner"), "0 0\n");
+    let t = build_local(&k, &df("cat /c/f > /seen"), &remap);
+    assert_eq!(file(&t, "/seen"), "in-ns\n");
+    // Without the mapping, the same id is another cache.
+    let t = build_local(&k, &df("ls -A /c > /seen"), &[]);
+    assert_eq!(file(&t, "/seen"), "");
 }

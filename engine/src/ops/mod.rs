@@ -115,6 +115,12 @@ pub enum OpError {
         /// The path in the `from` file system.
         path: String,
     },
+    /// A cache mount's `uid`/`gid` lies outside the `--userns-remap` range.
+    #[error("cache mount owner id {id} is outside the user-namespace mapping")]
+    CacheOwnerUnmapped {
+        /// The id.
+        id: u32,
+    },
     /// The build was cancelled (another step failed).
     #[error("cancelled")]
     Cancelled,
