@@ -193,10 +193,10 @@ pub(super) fn run(
 }
 
 /// A `type=cache` mount as BuildKit's `dockerfile2llb` makes it: the id defaults to the
-/// target as written; a new cache directory is empty with `mode` (0755), `uid` and `gid` (0),
-/// unless `from` names a stage, image or context whose `source` directory it starts as a copy
-/// of (then the three are ignored, as in BuildKit). Returns the seed's vertex, which becomes
-/// the last input when there is one.
+/// target as written, cleaned (Go's `path.Clean`, not made absolute); a new cache directory
+/// is empty with `mode` (0755), `uid` and `gid` (0), unless `from` names a stage, image or
+/// context whose `source` directory it starts as a copy of (then the three are ignored, as in
+/// BuildKit). Returns the seed's vertex, which the caller pushes as the next input.
 fn cache_mount(
     c: &mut Converter<'_>,
     st: &St,
@@ -208,7 +208,11 @@ fn cache_mount(
     let id =
         m.id.clone()
             .filter(|i| !i.is_empty())
-            .or_else(|| m.target.clone())
+            .or_else(|| {
+                m.target
+                    .as_deref()
+                    .map(crate::frontend::dockerignore::clean)
+            })
             .unwrap_or_else(|| target.to_owned());
     let seed = match &m.from {
         None => None,
