@@ -3,9 +3,10 @@
 //! steps, tenants, `from`/`source` seeding, `ro`, `mode`/`uid`/`gid`, `kiln du` and
 //! `kiln prune`, and symlinks a step leaves in a cache.
 //!
-//! Concurrency is tested between two parallel stages of one build: one store belongs to one
-//! kiln process at a time (the store's lock), so "two concurrent builds" are two builds of one
-//! engine (the daemon) or two steps of one build; the locks are the same `flock`s in all cases.
+//! Concurrency is tested between two parallel stages of one build and between two builds
+//! running at once in one engine (what the daemon will do): one store belongs to one kiln
+//! process at a time (the store's lock), so two `kiln build` processes can not share a cache;
+//! the locks are the same `flock`s in all cases.
 //! The concurrent steps meet at a barrier (each waits, up to 30 s, until it sees the other's
 //! marker in a shared cache), so the tests do not depend on timing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -62,10 +63,9 @@ fn file(tree: &Tree, path: &str) -> String {
 const WAIT_FOR: &str =
     "i=0; while [ ! -e \"$1\" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -e \"$1\" ]";
 
-fn with_wait(script: &str) -> String {
-    format!(
-        "RUN printf '%s\\n' '#!/bin/sh' '{WAIT_FOR}' > /wait-for && chmod +x /wait-for\n{script}"
-    )
+/// `from` (a `FROM` line, or empty after one) followed by a step writing `/wait-for PATH`.
+fn with_wait(from: &str) -> String {
+    format!("{from}\nRUN printf '%s\\n' '#!/bin/sh' '{WAIT_FOR}' > /wait-for && chmod +x /wait-for")
 }
 
 #[test]
@@ -438,4 +438,59 @@ fn caches_work_in_a_user_namespace_and_are_kept_apart_from_host_id_ones() {
     // Without the mapping, the same id is another cache.
     let t = build_local(&k, &df("ls -A /c > /seen"), &[]);
     assert_eq!(file(&t, "/seen"), "");
+}
+
+#[test]
+fn two_concurrent_builds_of_one_engine_serialise_on_a_locked_cache_and_share_a_shared_one() {
+    if !root_or_skip() {
+        return;
+    }
+    use kiln_engine::builder::{BuildRequest, Engine};
+    let k = Kiln::with_base();
+    let engine = Engine::new(
+        kiln_engine::store::Store::open(k.root()).unwrap(),
+        PathBuf::from(support::kiln::kiln_bin()),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Build `me`: meet the other build at a barrier in a shared cache (so both are running at
+    // once), then take the locked cache, logging start and end around a sleep.
+    let dockerfile = |me: &str, other: &str| {
+        format!(
+            "{}\n\
+             RUN --mount=type=cache,id=barrier,target=/b sh -c 'touch /b/{me}; /wait-for /b/{other}'\n\
+             RUN --mount=type=cache,id=lk,target=/c,sharing=locked \
+             sh -c '[ -e /c/busy ] && echo overlap >> /c/log; touch /c/busy; echo start-{me} >> /c/log; sleep 1; echo end-{me} >> /c/log; rm /c/busy'\n",
+            with_wait(&format!("FROM {BASE}"))
+        )
+    };
+    let (ca, cb) = (
+        context(&dockerfile("a", "b")),
+        context(&dockerfile("b", "a")),
+    );
+    let (ra, rb) = (BuildRequest::new(ca.path()), BuildRequest::new(cb.path()));
+    let progress = kiln_engine::progress::Progress::discard;
+    let (a, b) = rt.block_on(async {
+        tokio::join!(engine.build(&ra, progress()), engine.build(&rb, progress()))
+    });
+    a.unwrap();
+    b.unwrap();
+    let ctx = context(&format!(
+        "FROM {BASE}\nRUN --mount=type=cache,id=lk,target=/c cp /c/log /log\n"
+    ));
+    let out = ctx.path().join("out");
+    let mut req = BuildRequest::new(ctx.path());
+    req.outputs = vec![
+        kiln_engine::output::OutputSpec::parse(&format!("type=local,dest={}", out.display()))
+            .unwrap(),
+    ];
+    rt.block_on(engine.build(&req, progress())).unwrap();
+    let log = fs::read_to_string(out.join("log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    assert!(!log.contains("overlap"), "{log}");
+    assert_eq!(lines[1], format!("end-{}", &lines[0][6..]), "{log}");
+    assert_eq!(lines[3], format!("end-{}", &lines[2][6..]), "{log}");
 }
