@@ -205,15 +205,12 @@ fn cache_mount(
     line: usize,
     next_input: usize,
 ) -> Result<(ExecMountKind, Option<usize>), ConvertError> {
-    let id =
-        m.id.clone()
-            .filter(|i| !i.is_empty())
-            .or_else(|| {
-                m.target
-                    .as_deref()
-                    .map(crate::frontend::dockerignore::clean)
-            })
-            .unwrap_or_else(|| target.to_owned());
+    // Conversion has checked that the target is set; `target` is it made absolute.
+    let written = m.target.as_deref().unwrap_or(target);
+    let id = match m.id.as_deref() {
+        Some(id) if !id.is_empty() => id.to_owned(),
+        _ => crate::frontend::dockerignore::clean(written),
+    };
     let seed = match &m.from {
         None => None,
         Some(f) => Some(from_vertex(c, st, f, line)?),
