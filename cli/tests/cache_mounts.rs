@@ -113,6 +113,12 @@ fn cache_contents_and_the_mount_stub_never_reach_the_image() {
     if !root_or_skip() {
         return;
     }
+    for snapshotter in ["overlay", "copy"] {
+        never_in_the_image(snapshotter);
+    }
+}
+
+fn never_in_the_image(snapshotter: &str) {
     let k = Kiln::with_base();
     let ctx = context(&format!(
         "FROM {BASE}\n\
@@ -124,6 +130,8 @@ fn cache_contents_and_the_mount_stub_never_reach_the_image() {
     k.build(
         ctx.path(),
         &[
+            "--snapshotter",
+            snapshotter,
             "-o",
             &format!("type=oci,dest={}", oci.display()),
             "-o",
@@ -139,17 +147,18 @@ fn cache_contents_and_the_mount_stub_never_reach_the_image() {
         for (p, e) in &tree {
             assert!(
                 !p.starts_with("/new") && !p.starts_with("/etc/cachemount"),
-                "layer {digest} holds {p}"
+                "{snapshotter}: layer {digest} holds {p}"
             );
             if let Kind::File(b) = &e.kind {
                 assert!(
                     !String::from_utf8_lossy(b).contains("cached-bytes"),
-                    "layer {digest}: {p} holds the cache's content"
+                    "{snapshotter}: layer {digest}: {p} holds the cache's content"
                 );
             }
         }
     }
     for (what, tree) in [("oci", img.rootfs()), ("local", walk_dir(&local))] {
+        let what = format!("{snapshotter} {what}");
         assert_eq!(file(&tree, "/outside"), "kept\n", "{what}");
         assert!(
             !tree.contains_key("/new"),
