@@ -587,6 +587,12 @@ fn du(root: &std::path::Path) -> Result<(), Failure> {
     println!("{:<24} {:>10} {:>8}", "images", "-", u.images);
     println!(
         "{:<24} {:>10} {:>8}",
+        "cache mounts",
+        human(u.cache_mount_bytes),
+        u.cache_mounts
+    );
+    println!(
+        "{:<24} {:>10} {:>8}",
         "reclaimable",
         human(u.reclaimable_bytes),
         "-"
@@ -598,10 +604,11 @@ fn prune(root: &std::path::Path, all: bool) -> Result<(), Failure> {
     let store = Store::open(root)?;
     let r = kiln_engine::gc::prune(&store, all)?;
     println!(
-        "removed {} cache records, {} layers, {} blobs; reclaimed {}",
+        "removed {} cache records, {} layers, {} blobs, {} cache mounts; reclaimed {}",
         r.cache_records,
         r.snapshots,
         r.blobs,
+        r.cache_mounts,
         human(r.bytes)
     );
     Ok(())

@@ -2,7 +2,8 @@
 //!
 //! Images in the local image store are roots: their manifests, configs, layer blobs and layer
 //! directories are kept. Everything else (cached step results, their layers and blobs, the
-//! leftovers of interrupted builds) is build cache, removable at any time.
+//! leftovers of interrupted builds, `RUN --mount=type=cache` directories not in use) is build
+//! cache, removable at any time.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -25,6 +26,10 @@ pub struct Usage {
     pub cache_records: usize,
     /// Images.
     pub images: usize,
+    /// `RUN --mount=type=cache` directories (cache ids, all tenants).
+    pub cache_mounts: usize,
+    /// Their size.
+    pub cache_mount_bytes: u64,
     /// Bytes `kiln prune` would free.
     pub reclaimable_bytes: u64,
 }
@@ -38,6 +43,8 @@ pub struct Pruned {
     pub snapshots: usize,
     /// Blobs removed.
     pub blobs: usize,
+    /// Cache mounts (cache ids) removed.
+    pub cache_mounts: usize,
     /// Bytes freed.
     pub bytes: u64,
 }
@@ -122,6 +129,8 @@ pub fn usage(store: &Store) -> Result<Usage, StoreError> {
     }
     u.cache_records = store.meta.cache_records()?.len();
     u.images = store.meta.images()?.len();
+    (u.cache_mounts, u.cache_mount_bytes) = store.cache_mounts.usage();
+    u.reclaimable_bytes += u.cache_mount_bytes;
     Ok(u)
 }
 
@@ -173,5 +182,9 @@ pub fn prune(store: &Store, all: bool) -> Result<Pruned, StoreError> {
         }
     }
     p.bytes += store.snapshots.clean_tmp()?;
+    // Cache mounts are build cache too; one a running step holds is kept.
+    let caches = store.cache_mounts.prune()?;
+    p.cache_mounts = caches.caches;
+    p.bytes += caches.bytes;
     Ok(p)
 }

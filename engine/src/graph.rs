@@ -128,7 +128,7 @@ pub struct ExecMount {
     pub kind: ExecMountKind,
 }
 
-/// Mount kinds that run in this version (secret, ssh and cache come with their issue).
+/// Mount kinds that run in this version (secret and ssh come with their issue).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 #[non_exhaustive]
@@ -148,6 +148,50 @@ pub enum ExecMountKind {
         /// Size limit in bytes.
         size: Option<u64>,
     },
+    /// A persistent cache directory of the build's tenant (`RUN --mount=type=cache`), kept
+    /// in the store between builds and never part of a layer. Only this definition is part of
+    /// the step's digest (and so of its cache key), never the directory's contents: a step
+    /// that hits the cache does not run, whatever the cache directory holds (BuildKit's rule).
+    Cache {
+        /// The cache's id (`id=`, default the target as written).
+        id: String,
+        /// How concurrent users share it.
+        sharing: CacheSharing,
+        /// Mounted read-only.
+        readonly: bool,
+        /// Mode of a new cache directory (default 0755; ignored with `from`).
+        mode: u32,
+        /// Owner of a new cache directory (ignored with `from`).
+        uid: u32,
+        /// Group of a new cache directory (ignored with `from`).
+        gid: u32,
+        /// Seed: a new cache directory starts as a copy of `source` in this input's file
+        /// system (`from=`), instead of empty.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<CacheSeed>,
+    },
+}
+
+/// How concurrent users share a cache mount (`sharing=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheSharing {
+    /// Every user mounts the same directory at the same time (the default).
+    #[default]
+    Shared,
+    /// A user that finds the directory in use gets another one of its own.
+    Private,
+    /// Users take turns: one step at a time holds the directory.
+    Locked,
+}
+
+/// Where a new cache directory's initial contents come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheSeed {
+    /// Input index of the vertex providing the file system.
+    pub input: usize,
+    /// Directory inside that file system.
+    pub source: String,
 }
 
 /// File operations.

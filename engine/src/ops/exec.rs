@@ -44,6 +44,8 @@ pub(super) fn exec(
     }
     // Deepest first, so a parent is tried after its children.
     stubs.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    // Held until the step has ended (dropped at the end of this function).
+    let leases = super::cache::acquire_all(ctx, &e.mounts, inputs)?;
     let mut mounts = Vec::new();
     for (n, m) in e.mounts.iter().enumerate() {
         let kind = match &m.kind {
@@ -74,6 +76,18 @@ pub(super) fn exec(
                 size: *size,
                 mode: 0o1777,
             },
+            // The cache directory itself is the bind source (never a path inside it), so
+            // nothing the cache holds decides what is mounted.
+            ExecMountKind::Cache { readonly, .. } => {
+                let lease = leases
+                    .get(n)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(|| OpError::Internal(format!("cache mount {n} not taken")))?;
+                sandbox::MountKind::Bind {
+                    source: lease.path().to_path_buf(),
+                    readonly: *readonly,
+                }
+            }
         };
         mounts.push(sandbox::Mount {
             target: m.target.clone(),
@@ -213,7 +227,7 @@ fn shown_command(args: &[String]) -> String {
 
 /// Copies `source` of `view` into `dest` (a private directory) for a bind mount; returns the
 /// path to mount (the directory, or the file inside it when the source is a file).
-fn materialize(view: &LayerView, source: &str, dest: &Path) -> Result<PathBuf, OpError> {
+pub(super) fn materialize(view: &LayerView, source: &str, dest: &Path) -> Result<PathBuf, OpError> {
     let resolved = view
         .resolve(source, true)?
         .and_then(|r| r.entry().map(|e| e.metadata().kind))

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+mod cache;
 mod exec;
 mod file;
 mod http;
@@ -105,6 +106,21 @@ pub enum OpError {
     /// A download did not match its `--checksum`; nothing was stored.
     #[error(transparent)]
     ChecksumMismatch(Box<ChecksumMismatch>),
+    /// A cache mount could not be set up.
+    #[error(transparent)]
+    CacheMount(#[from] crate::store::CacheMountError),
+    /// A cache mount's `from`/`source` is not a directory.
+    #[error("cache mount source {path:?} is not a directory")]
+    CacheSeed {
+        /// The path in the `from` file system.
+        path: String,
+    },
+    /// A cache mount's `uid`/`gid` lies outside the `--userns-remap` range.
+    #[error("cache mount owner id {id} is outside the user-namespace mapping")]
+    CacheOwnerUnmapped {
+        /// The id.
+        id: u32,
+    },
     /// The build was cancelled (another step failed).
     #[error("cancelled")]
     Cancelled,
@@ -408,8 +424,15 @@ pub async fn content_digest(
         Op::File(FileOp::Copy(c)) => reads.push((c.src, c.sources.clone())),
         Op::Exec(e) => {
             for m in &e.mounts {
-                if let ExecMountKind::Bind { input, source, .. } = &m.kind {
-                    reads.push((*input, vec![source.clone()]));
+                match &m.kind {
+                    ExecMountKind::Bind { input, source, .. } => {
+                        reads.push((*input, vec![source.clone()]));
+                    }
+                    // A cache seeded from the client's files depends on what they hold.
+                    ExecMountKind::Cache {
+                        from: Some(seed), ..
+                    } => reads.push((seed.input, vec![seed.source.clone()])),
+                    _ => {}
                 }
             }
         }

@@ -5,6 +5,8 @@
 //! ROOT/content/ingest/              temp files being written (fsync → rename into blobs/)
 //! ROOT/snapshots/<id>/              one immutable layer directory per step result (overlay format)
 //! ROOT/snapshots/.tmp/              layer directories being written by running steps
+//! ROOT/cache-mounts/<t>/<i>/<n>/   RUN --mount=type=cache directories: t = sha256(tenant),
+//!                                   i = sha256(id), n = instance (see `cache_mounts`)
 //! ROOT/meta.redb                    metadata: cache records, layers, images (one ACID database)
 //! ROOT/lock                         exclusive lock: one kiln process uses a root at a time
 //! ```
@@ -14,6 +16,7 @@
 //! when the build succeeds; a failed or interrupted build leaves committed records unchanged
 //! and at most unreferenced files behind, which `kiln prune` removes.
 
+pub mod cache_mounts;
 pub mod content;
 pub mod meta;
 pub mod snapshot;
@@ -22,6 +25,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use cache_mounts::{CacheLease, CacheMountError, CacheMounts, NewCacheDir};
 pub use content::ContentStore;
 pub use meta::{CacheRecord, ImageRecord, LayerBlob, LayerRecord, MetaStore, StagedRecords};
 pub use snapshot::{SnapshotId, Snapshots};
@@ -70,6 +74,9 @@ pub enum StoreError {
     /// The directory is neither empty nor a kiln store.
     #[error("{0} is not empty and not a kiln store; choose an empty or new directory for --root")]
     NotAStore(PathBuf),
+    /// The cache-mount directories failed.
+    #[error(transparent)]
+    CacheMount(#[from] CacheMountError),
     /// The store directory belongs to another user.
     #[error("store {0} is not owned by the user running kiln; refusing to use it")]
     NotOwned(PathBuf),
@@ -118,6 +125,8 @@ pub struct Store {
     pub snapshots: Snapshots,
     /// Metadata database.
     pub meta: MetaStore,
+    /// `RUN --mount=type=cache` directories.
+    pub cache_mounts: CacheMounts,
     _lock: File,
 }
 
@@ -161,11 +170,13 @@ impl Store {
         let content = ContentStore::open(&root.join("content"))?;
         let snapshots = Snapshots::open(&root.join("snapshots"))?;
         let meta = MetaStore::open(&root.join("meta.redb"))?;
+        let cache_mounts = CacheMounts::open(&root.join("cache-mounts"))?;
         Ok(Self {
             root: root.to_path_buf(),
             content,
             snapshots,
             meta,
+            cache_mounts,
             _lock: lock,
         })
     }

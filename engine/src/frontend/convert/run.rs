@@ -4,9 +4,13 @@ use super::dispatch::{St, abs_path, clean_abs, from_vertex};
 use super::state::Scope;
 use super::{ConvertError, Converter};
 use crate::frontend::instructions::{
-    CommandLine, Instruction, Located, MountFlag, MountType, NetworkMode, SecurityMode, parse_mount,
+    CacheSharing, CommandLine, Instruction, Located, MountFlag, MountType, NetworkMode,
+    SecurityMode, parse_mount,
 };
-use crate::graph::{ExecMount, ExecMountKind, ExecOp, FileOp, Network, Op, Security};
+use crate::graph::{
+    CacheSeed, CacheSharing as GraphSharing, ExecMount, ExecMountKind, ExecOp, FileOp, Network, Op,
+    Security,
+};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
@@ -98,13 +102,17 @@ pub(super) fn run(
             },
         });
     }
+    let mut cache_ids = std::collections::BTreeSet::new();
     for raw in mounts {
         // Mount options are expanded now, with the stage's ARG/ENV, then checked again.
         let scope = st.scope();
         let lexer = &c.lexer;
         let expander = |w: &str| lexer.process_word(w, &Scope(&scope));
         let m = parse_mount(&raw.raw, Some(&expander)).map_err(|e| at(e.to_string()))?;
-        if !matches!(m.mount_type, MountType::Bind | MountType::Tmpfs) {
+        if !matches!(
+            m.mount_type,
+            MountType::Bind | MountType::Tmpfs | MountType::Cache
+        ) {
             return Err(at(format!(
                 "RUN --mount=type={} is parsed but not executed by this kiln version",
                 format!("{:?}", m.mount_type).to_ascii_lowercase()
@@ -138,6 +146,20 @@ pub(super) fn run(
                 }
             }
             MountType::Tmpfs => ExecMountKind::Tmpfs { size: m.size },
+            MountType::Cache => {
+                let (kind, seed) = cache_mount(c, st, &m, &target, ins.line, inputs.len())?;
+                if let Some(v) = seed {
+                    inputs.push(v);
+                }
+                if let ExecMountKind::Cache { id, .. } = &kind
+                    && !cache_ids.insert(id.clone())
+                {
+                    return Err(at(format!(
+                        "cache id {id:?} is mounted twice in one RUN; use one mount"
+                    )));
+                }
+                kind
+            }
             other => {
                 return Err(at(format!(
                     "RUN --mount=type={} is parsed but not executed by this kiln version",
@@ -168,6 +190,49 @@ pub(super) fn run(
     st.vertex = c.graph.add(Op::Exec(op), inputs, name);
     st.image.layer(format!("RUN {}", args.join(" ")));
     Ok(())
+}
+
+/// A `type=cache` mount as BuildKit's `dockerfile2llb` makes it: the id defaults to the
+/// target as written, cleaned (Go's `path.Clean`, not made absolute); a new cache directory
+/// is empty with `mode` (0755), `uid` and `gid` (0), unless `from` names a stage, image or
+/// context whose `source` directory it starts as a copy of (then the three are ignored, as in
+/// BuildKit). Returns the seed's vertex, which the caller pushes as the next input.
+fn cache_mount(
+    c: &mut Converter<'_>,
+    st: &St,
+    m: &MountFlag,
+    target: &str,
+    line: usize,
+    next_input: usize,
+) -> Result<(ExecMountKind, Option<usize>), ConvertError> {
+    // Conversion has checked that the target is set; `target` is it made absolute.
+    let written = m.target.as_deref().unwrap_or(target);
+    let id = match m.id.as_deref() {
+        Some(id) if !id.is_empty() => id.to_owned(),
+        _ => crate::frontend::dockerignore::clean(written),
+    };
+    let seed = match &m.from {
+        None => None,
+        Some(f) => Some(from_vertex(c, st, f, line)?),
+    };
+    let kind = ExecMountKind::Cache {
+        id,
+        sharing: match m.sharing {
+            None | Some(CacheSharing::Shared) => GraphSharing::Shared,
+            Some(CacheSharing::Private) => GraphSharing::Private,
+            Some(CacheSharing::Locked) => GraphSharing::Locked,
+        },
+        readonly: m.readonly,
+        mode: m.mode.unwrap_or(0o755),
+        uid: m.uid.unwrap_or(0),
+        gid: m.gid.unwrap_or(0),
+        // The caller pushes the seed's vertex as the next input.
+        from: seed.map(|_| CacheSeed {
+            input: next_input,
+            source: clean_abs(&format!("/{}", m.source.clone().unwrap_or_default())),
+        }),
+    };
+    Ok((kind, seed))
 }
 
 /// The PATH a step gets when the image sets none (Docker's default).
