@@ -554,3 +554,39 @@ fn secret_mount_options_are_honoured_and_leave_nothing_in_the_layer() {
     );
     assert!(!run.stderr.contains("PUBLIC_KEY\")"), "{}", run.stderr);
 }
+
+#[test]
+fn secret_leaves_no_trace_with_the_copying_snapshotter_and_in_a_user_namespace() {
+    if !root_or_skip() {
+        return;
+    }
+    let k = Kiln::with_base();
+    let ctx = Ctx::new(&format!(
+        "FROM {BASE}\n\
+         RUN --mount=type=secret,id=s sh -c \"stat -c '%a %u %g' /run/secrets/s > /stat; wc -c < /run/secrets/s > /len\"\n\
+         RUN --mount=type=secret,id=s,target=/etc/app.key,uid=1000 sh -c \"stat -c '%a %u %g' /etc/app.key > /stat-app; cat /proc/self/uid_map > /uid_map\"\n"
+    ));
+    for extra in [
+        &["--snapshotter", "copy"][..],
+        &["--userns-remap", "default", "--no-cache"][..],
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = s(&["--progress=plain", "--secret"]);
+        args.push(ctx.secret_file("s", "value-of-s"));
+        args.extend(s(extra));
+        args.push("-o".into());
+        args.push(format!("type=local,dest={}", out.path().display()));
+        build(&k, &ctx, &args, None).ok();
+        let read = |p: &str| fs::read_to_string(out.path().join(p)).unwrap();
+        assert_eq!(read("stat").trim(), "400 0 0", "{extra:?}");
+        assert_eq!(read("len").trim(), "10", "{extra:?}");
+        assert_eq!(read("stat-app").trim(), "400 1000 0", "{extra:?}");
+        let remapped = read("uid_map").contains("100000");
+        assert_eq!(remapped, extra.contains(&"--userns-remap"), "{extra:?}");
+        assert!(!out.path().join("run").exists(), "{extra:?}: /run left");
+        assert!(
+            !out.path().join("etc/app.key").exists(),
+            "{extra:?}: /etc/app.key left"
+        );
+    }
+}

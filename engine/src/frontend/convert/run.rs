@@ -198,7 +198,7 @@ fn secret_mount(m: &MountFlag, workdir: &str) -> Result<(String, ExecMountKind),
         None => format!("/run/secrets/{}", base(&id)),
     };
     let under = |dir: &str| target == dir || target.starts_with(&format!("{dir}/"));
-    if file && (under("/proc") || under("/sys") || under("/dev") || target == "/") {
+    if file && (under("/proc") || under("/sys") || under("/dev")) {
         return Err(format!(
             "RUN --mount target {target} is under /proc, /sys or /dev, which the sandbox provides"
         ));
