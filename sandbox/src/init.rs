@@ -484,8 +484,10 @@ fn read_spec() -> Result<InitSpec, InitError> {
             source: std::io::Error::last_os_error(),
         });
     }
+    // Zeroed when dropped: the spec may hold secret values.
+    let json = crate::SecretBytes::new(json);
     let spec: InitSpec =
-        serde_json::from_slice(&json).map_err(|source| InitError::ParseSpec { source })?;
+        serde_json::from_slice(json.expose()).map_err(|source| InitError::ParseSpec { source })?;
     validate(&spec.spec)?;
     Ok(spec)
 }
