@@ -65,6 +65,9 @@ pub fn parse_secret(s: &str) -> Result<SecretSpec, String> {
     Ok(SecretSpec { id, source })
 }
 
+/// The largest value accepted (BuildKit's limit: 500 KiB).
+pub const MAX_SECRET_SIZE: usize = 500 * 1024;
+
 /// Reads every secret's value. A missing file or unset variable is the user's mistake: the
 /// message names the id and the source (never a value).
 pub fn load(specs: &[SecretSpec]) -> Result<Secrets, String> {
@@ -82,6 +85,13 @@ pub fn load(specs: &[SecretSpec]) -> Result<Secrets, String> {
                     )
                 })?,
         };
+        if value.len() > MAX_SECRET_SIZE {
+            return Err(format!(
+                "--secret id={}: the value has {} bytes; at most {MAX_SECRET_SIZE} are allowed",
+                s.id,
+                value.len()
+            ));
+        }
         secrets.insert(s.id.clone(), value);
     }
     Ok(secrets)
@@ -149,6 +159,8 @@ mod tests {
         .unwrap();
         assert_eq!(secrets.get("f").unwrap().expose(), b"file-value");
         assert!(load(&[file("g", "/nonexistent/kiln-secret")]).is_err());
+        std::fs::write(dir.path().join("big"), vec![b'x'; MAX_SECRET_SIZE + 1]).unwrap();
+        assert!(load(&[file("big", &dir.path().join("big").display().to_string())]).is_err());
         assert!(load(&[env("h", "KILN_TEST_SURELY_UNSET_VARIABLE")]).is_err());
     }
 }
