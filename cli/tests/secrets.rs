@@ -501,6 +501,8 @@ fn secret_mount_options_are_honoured_and_leave_nothing_in_the_layer() {
          ARG API_TOKEN=x\n\
          ENV PUBLIC_KEY=y DB_PASSWORD=z\n\
          WORKDIR /w\n\
+         RUN mkdir /data && ln -s /data /link\n\
+         RUN --mount=type=secret,id=s,target=/link/secrets/s cat /link/secrets/s > /dev/null && echo ok > /via-link\n\
          RUN --mount=type=secret,id=s,target=/etc/app/cred,mode=0440,uid=1000,gid=1000 stat -c '%a %u %g' /etc/app/cred > /opts\n\
          RUN --mount=type=secret,id=s sh -c \"stat -c '%a %u %g' /run/secrets/s > /defaults; (echo x > /run/secrets/s) 2>/dev/null && echo writable > /ro || echo read-only > /ro\"\n\
          RUN --mount=type=secret,id=s,dst=rel/cred cat /w/rel/cred > /dev/null && echo ok > /relative\n\
@@ -533,6 +535,10 @@ fn secret_mount_options_are_honoured_and_leave_nothing_in_the_layer() {
         read("envonly-ls")
     );
     assert_eq!(read("missing").trim(), "absent");
+    // A target behind an image symlink leaves nothing behind where the symlink points.
+    assert_eq!(read("via-link").trim(), "ok");
+    let under_data: Vec<_> = fs::read_dir(out.path().join("data")).unwrap().collect();
+    assert!(under_data.is_empty(), "left under /data: {under_data:?}");
     // uid=1000 lets user app read it; the default (root, 0400) does not.
     assert!(run.stderr.contains("unreadable"), "{}", run.stderr);
     // Nothing of the mounts is in the image.

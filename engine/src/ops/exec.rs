@@ -40,6 +40,11 @@ pub(super) fn exec(
             _ => false,
         };
         let mut p = crate::fileop::absolute_path(&m.target, "/");
+        // Where the sandbox will put it: symlinks of the image resolved inside the root (a
+        // target under `/run -> /var/run` leaves its stubs under `/var/run`).
+        if let Ok(r) = lower_view.resolve_for_write(&p) {
+            p = r.path();
+        }
         let mut leaf = secret_file;
         while p != "/" && !p.is_empty() {
             if lower_view.lookup(&p)?.is_some() {
