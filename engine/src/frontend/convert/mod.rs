@@ -8,6 +8,7 @@
 mod copy;
 mod dispatch;
 mod run;
+mod secrets;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};
