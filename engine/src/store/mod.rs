@@ -7,6 +7,9 @@
 //! ROOT/snapshots/.tmp/              layer directories being written by running steps
 //! ROOT/meta.redb                    metadata: cache records, layers, images (one ACID database)
 //! ROOT/lock                         exclusive lock: one kiln process uses a root at a time
+//! ROOT/secret-mac.key               32 random bytes (0600), made the first time a step mounts
+//!                                   a secret: the key of the secrets' MACs in cache keys
+//!                                   (`ops::secrets`)
 //! ```
 //!
 //! Invariant: a committed metadata record points only at blobs and snapshot directories that
