@@ -181,6 +181,11 @@ struct BuildArgs {
     /// CPU time of each RUN step, in CPUs (e.g. `1.5`), or `max` for no limit (default).
     #[arg(long, value_name = "CPUS", env = "KILN_CPUS", value_parser = parse_max_or::<f64>)]
     cpus: Option<MaxOr<f64>>,
+    /// A secret for `RUN --mount=type=secret` (repeatable): `id=ID,src=PATH` (a file) or
+    /// `id=ID,env=VAR` (an environment variable); `type=file|env` as in buildx. Values stay in
+    /// memory; the image, the cache and the logs never hold them.
+    #[arg(long = "secret", value_name = "SPEC", value_parser = crate::secrets::parse_secret)]
+    secrets: Vec<crate::secrets::SecretSpec>,
 }
 
 /// `default` or `UID:GID:COUNT`.
@@ -437,6 +442,7 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     let mut req = request(&b.plan)?;
     req.tags = b.tags.clone();
     req.no_cache = b.no_cache;
+    req.secrets = crate::secrets::load(&b.secrets).map_err(usage)?;
     if b.fetch_timeout == 0 {
         return Err(usage("--fetch-timeout must be at least 1 second".into()));
     }
@@ -523,6 +529,9 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     // download) may still be running on blocking threads: do not wait for it to finish.
     rt.shutdown_background();
     let result = result?;
+    for w in &result.warnings {
+        eprintln!("WARN: {w}");
+    }
     if !result.unused_build_args.is_empty() {
         eprintln!(
             "warning: build-args not consumed by any ARG: {}",

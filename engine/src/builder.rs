@@ -137,6 +137,8 @@ pub struct BuildRequest {
     pub snapshotter: crate::ops::Snapshotter,
     /// Overall time limit for one `ADD <url>` download.
     pub fetch_timeout: std::time::Duration,
+    /// `--secret`: values for `RUN --mount=type=secret`, by id (kept in memory only).
+    pub secrets: crate::ops::secrets::Secrets,
 }
 
 impl BuildRequest {
@@ -164,6 +166,7 @@ impl BuildRequest {
             tenant: crate::TenantId::local(),
             snapshotter: crate::ops::Snapshotter::Auto,
             fetch_timeout: crate::ops::DEFAULT_FETCH_TIMEOUT,
+            secrets: crate::ops::secrets::Secrets::new(),
         }
     }
 }
@@ -231,6 +234,8 @@ pub struct BuildResult {
     pub cached: usize,
     /// `--build-arg`s no ARG consumed.
     pub unused_build_args: Vec<String>,
+    /// Lint warnings of the Dockerfile (`SecretsUsedInArgOrEnv`).
+    pub warnings: Vec<String>,
     /// The network step: every `ADD <url>` this build downloaded, with the verified digest,
     /// sorted by URL. Downloads satisfied from the cache are not listed (nothing was fetched);
     /// every URL the image depends on is a [`crate::graph::SourceOp::Http`] vertex of the
@@ -256,6 +261,8 @@ pub struct Planned {
     pub image: convert::ImageState,
     /// Unused build args.
     pub unused_build_args: Vec<String>,
+    /// Lint warnings.
+    pub warnings: Vec<String>,
     contexts: HashMap<String, ContextDir>,
 }
 
@@ -359,6 +366,7 @@ impl Engine {
             target: c.target,
             image: c.image,
             unused_build_args: c.unused_build_args,
+            warnings: c.warnings,
             contexts,
         })
     }
@@ -387,6 +395,7 @@ impl Engine {
         ctx.step_timeout = req.step_timeout;
         ctx.step_limits = req.step_limits.clone();
         ctx.userns = req.userns;
+        ctx.secrets = req.secrets.clone();
         let ctx = Arc::new(ctx);
         let solved = crate::solver::solve(
             graph.clone(),
@@ -492,6 +501,7 @@ impl Engine {
             executed: solved.executed,
             cached: solved.cached,
             unused_build_args: planned.unused_build_args,
+            warnings: planned.warnings,
             fetched,
         })
     }

@@ -128,7 +128,7 @@ pub struct ExecMount {
     pub kind: ExecMountKind,
 }
 
-/// Mount kinds that run in this version (secret and ssh come with their issue).
+/// Mount kinds that run in this version (ssh comes with its issue).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 #[non_exhaustive]
@@ -169,6 +169,27 @@ pub enum ExecMountKind {
         /// system (`from=`), instead of empty.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<CacheSeed>,
+    },
+    /// A build secret by id (`RUN --mount=type=secret`). Only the id and how it is shown are
+    /// part of the definition, never the value: the value reaches the cache key as a keyed
+    /// MAC (see `ops::secrets`). When `file` is false the secret is only an environment
+    /// variable and the mount's target is unused.
+    Secret {
+        /// The secret's id (`kiln build --secret id=…`).
+        id: String,
+        /// Mounted as a file at the target.
+        file: bool,
+        /// Exposed as this environment variable.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        env: Option<String>,
+        /// Missing → the step fails before it runs (otherwise it runs without it).
+        required: bool,
+        /// File mode.
+        mode: u32,
+        /// File owner.
+        uid: u32,
+        /// File group.
+        gid: u32,
     },
 }
 

@@ -198,6 +198,10 @@ async fn run_one(
     if let Some(c) = content {
         enc.extend_from_slice(c.as_bytes());
     }
+    // A step that mounts secrets: their ids and keyed MACs of their values (never a value).
+    if let Some(s) = ctx.secret_cache_input(&v.op)? {
+        enc.extend_from_slice(&s);
+    }
     let key = Digest::of(&enc);
     let announce = crate::ops::announces(&v.op);
     if let Some(out) = crate::ops::cached(ctx, &v.op, &key, &inputs)? {

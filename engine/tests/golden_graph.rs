@@ -307,6 +307,21 @@ fn dump(c: &Converted) -> String {
                         ExecMountKind::Tmpfs { size } => {
                             writeln!(o, "  mount {} tmpfs size={size:?}", q(&m.target)).unwrap();
                         }
+                        ExecMountKind::Secret {
+                            id,
+                            file,
+                            env,
+                            required,
+                            mode,
+                            uid,
+                            gid,
+                        } => writeln!(
+                            o,
+                            "  mount {} secret id={} file={file} env={env:?} required={required} mode={mode:o} uid={uid} gid={gid}",
+                            q(&m.target),
+                            q(id)
+                        )
+                        .unwrap(),
                         other => writeln!(o, "  mount {} {other:?}", q(&m.target)).unwrap(),
                     }
                 }

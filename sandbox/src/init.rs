@@ -484,8 +484,10 @@ fn read_spec() -> Result<InitSpec, InitError> {
             source: std::io::Error::last_os_error(),
         });
     }
+    // Zeroed when dropped: the spec may hold secret values.
+    let json = crate::SecretBytes::new(json);
     let spec: InitSpec =
-        serde_json::from_slice(&json).map_err(|source| InitError::ParseSpec { source })?;
+        serde_json::from_slice(json.expose()).map_err(|source| InitError::ParseSpec { source })?;
     validate(&spec.spec)?;
     Ok(spec)
 }
@@ -649,6 +651,26 @@ impl Inner<'_> {
                             size: *size,
                             mode: *mode,
                         },
+                        MountKind::SecretFile {
+                            data,
+                            mode,
+                            uid,
+                            gid,
+                            stage,
+                        } => {
+                            // In a user namespace the step's ids are a host range: the file
+                            // is owned by the host id that the step sees as `uid`/`gid`.
+                            let map = self.userns.and(spec.userns);
+                            let (host_uid, host_gid) =
+                                map.map_or((0, 0), |m| (m.host_uid, m.host_gid));
+                            InRootFs::SecretFile {
+                                data: data.clone(),
+                                mode: *mode,
+                                uid: uid.saturating_add(host_uid),
+                                gid: gid.saturating_add(host_gid),
+                                stage: stage.clone(),
+                            }
+                        }
                     };
                     sys.mount_in_root(&self.root, &m.target, &fs)
                         .map_err(|source| InitError::Mount {
@@ -835,11 +857,26 @@ impl Inner<'_> {
             .iter()
             .map(|a| nul(a))
             .collect::<Result<Vec<_>, _>>()?;
-        let envp = self
+        let secret_names: Vec<String> = self
+            .spec
+            .secret_env
+            .iter()
+            .map(|(k, _)| format!("{k}="))
+            .collect();
+        let mut envp = self
             .env
             .iter()
+            .filter(|e| !secret_names.iter().any(|k| e.starts_with(k.as_str())))
             .map(|e| nul(e))
             .collect::<Result<Vec<_>, _>>()?;
+        // Secrets given as environment variables replace a variable of the same name.
+        for (k, v) in &self.spec.secret_env {
+            let mut kv = format!("{k}=").into_bytes();
+            kv.extend_from_slice(v.expose());
+            envp.push(CString::new(kv).map_err(|_| InitError::InvalidSpec {
+                reason: format!("NUL byte in the secret for {k}"),
+            })?);
+        }
         sys.reset_signals()
             .map_err(|source| InitError::ResetSignals { source })?;
         sys.report(&Report::Confined(self.confinement.clone()));

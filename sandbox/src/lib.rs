@@ -55,7 +55,9 @@ pub use init::{Confinement, InitError, InitFailure, Step};
 pub use landlock::{Enforcement, LandlockRecord};
 pub use probe::{CgroupMode, Features, probe};
 pub use sandbox::{Killer, RunningStep, Sandbox, SandboxError, StepExit};
-pub use spec::{DEFAULT_PATH, IdMap, Mount, MountKind, NetworkMode, Rootfs, Security, StepSpec};
+pub use spec::{
+    DEFAULT_PATH, IdMap, Mount, MountKind, NetworkMode, Rootfs, SecretBytes, Security, StepSpec,
+};
 pub use user::UserError;
 
 /// The hidden first argument that turns the binary into the sandbox init.

@@ -198,6 +198,7 @@ impl Syscall for LinuxSyscall {
                 rfs::stat(source).map_err(op("stat bind source"))?.st_mode & libc::S_IFMT
                     == libc::S_IFDIR
             }
+            InRootFs::SecretFile { .. } => false,
             _ => true,
         };
         let mnt = detached_mount(fs)?;

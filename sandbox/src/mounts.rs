@@ -132,6 +132,13 @@ pub(crate) fn detached_mount(fs: &InRootFs) -> Result<OwnedFd, OpError> {
                 MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
             )
         }
+        InRootFs::SecretFile {
+            data,
+            mode,
+            uid,
+            gid,
+            stage,
+        } => secret_file(data.expose(), *mode, *uid, *gid, stage),
         InRootFs::Bind { source, readonly } => {
             let tree = rmount::open_tree(
                 CWD,
@@ -149,6 +156,101 @@ pub(crate) fn detached_mount(fs: &InRootFs) -> Result<OwnedFd, OpError> {
             Ok(tree)
         }
     }
+}
+
+/// A detached, read-only bind of one file holding `data`, on a fresh tmpfs of its own.
+///
+/// The tmpfs (`nosuid,nodev,noexec`, root `0700`, sized to the value) is mounted on `stage`
+/// only long enough to create the file; then the file alone is cloned (`open_tree`) and the
+/// tmpfs is detached from `stage`. The clone keeps the tmpfs alive until the step's mount
+/// namespace dies; no path but the bound file reaches it, and nothing is written to a disk.
+fn secret_file(
+    data: &[u8],
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    stage: &Path,
+) -> Result<OwnedFd, OpError> {
+    const PAGE: u64 = 4096;
+    let len = u64::try_from(data.len()).map_err(|_| OpError {
+        op: "secret size",
+        errno: Errno::FBIG,
+    })?;
+    // One page more than the value rounded up: room for the file whatever tmpfs rounds.
+    let size = (len.div_ceil(PAGE) + 1) * PAGE;
+    let size = size.to_string();
+    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID
+        | MountAttrFlags::MOUNT_ATTR_NODEV
+        | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    let fs = new_fs("tmpfs", &[("mode", "700"), ("size", size.as_str())], attrs)?;
+    rmount::move_mount(&fs, "", CWD, stage, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+        .map_err(op("move_mount secret tmpfs"))?;
+    let made = write_secret(stage, data, mode, uid, gid);
+    let cloned = made.and_then(|()| {
+        rmount::open_tree(
+            CWD,
+            stage.join("secret"),
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )
+        .map_err(op("open_tree secret"))
+    });
+    // Detached from `stage` whatever happened: only the clone (if any) keeps the tmpfs.
+    let detached =
+        rmount::unmount(stage, rmount::UnmountFlags::DETACH).map_err(op("umount secret stage"));
+    let tree = cloned?;
+    detached?;
+    set_mount_attrs(
+        tree.as_fd(),
+        libc::MOUNT_ATTR_RDONLY
+            | libc::MOUNT_ATTR_NOSUID
+            | libc::MOUNT_ATTR_NODEV
+            | libc::MOUNT_ATTR_NOEXEC,
+        false,
+    )?;
+    Ok(tree)
+}
+
+/// Creates `dir/secret` (exclusively, never following a link) with `data`, owner and mode.
+fn write_secret(dir: &Path, data: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(), OpError> {
+    let dir = rfs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(op("open secret stage"))?;
+    let file = rfs::openat(
+        &dir,
+        "secret",
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(op("create secret file"))?;
+    let mut rest = data;
+    while !rest.is_empty() {
+        match rustix::io::write(&file, rest) {
+            Ok(0) => {
+                return Err(OpError {
+                    op: "write secret file",
+                    errno: Errno::NOSPC,
+                });
+            }
+            Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+            Err(Errno::INTR) => {}
+            Err(e) => {
+                return Err(OpError {
+                    op: "write secret file",
+                    errno: e,
+                });
+            }
+        }
+    }
+    rfs::fchown(
+        &file,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )
+    .map_err(op("chown secret file"))?;
+    rfs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777)).map_err(op("chmod secret file"))
 }
 
 fn new_fs(fstype: &str, opts: &[(&str, &str)], attrs: MountAttrFlags) -> Result<OwnedFd, OpError> {

@@ -77,8 +77,10 @@ impl Sandbox {
             spec: spec.clone(),
             cgroup: cgroup.procs_files(),
         };
-        let json =
-            serde_json::to_vec(&init_spec).map_err(|source| SandboxError::EncodeSpec { source })?;
+        // Zeroed when dropped, on every path: the spec may hold secret values.
+        let json = crate::SecretBytes::new(
+            serde_json::to_vec(&init_spec).map_err(|source| SandboxError::EncodeSpec { source })?,
+        );
         let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| SandboxError::ErrorPipe { source: e.into() })?;
         // Above the stdio fds, so the child's stdio set-up can not clobber it.
@@ -136,7 +138,7 @@ impl Sandbox {
         }
         if let Some(mut stdin) = child.stdin.take() {
             // A broken pipe means the init died early; `wait` reports why.
-            match stdin.write_all(&json) {
+            match stdin.write_all(json.expose()) {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
                     let _ = child.kill();
                     let _ = child.wait();

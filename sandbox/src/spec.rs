@@ -46,6 +46,11 @@ pub struct StepSpec {
     /// unprivileged id range on the host. Needs a [`Rootfs::Dir`] root (an overlay mount can
     /// not be idmapped); `None` (default): the initial user namespace.
     pub userns: Option<IdMap>,
+    /// Secrets exposed as environment variables (`RUN --mount=type=secret,env=VAR`): added to
+    /// [`StepSpec::env`] by the init just before exec, so the value is never in a string
+    /// anything prints. Left out of the encoding when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<(String, SecretBytes)>,
 }
 
 /// A user namespace mapping: ids `0..size` in the step are `host_uid..host_uid+size` and
@@ -85,6 +90,7 @@ impl StepSpec {
             timeout: None,
             limits: Limits::defaults(),
             userns: None,
+            secret_env: Vec::new(),
         }
     }
 }
@@ -170,6 +176,60 @@ pub enum MountKind {
         /// Mode of the tmpfs root directory, e.g. `0o1777`.
         mode: u32,
     },
+    /// A secret file (`RUN --mount=type=secret`): one read-only file holding `data`, on a
+    /// fresh tmpfs of its own that exists only in the step's mount namespace. The init mounts
+    /// that tmpfs on `stage` (in its namespace only), writes the file, binds the file alone
+    /// onto the target and detaches the tmpfs from `stage` again; the value never touches a
+    /// disk and the step sees nothing of the tmpfs but the file.
+    SecretFile {
+        /// The value.
+        data: SecretBytes,
+        /// File mode (BuildKit's default `0400`).
+        mode: u32,
+        /// Owner inside the step.
+        uid: u32,
+        /// Group inside the step.
+        gid: u32,
+        /// An empty host directory chosen by the engine (trusted), used as described above;
+        /// it stays empty on the host.
+        stage: PathBuf,
+    },
+}
+
+/// A secret value. `Debug` prints `****`, and the buffer is overwritten with zeros when it is
+/// dropped (best effort: copies the serialiser made on the way are not).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    /// Wraps `value`.
+    pub fn new(value: Vec<u8>) -> Self {
+        Self(value)
+    }
+
+    /// The value.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        for b in self.0.iter_mut() {
+            // SAFETY: `b` is a valid, aligned, exclusive reference into the vector's buffer;
+            // the volatile write keeps the compiler from eliding the zeroing of a buffer that
+            // is about to be freed.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]
@@ -198,5 +258,25 @@ mod tests {
         let back: StepSpec = serde_json::from_slice(&json)?;
         assert_eq!(back, spec);
         Ok(())
+    }
+
+    #[test]
+    fn a_secret_is_never_printed_by_debug() {
+        let mut spec = StepSpec::new(vec!["true".into()], Rootfs::Dir { path: "/r".into() });
+        spec.mounts.push(Mount {
+            target: "/run/secrets/a".into(),
+            kind: MountKind::SecretFile {
+                data: SecretBytes::new(b"hunter2-canary".to_vec()),
+                mode: 0o400,
+                uid: 0,
+                gid: 0,
+                stage: "/s".into(),
+            },
+        });
+        spec.secret_env
+            .push(("TOKEN".into(), SecretBytes::new(b"hunter2-canary".to_vec())));
+        let shown = format!("{spec:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("****"));
     }
 }

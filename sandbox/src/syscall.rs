@@ -67,6 +67,15 @@ pub(crate) enum InRootFs {
     Bind { source: PathBuf, readonly: bool },
     /// A fresh tmpfs.
     Tmpfs { size: Option<u64>, mode: u32 },
+    /// One read-only secret file on a private tmpfs (see [`crate::MountKind::SecretFile`]);
+    /// `uid`/`gid` are host ids (already mapped through the user namespace, if any).
+    SecretFile {
+        data: crate::SecretBytes,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        stage: PathBuf,
+    },
 }
 
 /// How a kernel path inside the root is hidden or frozen (runc's masked and read-only paths).

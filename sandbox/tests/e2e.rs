@@ -9,7 +9,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, symlink};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kiln_sandbox::{Mount, MountKind, NetworkMode, Rootfs, Sandbox, SandboxError, StepSpec};
+use kiln_sandbox::{
+    Mount, MountKind, NetworkMode, Rootfs, Sandbox, SandboxError, SecretBytes, StepSpec,
+};
 
 mod support;
 
@@ -48,6 +50,10 @@ const CASES: &[(&str, Case)] = &[
     (
         "tmpfs_mount_is_empty_writable_and_not_in_upper",
         tmpfs_mount_is_empty_writable_and_not_in_upper,
+    ),
+    (
+        "secret_file_is_read_only_owned_as_asked_and_only_in_the_step",
+        secret_file_is_read_only_owned_as_asked_and_only_in_the_step,
     ),
     ("host_root_is_not_visible", host_root_is_not_visible),
     (
@@ -282,6 +288,71 @@ fn readonly_bind_mount_is_visible_and_readonly() -> CaseResult {
     expect_eq(&run_ok(&spec)?, "from-host\nreadonly\n")?;
     if f.path("ctx/x").exists() {
         return Err("write reached the bind source".into());
+    }
+    Ok(())
+}
+
+fn secret_file_is_read_only_owned_as_asked_and_only_in_the_step() -> CaseResult {
+    const VALUE: &str = "kiln-e2e-secret-7f3a9c";
+    let f = Fixture::new()?;
+    std::fs::create_dir(f.path("stage")).map_err(e)?;
+    let mut spec = f.spec(
+        "cat /run/secrets/s; echo; stat -c '%a %u %g %s' /run/secrets/s; \
+         if (echo x > /run/secrets/s) 2>/dev/null; then echo writable; else echo read-only; fi; \
+         ls -A /run/secrets; echo \"env=$TOKEN\"",
+    );
+    spec.env.push("TOKEN=overridden".into());
+    spec.mounts.push(Mount {
+        target: "/run/secrets/s".into(),
+        kind: MountKind::SecretFile {
+            data: SecretBytes::new(VALUE.as_bytes().to_vec()),
+            mode: 0o440,
+            uid: 1000,
+            gid: 1001,
+            stage: f.path("stage"),
+        },
+    });
+    spec.secret_env
+        .push(("TOKEN".into(), SecretBytes::new(b"from-secret".to_vec())));
+    expect_eq(
+        &run_ok(&spec)?,
+        &format!(
+            "{VALUE}\n440 1000 1001 {}\nread-only\ns\nenv=from-secret\n",
+            VALUE.len()
+        ),
+    )?;
+    // The mount point is an empty file in upper; the stage directory stayed empty on the host;
+    // the value is in no file of the fixture.
+    let stub = std::fs::metadata(f.path("upper/run/secrets/s")).map_err(e)?;
+    if stub.len() != 0 {
+        return Err(format!("mount point in upper has {} bytes", stub.len()));
+    }
+    if std::fs::read_dir(f.path("stage"))
+        .map_err(e)?
+        .next()
+        .is_some()
+    {
+        return Err("the stage directory is not empty on the host".into());
+    }
+    if host_mounts()?.iter().any(|m| m.contains("stage")) {
+        return Err("the secret's tmpfs is mounted on the host".into());
+    }
+    let mut dirs = vec![f.path("")];
+    while let Some(d) = dirs.pop() {
+        for ent in std::fs::read_dir(&d).map_err(e)? {
+            let ent = ent.map_err(e)?;
+            let t = ent.file_type().map_err(e)?;
+            if t.is_dir() {
+                dirs.push(ent.path());
+            } else if t.is_file()
+                && std::fs::read(ent.path())
+                    .map_err(e)?
+                    .windows(VALUE.len())
+                    .any(|w| w == VALUE.as_bytes())
+            {
+                return Err(format!("the value is in {}", ent.path().display()));
+            }
+        }
     }
     Ok(())
 }

@@ -27,13 +27,33 @@ pub(super) fn exec(
     // still empty (BuildKit's mount stub cleaner): a mount never leaves a trace in a layer.
     let lower_view = LayerView::new(ctx.layer_dirs(&base));
     let mut stubs: Vec<String> = Vec::new();
+    // A secret's file mount point is an empty file: removed too (see `remove_empty_stub`).
+    let mut file_stubs: Vec<String> = Vec::new();
     for m in &e.mounts {
+        let secret_file = match &m.kind {
+            ExecMountKind::Secret { id, file, .. } => {
+                if !file || ctx.secrets.get(id).is_none() {
+                    continue; // nothing mounted (env only, or an optional secret not given)
+                }
+                true
+            }
+            _ => false,
+        };
         let mut p = crate::fileop::absolute_path(&m.target, "/");
+        // Where the sandbox will put it: symlinks of the image resolved inside the root (a
+        // target under `/run -> /var/run` leaves its stubs under `/var/run`).
+        if let Ok(r) = lower_view.resolve_for_write(&p) {
+            p = r.path();
+        }
+        let mut leaf = secret_file;
         while p != "/" && !p.is_empty() {
             if lower_view.lookup(&p)?.is_some() {
                 break;
             }
-            if !stubs.contains(&p) {
+            if leaf {
+                leaf = false;
+                file_stubs.push(p.clone());
+            } else if !stubs.contains(&p) {
                 stubs.push(p.clone());
             }
             p = match p.rfind('/') {
@@ -47,8 +67,44 @@ pub(super) fn exec(
     // Held until the step has ended (dropped at the end of this function).
     let leases = super::cache::acquire_all(ctx, &e.mounts, inputs)?;
     let mut mounts = Vec::new();
+    let mut secret_env = Vec::new();
     for (n, m) in e.mounts.iter().enumerate() {
         let kind = match &m.kind {
+            ExecMountKind::Secret {
+                id,
+                file,
+                env,
+                required,
+                mode,
+                uid,
+                gid,
+            } => {
+                let Some(value) = ctx.secrets.get(id) else {
+                    if *required {
+                        return Err(OpError::SecretRequired { id: id.clone() });
+                    }
+                    continue; // optional and not given: not mounted (BuildKit)
+                };
+                if let Some(var) = env {
+                    secret_env.push((var.clone(), value.clone()));
+                }
+                if !file {
+                    continue;
+                }
+                let stage = pending.scratch.join(format!("secret{n}"));
+                fs::create_dir_all(&stage).map_err(|source| StoreError::Io {
+                    op: "create",
+                    path: stage.clone(),
+                    source,
+                })?;
+                sandbox::MountKind::SecretFile {
+                    data: value.clone(),
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                    stage,
+                }
+            }
             ExecMountKind::Bind {
                 input,
                 source,
@@ -127,6 +183,7 @@ pub(super) fn exec(
     spec.timeout = ctx.step_timeout;
     spec.limits = ctx.step_limits.clone();
     spec.userns = ctx.userns;
+    spec.secret_env = secret_env;
     ctx.check_cancelled()?;
     let mut step = ctx.sandbox.spawn(&spec)?;
     let killer = step.killer();
@@ -153,18 +210,27 @@ pub(super) fn exec(
     ] {
         let Some(mut r) = r else { continue };
         let progress = ctx.progress.clone();
+        // Every secret of the build is redacted from the step's output, not only its own.
+        let mut redactor = super::secrets::Redactor::new(ctx.secrets.values());
         readers.push(std::thread::spawn(move || {
             let mut buf = vec![0u8; 8192];
+            let send = |data: Vec<u8>| {
+                if !data.is_empty() {
+                    progress.send(Event::Log {
+                        vertex,
+                        stream,
+                        data: String::from_utf8_lossy(&data).into_owned(),
+                    });
+                }
+            };
             loop {
                 match r.read(&mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => progress.send(Event::Log {
-                        vertex,
-                        stream,
-                        data: String::from_utf8_lossy(&buf[..n]).into_owned(),
-                    }),
+                    Ok(n) => send(redactor.push(buf.get(..n).unwrap_or_default())),
                 }
             }
+            send(redactor.finish());
+            buf.fill(0);
         }));
     }
     let exit = step.wait();
@@ -211,6 +277,9 @@ pub(super) fn exec(
     if ctx.snapshotter == Snapshotter::Copy {
         crate::copydiff::diff(&lower_view, &mountpoint, &pending.dir)?;
     }
+    for stub in &file_stubs {
+        remove_empty_file_stub(&pending.dir, stub);
+    }
     for stub in &stubs {
         remove_empty_stub(&pending.dir, stub);
     }
@@ -252,6 +321,35 @@ pub(super) fn materialize(view: &LayerView, source: &str, dest: &Path) -> Result
     } else {
         dest.join("file")
     })
+}
+
+/// Removes the file mount point `stub` (a secret's) from the step's upper directory if it is
+/// an empty regular file, with the same never-follow walk as [`remove_empty_stub`].
+fn remove_empty_file_stub(upper: &Path, stub: &str) {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, openat, statat, unlinkat};
+    let comps: Vec<&str> = stub.split('/').filter(|c| !c.is_empty()).collect();
+    let Some((name, parents)) = comps.split_last() else {
+        return;
+    };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(mut dir) = openat(rustix::fs::CWD, upper, flags, Mode::empty()) else {
+        return;
+    };
+    for c in parents {
+        if *c == ".." || *c == "." {
+            return;
+        }
+        match openat(&dir, *c, flags, Mode::empty()) {
+            Ok(next) => dir = next,
+            Err(_) => return,
+        }
+    }
+    let Ok(st) = statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) else {
+        return;
+    };
+    if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size == 0 {
+        let _ = unlinkat(&dir, *name, AtFlags::empty());
+    }
 }
 
 /// Removes the mount point `stub` from the step's upper directory if it is an empty directory.

@@ -15,6 +15,7 @@ mod exec;
 mod file;
 mod http;
 mod image;
+pub mod secrets;
 
 use kiln_sandbox as sandbox;
 
@@ -120,6 +121,12 @@ pub enum OpError {
     CacheOwnerUnmapped {
         /// The id.
         id: u32,
+    },
+    /// A step mounts a secret marked `required` that the build was not given.
+    #[error("secret {id:?} is required but was not provided (kiln build --secret id={id},src=…)")]
+    SecretRequired {
+        /// The secret's id.
+        id: String,
     },
     /// The build was cancelled (another step failed).
     #[error("cancelled")]
@@ -287,6 +294,10 @@ pub struct OpContext {
     /// The network step: every URL this build downloaded, with its verified digest, in the
     /// order the downloads finished (cache hits download nothing and are not listed).
     pub fetched: Mutex<Vec<(String, Digest)>>,
+    /// The build's secrets (`--secret`), by id.
+    pub secrets: secrets::Secrets,
+    /// The store's secret MAC key, read (or made) the first time a step mounts a secret.
+    secret_mac_key: OnceLock<sandbox::SecretBytes>,
     http: OnceLock<ureq::Agent>,
     /// Running steps' killers, by vertex.
     killers: Mutex<Vec<(VertexIdx, sandbox::Killer)>>,
@@ -335,10 +346,24 @@ impl OpContext {
             step_limits: sandbox::Limits::defaults(),
             userns: None,
             fetched: Mutex::default(),
+            secrets: secrets::Secrets::new(),
+            secret_mac_key: OnceLock::new(),
             http: OnceLock::new(),
             killers: Mutex::default(),
             cancelled: AtomicBool::new(false),
         }
+    }
+
+    /// What `op`'s secrets add to its cache key (`None` when it mounts none); fails when a
+    /// required secret is missing. See [`secrets`].
+    pub fn secret_cache_input(&self, op: &Op) -> Result<Option<Vec<u8>>, OpError> {
+        secrets::cache_input(op, &self.secrets, &|| {
+            if let Some(k) = self.secret_mac_key.get() {
+                return Ok(k.clone());
+            }
+            let k = secrets::load_or_create_mac_key(self.store.root())?;
+            Ok(self.secret_mac_key.get_or_init(|| k).clone())
+        })
     }
 
     /// Cancels the build: kills running steps; ops check this flag before starting.

@@ -9,6 +9,9 @@
 //!                                   i = sha256(id), n = instance (see `cache_mounts`)
 //! ROOT/meta.redb                    metadata: cache records, layers, images (one ACID database)
 //! ROOT/lock                         exclusive lock: one kiln process uses a root at a time
+//! ROOT/secret-mac.key               32 random bytes (0600), made the first time a step mounts
+//!                                   a secret: the key of the secrets' MACs in cache keys
+//!                                   (`ops::secrets`)
 //! ```
 //!
 //! Invariant: a committed metadata record points only at blobs and snapshot directories that

@@ -8,6 +8,7 @@
 mod copy;
 mod dispatch;
 mod run;
+mod secrets;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -87,6 +88,8 @@ pub struct Converted {
     pub image: ImageState,
     /// Build args nobody declared (BuildKit warns about them).
     pub unused_build_args: Vec<String>,
+    /// Lint warnings (e.g. `SecretsUsedInArgOrEnv`), each a line to show.
+    pub warnings: Vec<String>,
 }
 
 /// Converts a parsed Dockerfile.
@@ -121,6 +124,7 @@ pub fn convert(
         target: done.vertex,
         image: done.image,
         unused_build_args: unused,
+        warnings: crate::frontend::lint::secrets_used_in_arg_or_env(df),
     })
 }
 

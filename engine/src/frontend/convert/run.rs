@@ -109,6 +109,11 @@ pub(super) fn run(
         let lexer = &c.lexer;
         let expander = |w: &str| lexer.process_word(w, &Scope(&scope));
         let m = parse_mount(&raw.raw, Some(&expander)).map_err(|e| at(e.to_string()))?;
+        if m.mount_type == MountType::Secret {
+            let (target, kind) = super::secrets::secret_mount(&m, &st.image.workdir).map_err(at)?;
+            exec_mounts.push(ExecMount { target, kind });
+            continue;
+        }
         if !matches!(
             m.mount_type,
             MountType::Bind | MountType::Tmpfs | MountType::Cache
