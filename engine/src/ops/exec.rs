@@ -326,58 +326,45 @@ pub(super) fn materialize(view: &LayerView, source: &str, dest: &Path) -> Result
 /// Removes the file mount point `stub` (a secret's) from the step's upper directory if it is
 /// an empty regular file, with the same never-follow walk as [`remove_empty_stub`].
 fn remove_empty_file_stub(upper: &Path, stub: &str) {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags, openat, statat, unlinkat};
-    let comps: Vec<&str> = stub.split('/').filter(|c| !c.is_empty()).collect();
-    let Some((name, parents)) = comps.split_last() else {
+    use rustix::fs::{AtFlags, FileType, statat, unlinkat};
+    let Some((dir, name)) = open_stub_parent(upper, stub) else {
         return;
     };
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let Ok(mut dir) = openat(rustix::fs::CWD, upper, flags, Mode::empty()) else {
-        return;
-    };
-    for c in parents {
-        if *c == ".." || *c == "." {
-            return;
-        }
-        match openat(&dir, *c, flags, Mode::empty()) {
-            Ok(next) => dir = next,
-            Err(_) => return,
-        }
-    }
-    let Ok(st) = statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) else {
+    let Ok(st) = statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
         return;
     };
     if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size == 0 {
-        let _ = unlinkat(&dir, *name, AtFlags::empty());
+        let _ = unlinkat(&dir, name, AtFlags::empty());
     }
 }
 
 /// Removes the mount point `stub` from the step's upper directory if it is an empty directory.
+fn remove_empty_stub(upper: &Path, stub: &str) {
+    if let Some((dir, name)) = open_stub_parent(upper, stub) {
+        let _ = rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::REMOVEDIR);
+    }
+}
+
+/// The directory holding the mount point `stub` in the step's upper directory, and its name.
 ///
 /// The upper was written by the step, so no path in it may be resolved by the kernel: a step
 /// can replace a parent of the stub by a symlink to a host directory. Each component is opened
 /// relative to the previous one with `O_NOFOLLOW`, and the walk stops at anything that is not a
-/// real directory; `unlinkat(AT_REMOVEDIR)` only removes an empty directory.
-fn remove_empty_stub(upper: &Path, stub: &str) {
-    use rustix::fs::{AtFlags, Mode, OFlags, openat, unlinkat};
+/// real directory.
+fn open_stub_parent<'a>(upper: &Path, stub: &'a str) -> Option<(std::os::fd::OwnedFd, &'a str)> {
+    use rustix::fs::{Mode, OFlags, openat};
     let comps: Vec<&str> = stub.split('/').filter(|c| !c.is_empty()).collect();
-    let Some((name, parents)) = comps.split_last() else {
-        return;
-    };
+    let (name, parents) = comps.split_last()?;
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let Ok(mut dir) = openat(rustix::fs::CWD, upper, flags, Mode::empty()) else {
-        return;
-    };
+    let mut dir = openat(rustix::fs::CWD, upper, flags, Mode::empty()).ok()?;
     for c in parents {
         if *c == ".." || *c == "." {
-            return;
+            return None;
         }
-        match openat(&dir, *c, flags, Mode::empty()) {
-            Ok(next) => dir = next,
-            Err(_) => return, // missing, or not a real directory (a symlink fails here)
-        }
+        // Missing, or not a real directory (a symlink fails here).
+        dir = openat(&dir, *c, flags, Mode::empty()).ok()?;
     }
-    let _ = unlinkat(&dir, *name, AtFlags::REMOVEDIR);
+    Some((dir, name))
 }
 
 #[cfg(test)]
