@@ -186,6 +186,11 @@ struct BuildArgs {
     /// memory; the image, the cache and the logs never hold them.
     #[arg(long = "secret", value_name = "SPEC", value_parser = crate::secrets::parse_secret)]
     secrets: Vec<crate::secrets::SecretSpec>,
+    /// An SSH agent for `RUN --mount=type=ssh` (repeatable): `default` or `ID` (the agent at
+    /// `$SSH_AUTH_SOCK`), or `ID=SOCKET` (an agent's socket). The step gets a socket that
+    /// forwards the agent protocol; no key ever enters the step.
+    #[arg(long = "ssh", value_name = "ID[=SOCKET]", value_parser = crate::ssh::parse_ssh)]
+    ssh: Vec<crate::ssh::SshSpec>,
 }
 
 /// `default` or `UID:GID:COUNT`.
@@ -443,6 +448,7 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     req.tags = b.tags.clone();
     req.no_cache = b.no_cache;
     req.secrets = crate::secrets::load(&b.secrets).map_err(usage)?;
+    req.ssh = crate::ssh::load(&b.ssh).map_err(usage)?;
     if b.fetch_timeout == 0 {
         return Err(usage("--fetch-timeout must be at least 1 second".into()));
     }

@@ -5,6 +5,7 @@
 
 mod commands;
 mod secrets;
+mod ssh;
 mod ui;
 
 use std::process::ExitCode;

@@ -139,6 +139,8 @@ pub struct BuildRequest {
     pub fetch_timeout: std::time::Duration,
     /// `--secret`: values for `RUN --mount=type=secret`, by id (kept in memory only).
     pub secrets: crate::ops::secrets::Secrets,
+    /// `--ssh`: agent sockets for `RUN --mount=type=ssh`, by id.
+    pub ssh: crate::ops::ssh::SshAgents,
 }
 
 impl BuildRequest {
@@ -167,6 +169,7 @@ impl BuildRequest {
             snapshotter: crate::ops::Snapshotter::Auto,
             fetch_timeout: crate::ops::DEFAULT_FETCH_TIMEOUT,
             secrets: crate::ops::secrets::Secrets::new(),
+            ssh: crate::ops::ssh::SshAgents::new(),
         }
     }
 }
@@ -396,6 +399,7 @@ impl Engine {
         ctx.step_limits = req.step_limits.clone();
         ctx.userns = req.userns;
         ctx.secrets = req.secrets.clone();
+        ctx.ssh = req.ssh.clone();
         let ctx = Arc::new(ctx);
         let solved = crate::solver::solve(
             graph.clone(),

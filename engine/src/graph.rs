@@ -128,7 +128,7 @@ pub struct ExecMount {
     pub kind: ExecMountKind,
 }
 
-/// Mount kinds that run in this version (ssh comes with its issue).
+/// Mount kinds of a RUN step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 #[non_exhaustive]
@@ -189,6 +189,22 @@ pub enum ExecMountKind {
         /// File owner.
         uid: u32,
         /// File group.
+        gid: u32,
+    },
+    /// An SSH agent by id (`RUN --mount=type=ssh`): a socket at the target that proxies the
+    /// agent protocol to the client's agent (`kiln build --ssh`). Only the id and how the
+    /// socket is shown are part of the definition; the agent and its keys are not part of the
+    /// cache key (BuildKit's rule), so adding a key does not re-run a cached step.
+    Ssh {
+        /// The agent's id (`kiln build --ssh ID`).
+        id: String,
+        /// Missing → the step fails before it runs (otherwise it runs without it).
+        required: bool,
+        /// Socket mode.
+        mode: u32,
+        /// Socket owner.
+        uid: u32,
+        /// Socket group.
         gid: u32,
     },
 }

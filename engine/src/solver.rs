@@ -202,6 +202,9 @@ async fn run_one(
     if let Some(s) = ctx.secret_cache_input(&v.op)? {
         enc.extend_from_slice(&s);
     }
+    // A required ssh agent that was not given fails the step before its cache lookup (the
+    // agent itself is not part of the key, as in BuildKit).
+    ctx.check_ssh(&v.op)?;
     let key = Digest::of(&enc);
     let announce = crate::ops::announces(&v.op);
     if let Some(out) = crate::ops::cached(ctx, &v.op, &key, &inputs)? {

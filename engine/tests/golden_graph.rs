@@ -322,6 +322,19 @@ fn dump(c: &Converted) -> String {
                             q(id)
                         )
                         .unwrap(),
+                        ExecMountKind::Ssh {
+                            id,
+                            required,
+                            mode,
+                            uid,
+                            gid,
+                        } => writeln!(
+                            o,
+                            "  mount {} ssh id={} required={required} mode={mode:o} uid={uid} gid={gid}",
+                            q(&m.target),
+                            q(id)
+                        )
+                        .unwrap(),
                         other => writeln!(o, "  mount {} {other:?}", q(&m.target)).unwrap(),
                     }
                 }

@@ -27,13 +27,21 @@ pub(super) fn exec(
     // still empty (BuildKit's mount stub cleaner): a mount never leaves a trace in a layer.
     let lower_view = LayerView::new(ctx.layer_dirs(&base));
     let mut stubs: Vec<String> = Vec::new();
-    // A secret's file mount point is an empty file: removed too (see `remove_empty_stub`).
+    // A secret's or an agent socket's file mount point is an empty file: removed too (see
+    // `remove_empty_file_stub`).
     let mut file_stubs: Vec<String> = Vec::new();
     for m in &e.mounts {
         let secret_file = match &m.kind {
             ExecMountKind::Secret { id, file, .. } => {
                 if !file || ctx.secrets.get(id).is_none() {
                     continue; // nothing mounted (env only, or an optional secret not given)
+                }
+                true
+            }
+            // An agent's socket is a file mount point too (when the agent was given).
+            ExecMountKind::Ssh { id, .. } => {
+                if ctx.ssh.get(id).is_none() {
+                    continue;
                 }
                 true
             }
@@ -68,8 +76,50 @@ pub(super) fn exec(
     let leases = super::cache::acquire_all(ctx, &e.mounts, inputs)?;
     let mut mounts = Vec::new();
     let mut secret_env = Vec::new();
+    // Agent proxies, held until the step has ended: dropped on every return below, which
+    // stops them and removes their directories.
+    let mut ssh_proxies: Vec<super::ssh::SshProxy> = Vec::new();
+    let mut ssh_auth_sock: Option<String> = None;
     for (n, m) in e.mounts.iter().enumerate() {
         let kind = match &m.kind {
+            ExecMountKind::Ssh {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+            } => {
+                let Some(agent) = ctx.ssh.get(id) else {
+                    if *required {
+                        return Err(OpError::SshRequired { id: id.clone() });
+                    }
+                    continue; // optional and not given: not mounted (BuildKit)
+                };
+                // In a user namespace the step's ids are a range of host ids.
+                let (uid, gid) = match ctx.userns {
+                    None => (*uid, *gid),
+                    Some(map) => {
+                        let shift = |base: u32, v: u32| {
+                            (v < map.size)
+                                .then(|| base.checked_add(v))
+                                .flatten()
+                                .ok_or(super::ssh::SshError::OwnerUnmapped { id: v })
+                        };
+                        (shift(map.host_uid, *uid)?, shift(map.host_gid, *gid)?)
+                    }
+                };
+                let proxy = super::ssh::SshProxy::start(agent, *mode, uid, gid)?;
+                let source = proxy.socket().to_path_buf();
+                ssh_proxies.push(proxy);
+                // The first ssh mount is the step's agent (BuildKit).
+                if ssh_auth_sock.is_none() {
+                    ssh_auth_sock = Some(m.target.clone());
+                }
+                sandbox::MountKind::Bind {
+                    source,
+                    readonly: false,
+                }
+            }
             ExecMountKind::Secret {
                 id,
                 file,
@@ -168,6 +218,11 @@ pub(super) fn exec(
     };
     let mut spec = sandbox::StepSpec::new(e.args.clone(), rootfs);
     spec.env = e.env.clone();
+    if let Some(sock) = ssh_auth_sock {
+        // In the step's environment only, never in the image's config.
+        spec.env.retain(|v| !v.starts_with("SSH_AUTH_SOCK="));
+        spec.env.push(format!("SSH_AUTH_SOCK={sock}"));
+    }
     spec.cwd = e.cwd.clone();
     spec.user = e.user.clone();
     spec.hostname = "kiln".into();
@@ -283,6 +338,8 @@ pub(super) fn exec(
     for stub in &stubs {
         remove_empty_stub(&pending.dir, stub);
     }
+    // The step is over: stop the agent proxies before committing.
+    drop(ssh_proxies);
     let id = commit_layer(ctx, pending)?;
     let mut chain = base.as_ref().clone();
     chain.push(id);
@@ -323,7 +380,7 @@ pub(super) fn materialize(view: &LayerView, source: &str, dest: &Path) -> Result
     })
 }
 
-/// Removes the file mount point `stub` (a secret's) from the step's upper directory if it is
+/// Removes the file mount point `stub` (a secret's or an agent socket's) from the step's upper directory if it is
 /// an empty regular file, with the same never-follow walk as [`remove_empty_stub`].
 fn remove_empty_file_stub(upper: &Path, stub: &str) {
     use rustix::fs::{AtFlags, FileType, statat, unlinkat};

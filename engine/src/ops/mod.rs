@@ -16,6 +16,7 @@ mod file;
 mod http;
 mod image;
 pub mod secrets;
+pub mod ssh;
 
 use kiln_sandbox as sandbox;
 
@@ -128,6 +129,15 @@ pub enum OpError {
         /// The secret's id.
         id: String,
     },
+    /// A step mounts an ssh agent marked `required` that the build was not given.
+    #[error("ssh agent {id:?} is required but was not provided (kiln build --ssh {id})")]
+    SshRequired {
+        /// The agent's id.
+        id: String,
+    },
+    /// An ssh agent proxy could not be set up.
+    #[error(transparent)]
+    Ssh(#[from] ssh::SshError),
     /// The build was cancelled (another step failed).
     #[error("cancelled")]
     Cancelled,
@@ -296,6 +306,8 @@ pub struct OpContext {
     pub fetched: Mutex<Vec<(String, Digest)>>,
     /// The build's secrets (`--secret`), by id.
     pub secrets: secrets::Secrets,
+    /// The build's ssh agents (`--ssh`), by id.
+    pub ssh: ssh::SshAgents,
     /// The store's secret MAC key, read (or made) the first time a step mounts a secret.
     secret_mac_key: OnceLock<sandbox::SecretBytes>,
     http: OnceLock<ureq::Agent>,
@@ -347,6 +359,7 @@ impl OpContext {
             userns: None,
             fetched: Mutex::default(),
             secrets: secrets::Secrets::new(),
+            ssh: ssh::SshAgents::new(),
             secret_mac_key: OnceLock::new(),
             http: OnceLock::new(),
             killers: Mutex::default(),
@@ -364,6 +377,11 @@ impl OpContext {
             let k = secrets::load_or_create_mac_key(self.store.root())?;
             Ok(self.secret_mac_key.get_or_init(|| k).clone())
         })
+    }
+
+    /// Fails, naming the id, when `op` mounts a required ssh agent the build was not given.
+    pub fn check_ssh(&self, op: &Op) -> Result<(), OpError> {
+        ssh::check_required(op, &self.ssh)
     }
 
     /// Cancels the build: kills running steps; ops check this flag before starting.

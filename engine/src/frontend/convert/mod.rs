@@ -9,6 +9,7 @@ mod copy;
 mod dispatch;
 mod run;
 mod secrets;
+mod ssh;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};

@@ -103,6 +103,7 @@ pub(super) fn run(
         });
     }
     let mut cache_ids = std::collections::BTreeSet::new();
+    let mut ssh_mounts = 0usize;
     for raw in mounts {
         // Mount options are expanded now, with the stage's ARG/ENV, then checked again.
         let scope = st.scope();
@@ -111,6 +112,13 @@ pub(super) fn run(
         let m = parse_mount(&raw.raw, Some(&expander)).map_err(|e| at(e.to_string()))?;
         if m.mount_type == MountType::Secret {
             let (target, kind) = super::secrets::secret_mount(&m, &st.image.workdir).map_err(at)?;
+            exec_mounts.push(ExecMount { target, kind });
+            continue;
+        }
+        if m.mount_type == MountType::Ssh {
+            let (target, kind) =
+                super::ssh::ssh_mount(&m, &st.image.workdir, ssh_mounts).map_err(at)?;
+            ssh_mounts += 1;
             exec_mounts.push(ExecMount { target, kind });
             continue;
         }
