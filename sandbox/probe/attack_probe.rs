@@ -6,7 +6,8 @@
 //! Dockerfile can `COPY probe /probe` and run it inside a build step. It lives under `sandbox/`
 //! because it needs `unsafe` FFI, which only the sandbox crate may contain.
 //!
-//! Usage: `probe expect=ERRNO[,ERRNO…] ATTACK [ARGS…]`
+//! Usage: `probe expect=ERRNO[,ERRNO…] ATTACK [ARGS…]`, or `probe ssh-identities` (not an
+//! attack: an SSH agent client for `RUN --mount=type=ssh` tests, see [`ssh_identities`]).
 //!
 //! It makes one attempt and prints exactly one verdict line on stdout:
 //! - `kiln-probe: <attack args>: blocked <NAME>` (exit 0): the attempt failed with one of the
@@ -185,6 +186,9 @@ static PSEUDO: &[&str] = &["MASKED", "EMPTY", "CONTAINED", "NOTFOUND"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("ssh-identities") {
+        return ssh_identities();
+    }
     let (expect, attack, rest) = match args.as_slice() {
         [e, a, rest @ ..] if e.starts_with("expect=") => (&e["expect=".len()..], a, rest),
         _ => return usage("the first argument must be expect=ERRNO[,ERRNO…], then an attack"),
@@ -1238,4 +1242,68 @@ fn attack_run(args: &[String]) -> Outcome {
         "{cmd} failed ({}) without naming an errno",
         out.status
     ))
+}
+
+/// `probe ssh-identities`: asks the agent at `$SSH_AUTH_SOCK` for its keys
+/// (`SSH2_AGENTC_REQUEST_IDENTITIES`, 11) and prints one line per key of the answer
+/// (`SSH2_AGENT_IDENTITIES_ANSWER`, 12): `kiln-probe: ssh key <blob hex> <comment>`. Exit 1 with
+/// a `kiln-probe: ssh: …` line when the agent cannot be reached or answers otherwise.
+fn ssh_identities() -> ExitCode {
+    match ssh_identities_inner() {
+        Ok(keys) => {
+            for (blob, comment) in keys {
+                let hex: String = blob.iter().map(|b| format!("{b:02x}")).collect();
+                println!("kiln-probe: ssh key {hex} {comment}");
+            }
+            let _ = std::io::stdout().flush();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("kiln-probe: ssh: {e}");
+            let _ = std::io::stdout().flush();
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn ssh_identities_inner() -> Result<Vec<(Vec<u8>, String)>, String> {
+    let path = std::env::var("SSH_AUTH_SOCK").map_err(|_| "SSH_AUTH_SOCK is not set".to_owned())?;
+    let mut s = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|e| format!("connect {path}: {e}"))?;
+    s.write_all(&[0, 0, 0, 1, 11]).map_err(|e| format!("write: {e}"))?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).map_err(|e| format!("read: {e}"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > 256 * 1024 {
+        return Err(format!("bad answer length {len}"));
+    }
+    let mut msg = vec![0u8; len];
+    s.read_exact(&mut msg).map_err(|e| format!("read: {e}"))?;
+    if msg[0] != 12 {
+        return Err(format!("answer type {} (want 12)", msg[0]));
+    }
+    let mut at = 1;
+    let u32_at = |at: &mut usize| -> Result<usize, String> {
+        let b = msg.get(*at..*at + 4).ok_or("truncated answer")?;
+        *at += 4;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let n = u32_at(&mut at)?;
+    let mut lens = Vec::new();
+    let mut keys = Vec::new();
+    for _ in 0..n {
+        let bl = u32_at(&mut at)?;
+        let blob_at = at;
+        at += bl;
+        let cl = u32_at(&mut at)?;
+        let comment_at = at;
+        at += cl;
+        lens.push((blob_at, bl, comment_at, cl));
+    }
+    for (blob_at, bl, comment_at, cl) in lens {
+        let blob = msg.get(blob_at..blob_at + bl).ok_or("truncated key")?.to_vec();
+        let comment = msg.get(comment_at..comment_at + cl).ok_or("truncated comment")?;
+        keys.push((blob, String::from_utf8_lossy(comment).into_owned()));
+    }
+    Ok(keys)
 }
