@@ -17,8 +17,8 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::OpError;
@@ -94,8 +94,13 @@ pub struct SshProxy {
     dir: Option<tempfile_dir::PrivateDir>,
     socket: PathBuf,
     stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<UnixStream>>>,
-    acceptor: Option<JoinHandle<Vec<JoinHandle<()>>>>,
+    acceptor: Option<JoinHandle<Vec<Worker>>>,
+}
+
+/// One connection's thread, with handles on its two sockets to shut them down.
+struct Worker {
+    thread: JoinHandle<()>,
+    sockets: [UnixStream; 2],
 }
 
 impl SshProxy {
@@ -117,21 +122,18 @@ impl SshProxy {
         .map_err(io("chmod", &socket))?;
         std::os::unix::fs::chown(&socket, Some(uid), Some(gid)).map_err(io("chown", &socket))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
         let agent = agent.to_path_buf();
         let acceptor = {
             let stop = stop.clone();
-            let conns = conns.clone();
             std::thread::Builder::new()
                 .name("kiln-ssh-proxy".into())
-                .spawn(move || accept_loop(&listener, &agent, &stop, &conns))
+                .spawn(move || accept_loop(&listener, &agent, &stop))
                 .map_err(io("spawn a thread for", &socket))?
         };
         Ok(Self {
             dir: Some(dir),
             socket,
             stop,
-            conns,
             acceptor: Some(acceptor),
         })
     }
@@ -154,45 +156,47 @@ impl Drop for SshProxy {
             .take()
             .and_then(|a| a.join().ok())
             .unwrap_or_default();
-        if let Ok(c) = self.conns.lock() {
-            for s in c.iter() {
+        for w in &workers {
+            for s in &w.sockets {
                 let _ = s.shutdown(Shutdown::Both);
             }
         }
         for w in workers {
-            let _ = w.join();
+            let _ = w.thread.join();
         }
         drop(self.dir.take());
     }
 }
 
+/// Connections one proxy serves at a time: each costs kiln two threads, and the step's pids
+/// limit does not count kiln's threads. A connection beyond it is closed at once.
+pub const MAX_CONNECTIONS: usize = 32;
+
 /// Accepts the step's connections until `stop`; returns the connection threads to join.
-fn accept_loop(
-    listener: &UnixListener,
-    agent: &Path,
-    stop: &AtomicBool,
-    conns: &Mutex<Vec<UnixStream>>,
-) -> Vec<JoinHandle<()>> {
+fn accept_loop(listener: &UnixListener, agent: &Path, stop: &AtomicBool) -> Vec<Worker> {
     let mut workers = Vec::new();
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         let Ok(step) = conn else { continue };
+        // Finished connections are forgotten (their sockets closed).
+        workers.retain(|w: &Worker| !w.thread.is_finished());
+        if workers.len() >= MAX_CONNECTIONS {
+            continue; // dropped: closed
+        }
         // The client's agent missing or refusing: the step's connection is closed.
         let Ok(upstream) = UnixStream::connect(agent) else {
             continue;
         };
-        let (Ok(s2), Ok(u2)) = (step.try_clone(), upstream.try_clone()) else {
+        let (Ok(s2), Ok(u2), Ok(s3), Ok(u3)) = (
+            step.try_clone(),
+            upstream.try_clone(),
+            step.try_clone(),
+            upstream.try_clone(),
+        ) else {
             continue;
         };
-        if let Ok(mut c) = conns.lock() {
-            for s in [&step, &upstream] {
-                if let Ok(s) = s.try_clone() {
-                    c.push(s);
-                }
-            }
-        }
         // A thread per connection, copying step → agent; it copies agent → step itself
         // through a second thread it joins.
         let w = std::thread::Builder::new()
@@ -202,8 +206,11 @@ fn accept_loop(
                 pipe(step, upstream);
                 let _ = back.join();
             });
-        if let Ok(w) = w {
-            workers.push(w);
+        if let Ok(thread) = w {
+            workers.push(Worker {
+                thread,
+                sockets: [s3, u3],
+            });
         }
     }
     workers
@@ -308,6 +315,44 @@ mod tests {
         let _open = UnixStream::connect(&sock).unwrap();
         drop(proxy);
         assert!(!private.exists(), "the private directory was left");
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_closed_and_the_proxy_still_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent_path = dir.path().join("agent");
+        let agent = UnixListener::bind(&agent_path).unwrap();
+        // An agent that holds every connection open and never answers.
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in agent.incoming() {
+                held.push(c);
+            }
+        });
+        let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
+        let proxy = SshProxy::start(&agent_path, 0o600, uid.as_raw(), gid.as_raw()).unwrap();
+        let mut open = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut c = UnixStream::connect(proxy.socket()).unwrap();
+            c.write_all(&[0, 0, 0, 1, 11]).unwrap();
+            open.push(c);
+        }
+        let mut extra = UnixStream::connect(proxy.socket()).unwrap();
+        extra
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(
+            extra.read(&mut b).unwrap(),
+            0,
+            "the extra connection was served"
+        );
+        drop(proxy);
+        for mut c in open {
+            c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            assert_eq!(c.read(&mut b).unwrap(), 0);
+        }
     }
 
     #[test]
