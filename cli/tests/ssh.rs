@@ -366,7 +366,7 @@ fn ssh_mount_options_are_honoured_and_leave_nothing_in_the_layer() {
     let ctx = context(&format!(
         "FROM {BASE}\n\
          COPY probe /probe\n\
-         RUN --mount=type=ssh sh -c \"stat -c '%a %u %g' \\$SSH_AUTH_SOCK > /defaults\"\n\
+         RUN --mount=type=ssh sh -c \"stat -c '%a %u %g' \\$SSH_AUTH_SOCK > /defaults; grep -c kiln-ssh- /proc/self/mountinfo > /mountinfo\"\n\
          RUN --mount=type=ssh,id=other,target=/tmp/o.sock,mode=0660,uid=1000,gid=1000 sh -c \"echo \\$SSH_AUTH_SOCK > /sock2; stat -c '%a %u %g' /tmp/o.sock > /opts; /probe ssh-identities > /keys2\"\n\
          RUN --mount=type=ssh,id=other,target=/a.sock --mount=type=ssh,target=/b.sock sh -c 'echo $SSH_AUTH_SOCK > /first; test -S /b.sock && echo yes > /second'\n\
          RUN --mount=type=ssh,id=absent sh -c 'echo \"[$SSH_AUTH_SOCK]\" > /absent; test -e /run/buildkit/ssh_agent.0 && echo present >> /absent || echo none >> /absent'\n"
@@ -392,6 +392,8 @@ fn ssh_mount_options_are_honoured_and_leave_nothing_in_the_layer() {
         build(&k, ctx.path(), &args, Some(&sock), tmp.path()).ok();
         let read = |p: &str| fs::read_to_string(out.path().join(p)).unwrap();
         assert_eq!(read("defaults").trim(), "600 0 0", "{extra:?}");
+        // The proxy's directory was in the build's TMPDIR (so the check below means something).
+        assert_eq!(read("mountinfo").trim(), "1", "{extra:?}");
         assert_eq!(read("opts").trim(), "660 1000 1000", "{extra:?}");
         assert_eq!(read("sock2").trim(), "/tmp/o.sock", "{extra:?}");
         assert_eq!(listed_keys(&read("keys2")).len(), 1, "{extra:?}");
@@ -410,6 +412,22 @@ fn ssh_mount_options_are_honoured_and_leave_nothing_in_the_layer() {
         }
         assert_no_proxy_left(tmp.path());
     }
+
+    // A step that fails leaves no proxy either.
+    let failing = context(&format!(
+        "FROM {BASE}\nRUN --mount=type=ssh sh -c 'test -S \"$SSH_AUTH_SOCK\" && exit 3'\n"
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let run = build(
+        &k,
+        failing.path(),
+        &s(&["--progress=plain", "--ssh", "default"]),
+        Some(&sock),
+        tmp.path(),
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("exit code: 3"), "{}", run.stderr);
+    assert_no_proxy_left(tmp.path());
 }
 
 #[test]
