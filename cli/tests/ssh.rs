@@ -7,18 +7,20 @@
 //! it skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/scan.rs"]
+mod scan;
 mod support;
 
 #[path = "../../sandbox/probe/compile.rs"]
 mod compile;
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use scan::{base64 as base64_encode, scan, scan_tree, unhex};
 use support::kiln::{BASE, Kiln, Run, root_or_skip, which};
 
 /// A real `ssh-agent` listening on a socket in a private directory, holding one fresh
@@ -122,31 +124,6 @@ fn base64_decode(s: &str) -> Vec<u8> {
     o.stdout
 }
 
-fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 /// OpenSSH's fingerprint of a key blob: `SHA256:` and the unpadded base64 of its SHA-256.
 fn fingerprint(blob: &[u8]) -> String {
     let mut c = Command::new("sha256sum")
@@ -170,71 +147,6 @@ fn listed_keys(out: &str) -> Vec<(Vec<u8>, String)> {
             (unhex(hex), comment.to_owned())
         })
         .collect()
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Scans `data` (and what it decompresses or unpacks to: gzip, zstd, tar) for every needle.
-fn scan(label: &str, data: &[u8], needles: &[(String, Vec<u8>)], hits: &mut Vec<String>) {
-    for (form, n) in needles {
-        if find(data, n) {
-            hits.push(format!("{label}: {form}"));
-        }
-    }
-    if data.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        if flate2::read::MultiGzDecoder::new(data)
-            .read_to_end(&mut out)
-            .is_ok()
-        {
-            scan(&format!("{label} (gunzip)"), &out, needles, hits);
-        }
-    } else if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        if let Ok(out) = zstd::stream::decode_all(data) {
-            scan(&format!("{label} (unzstd)"), &out, needles, hits);
-        }
-    } else if data.len() > 262 && &data[257..262] == b"ustar" {
-        let mut a = tar::Archive::new(data);
-        if let Ok(entries) = a.entries() {
-            for mut e in entries.flatten() {
-                let name = e
-                    .path()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
-                let mut body = Vec::new();
-                if e.read_to_end(&mut body).is_ok() {
-                    scan(&format!("{label}:{name}"), &body, needles, hits);
-                }
-            }
-        }
-    }
-}
-
-/// Scans every regular file under `dir`; returns how many.
-fn scan_tree(dir: &Path, needles: &[(String, Vec<u8>)], hits: &mut Vec<String>) -> usize {
-    let mut files = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                files += 1;
-                let p = e.path();
-                scan(
-                    &p.display().to_string(),
-                    &fs::read(&p).unwrap(),
-                    needles,
-                    hits,
-                );
-            }
-        }
-    }
-    files
 }
 
 /// The probe (`sandbox/probe/attack_probe.rs`, whose `ssh-identities` mode is an agent
