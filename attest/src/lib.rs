@@ -4,6 +4,18 @@
 //! build record and a view of the final file system ([`sbom::FileTree`]); it returns in-toto
 //! statements (SLSA provenance, SPDX and CycloneDX SBOMs), DSSE envelopes and sigstore bundles,
 //! and verifies them.
+//!
+//! Modules, bottom up: [`media`] (spec URIs), [`statement`] (in-toto Statement v1), [`slsa`]
+//! (SLSA Provenance v1 predicate), [`keys`] (P-256/Ed25519 keys, PKCS#8, key ids), [`dsse`]
+//! (DSSE envelopes, PAE), [`bundle`] (sigstore bundle v0.3, `.intoto.jsonl`), [`verify`] (a
+//! bundle against a policy, every failure reason reported).
 #![forbid(unsafe_code)]
 
+pub mod bundle;
+mod canonical;
+pub mod dsse;
+pub mod keys;
+pub mod media;
 pub mod sbom;
+pub mod slsa;
+pub mod statement;

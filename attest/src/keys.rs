@@ -1,0 +1,568 @@
+//! Signing keys (ECDSA P-256, Ed25519): generation, PKCS#8 PEM (optionally passphrase-encrypted
+//! with PBES2), SPKI public-key PEM and key ids.
+//!
+//! A key id is the lowercase hex SHA-256 of the public key's DER-encoded SubjectPublicKeyInfo
+//! (the bytes inside the `PUBLIC KEY` PEM): `openssl pkey -pubin -outform DER | sha256sum`
+//! computes the same value.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ed25519_dalek::Verifier as _;
+use p256::ecdsa::signature::Signer as _;
+use pkcs8::der::Decode as _;
+use pkcs8::{
+    DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _,
+    LineEnding, ObjectIdentifier,
+};
+use rand_core::{OsRng, RngCore as _};
+use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
+
+/// id-ecPublicKey (RFC 5480).
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// secp256r1 / prime256v1 (RFC 5480).
+const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+/// id-Ed25519 (RFC 8410).
+const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+/// PBKDF2-HMAC-SHA256 iterations for encrypted keys (OWASP 2023 guidance).
+const PBKDF2_ITERATIONS: u32 = 600_000;
+const LABEL_PRIVATE: &str = "PRIVATE KEY";
+const LABEL_ENCRYPTED: &str = "ENCRYPTED PRIVATE KEY";
+const LABEL_PUBLIC: &str = "PUBLIC KEY";
+
+/// Why a key could not be read, written or made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// Unknown algorithm name.
+    #[error("unknown key algorithm {name:?} (expected ecdsa-p256, p256 or ed25519)")]
+    UnknownAlgorithm {
+        /// The name given.
+        name: String,
+    },
+    /// Not PEM.
+    #[error("not a PEM document: {reason}")]
+    NotPem {
+        /// What the PEM decoder said.
+        reason: String,
+    },
+    /// PEM with an unexpected label.
+    #[error("PEM label is {found:?}, expected {expected}")]
+    WrongLabel {
+        /// Label found.
+        found: String,
+        /// Label(s) expected.
+        expected: &'static str,
+    },
+    /// The key is encrypted and no passphrase was given.
+    #[error("key is encrypted: a passphrase is needed")]
+    PassphraseNeeded,
+    /// The passphrase does not decrypt the key.
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The encrypted key uses a scheme kiln cannot decrypt.
+    #[error("cannot decrypt the key: {reason}")]
+    Decrypt {
+        /// Details.
+        reason: String,
+    },
+    /// Encryption failed.
+    #[error("cannot encrypt the key: {reason}")]
+    Encrypt {
+        /// Details.
+        reason: String,
+    },
+    /// The key's algorithm (OID) is neither P-256 ECDSA nor Ed25519.
+    #[error("unsupported key algorithm {oid} (kiln supports ECDSA P-256 and Ed25519)")]
+    UnsupportedAlgorithm {
+        /// Algorithm OID (with the curve OID for EC keys).
+        oid: String,
+    },
+    /// The DER inside the PEM is not a valid key.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// `private key` or `public key`.
+        what: &'static str,
+        /// Details.
+        reason: String,
+    },
+    /// Refusing to overwrite an existing file.
+    #[error("{path} already exists; refusing to overwrite it")]
+    Exists {
+        /// The path.
+        path: PathBuf,
+    },
+    /// File-system error.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A signature algorithm kiln signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// ECDSA over NIST P-256 with SHA-256, deterministic nonces (RFC 6979), DER signatures.
+    EcdsaP256,
+    /// Ed25519 (RFC 8032).
+    Ed25519,
+}
+
+impl Algorithm {
+    /// Canonical name (`ecdsa-p256`, `ed25519`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::EcdsaP256 => "ecdsa-p256",
+            Algorithm::Ed25519 => "ed25519",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = KeyError;
+    /// `ecdsa-p256` or `p256`; `ed25519` (ASCII case-insensitive).
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        match s.to_ascii_lowercase().as_str() {
+            "ecdsa-p256" | "p256" => Ok(Algorithm::EcdsaP256),
+            "ed25519" => Ok(Algorithm::Ed25519),
+            _ => Err(KeyError::UnknownAlgorithm { name: s.to_owned() }),
+        }
+    }
+}
+
+enum SecretInner {
+    P256(p256::ecdsa::SigningKey),
+    Ed25519(ed25519_dalek::SigningKey),
+}
+
+/// A private signing key. Its secret is zeroized on drop, and `Debug` prints only the algorithm
+/// and key id.
+pub struct SigningKey {
+    inner: SecretInner,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("algorithm", &self.algorithm())
+            .field("key_id", &self.public_key().key_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A fresh key from the operating system's random source.
+    pub fn generate(algorithm: Algorithm) -> SigningKey {
+        let inner = match algorithm {
+            Algorithm::EcdsaP256 => SecretInner::P256(p256::ecdsa::SigningKey::random(&mut OsRng)),
+            Algorithm::Ed25519 => {
+                SecretInner::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng))
+            }
+        };
+        SigningKey { inner }
+    }
+
+    /// Reads a PKCS#8 PEM key: `PRIVATE KEY`, or `ENCRYPTED PRIVATE KEY` (PBES2) with
+    /// `passphrase`. An encrypted key without a passphrase is [`KeyError::PassphraseNeeded`]; a
+    /// passphrase that does not decrypt it is [`KeyError::WrongPassphrase`]. A passphrase given
+    /// for an unencrypted key is ignored.
+    pub fn from_pkcs8_pem(pem: &str, passphrase: Option<&[u8]>) -> Result<SigningKey, KeyError> {
+        let (label, doc) = pkcs8::SecretDocument::from_pem(pem).map_err(|e| KeyError::NotPem {
+            reason: e.to_string(),
+        })?;
+        match label {
+            LABEL_PRIVATE => Self::from_pkcs8_der(doc.as_bytes()),
+            LABEL_ENCRYPTED => {
+                let passphrase = passphrase.ok_or(KeyError::PassphraseNeeded)?;
+                let encrypted = pkcs8::EncryptedPrivateKeyInfo::from_der(doc.as_bytes())
+                    .map_err(|e| malformed_private(&e))?;
+                let plain = encrypted.decrypt(passphrase).map_err(|e| match e {
+                    pkcs8::Error::EncryptedPrivateKey(pkcs8::pkcs5::Error::DecryptFailed) => {
+                        KeyError::WrongPassphrase
+                    }
+                    other => KeyError::Decrypt {
+                        reason: other.to_string(),
+                    },
+                })?;
+                // CBC padding can check out by chance under a wrong passphrase (about 1 in
+                // 256); the DER inside then fails to parse: still a wrong passphrase.
+                Self::from_pkcs8_der(plain.as_bytes()).map_err(|e| match e {
+                    KeyError::Malformed { .. } => KeyError::WrongPassphrase,
+                    other => other,
+                })
+            }
+            other => Err(KeyError::WrongLabel {
+                found: other.to_owned(),
+                expected: "PRIVATE KEY or ENCRYPTED PRIVATE KEY",
+            }),
+        }
+    }
+
+    fn from_pkcs8_der(der: &[u8]) -> Result<SigningKey, KeyError> {
+        let info = pkcs8::PrivateKeyInfo::from_der(der).map_err(|e| malformed_private(&e))?;
+        let alg = info.algorithm;
+        if alg.oid == OID_EC_PUBLIC_KEY {
+            let curve = alg.parameters_oid().ok();
+            if curve != Some(OID_P256) {
+                return Err(KeyError::UnsupportedAlgorithm {
+                    oid: format!(
+                        "{} ({})",
+                        alg.oid,
+                        curve.map(|c| c.to_string()).unwrap_or_default()
+                    ),
+                });
+            }
+            let key =
+                p256::ecdsa::SigningKey::from_pkcs8_der(der).map_err(|e| malformed_private(&e))?;
+            Ok(SigningKey {
+                inner: SecretInner::P256(key),
+            })
+        } else if alg.oid == OID_ED25519 {
+            let key = ed25519_dalek::SigningKey::from_pkcs8_der(der)
+                .map_err(|e| malformed_private(&e))?;
+            Ok(SigningKey {
+                inner: SecretInner::Ed25519(key),
+            })
+        } else {
+            Err(KeyError::UnsupportedAlgorithm {
+                oid: alg.oid.to_string(),
+            })
+        }
+    }
+
+    /// Writes the key as PKCS#8 PEM: `PRIVATE KEY` without a passphrase, `ENCRYPTED PRIVATE
+    /// KEY` (PBES2: PBKDF2-HMAC-SHA256, 600 000 iterations, random salt; AES-256-CBC) with one.
+    pub fn to_pkcs8_pem(&self, passphrase: Option<&[u8]>) -> Result<Zeroizing<String>, KeyError> {
+        let der = match &self.inner {
+            SecretInner::P256(k) => k.to_pkcs8_der(),
+            SecretInner::Ed25519(k) => k.to_pkcs8_der(),
+        }
+        .map_err(|e| KeyError::Encrypt {
+            reason: e.to_string(),
+        })?;
+        let Some(passphrase) = passphrase else {
+            return der
+                .to_pem(LABEL_PRIVATE, LineEnding::LF)
+                .map_err(|e| KeyError::Encrypt {
+                    reason: e.to_string(),
+                });
+        };
+        let mut salt = [0u8; 16];
+        let mut iv = [0u8; 16];
+        OsRng.fill_bytes(&mut salt);
+        OsRng.fill_bytes(&mut iv);
+        let params =
+            pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt, &iv)
+                .map_err(|e| KeyError::Encrypt {
+                    reason: e.to_string(),
+                })?;
+        let info =
+            pkcs8::PrivateKeyInfo::from_der(der.as_bytes()).map_err(|e| KeyError::Encrypt {
+                reason: e.to_string(),
+            })?;
+        let encrypted =
+            info.encrypt_with_params(params, passphrase)
+                .map_err(|e| KeyError::Encrypt {
+                    reason: e.to_string(),
+                })?;
+        encrypted
+            .to_pem(LABEL_ENCRYPTED, LineEnding::LF)
+            .map_err(|e| KeyError::Encrypt {
+                reason: e.to_string(),
+            })
+    }
+
+    /// The matching public key.
+    pub fn public_key(&self) -> PublicKey {
+        let inner = match &self.inner {
+            SecretInner::P256(k) => PublicInner::P256(*k.verifying_key()),
+            SecretInner::Ed25519(k) => PublicInner::Ed25519(k.verifying_key()),
+        };
+        PublicKey { inner }
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        match self.inner {
+            SecretInner::P256(_) => Algorithm::EcdsaP256,
+            SecretInner::Ed25519(_) => Algorithm::Ed25519,
+        }
+    }
+
+    /// Signs `message`: P-256 hashes with SHA-256, uses an RFC 6979 nonce and returns the ASN.1
+    /// DER signature (as cosign and securesystemslib do); Ed25519 returns the 64-byte signature.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        match &self.inner {
+            SecretInner::P256(k) => {
+                let sig: p256::ecdsa::Signature = k.sign(message);
+                sig.to_der().as_bytes().to_vec()
+            }
+            SecretInner::Ed25519(k) => {
+                let sig: ed25519_dalek::Signature = k.sign(message);
+                sig.to_bytes().to_vec()
+            }
+        }
+    }
+}
+
+fn malformed_private(e: &dyn fmt::Display) -> KeyError {
+    KeyError::Malformed {
+        what: "private key",
+        reason: e.to_string(),
+    }
+}
+
+fn malformed_public(e: &dyn fmt::Display) -> KeyError {
+    KeyError::Malformed {
+        what: "public key",
+        reason: e.to_string(),
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum PublicInner {
+    P256(p256::ecdsa::VerifyingKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+/// A public key that verifies signatures.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    inner: PublicInner,
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicKey")
+            .field("algorithm", &self.algorithm())
+            .field("key_id", &self.key_id())
+            .finish()
+    }
+}
+
+impl PublicKey {
+    /// Reads an SPKI `PUBLIC KEY` PEM (ECDSA P-256 or Ed25519).
+    pub fn from_pem(pem: &str) -> Result<PublicKey, KeyError> {
+        let (label, doc) = pkcs8::Document::from_pem(pem).map_err(|e| KeyError::NotPem {
+            reason: e.to_string(),
+        })?;
+        if label != LABEL_PUBLIC {
+            return Err(KeyError::WrongLabel {
+                found: label.to_owned(),
+                expected: LABEL_PUBLIC,
+            });
+        }
+        Self::from_spki_der(doc.as_bytes())
+    }
+
+    /// Reads a DER SubjectPublicKeyInfo.
+    pub fn from_spki_der(der: &[u8]) -> Result<PublicKey, KeyError> {
+        let spki =
+            pkcs8::SubjectPublicKeyInfoRef::from_der(der).map_err(|e| malformed_public(&e))?;
+        let alg = spki.algorithm;
+        let inner = if alg.oid == OID_EC_PUBLIC_KEY {
+            let curve = alg.parameters_oid().ok();
+            if curve != Some(OID_P256) {
+                return Err(KeyError::UnsupportedAlgorithm {
+                    oid: format!(
+                        "{} ({})",
+                        alg.oid,
+                        curve.map(|c| c.to_string()).unwrap_or_default()
+                    ),
+                });
+            }
+            PublicInner::P256(
+                p256::ecdsa::VerifyingKey::from_public_key_der(der)
+                    .map_err(|e| malformed_public(&e))?,
+            )
+        } else if alg.oid == OID_ED25519 {
+            PublicInner::Ed25519(
+                ed25519_dalek::VerifyingKey::from_public_key_der(der)
+                    .map_err(|e| malformed_public(&e))?,
+            )
+        } else {
+            return Err(KeyError::UnsupportedAlgorithm {
+                oid: alg.oid.to_string(),
+            });
+        };
+        Ok(PublicKey { inner })
+    }
+
+    /// The DER SubjectPublicKeyInfo.
+    pub fn to_spki_der(&self) -> Vec<u8> {
+        let doc = match &self.inner {
+            PublicInner::P256(k) => k.to_public_key_der(),
+            PublicInner::Ed25519(k) => k.to_public_key_der(),
+        };
+        // Encoding a valid in-memory key into DER does not fail; an empty result would give a
+        // key id no signature ever names, so the failure stays visible without a panic.
+        doc.map(|d| d.as_bytes().to_vec()).unwrap_or_default()
+    }
+
+    /// SPKI `PUBLIC KEY` PEM, LF line endings.
+    pub fn to_pem(&self) -> String {
+        let der = self.to_spki_der();
+        pkcs8::der::pem::encode_string(LABEL_PUBLIC, LineEnding::LF, &der).unwrap_or_default()
+    }
+
+    /// Key id: lowercase hex SHA-256 of the DER SubjectPublicKeyInfo.
+    pub fn key_id(&self) -> String {
+        hex::encode(Sha256::digest(self.to_spki_der()))
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        match self.inner {
+            PublicInner::P256(_) => Algorithm::EcdsaP256,
+            PublicInner::Ed25519(_) => Algorithm::Ed25519,
+        }
+    }
+
+    /// Whether `signature` is valid for `message`. P-256 accepts an ASN.1 DER signature or a
+    /// raw 64-byte `r‖s` (both over SHA-256 of `message`); Ed25519 takes the 64-byte signature
+    /// and verifies strictly (no small-order keys, canonical `s`).
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        match &self.inner {
+            PublicInner::P256(k) => {
+                let der = p256::ecdsa::Signature::from_der(signature)
+                    .is_ok_and(|sig| k.verify(message, &sig).is_ok());
+                der || (signature.len() == 64
+                    && p256::ecdsa::Signature::from_slice(signature)
+                        .is_ok_and(|sig| k.verify(message, &sig).is_ok()))
+            }
+            PublicInner::Ed25519(k) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|sig| k.verify_strict(message, &sig).is_ok()),
+        }
+    }
+}
+
+/// Writes a fresh key pair: `PREFIX.key` (PKCS#8 PEM, encrypted when `passphrase` is given),
+/// created with mode 0600 and `O_CREAT|O_EXCL`, and `PREFIX.pub` (SPKI PEM, mode 0644). Refuses
+/// to overwrite either file; if writing `PREFIX.pub` fails, `PREFIX.key` is removed again.
+pub fn write_keypair(
+    prefix: &Path,
+    algorithm: Algorithm,
+    passphrase: Option<&[u8]>,
+) -> Result<(PathBuf, PathBuf), KeyError> {
+    let key_path = with_suffix(prefix, ".key");
+    let pub_path = with_suffix(prefix, ".pub");
+    if pub_path.exists() {
+        return Err(KeyError::Exists { path: pub_path });
+    }
+    let key = SigningKey::generate(algorithm);
+    let pem = key.to_pkcs8_pem(passphrase)?;
+    create_new(&key_path, 0o600, pem.as_bytes())?;
+    if let Err(e) = create_new(&pub_path, 0o644, key.public_key().to_pem().as_bytes()) {
+        let _ = std::fs::remove_file(&key_path);
+        return Err(e);
+    }
+    Ok((key_path, pub_path))
+}
+
+fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn create_new(path: &Path, mode: u32, contents: &[u8]) -> Result<(), KeyError> {
+    let io = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyError::Exists {
+                path: path.to_owned(),
+            }
+        } else {
+            KeyError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(contents).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn algorithm_names_parse() {
+        assert_eq!(
+            "ecdsa-p256".parse::<Algorithm>().unwrap(),
+            Algorithm::EcdsaP256
+        );
+        assert_eq!("p256".parse::<Algorithm>().unwrap(), Algorithm::EcdsaP256);
+        assert_eq!("ed25519".parse::<Algorithm>().unwrap(), Algorithm::Ed25519);
+        assert!(matches!(
+            "rsa".parse::<Algorithm>(),
+            Err(KeyError::UnknownAlgorithm { .. })
+        ));
+    }
+
+    #[test]
+    fn debug_never_prints_key_material() {
+        for alg in [Algorithm::EcdsaP256, Algorithm::Ed25519] {
+            let key = SigningKey::generate(alg);
+            let pem = key.to_pkcs8_pem(None).unwrap();
+            let body: String = pem
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<Vec<_>>()
+                .concat();
+            let debug = format!("{key:?}");
+            assert!(debug.contains(&key.public_key().key_id()), "{debug}");
+            // No 8-character window of the base64 body shows up in Debug output.
+            for i in 0..body.len().saturating_sub(8) {
+                assert!(!debug.contains(&body[i..i + 8]), "{debug}");
+            }
+        }
+    }
+
+    #[test]
+    fn key_id_is_sha256_of_spki_der() {
+        let key = SigningKey::generate(Algorithm::Ed25519).public_key();
+        assert_eq!(key.key_id(), hex::encode(Sha256::digest(key.to_spki_der())));
+        assert_eq!(key.key_id().len(), 64);
+        // Ed25519 SPKI DER is a fixed 12-byte prefix plus the 32-byte key.
+        assert_eq!(key.to_spki_der().len(), 44);
+    }
+
+    #[test]
+    fn sign_verify_both_algorithms_and_reject_other_messages() {
+        for alg in [Algorithm::EcdsaP256, Algorithm::Ed25519] {
+            let key = SigningKey::generate(alg);
+            let sig = key.sign(b"message");
+            assert!(key.public_key().verify(b"message", &sig));
+            assert!(!key.public_key().verify(b"messagf", &sig));
+            assert!(
+                !SigningKey::generate(alg)
+                    .public_key()
+                    .verify(b"message", &sig)
+            );
+        }
+    }
+}
