@@ -192,10 +192,12 @@ impl SigningKey {
                 let passphrase = passphrase.ok_or(KeyError::PassphraseNeeded)?;
                 let encrypted = pkcs8::EncryptedPrivateKeyInfo::from_der(doc.as_bytes())
                     .map_err(|e| malformed_private(&e))?;
+                // pkcs5 0.7.1 reports bad CBC padding (the usual symptom of a wrong
+                // passphrase) as `EncryptFailed`; both mean the passphrase did not decrypt.
                 let plain = encrypted.decrypt(passphrase).map_err(|e| match e {
-                    pkcs8::Error::EncryptedPrivateKey(pkcs8::pkcs5::Error::DecryptFailed) => {
-                        KeyError::WrongPassphrase
-                    }
+                    pkcs8::Error::EncryptedPrivateKey(
+                        pkcs8::pkcs5::Error::DecryptFailed | pkcs8::pkcs5::Error::EncryptFailed,
+                    ) => KeyError::WrongPassphrase,
                     other => KeyError::Decrypt {
                         reason: other.to_string(),
                     },

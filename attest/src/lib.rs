@@ -19,3 +19,4 @@ pub mod media;
 pub mod sbom;
 pub mod slsa;
 pub mod statement;
+pub mod verify;
