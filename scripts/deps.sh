@@ -31,3 +31,11 @@ if [ "${KILN_DEPS_FULL:-0}" = 1 ] && ! python3 -c 'import jsonschema, referencin
   python3 -m pip install -q 'jsonschema>=4.18' 2>/dev/null \
     || python3 -m pip install -q --break-system-packages 'jsonschema>=4.18'
 fi
+# The attestation interop tests (attest/tests/python_interop.rs) verify kiln's DSSE envelopes with
+# python3's securesystemslib and in-toto, and sign envelopes with securesystemslib.
+if [ "${KILN_DEPS_FULL:-0}" = 1 ] \
+  && ! python3 -c 'import securesystemslib.signer, securesystemslib.dsse, cryptography, in_toto' 2>/dev/null; then
+  echo "installing: securesystemslib[crypto] in-toto (pip)" >&2
+  python3 -m pip install -q 'securesystemslib[crypto]' in-toto 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'securesystemslib[crypto]' in-toto
+fi

@@ -83,3 +83,12 @@ fn rfc6979_signing_with_d_reproduces_the_spec_signature() {
     assert_eq!(raw.as_slice(), v.envelope.signatures[0].sig.as_slice());
     dsse::verify(&env, &v.public).unwrap();
 }
+
+#[test]
+fn decimal_conversion_is_right() {
+    let mut expected = [0u8; 32];
+    expected[30] = 0x01;
+    expected[31] = 0x00;
+    assert_eq!(common::decimal_to_be32("256"), expected);
+    assert_eq!(common::decimal_to_be32("0"), [0u8; 32]);
+}

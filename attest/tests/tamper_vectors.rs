@@ -24,7 +24,8 @@ const BUILDER_ID: &str = "https://example.invalid/kiln/builders/test@v1";
 const SOURCE_URI: &str = "git+https://example.invalid/kiln/app";
 
 fn policy(dir: &Path) -> Policy {
-    let p: Value = serde_json::from_slice(&std::fs::read(dir.join("policy.json")).unwrap()).unwrap();
+    let p: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("policy.json")).unwrap()).unwrap();
     let key = PublicKey::from_pem(&std::fs::read_to_string(dir.join("test.pub")).unwrap()).unwrap();
     let opt = |k: &str| p[k].as_str().map(str::to_owned);
     Policy {
@@ -81,12 +82,18 @@ fn oversized_bundle_is_rejected_before_parsing() {
     let mut bytes = std::fs::read(dir.join("valid.sigstore.json")).unwrap();
     // Trailing whitespace keeps the JSON valid: only the size can make it fail.
     bytes.resize(MAX_DOCUMENT_SIZE, b' ');
-    assert!(verify_bundle(&bytes, &policy).is_ok(), "a bundle of exactly the limit passes");
+    assert!(
+        verify_bundle(&bytes, &policy).is_ok(),
+        "a bundle of exactly the limit passes"
+    );
     bytes.push(b' ');
     let reasons = verify_bundle(&bytes, &policy).unwrap_err();
     assert_eq!(
         reasons,
-        vec![Reason::TooLarge { size: MAX_DOCUMENT_SIZE + 1, limit: MAX_DOCUMENT_SIZE }]
+        vec![Reason::TooLarge {
+            size: MAX_DOCUMENT_SIZE + 1,
+            limit: MAX_DOCUMENT_SIZE
+        }]
     );
 }
 
@@ -101,17 +108,27 @@ fn reasons_are_collected_and_named_specifically() {
     let got: Vec<&str> = reasons.iter().map(Reason::kind).collect();
     assert_eq!(got, ["BadSignature", "SubjectMismatch"]);
     let text = reasons[1].to_string();
-    assert!(text.contains(&"00".repeat(32)) && text.contains(SUBJECT_HEX), "{text}");
+    assert!(
+        text.contains(&"00".repeat(32)) && text.contains(SUBJECT_HEX),
+        "{text}"
+    );
 
     let bytes = std::fs::read(dir.join("two-signatures.sigstore.json")).unwrap();
     let text = verify_bundle(&bytes, &policy).unwrap_err()[0].to_string();
-    assert_eq!(text, "the envelope has 2 signatures; kiln requires exactly one");
+    assert_eq!(
+        text,
+        "the envelope has 2 signatures; kiln requires exactly one"
+    );
 }
 
 // ---- generator -------------------------------------------------------------------------
 
 fn input(builder_id: &str, source: &str) -> ProvenanceInput {
-    let sha = |hex: &str| [("sha256".to_string(), hex.to_string())].into_iter().collect();
+    let sha = |hex: &str| {
+        [("sha256".to_string(), hex.to_string())]
+            .into_iter()
+            .collect()
+    };
     ProvenanceInput {
         builder_id: builder_id.into(),
         invocation_id: "vector-invocation-1".into(),
@@ -124,20 +141,27 @@ fn input(builder_id: &str, source: &str) -> ProvenanceInput {
             name: Some("Dockerfile".into()),
             ..Default::default()
         },
-        build_args: [("VERSION".to_string(), "1.0.0".to_string())].into_iter().collect(),
+        build_args: [("VERSION".to_string(), "1.0.0".to_string())]
+            .into_iter()
+            .collect(),
         target: None,
         platforms: vec!["linux/amd64".into()],
         secret_ids: vec![],
         ssh_ids: vec![],
         named_contexts: BTreeMap::new(),
         kiln_version: "0.1.0".into(),
-        sandbox: SandboxFacts { snapshotter: "overlay".into(), ..Default::default() },
+        sandbox: SandboxFacts {
+            snapshotter: "overlay".into(),
+            ..Default::default()
+        },
         steps: vec![],
         policy_decisions: vec![],
         resolved_dependencies: vec![
             ResourceDescriptor {
                 uri: format!("{source}@refs/heads/main"),
-                digest: [("gitCommit".to_string(), "2b".repeat(20))].into_iter().collect(),
+                digest: [("gitCommit".to_string(), "2b".repeat(20))]
+                    .into_iter()
+                    .collect(),
                 ..Default::default()
             },
             ResourceDescriptor {
@@ -151,9 +175,14 @@ fn input(builder_id: &str, source: &str) -> ProvenanceInput {
 }
 
 fn statement(subject_hex: &str, predicate_type: &str, builder: &str, source: &str) -> Vec<u8> {
-    let digest = [("sha256".to_string(), subject_hex.to_string())].into_iter().collect();
+    let digest = [("sha256".to_string(), subject_hex.to_string())]
+        .into_iter()
+        .collect();
     Statement::new(
-        vec![Subject { name: "example.invalid/kiln/app".into(), digest }],
+        vec![Subject {
+            name: "example.invalid/kiln/app".into(),
+            digest,
+        }],
         predicate_type,
         slsa::predicate(&input(builder, source), Mode::Max),
     )
@@ -184,7 +213,11 @@ fn generate_tamper_vectors() {
         Ok(pem) => SigningKey::from_pkcs8_pem(&pem, None).unwrap(),
         Err(_) => {
             let k = SigningKey::generate(Algorithm::EcdsaP256);
-            std::fs::write(dir.join("test.key"), k.to_pkcs8_pem(None).unwrap().as_bytes()).unwrap();
+            std::fs::write(
+                dir.join("test.key"),
+                k.to_pkcs8_pem(None).unwrap().as_bytes(),
+            )
+            .unwrap();
             k
         }
     };
@@ -197,23 +230,42 @@ fn generate_tamper_vectors() {
         "builder_id": BUILDER_ID,
         "source_uri": SOURCE_URI,
     });
-    std::fs::write(dir.join("policy.json"), serde_json::to_vec_pretty(&policy).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("policy.json"),
+        serde_json::to_vec_pretty(&policy).unwrap(),
+    )
+    .unwrap();
 
-    let good = statement(SUBJECT_HEX, media::SLSA_PROVENANCE_V1, BUILDER_ID, SOURCE_URI);
+    let good = statement(
+        SUBJECT_HEX,
+        media::SLSA_PROVENANCE_V1,
+        BUILDER_ID,
+        SOURCE_URI,
+    );
     let valid = bundle(&good, &key);
     let mut files: Vec<(&str, Vec<u8>, Vec<&str>)> = Vec::new();
     files.push(("valid.sigstore.json", pretty(&valid), vec![]));
 
     let mut b = valid.clone();
     let text = String::from_utf8(b.envelope.payload.clone()).unwrap();
-    b.envelope.payload = text.replace("vector-invocation-1", "vector-invocation-2").into_bytes();
-    files.push(("changed-payload.sigstore.json", pretty(&b), vec!["BadSignature"]));
+    b.envelope.payload = text
+        .replace("vector-invocation-1", "vector-invocation-2")
+        .into_bytes();
+    files.push((
+        "changed-payload.sigstore.json",
+        pretty(&b),
+        vec!["BadSignature"],
+    ));
 
     let mut b = valid.clone();
     let sig = &mut b.envelope.signatures[0].sig;
     let last = sig.len() - 1;
     sig[last] ^= 0x01;
-    files.push(("changed-signature.sigstore.json", pretty(&b), vec!["BadSignature"]));
+    files.push((
+        "changed-signature.sigstore.json",
+        pretty(&b),
+        vec!["BadSignature"],
+    ));
 
     files.push((
         "wrong-key.sigstore.json",
@@ -226,15 +278,24 @@ fn generate_tamper_vectors() {
     files.push(("wrong-hint.sigstore.json", pretty(&b), vec!["KeyMismatch"]));
 
     let wrong_subject = "9".repeat(64);
-    let payload = statement(&wrong_subject, media::SLSA_PROVENANCE_V1, BUILDER_ID, SOURCE_URI);
-    files.push(("subject-mismatch.sigstore.json", pretty(&bundle(&payload, &key)), vec![
-        "SubjectMismatch",
-    ]));
+    let payload = statement(
+        &wrong_subject,
+        media::SLSA_PROVENANCE_V1,
+        BUILDER_ID,
+        SOURCE_URI,
+    );
+    files.push((
+        "subject-mismatch.sigstore.json",
+        pretty(&bundle(&payload, &key)),
+        vec!["SubjectMismatch"],
+    ));
 
     let payload = statement(SUBJECT_HEX, media::SPDX_DOCUMENT, BUILDER_ID, SOURCE_URI);
-    files.push(("wrong-predicate-type.sigstore.json", pretty(&bundle(&payload, &key)), vec![
-        "PredicateTypeMismatch",
-    ]));
+    files.push((
+        "wrong-predicate-type.sigstore.json",
+        pretty(&bundle(&payload, &key)),
+        vec!["PredicateTypeMismatch"],
+    ));
 
     let payload = statement(
         SUBJECT_HEX,
@@ -242,9 +303,11 @@ fn generate_tamper_vectors() {
         "https://example.invalid/other-builder",
         SOURCE_URI,
     );
-    files.push(("builder-mismatch.sigstore.json", pretty(&bundle(&payload, &key)), vec![
-        "BuilderIdMismatch",
-    ]));
+    files.push((
+        "builder-mismatch.sigstore.json",
+        pretty(&bundle(&payload, &key)),
+        vec!["BuilderIdMismatch"],
+    ));
 
     let payload = statement(
         SUBJECT_HEX,
@@ -252,31 +315,56 @@ fn generate_tamper_vectors() {
         BUILDER_ID,
         "git+https://example.invalid/kiln/app-fork",
     );
-    files.push(("source-mismatch.sigstore.json", pretty(&bundle(&payload, &key)), vec![
-        "SourceUriMismatch",
-    ]));
+    files.push((
+        "source-mismatch.sigstore.json",
+        pretty(&bundle(&payload, &key)),
+        vec!["SourceUriMismatch"],
+    ));
 
     let payload_type = "application/json";
     let b = Bundle::new(dsse::sign(payload_type, &good, &key));
-    files.push(("wrong-payload-type.sigstore.json", pretty(&b), vec!["WrongPayloadType"]));
+    files.push((
+        "wrong-payload-type.sigstore.json",
+        pretty(&b),
+        vec!["WrongPayloadType"],
+    ));
 
     let mut b = valid.clone();
     b.envelope.signatures.clear();
-    files.push(("zero-signatures.sigstore.json", pretty(&b), vec!["NoSignatures"]));
+    files.push((
+        "zero-signatures.sigstore.json",
+        pretty(&b),
+        vec!["NoSignatures"],
+    ));
 
     let mut b = valid.clone();
     let second = dsse::sign(media::DSSE_PAYLOAD_TYPE, &good, &other).signatures[0].clone();
-    b.envelope.signatures.push(Signature { keyid: second.keyid, sig: second.sig });
-    files.push(("two-signatures.sigstore.json", pretty(&b), vec!["MultipleSignatures"]));
+    b.envelope.signatures.push(Signature {
+        keyid: second.keyid,
+        sig: second.sig,
+    });
+    files.push((
+        "two-signatures.sigstore.json",
+        pretty(&b),
+        vec!["MultipleSignatures"],
+    ));
 
     let full = pretty(&valid);
-    files.push(("truncated-json.sigstore.json", full[..full.len() / 2].to_vec(), vec!["Malformed"]));
+    files.push((
+        "truncated-json.sigstore.json",
+        full[..full.len() / 2].to_vec(),
+        vec!["Malformed"],
+    ));
 
     let mut v: Value = serde_json::from_slice(&valid.to_json()).unwrap();
     v["mediaType"] = json!("application/vnd.dev.sigstore.bundle+json;version=0.2");
     let mut bytes = serde_json::to_vec_pretty(&v).unwrap();
     bytes.push(b'\n');
-    files.push(("unknown-media-type.sigstore.json", bytes, vec!["UnknownMediaType"]));
+    files.push((
+        "unknown-media-type.sigstore.json",
+        bytes,
+        vec!["UnknownMediaType"],
+    ));
 
     let mut expected = serde_json::Map::new();
     for (name, bytes, kinds) in files {

@@ -34,12 +34,3 @@ pub fn decimal_to_be32(decimal: &str) -> [u8; 32] {
     }
     out
 }
-
-#[test]
-fn decimal_conversion_is_right() {
-    let mut expected = [0u8; 32];
-    expected[30] = 0x01;
-    expected[31] = 0x00;
-    assert_eq!(decimal_to_be32("256"), expected);
-    assert_eq!(decimal_to_be32("0"), [0u8; 32]);
-}
