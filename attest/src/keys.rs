@@ -253,7 +253,14 @@ impl SigningKey {
     pub fn to_pkcs8_pem(&self, passphrase: Option<&[u8]>) -> Result<Zeroizing<String>, KeyError> {
         let der = match &self.inner {
             SecretInner::P256(k) => k.to_pkcs8_der(),
-            SecretInner::Ed25519(k) => k.to_pkcs8_der(),
+            SecretInner::Ed25519(k) => {
+                // PKCS#8 v1 (RFC 8410 without the optional public key), as OpenSSL writes it:
+                // Python's `cryptography` rejects the v2 form ed25519-dalek writes by default.
+                // `KeypairBytes` wipes its secret on drop (the `ed25519/zeroize` feature).
+                let mut pair = ed25519_dalek::pkcs8::KeypairBytes::from(k);
+                pair.public_key = None;
+                pair.to_pkcs8_der()
+            }
         }
         .map_err(|e| KeyError::Encrypt {
             reason: e.to_string(),

@@ -10,6 +10,7 @@
 //! (DSSE envelopes, PAE), [`bundle`] (sigstore bundle v0.3, `.intoto.jsonl`), [`verify`] (a
 //! bundle against a policy, every failure reason reported).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod bundle;
 mod canonical;

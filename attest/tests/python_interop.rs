@@ -147,3 +147,36 @@ fn securesystemslib_signed_envelope_verifies_in_kiln() {
         assert!(dsse::verify(&tampered, &public).is_err());
     }
 }
+
+#[test]
+fn kiln_private_keys_plain_and_encrypted_load_in_python_cryptography() {
+    require_python_modules();
+    for alg in [Algorithm::EcdsaP256, Algorithm::Ed25519] {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate(alg);
+        let plain = dir.path().join("plain.key");
+        let encrypted = dir.path().join("encrypted.key");
+        std::fs::write(&plain, key.to_pkcs8_pem(None).unwrap().as_bytes()).unwrap();
+        std::fs::write(
+            &encrypted,
+            key.to_pkcs8_pem(Some(b"s3cret")).unwrap().as_bytes(),
+        )
+        .unwrap();
+        let key_id = key.public_key().key_id();
+        let pass = PathBuf::from("s3cret");
+        let wrong = PathBuf::from("wrong");
+        for args in [
+            vec![plain.as_path()],
+            vec![encrypted.as_path(), pass.as_path()],
+        ] {
+            let (ok, text) = run_py("load_private_key.py", &args);
+            assert!(ok, "{alg} {args:?}: {text}");
+            assert_eq!(text.trim(), key_id, "{alg} {args:?}");
+        }
+        let (ok, text) = run_py("load_private_key.py", &[&encrypted, &wrong]);
+        assert!(
+            !ok && text.contains("FAIL load"),
+            "{alg}: wrong passphrase accepted: {text}"
+        );
+    }
+}
