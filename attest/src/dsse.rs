@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::keys::{PublicKey, SigningKey};
+use crate::statement::Statement;
 
 /// Why an envelope does not verify, or does not parse.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,12 @@ pub fn sign(payload_type: &str, payload: &[u8], key: &SigningKey) -> Envelope {
     }
 }
 
+/// Signs an in-toto statement: its canonical JSON as the payload, `payloadType`
+/// [`DSSE_PAYLOAD_TYPE`](crate::media::DSSE_PAYLOAD_TYPE).
+pub fn sign_statement(statement: &Statement, key: &SigningKey) -> Envelope {
+    sign(crate::media::DSSE_PAYLOAD_TYPE, &statement.to_json(), key)
+}
+
 /// Succeeds when at least one signature verifies with `key` over the exact PAE bytes. Key ids
 /// are hints and are not consulted here (see `verify::verify_bundle` for kiln's stricter rules).
 pub fn verify(envelope: &Envelope, key: &PublicKey) -> Result<(), DsseError> {
@@ -171,6 +178,26 @@ mod tests {
             r#"{"payload":"aGk=","payloadType":"t","signatures":[{"sig":"AQIDBA=="}]}"#
         );
         assert_eq!(Envelope::from_json(&env.to_json()).unwrap(), env);
+    }
+
+    #[test]
+    fn sign_statement_signs_its_canonical_json_as_in_toto() {
+        let key = SigningKey::generate(Algorithm::EcdsaP256);
+        let digest = [("sha256".to_string(), "ab".repeat(32))]
+            .into_iter()
+            .collect();
+        let st = Statement::new(
+            vec![crate::statement::Subject {
+                name: "x".into(),
+                digest,
+            }],
+            crate::media::SPDX_DOCUMENT,
+            serde_json::json!({"b": 1, "a": 2}),
+        );
+        let env = sign_statement(&st, &key);
+        assert_eq!(env.payload_type, crate::media::DSSE_PAYLOAD_TYPE);
+        assert_eq!(env.payload, st.to_json());
+        verify(&env, &key.public_key()).unwrap();
     }
 
     #[test]

@@ -21,3 +21,21 @@ pub mod sbom;
 pub mod slsa;
 pub mod statement;
 pub mod verify;
+
+/// Any error of this crate, for callers that do not care which module failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A statement did not parse.
+    #[error(transparent)]
+    Statement(#[from] statement::StatementError),
+    /// A key could not be read, written or made.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// A DSSE envelope did not parse or verify.
+    #[error(transparent)]
+    Dsse(#[from] dsse::DsseError),
+    /// A bundle could not be read.
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
+}
