@@ -375,3 +375,22 @@ fn generate_tamper_vectors() {
     out.push(b'\n');
     std::fs::write(dir.join("expected.json"), out).unwrap();
 }
+
+#[test]
+#[ignore = "prints every vector's reasons"]
+fn show_reasons() {
+    let dir = common::attest_vectors();
+    let policy = policy(&dir);
+    let expected: BTreeMap<String, Vec<String>> =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    for file in expected.keys() {
+        match verify_bundle(&std::fs::read(dir.join(file)).unwrap(), &policy) {
+            Ok(v) => println!("{file}: verified with key {}", v.key_id),
+            Err(r) => {
+                for reason in r {
+                    println!("{file}: {reason}");
+                }
+            }
+        }
+    }
+}
