@@ -6,6 +6,44 @@
 
 use std::io;
 
+mod catalog;
+mod cyclonedx;
+mod dir;
+mod license;
+mod model;
+mod purl;
+mod spdx;
+mod validate;
+
+pub use catalog::{catalog, limits};
+pub use cyclonedx::to_cyclonedx;
+pub use dir::DirTree;
+pub use license::is_spdx_license_id;
+pub use model::{Distro, DocumentInfo, FileDigest, Package, PackageKind, Sbom, rfc3339};
+pub use spdx::to_spdx;
+pub use validate::{validate_cyclonedx, validate_spdx};
+
+/// Why a file system could not be catalogued. Malformed package data is not an error: the
+/// package is skipped and a note recorded in [`Sbom::notes`]; these are failures to read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SbomError {
+    /// The tree's entries could not be listed.
+    #[error("listing the file system: {source}")]
+    Entries {
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A regular file listed by the tree could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// Path in the image.
+        path: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
 /// What kind of entry a [`FileEntry`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -1,0 +1,181 @@
+//! [`FileTree`] over a plain directory (tests, `kiln sbom DIR`), never following a symlink.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags};
+
+use super::{EntryKind, FileEntry, FileTree};
+
+/// The deepest directory nesting [`DirTree::entries`] walks; deeper trees are an error
+/// rather than a stack overflow.
+const MAX_DEPTH: usize = 256;
+
+/// A [`FileTree`] over a directory on the host. Listing uses `lstat`; opening walks the path
+/// one component at a time with `openat(O_NOFOLLOW)`, so a symlink anywhere in the path
+/// (planted in the directory by whoever wrote it) fails the open instead of being followed.
+#[derive(Debug, Clone)]
+pub struct DirTree {
+    root: PathBuf,
+}
+
+impl DirTree {
+    /// A tree rooted at `root` (which itself may be reached through symlinks: it is trusted).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn walk(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        depth: usize,
+        out: &mut Vec<FileEntry>,
+    ) -> io::Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(io::Error::other(format!(
+                "{prefix}: deeper than {MAX_DEPTH} directories"
+            )));
+        }
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            names.push(entry?.file_name());
+        }
+        names.sort();
+        for name in names {
+            let Some(name_str) = name.to_str() else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{prefix}/{}: name is not UTF-8", name.to_string_lossy()),
+                ));
+            };
+            let path = format!("{prefix}/{name_str}");
+            let host = dir.join(&name);
+            let meta = std::fs::symlink_metadata(&host)?;
+            let ft = meta.file_type();
+            let kind = if ft.is_file() {
+                EntryKind::Regular
+            } else if ft.is_dir() {
+                EntryKind::Directory
+            } else if ft.is_symlink() {
+                EntryKind::Symlink
+            } else {
+                // fifo, socket, block or character device
+                EntryKind::Other
+            };
+            out.push(FileEntry {
+                path: path.clone(),
+                kind,
+                mode: meta.mode() & 0o7777,
+                size: if kind == EntryKind::Regular {
+                    meta.len()
+                } else {
+                    0
+                },
+            });
+            if kind == EntryKind::Directory {
+                self.walk(&host, &path, depth + 1, out)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FileTree for DirTree {
+    fn entries(&self) -> io::Result<Vec<FileEntry>> {
+        let mut out = Vec::new();
+        self.walk(&self.root, "", 0, &mut out)?;
+        // Sorted per directory is not sorted by full path (`a/b` vs `a.b`): sort the whole.
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + '_>> {
+        let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        if components.iter().any(|c| *c == "." || *c == "..") || components.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{path}: not a normalised absolute path"),
+            ));
+        }
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut fd = rustix::fs::open(
+            &self.root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let (last, parents) = match components.split_last() {
+            Some(split) => split,
+            None => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        };
+        for comp in parents {
+            fd = rustix::fs::openat(&fd, *comp, dir_flags, Mode::empty())?;
+        }
+        // NONBLOCK so that a fifo does not hang the open; it is refused just below.
+        let file = rustix::fs::openat(
+            &fd,
+            *last,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )?;
+        let stat = rustix::fs::fstat(&file)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{path}: not a regular file"),
+            ));
+        }
+        Ok(Box::new(File::from(file)))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn symlinks_are_listed_and_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"host secret").unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/real"), b"inside").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("etc/link"))
+            .unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+        let tree = DirTree::new(dir.path());
+        let entries = tree.entries().unwrap();
+        let kinds: Vec<(&str, EntryKind)> =
+            entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("/etc", EntryKind::Directory),
+                ("/etc/link", EntryKind::Symlink),
+                ("/etc/real", EntryKind::Regular),
+                ("/out", EntryKind::Symlink),
+            ]
+        );
+        let mut s = String::new();
+        tree.open("/etc/real")
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "inside");
+        assert!(tree.open("/etc/link").is_err(), "final symlink followed");
+        assert!(
+            tree.open("/out/secret").is_err(),
+            "directory symlink followed"
+        );
+        assert!(tree.open("/etc/../etc/real").is_err());
+        assert!(tree.open("/etc").is_err());
+        assert_eq!(
+            tree.open("/etc/missing").err().map(|e| e.kind()),
+            Some(io::ErrorKind::NotFound)
+        );
+    }
+}
