@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # kiln's main job on a fresh Debian 12 machine, as root: install what is missing, build kiln,
 # build a busybox base image FROM scratch with kiln from the host's static busybox, build a
-# multi-stage example app on it, export it as an OCI archive and print the image digest.
+# multi-stage example app on it with signed SLSA provenance and SPDX/CycloneDX SBOMs, export it
+# as an OCI archive, print the image digest, and verify the attestations with `kiln verify`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -17,8 +18,17 @@ cp examples/busybox-base/Dockerfile examples/busybox-base/passwd examples/busybo
 echo "== building the busybox base image (FROM scratch)"
 "$KILN" build --progress plain -t kiln-demo/busybox:latest "$work/base"
 
-echo "== building the multi-stage example app"
+echo "== a builder signing key (a fresh one for this demo)"
+"$KILN" key generate --out "$work/builder"
+
+echo "== building the multi-stage example app, with signed provenance and SBOMs"
 digest=$("$KILN" build --progress plain -t kiln-demo/app:latest \
+  --sign-key "$work/builder.key" --builder-id https://example.invalid/kiln/builders/demo \
   -o type=oci,dest="$work/app.tar" examples/app)
 echo "== image digest: $digest"
 "$KILN" images
+
+echo "== verifying the image's attestations, as a deploy pipeline would"
+"$KILN" verify "oci-archive:$work/app.tar" --key "$work/builder.pub" \
+  --builder-id https://example.invalid/kiln/builders/demo
+"$KILN" inspect "oci-archive:$work/app.tar"

@@ -19,7 +19,9 @@ use kiln_attest::statement::{Statement, Subject};
 use kiln_attest::verify::{Policy, Reason, verify_bundle};
 use serde_json::{Value, json};
 
-const SUBJECT_HEX: &str = "5f0f0e1fbd3c3a4bc1b6b0e2f1d8c9a7e6b5d4c3b2a1908f7e6d5c4b3a291807";
+/// sha256 of `vectors/attest/image-manifest.json`: the vectors are about that (empty) image, so
+/// `cli/tests/attest.rs` can attach each one to a real layout and run `kiln verify` on it.
+const SUBJECT_HEX: &str = "d1613493061800cce483032096af9a53246c09093a97c82e9469382b0b074f07";
 const BUILDER_ID: &str = "https://example.invalid/kiln/builders/test@v1";
 const SOURCE_URI: &str = "git+https://example.invalid/kiln/app";
 

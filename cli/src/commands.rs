@@ -35,7 +35,7 @@ enum Command {
     ///   kiln build -o type=oci,dest=app.tar -o type=local,dest=rootfs .
     ///   kiln build --build-context base=oci-layout://./base-layout .
     #[command(verbatim_doc_comment)]
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List images in the local image store.
     Images,
     /// Show disk usage of the store.
@@ -46,6 +46,21 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Signing keys for attestations.
+    #[command(subcommand)]
+    Key(crate::attest::KeyCommand),
+    /// Verify an image's signed attestations: signature over the exact DSSE bytes, subject =
+    /// the image manifest's digest, predicate type, builder id, source. Exit 0, or 1 with every
+    /// reason.
+    ///
+    /// Examples:
+    ///   kiln verify oci-archive:app.tar --key builder.pub
+    ///   kiln verify oci:layout:app --key builder.pub --builder-id https://ci.example/kiln
+    ///   kiln verify app:1 --key builder.pub --predicate-type https://slsa.dev/provenance/v1
+    #[command(verbatim_doc_comment)]
+    Verify(crate::attest::VerifyArgs),
+    /// Print summaries of an image's provenance and SBOMs (signed or not).
+    Inspect(crate::attest::InspectArgs),
     /// Debugging aids, like `buildctl debug`.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -191,6 +206,8 @@ struct BuildArgs {
     /// forwards the agent protocol; no key ever enters the step.
     #[arg(long = "ssh", value_name = "ID[=SOCKET]", value_parser = crate::ssh::parse_ssh)]
     ssh: Vec<crate::ssh::SshSpec>,
+    #[command(flatten)]
+    attest: crate::attest::AttestArgs,
 }
 
 /// `default` or `UID:GID:COUNT`.
@@ -312,9 +329,24 @@ fn parse_output(s: &str) -> Result<OutputSpec, String> {
 pub struct Failure {
     err: anyhow::Error,
     code: u8,
+    silent: bool,
 }
 
 impl Failure {
+    /// A failure whose reasons were already printed: only the exit code remains.
+    pub fn silent(code: u8) -> Self {
+        Self {
+            err: anyhow::anyhow!("failed"),
+            code,
+            silent: true,
+        }
+    }
+
+    /// Whether the message was already printed.
+    pub fn is_silent(&self) -> bool {
+        self.silent
+    }
+
     /// 1 for build failures, 2 for usage errors.
     pub fn exit_code(&self) -> u8 {
         self.code
@@ -353,24 +385,29 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
         Self {
             err: e.into(),
             code: 1,
+            silent: false,
         }
     }
 }
 
-fn usage(msg: String) -> Failure {
+pub(crate) fn usage(msg: String) -> Failure {
     Failure {
         err: anyhow::anyhow!(msg),
         code: 2,
+        silent: false,
     }
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Build(b) => build(&cli.root, b),
+        Command::Build(b) => build(&cli.root, *b),
         Command::Images => images(&cli.root),
         Command::Du => du(&cli.root),
         Command::Prune { all } => prune(&cli.root, all),
+        Command::Key(k) => crate::attest::key(k),
+        Command::Verify(v) => crate::attest::verify(&cli.root, v),
+        Command::Inspect(i) => crate::attest::inspect(&cli.root, i),
         Command::Debug(DebugCommand::DumpAst { file }) => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| usage(format!("{}: {e}", file.display())))?;
@@ -449,6 +486,7 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     req.no_cache = b.no_cache;
     req.secrets = crate::secrets::load(&b.secrets).map_err(usage)?;
     req.ssh = crate::ssh::load(&b.ssh).map_err(usage)?;
+    req.attest = crate::attest::options(&b.attest)?;
     if b.fetch_timeout == 0 {
         return Err(usage("--fetch-timeout must be at least 1 second".into()));
     }
@@ -552,6 +590,28 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         }
         for t in &result.tags {
             eprintln!("naming to {t}");
+        }
+        if let Some(index) = &result.index_digest {
+            let signed = result.attestations.iter().filter(|a| a.1).count();
+            let kinds: Vec<&str> = result
+                .attestations
+                .iter()
+                .map(|a| kiln_engine::attest::file_stem(&a.0))
+                .collect();
+            if signed == 0 {
+                eprintln!(
+                    "attestations ({}) attached UNSIGNED in index {index}: pass --sign-key to sign them",
+                    kinds.join(", ")
+                );
+            } else {
+                eprintln!(
+                    "attestations ({}) signed and attached in index {index}",
+                    kinds.join(", ")
+                );
+            }
+            for f in &result.attest_files {
+                eprintln!("wrote {}", f.display());
+            }
         }
         eprintln!(
             "built {} ({} steps run, {} cached)",

@@ -3,6 +3,7 @@
 //! The engine runs in this process (no daemon). The same binary is the sandbox's init: when
 //! re-executed with the hidden init argument it becomes the step's init and never returns.
 
+mod attest;
 mod commands;
 mod secrets;
 mod ssh;
@@ -28,7 +29,9 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", e.message());
+            if !e.is_silent() {
+                eprintln!("error: {}", e.message());
+            }
             ExitCode::from(e.exit_code())
         }
     }

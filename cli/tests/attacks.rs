@@ -262,7 +262,8 @@ fn run_case(case: &Case, matrix: Option<(&str, &str)>) -> R<Report> {
     let mut cmd = k.cmd();
     cmd.current_dir(&ctx)
         .args(["build", "--progress=plain"])
-        .args(&case.args);
+        .args(&case.args)
+        .args(&env.kiln_args);
     for (key, val) in env
         .build_args
         .iter()

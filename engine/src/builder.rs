@@ -141,6 +141,8 @@ pub struct BuildRequest {
     pub secrets: crate::ops::secrets::Secrets,
     /// `--ssh`: agent sockets for `RUN --mount=type=ssh`, by id.
     pub ssh: crate::ops::ssh::SshAgents,
+    /// `--attest`, `--sbom`, `--sign-key`, `--attest-dest`: what the build attests.
+    pub attest: crate::attest::AttestOptions,
 }
 
 impl BuildRequest {
@@ -170,6 +172,7 @@ impl BuildRequest {
             fetch_timeout: crate::ops::DEFAULT_FETCH_TIMEOUT,
             secrets: crate::ops::secrets::Secrets::new(),
             ssh: crate::ops::ssh::SshAgents::new(),
+            attest: crate::attest::AttestOptions::default(),
         }
     }
 }
@@ -211,6 +214,9 @@ pub enum BuildError {
     /// A step failed.
     #[error(transparent)]
     Solve(#[from] crate::solver::SolveError),
+    /// Making the attestations failed.
+    #[error(transparent)]
+    Attest(#[from] crate::attest::AttestError),
     /// Assembling the image failed.
     #[error(transparent)]
     Image(#[from] image::ImageError),
@@ -244,6 +250,12 @@ pub struct BuildResult {
     /// every URL the image depends on is a [`crate::graph::SourceOp::Http`] vertex of the
     /// graph.
     pub fetched: Vec<(String, Digest)>,
+    /// The index over the image and its attestations, when the build attested it.
+    pub index_digest: Option<Digest>,
+    /// The attestations made: predicate type and whether it was signed.
+    pub attestations: Vec<(String, bool)>,
+    /// Files written to `--attest-dest`.
+    pub attest_files: Vec<PathBuf>,
 }
 
 /// The embedded engine: a store and the sandbox's init binary.
@@ -266,6 +278,8 @@ pub struct Planned {
     pub unused_build_args: Vec<String>,
     /// Lint warnings.
     pub warnings: Vec<String>,
+    /// The Dockerfile as given, and the sha256 of its bytes.
+    pub dockerfile: (String, Digest),
     contexts: HashMap<String, ContextDir>,
 }
 
@@ -301,6 +315,7 @@ impl Engine {
             column,
             message,
         };
+        let dockerfile_digest = Digest::of(text.as_bytes());
         let ast = parser::parse(&text).map_err(|e| df_err(e.line, e.column, e.message.clone()))?;
         let df = instructions::parse_dockerfile(&ast)
             .map_err(|e| df_err(e.line, e.column, e.message.clone()))?;
@@ -370,6 +385,10 @@ impl Engine {
             image: c.image,
             unused_build_args: c.unused_build_args,
             warnings: c.warnings,
+            dockerfile: (
+                provenance_path(&req.context, &dockerfile),
+                dockerfile_digest,
+            ),
             contexts,
         })
     }
@@ -383,6 +402,7 @@ impl Engine {
         for o in &req.outputs {
             o.check()?;
         }
+        let started = unix_now();
         let planned = self.plan(req)?;
         let graph = Arc::new(planned.graph);
         let mut ctx = OpContext::new(
@@ -463,16 +483,116 @@ impl Engine {
             ),
         });
 
-        // Emit outputs, then commit.
+        // Attest: statements about the assembled image, signed, written into the store.
         let names: Vec<String> = req.tags.iter().map(|t| image::normalize_name(t)).collect();
+        let (attached, attestations, attest_files) = if req.attest.any() {
+            let start = Instant::now();
+            progress.send(Event::Phase {
+                name: "attesting (provenance, SBOM)".into(),
+            });
+            let context_digest = {
+                let c = ctx.clone();
+                let dir = c.contexts.get("context").cloned();
+                tokio::task::spawn_blocking(move || {
+                    dir.and_then(|d| {
+                        let view = crate::fsview::context_view(&d.dir, &d.ignore);
+                        crate::fileop::content_digest_cached(
+                            &view,
+                            &[".".to_owned()],
+                            Some(&c.file_hashes),
+                        )
+                        .ok()
+                    })
+                })
+                .await
+                .map_err(|e| BuildError::Context {
+                    name: "attest".into(),
+                    message: e.to_string(),
+                })?
+            };
+            let confinements = ctx
+                .confinements
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default();
+            let facts = crate::attest::provenance::BuildFacts {
+                req,
+                graph: &graph,
+                target: planned.target,
+                dockerfile: planned.dockerfile.clone(),
+                context_digest,
+                confinements: &confinements,
+                invocation_id: crate::store::content::random_hex(),
+                started,
+                finished: unix_now(),
+                snapshotter: match ctx.snapshotter {
+                    crate::ops::Snapshotter::Copy => "copy",
+                    _ => "overlayfs",
+                },
+                builder_id: &req.attest.builder_id,
+            };
+            let prov = crate::attest::provenance::input(&facts);
+            let store = self.store.clone();
+            let opts = req.attest.clone();
+            let a = assembled.clone();
+            let name = names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| a.manifest_descriptor.digest.to_string());
+            let epoch = req.epoch;
+            let done = tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
+                let view = crate::fsview::LayerView::new(
+                    a.chain.iter().map(|id| store.snapshots.path(id)).collect(),
+                );
+                let tree = crate::attest::tree::LayerTree::new(view);
+                let inputs = crate::attest::Inputs {
+                    manifest: a.manifest_descriptor.digest,
+                    name,
+                    tree: &tree,
+                    epoch,
+                    provenance: prov,
+                };
+                let made = crate::attest::produce(&opts, &inputs)?;
+                let files = match &opts.dest {
+                    Some(dir) => crate::attest::write_dest(dir, &made)?,
+                    None => Vec::new(),
+                };
+                let attached =
+                    crate::attest::attach::attach(&store, &a.manifest_descriptor, &made)?;
+                Ok((attached, made, files))
+            })
+            .await
+            .map_err(|e| BuildError::Context {
+                name: "attest".into(),
+                message: e.to_string(),
+            })??;
+            progress.send(Event::Phase {
+                name: format!(
+                    "attested: index {} ({:.1}s)",
+                    done.0.index.digest,
+                    start.elapsed().as_secs_f64()
+                ),
+            });
+            let list: Vec<(String, bool)> = done
+                .1
+                .iter()
+                .map(|a| (a.predicate_type.clone(), a.bundle.is_some()))
+                .collect();
+            (Some(done.0), list, done.2)
+        } else {
+            (None, Vec::new(), Vec::new())
+        };
+
+        // Emit outputs, then commit.
         let store = self.store.clone();
         let outputs = req.outputs.clone();
         let a2 = assembled.clone();
         let names2 = names.clone();
         let epoch = req.epoch;
+        let attached2 = attached.clone();
         tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
             for o in &outputs {
-                output::write(&store, &a2, &names2, o, epoch)?;
+                output::write(&store, &a2, &names2, o, epoch, attached2.as_ref())?;
             }
             Ok(())
         })
@@ -489,6 +609,7 @@ impl Engine {
                     config: assembled.config_digest,
                     size: assembled.manifest_descriptor.size,
                     layers: assembled.chain.clone(),
+                    index: attached.as_ref().map(|a| a.index.digest),
                 },
             );
         }
@@ -507,8 +628,44 @@ impl Engine {
             unused_build_args: planned.unused_build_args,
             warnings: planned.warnings,
             fetched,
+            index_digest: attached.map(|a| a.index.digest),
+            attestations,
+            attest_files,
         })
     }
+}
+
+/// The Dockerfile as the provenance names it: relative to the context when inside it (so the
+/// same build from another directory or machine says the same), else its file name.
+fn provenance_path(context: &Path, dockerfile: &Path) -> String {
+    let rel = |p: &Path| {
+        p.strip_prefix(context)
+            .ok()
+            .map(|r| r.to_string_lossy().into_owned())
+    };
+    rel(dockerfile)
+        .or_else(|| {
+            let c = std::fs::canonicalize(context).ok()?;
+            let d = std::fs::canonicalize(dockerfile).ok()?;
+            d.strip_prefix(c)
+                .ok()
+                .map(|r| r.to_string_lossy().into_owned())
+        })
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| {
+            dockerfile
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "Dockerfile".into())
+        })
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// `<Dockerfile>.dockerignore` next to the Dockerfile wins over `CONTEXT/.dockerignore`.

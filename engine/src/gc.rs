@@ -71,6 +71,24 @@ fn roots(store: &Store, include_images: bool) -> Result<Roots, StoreError> {
         {
             r.blobs.extend(m.layers.iter().map(|l| l.digest));
         }
+        // The attestations' index and everything it reaches (attestation manifest,
+        // referrers, their configs and layers).
+        if let Some(index) = img.index {
+            r.blobs.insert(index);
+            if let Ok(bytes) = store.content.read_blob(&index)
+                && let Ok(i) = crate::oci::types::Index::from_slice(&bytes)
+            {
+                for d in &i.manifests {
+                    r.blobs.insert(d.digest);
+                    if let Ok(bytes) = store.content.read_blob(&d.digest)
+                        && let Ok(m) = crate::oci::types::Manifest::from_slice(&bytes)
+                    {
+                        r.blobs.insert(m.config.digest);
+                        r.blobs.extend(m.layers.iter().map(|l| l.digest));
+                    }
+                }
+            }
+        }
     }
     // Layer directories unpacked from a kept blob are kept with it.
     for (blob, id) in store.meta.unpacked_records()? {

@@ -7,6 +7,7 @@
 //! one build end to end.
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod builder;
 pub mod copydiff;
 pub mod digest;

@@ -148,16 +148,30 @@ pub fn write(
     names: &[String],
     spec: &OutputSpec,
     epoch: u64,
+    attached: Option<&crate::attest::Attached>,
 ) -> Result<(), OutputError> {
     let opts = ExportOptions { epoch };
     let image = |dest: &Path| {
         ImageRef::load(&store.content, img.manifest_descriptor.clone(), names)
             .map_err(|e| oerr(dest)(e.to_string()))
     };
+    // OCI layouts carry the attestations (an index over the image and its attestation
+    // manifest and referrers); a docker archive or a file system cannot.
+    let attested = |dest: &Path| {
+        let i = image(dest)?;
+        Ok::<_, OutputError>(match attached {
+            Some(a) => {
+                let mut blobs = a.manifests.clone();
+                blobs.extend(a.blobs.iter().cloned());
+                i.with_attachments(a.index.clone(), a.index_bytes.clone(), blobs)
+            }
+            None => i,
+        })
+    };
     match spec {
-        OutputSpec::Oci { dest } => export_oci_tar(&store.content, &image(dest)?, dest, &opts)
+        OutputSpec::Oci { dest } => export_oci_tar(&store.content, &attested(dest)?, dest, &opts)
             .map_err(|e| oerr(dest)(e.to_string())),
-        OutputSpec::OciDir { dest } => export_oci_dir(&store.content, &image(dest)?, dest)
+        OutputSpec::OciDir { dest } => export_oci_dir(&store.content, &attested(dest)?, dest)
             .map_err(|e| oerr(dest)(e.to_string())),
         OutputSpec::Docker { dest } => {
             export_docker_archive(&store.content, &image(dest)?, dest, &opts)

@@ -27,6 +27,7 @@ pub const FIXTURES: &[&str] = &[
     "tcp-listener",
     "abstract-listener",
     "decoy-key",
+    "signing-key",
     "core-pattern",
     "hostname",
     "clock",
@@ -52,6 +53,8 @@ pub struct Env {
     pub tty: bool,
     /// Start a canary process in kiln's process group.
     pub pgrp_canary: bool,
+    /// Extra `kiln build` flags a fixture needs (`--sign-key`).
+    pub kiln_args: Vec<String>,
 }
 
 impl Env {
@@ -94,6 +97,7 @@ pub fn prepare(needs: &[String], tmp: &Path, ctx: &Path, store: &Path) -> R<Env>
         checks: Vec::new(),
         tty: false,
         pgrp_canary: false,
+        kiln_args: Vec::new(),
     };
     // The host's /etc/shadow is a secret for every case.
     if let Ok(shadow) = fs::read("/etc/shadow") {
@@ -150,6 +154,7 @@ fn add_fixture(
         "tcp-listener" => tcp_listener(env)?,
         "abstract-listener" => abstract_listener(env)?,
         "decoy-key" => decoy_key(env, store)?,
+        "signing-key" => signing_key(env)?,
         "core-pattern" => core_pattern(env)?,
         "hostname" => hostname(env)?,
         "clock" => clock(env),
@@ -390,6 +395,74 @@ fn decoy_key(env: &mut Env, store: &Path) -> R<()> {
     env.check(move |_| {
         let _ = fs::remove_file(&key);
         Vec::new()
+    });
+    Ok(())
+}
+
+/// A real signing key, made by `kiln key generate` where the daemon keeps its keys
+/// (`/etc/kiln/keys/`), used by the build (`--sign-key`): no step may read it, its PEM must be
+/// in no log or output, and the build's attestations must verify with its public key (so the
+/// key was really in kiln's hands while the steps ran).
+fn signing_key(env: &mut Env) -> R<()> {
+    let dir = PathBuf::from("/etc/kiln/keys");
+    let made_dirs: Vec<PathBuf> = [PathBuf::from("/etc/kiln"), dir.clone()]
+        .into_iter()
+        .filter(|d| !d.exists())
+        .collect();
+    io("key directory", fs::create_dir_all(&dir))?;
+    let prefix = dir.join(format!("attack-{}", env.token));
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["key", "generate", "--out"])
+        .arg(&prefix)
+        .env_remove("KILN_KEY_PASSPHRASE")
+        .output()
+        .map_err(|e| format!("kiln key generate: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "kiln key generate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let key = prefix.with_extension("key");
+    let public = prefix.with_extension("pub");
+    let pem = io("signing key", fs::read_to_string(&key))?;
+    for line in pem
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+    {
+        env.secrets
+            .push(("the signing key's PEM".into(), line.as_bytes().to_vec()));
+    }
+    env.arg("SIGNING_KEY", key.to_string_lossy());
+    env.arg("KEY_DIR", dir.to_string_lossy());
+    env.kiln_args.push(format!("--sign-key={}", key.display()));
+    env.check(move |done| {
+        let mut errs = Vec::new();
+        match &done.oci {
+            Some(oci) => {
+                let v = Command::new(env!("CARGO_BIN_EXE_kiln"))
+                    .arg("verify")
+                    .arg(format!("oci-archive:{}", oci.display()))
+                    .arg("--key")
+                    .arg(&public)
+                    .output();
+                match v {
+                    Ok(v) if v.status.success() => {}
+                    Ok(v) => errs.push(format!(
+                        "the build's attestations do not verify with the key it was given: {}",
+                        String::from_utf8_lossy(&v.stderr)
+                    )),
+                    Err(e) => errs.push(format!("kiln verify: {e}")),
+                }
+            }
+            None => errs.push("no OCI output to verify the signature of".into()),
+        }
+        let _ = fs::remove_file(&key);
+        let _ = fs::remove_file(&public);
+        for d in made_dirs.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+        errs
     });
     Ok(())
 }

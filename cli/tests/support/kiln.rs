@@ -393,10 +393,26 @@ impl OciImage {
             serde_json::from_slice(b).unwrap_or_else(|e| panic!("{name}: {e}"))
         };
         let index = json("index.json");
-        let manifest_digest = index["manifests"][0]["digest"]
+        let top = &index["manifests"][0];
+        let top_digest = top["digest"]
             .as_str()
             .expect("index.json manifests[0].digest")
             .to_owned();
+        // With attestations, index.json points at an image index holding the image manifest,
+        // the attestation manifest (platform unknown/unknown) and signed referrers.
+        let manifest_digest = if top["mediaType"] == "application/vnd.oci.image.index.v1+json" {
+            let nested = json(&blob_path(&top_digest));
+            let images: Vec<&serde_json::Value> = nested["manifests"]
+                .as_array()
+                .expect("nested index manifests")
+                .iter()
+                .filter(|d| d["artifactType"].is_null() && d["platform"]["os"] != "unknown")
+                .collect();
+            assert_eq!(images.len(), 1, "one image in {nested}");
+            images[0]["digest"].as_str().expect("digest").to_owned()
+        } else {
+            top_digest
+        };
         let manifest = json(&blob_path(&manifest_digest));
         let config_digest = manifest["config"]["digest"]
             .as_str()

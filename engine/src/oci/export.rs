@@ -118,6 +118,18 @@ pub struct ImageRef {
     manifest_bytes: Vec<u8>,
     manifest: Manifest,
     names: Vec<ImageName>,
+    /// The index holding the image and its attestations, when it has any: what the layout's
+    /// `index.json` then points at (the image manifest itself is unchanged).
+    attached: Option<Attachments>,
+}
+
+/// An image index over the image manifest and its attestation manifests and referrers.
+#[derive(Debug, Clone)]
+struct Attachments {
+    index: Descriptor,
+    index_bytes: Vec<u8>,
+    /// The other manifests and blobs the index reaches, all in the blob source.
+    blobs: Vec<Descriptor>,
 }
 
 impl ImageRef {
@@ -135,7 +147,25 @@ impl ImageRef {
             manifest_bytes,
             manifest,
             names,
+            attached: None,
         })
+    }
+
+    /// Makes the layout point at `index` (bytes `index_bytes`), an image index holding this
+    /// image's manifest and its attestations; `blobs` are every other manifest and blob it
+    /// reaches, all readable from the blob source.
+    pub fn with_attachments(
+        mut self,
+        index: Descriptor,
+        index_bytes: Vec<u8>,
+        blobs: Vec<Descriptor>,
+    ) -> Self {
+        self.attached = Some(Attachments {
+            index,
+            index_bytes,
+            blobs,
+        });
+        self
     }
 
     /// The manifest descriptor.
@@ -148,14 +178,21 @@ impl ImageRef {
         &self.manifest
     }
 
+    /// What `index.json` points at: the attachments' index, else the image manifest.
+    fn top(&self) -> &Descriptor {
+        self.attached
+            .as_ref()
+            .map_or(&self.descriptor, |a| &a.index)
+    }
+
     fn index_entries(&self) -> Vec<Descriptor> {
         if self.names.is_empty() {
-            return vec![self.descriptor.clone()];
+            return vec![self.top().clone()];
         }
         self.names
             .iter()
             .map(|n| {
-                let mut d = self.descriptor.clone();
+                let mut d = self.top().clone();
                 d.annotations.insert(
                     media::ANNOTATION_CONTAINERD_IMAGE_NAME.into(),
                     n.full.clone(),
@@ -167,14 +204,24 @@ impl ImageRef {
             .collect()
     }
 
-    /// Blobs other than the manifest: config then layers, without duplicates.
+    /// Blobs other than the manifest and the attachments' index: config, layers, then what
+    /// the attachments reach, without duplicates.
     fn blobs(&self) -> Vec<Descriptor> {
         let mut seen = BTreeSet::new();
+        let attached = self.attached.iter().flat_map(|a| a.blobs.iter());
         std::iter::once(&self.manifest.config)
             .chain(&self.manifest.layers)
-            .filter(|d| seen.insert(d.digest))
+            .chain(attached)
+            .filter(|d| d.digest != self.descriptor.digest && seen.insert(d.digest))
             .cloned()
             .collect()
+    }
+
+    /// The attachments' index as a blob to write, if any.
+    fn index_blob(&self) -> Option<(&Digest, &[u8])> {
+        self.attached
+            .as_ref()
+            .map(|a| (&a.index.digest, a.index_bytes.as_slice()))
     }
 }
 
@@ -311,6 +358,9 @@ fn write_layout_tar(
     for d in image.blobs() {
         entries.insert(blob_path(&d.digest), Content::Blob(Box::new(d)));
     }
+    if let Some((digest, bytes)) = image.index_blob() {
+        entries.insert(blob_path(digest), Content::Bytes(bytes.to_vec()));
+    }
     entries.insert(
         media::OCI_LAYOUT_FILE.into(),
         Content::Bytes(layout_file()?),
@@ -435,6 +485,9 @@ pub fn export_oci_dir(source: &dyn BlobSource, image: &ImageRef, dest: &Path) ->
     }
     let manifest_path = blobs_dir.join(image.descriptor.digest.hex());
     write_file(&manifest_path, &image.manifest_bytes)?;
+    if let Some((digest, bytes)) = image.index_blob() {
+        write_file(&blobs_dir.join(digest.hex()), bytes)?;
+    }
     write_file(&dest.join(media::OCI_LAYOUT_FILE), &layout_file()?)?;
 
     let index_path = dest.join(media::INDEX_FILE);

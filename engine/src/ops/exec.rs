@@ -299,6 +299,9 @@ pub(super) fn exec(
     let exit = exit?;
     ctx.check_cancelled()?;
     if let Some(c) = &exit.confinement {
+        if let Ok(mut m) = ctx.confinements.lock() {
+            m.insert(vertex, c.clone());
+        }
         ctx.progress.send(Event::Confined {
             vertex,
             confinement: c.clone(),

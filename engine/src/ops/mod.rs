@@ -304,6 +304,10 @@ pub struct OpContext {
     /// The network step: every URL this build downloaded, with its verified digest, in the
     /// order the downloads finished (cache hits download nothing and are not listed).
     pub fetched: Mutex<Vec<(String, Digest)>>,
+    /// How each RUN step that ran in this build was confined (the sandbox's record), for the
+    /// provenance.
+    pub confinements:
+        Mutex<std::collections::BTreeMap<crate::graph::VertexIdx, sandbox::Confinement>>,
     /// The build's secrets (`--secret`), by id.
     pub secrets: secrets::Secrets,
     /// The build's ssh agents (`--ssh`), by id.
@@ -358,6 +362,7 @@ impl OpContext {
             step_limits: sandbox::Limits::defaults(),
             userns: None,
             fetched: Mutex::default(),
+            confinements: Mutex::default(),
             secrets: secrets::Secrets::new(),
             ssh: ssh::SshAgents::new(),
             secret_mac_key: OnceLock::new(),

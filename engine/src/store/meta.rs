@@ -67,6 +67,10 @@ pub struct ImageRecord {
     /// `FROM` this image needs no unpacking.
     #[serde(default)]
     pub layers: Vec<SnapshotId>,
+    /// The image index holding this image's manifest and its attestations (attestation
+    /// manifest, signed referrers), when the build attested it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<Digest>,
 }
 
 /// Records a build wants to commit, held in memory until the build succeeds.

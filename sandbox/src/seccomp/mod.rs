@@ -137,7 +137,8 @@ impl SeccompProfile {
         }
     }
 
-    fn data(self) -> &'static str {
+    /// The profile's JSON data as embedded in kiln (its sha256 is what provenance records).
+    pub fn data(self) -> &'static str {
         match self {
             Self::Default => include_str!("default.json"),
             Self::Insecure => include_str!("insecure.json"),

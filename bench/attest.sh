@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# What attestations cost: the example app (examples/app) built from an empty cache with
+# `--attest none`, and with the default attestations (provenance, SPDX, CycloneDX) signed
+# with a P-256 key, interleaved, N runs each; medians and the overhead in one table.
+# Also the same on a larger image (busybox + 2,000 small files) where the SBOM has more to
+# hash. Run as root:
+#
+#   bench/attest.sh                  # 11 runs each
+#   BENCH_RUNS=5 bench/attest.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+RUNS=${BENCH_RUNS:-11}
+[[ $(id -u) == 0 ]] || { echo "bench/attest.sh: run as root" >&2; exit 2; }
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+  cargo build --release --locked -p kiln >&2
+fi
+KILN=${KILN_BIN:-$REPO/target/release/kiln}
+W=$(mktemp -d /tmp/kiln-bench-attest.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+export KILN_ROOT=$W/root
+
+mkdir -p "$W/base"
+cp "$(command -v busybox)" "$W/base/busybox"
+cp examples/busybox-base/{Dockerfile,passwd,group} "$W/base/"
+"$KILN" build -q -t kiln-demo/busybox:latest "$W/base" >/dev/null
+"$KILN" key generate --out "$W/builder" >/dev/null 2>&1
+
+# A larger image: the example plus 2,000 files of 4 KiB in one COPY.
+mkdir -p "$W/big/files"
+cp examples/app/* "$W/big/"
+for i in $(seq 1 2000); do head -c 4096 /dev/urandom > "$W/big/files/f$i"; done
+sed -i 's|^USER app|COPY files /srv/files\nUSER app|' "$W/big/Dockerfile"
+
+now() { date +%s%N; }
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+run() { # context, flags... -> prints ms
+  local ctx=$1; shift
+  local t0 t1
+  t0=$(now)
+  "$KILN" build -q --no-cache "$@" -o type=oci,dest="$W/out.tar" "$ctx" >/dev/null
+  t1=$(now)
+  echo $(( (t1 - t0) / 1000000 ))
+}
+
+printf '%-34s %10s %10s %9s\n' "workload" "none (ms)" "signed (ms)" "overhead"
+for ctx in examples/app "$W/big"; do
+  : > "$W/none"; : > "$W/signed"
+  run "$ctx" --attest none >/dev/null   # warm the page cache
+  for _ in $(seq 1 "$RUNS"); do
+    run "$ctx" --attest none >> "$W/none"
+    run "$ctx" --sign-key "$W/builder.key" >> "$W/signed"
+  done
+  a=$(median < "$W/none"); b=$(median < "$W/signed")
+  name=$( [[ $ctx == examples/app ]] && echo "example app" || echo "example app + 2,000 files (8 MiB)")
+  printf '%-34s %10s %10s %8.1f%%\n' "$name" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN {print (b - a) * 100 / a}')"
+done
+echo "(medians of $RUNS interleaved runs, --no-cache, -o type=oci; signed = provenance mode=min + SPDX + CycloneDX, ECDSA P-256)"

@@ -1,0 +1,483 @@
+//! Attestation commands and flags: `kiln build --attest/--sbom/--sign-key/--attest-dest`,
+//! `kiln key generate`, `kiln verify`, `kiln inspect`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand, ValueEnum};
+use kiln_attest::keys::{Algorithm, PublicKey, SigningKey};
+use kiln_attest::media as amedia;
+use kiln_attest::verify::{Policy, Reason};
+use kiln_engine::attest::locate::{self, ImageLocation, Located};
+use kiln_engine::attest::{AttestOptions, ProvenanceMode};
+use kiln_engine::store::Store;
+
+use crate::commands::{Failure, usage};
+
+/// Build flags about attestations.
+#[derive(Debug, Args)]
+pub struct AttestArgs {
+    /// What to attest (repeatable), as buildx: `provenance=mode=min|max` (or
+    /// `type=provenance,mode=max`), `provenance=false`, `sbom=false`, or `none` for nothing.
+    /// Default: provenance in min mode (build-arg values and the step list left out) and both
+    /// SBOMs.
+    #[arg(long = "attest", value_name = "SPEC")]
+    attest: Vec<String>,
+    /// SBOM formats: `spdx`, `cyclonedx`, both (`spdx,cyclonedx`, the default) or `none`.
+    #[arg(long, value_name = "FORMATS", default_value = "spdx,cyclonedx")]
+    sbom: String,
+    /// Sign the attestations with this private key (PKCS#8 PEM from `kiln key generate`).
+    /// kiln reads it before the build; no build step can reach it. Without a key the
+    /// attestations are made and attached unsigned, and the build says so. An encrypted key's
+    /// passphrase is read from `KILN_SIGN_KEY_PASSPHRASE`.
+    #[arg(long, value_name = "PATH", env = "KILN_SIGN_KEY")]
+    sign_key: Option<PathBuf>,
+    /// The builder id recorded in the provenance (`runDetails.builder.id`), which `kiln verify
+    /// --builder-id` checks.
+    #[arg(long, value_name = "URI", env = "KILN_BUILDER_ID")]
+    builder_id: Option<String>,
+    /// Also write the attestations as files into DIR: `*.statement.json`, and with a key
+    /// `*.sigstore.json` (sigstore bundle v0.3) and `*.intoto.jsonl`.
+    #[arg(long, value_name = "DIR")]
+    attest_dest: Option<PathBuf>,
+}
+
+fn passphrase(var: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    std::env::var_os(var).map(|v| zeroize::Zeroizing::new(v.into_encoded_bytes()))
+}
+
+/// The build's attestation options from its flags.
+pub fn options(a: &AttestArgs) -> Result<AttestOptions, Failure> {
+    let mut opts = AttestOptions::default();
+    for spec in &a.attest {
+        apply_attest(&mut opts, spec).map_err(usage)?;
+    }
+    match a.sbom.as_str() {
+        "none" | "false" => {
+            opts.spdx = false;
+            opts.cyclonedx = false;
+        }
+        list => {
+            opts.spdx = false;
+            opts.cyclonedx = false;
+            for f in list.split(',') {
+                match f.trim() {
+                    "spdx" => opts.spdx = true,
+                    "cyclonedx" | "cdx" => opts.cyclonedx = true,
+                    other => {
+                        return Err(usage(format!(
+                            "--sbom: unknown format {other:?} (spdx, cyclonedx or none)"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    if a.attest.iter().any(|s| s == "none") {
+        opts.spdx = false;
+        opts.cyclonedx = false;
+        opts.provenance = None;
+    }
+    if let Some(id) = &a.builder_id {
+        opts.builder_id = id.clone();
+    }
+    opts.dest = a.attest_dest.clone();
+    if let Some(path) = &a.sign_key {
+        opts.signer = Some(Arc::new(load_signing_key(path)?));
+    }
+    Ok(opts)
+}
+
+fn apply_attest(opts: &mut AttestOptions, spec: &str) -> Result<(), String> {
+    if spec == "none" {
+        return Ok(());
+    }
+    // `provenance=mode=max` (kiln) or `type=provenance,mode=max` (buildx).
+    let (kind, rest) = match spec.strip_prefix("type=") {
+        Some(r) => match r.split_once(',') {
+            Some((k, rest)) => (k, rest.to_owned()),
+            None => (r, String::new()),
+        },
+        None => match spec.split_once('=') {
+            Some((k, rest)) => (k, rest.to_owned()),
+            None => (spec, String::new()),
+        },
+    };
+    let bad = |why: &str| format!("--attest {spec:?}: {why}");
+    match kind {
+        "provenance" => {
+            let mut mode = ProvenanceMode::Min;
+            for kv in rest.split(',').filter(|s| !s.is_empty()) {
+                match kv {
+                    "mode=min" => mode = ProvenanceMode::Min,
+                    "mode=max" => mode = ProvenanceMode::Max,
+                    "false" | "disabled=true" => {
+                        opts.provenance = None;
+                        return Ok(());
+                    }
+                    "true" => {}
+                    other => return Err(bad(&format!("unknown option {other:?} (mode=min|max)"))),
+                }
+            }
+            opts.provenance = Some(mode);
+        }
+        "sbom" => match rest.as_str() {
+            "false" | "disabled=true" => {
+                opts.spdx = false;
+                opts.cyclonedx = false;
+            }
+            "" | "true" => {}
+            other => return Err(bad(&format!("unknown option {other:?}"))),
+        },
+        _ => return Err(bad("expected provenance=…, sbom=… or none")),
+    }
+    Ok(())
+}
+
+fn load_signing_key(path: &Path) -> Result<SigningKey, Failure> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("--sign-key {}: {e}", path.display())))?;
+    let pass = passphrase("KILN_SIGN_KEY_PASSPHRASE");
+    SigningKey::from_pkcs8_pem(&pem, pass.as_deref().map(|p| p.as_slice()))
+        .map_err(|e| usage(format!("--sign-key {}: {e}", path.display())))
+}
+
+/// `kiln key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate a signing key pair: PREFIX.key (PKCS#8 PEM, mode 0600) and PREFIX.pub.
+    ///
+    /// The private key is encrypted when KILN_KEY_PASSPHRASE is set (PBES2: scrypt and
+    /// AES-256-CBC); give the same passphrase to `kiln build` as KILN_SIGN_KEY_PASSPHRASE.
+    ///
+    /// Examples:
+    ///   kiln key generate --out /etc/kiln/builder
+    ///   KILN_KEY_PASSPHRASE=… kiln key generate --algorithm ed25519 --out release
+    #[command(verbatim_doc_comment)]
+    Generate {
+        /// Path prefix of the two files.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+        /// Key algorithm.
+        #[arg(long, value_enum, default_value = "ecdsa-p256")]
+        algorithm: AlgorithmArg,
+    },
+}
+
+/// Signing algorithms.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AlgorithmArg {
+    /// ECDSA on NIST P-256 with SHA-256 (cosign's default).
+    EcdsaP256,
+    /// Ed25519.
+    Ed25519,
+}
+
+/// Runs `kiln key …`.
+pub fn key(cmd: KeyCommand) -> Result<(), Failure> {
+    match cmd {
+        KeyCommand::Generate { out, algorithm } => {
+            let alg = match algorithm {
+                AlgorithmArg::EcdsaP256 => Algorithm::EcdsaP256,
+                AlgorithmArg::Ed25519 => Algorithm::Ed25519,
+            };
+            let pass = passphrase("KILN_KEY_PASSPHRASE");
+            let (private, public) =
+                kiln_attest::keys::write_keypair(&out, alg, pass.as_deref().map(|p| p.as_slice()))
+                    .map_err(|e| anyhow::anyhow!("kiln key generate: {e}"))?;
+            eprintln!(
+                "wrote {} (mode 0600, {}) and {}",
+                private.display(),
+                if pass.is_some() {
+                    "encrypted"
+                } else {
+                    "NOT encrypted: set KILN_KEY_PASSPHRASE to encrypt it"
+                },
+                public.display()
+            );
+            println!("{}", public.display());
+            Ok(())
+        }
+    }
+}
+
+/// `kiln verify` flags.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The image: `oci-archive:PATH.tar[:REF]`, `oci:DIR[:REF]`, `docker://REF`, or a name in
+    /// kiln's local image store.
+    image: String,
+    /// The builder's public key (PEM, from `kiln key generate`).
+    #[arg(long, value_name = "PUB.pem")]
+    key: PathBuf,
+    /// Require this builder id in the provenance.
+    #[arg(long, value_name = "ID")]
+    builder_id: Option<String>,
+    /// Require the provenance to name this source (a resolved dependency's URI, or the
+    /// Dockerfile's).
+    #[arg(long, value_name = "URI")]
+    source_uri: Option<String>,
+    /// Require a signed attestation of this predicate type (e.g.
+    /// https://slsa.dev/provenance/v1); only those are checked.
+    #[arg(long, value_name = "TYPE")]
+    predicate_type: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+fn find(root: &Path, image: &str) -> Result<Located, Failure> {
+    let loc = ImageLocation::parse(image);
+    let store = match &loc {
+        ImageLocation::Local(_) => Some(Store::open(root)?),
+        _ => None,
+    };
+    Ok(locate::locate(&loc, store.as_ref()).map_err(|e| anyhow::anyhow!("{image}: {e}"))?)
+}
+
+/// Runs `kiln verify`: exit 0 when every check holds, 1 with every reason otherwise.
+pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
+    let pem = std::fs::read_to_string(&a.key)
+        .map_err(|e| usage(format!("--key {}: {e}", a.key.display())))?;
+    let key =
+        PublicKey::from_pem(&pem).map_err(|e| usage(format!("--key {}: {e}", a.key.display())))?;
+    let located = find(root, &a.image)?;
+    let policy = Policy {
+        key,
+        subject_digest: located.image.digest.to_string(),
+        predicate_type: a.predicate_type.clone(),
+        builder_id: a.builder_id.clone(),
+        source_uri: a.source_uri.clone(),
+    };
+    let mut verified = Vec::new();
+    let mut failures: Vec<(Option<String>, Vec<Reason>)> = Vec::new();
+    for (annotated, bytes) in &located.bundles {
+        // The annotation is unsigned: it only selects what to check; the signed statement's
+        // own predicate type is what the policy compares.
+        if let (Some(want), Some(have)) = (&a.predicate_type, annotated)
+            && want != have
+        {
+            continue;
+        }
+        match check_bundle(bytes, &policy) {
+            Ok(v) => verified.push(v),
+            Err(reasons) => failures.push((annotated.clone(), reasons)),
+        }
+    }
+    let mut problems: Vec<String> = failures
+        .iter()
+        .flat_map(|(pt, reasons)| {
+            let pt = pt.clone().unwrap_or_else(|| "attestation".into());
+            reasons.iter().map(move |r| format!("{pt}: {r}"))
+        })
+        .collect();
+    if verified.is_empty() && failures.is_empty() {
+        problems.push(match &a.predicate_type {
+            Some(t) => format!("no signed attestation of type {t} is attached to the image"),
+            None if located.statements.is_empty() => {
+                "no attestations are attached to the image".into()
+            }
+            None => "the image's attestations are not signed (build with --sign-key)".into(),
+        });
+    }
+    if a.builder_id.is_some()
+        && !verified
+            .iter()
+            .any(|v| v.statement.predicate_type == amedia::SLSA_PROVENANCE_V1)
+        && problems.is_empty()
+    {
+        problems.push("--builder-id: no signed provenance to check it against".into());
+    }
+    let ok = problems.is_empty();
+    match a.output {
+        OutputFormat::Json => {
+            let doc = serde_json::json!({
+                "image": located.image.digest.to_string(),
+                "verified": ok,
+                "attestations": verified.iter().map(|v| serde_json::json!({
+                    "predicateType": v.statement.predicate_type,
+                    "keyId": v.key_id,
+                })).collect::<Vec<_>>(),
+                "rejected": failures.iter().map(|(pt, reasons)| serde_json::json!({
+                    "predicateType": pt,
+                    "reasons": reasons.iter().map(|r| serde_json::json!({
+                        "kind": r.kind(),
+                        "message": r.to_string(),
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "errors": problems,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        OutputFormat::Text => {
+            for v in &verified {
+                println!(
+                    "verified {} signed by {} for {}",
+                    v.statement.predicate_type, v.key_id, located.image.digest
+                );
+            }
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            if ok {
+                eprintln!("{}: {} attestation(s) verified", a.image, verified.len());
+            }
+        }
+    }
+    if ok { Ok(()) } else { Err(Failure::silent(1)) }
+}
+
+/// Verifies one bundle. `--builder-id` and `--source-uri` are claims of the provenance: an
+/// SBOM is checked for signature, subject and (if asked) predicate type only, and a bundle
+/// that turns out to hold provenance is checked again against the whole policy.
+fn check_bundle(
+    bytes: &[u8],
+    policy: &Policy,
+) -> Result<kiln_attest::verify::Verified, Vec<Reason>> {
+    let provenance_claims = policy.builder_id.is_some() || policy.source_uri.is_some();
+    if policy.predicate_type.is_some() || !provenance_claims {
+        return kiln_attest::verify::verify_bundle(bytes, policy);
+    }
+    let relaxed = Policy {
+        key: policy.key.clone(),
+        subject_digest: policy.subject_digest.clone(),
+        predicate_type: None,
+        builder_id: None,
+        source_uri: None,
+    };
+    let v = kiln_attest::verify::verify_bundle(bytes, &relaxed)?;
+    if v.statement.predicate_type == amedia::SLSA_PROVENANCE_V1 {
+        kiln_attest::verify::verify_bundle(bytes, policy)
+    } else {
+        Ok(v)
+    }
+}
+
+/// `kiln inspect` flags.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The image, named as for `kiln verify`.
+    image: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: OutputFormat,
+}
+
+/// Summaries of the image's attestations (signed or not; `kiln verify` checks signatures).
+pub fn inspect(root: &Path, a: InspectArgs) -> Result<(), Failure> {
+    let located = find(root, &a.image)?;
+    let mut docs: Vec<(String, serde_json::Value, bool)> = Vec::new();
+    for (_, bytes) in &located.statements {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            let pt = v["predicateType"].as_str().unwrap_or_default().to_owned();
+            docs.push((pt, v, false));
+        }
+    }
+    for (_, bytes) in &located.bundles {
+        if let Ok(b) = kiln_attest::bundle::Bundle::from_json(bytes)
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b.envelope.payload)
+        {
+            let pt = v["predicateType"].as_str().unwrap_or_default().to_owned();
+            if let Some(d) = docs.iter_mut().find(|d| d.0 == pt) {
+                d.2 = true;
+            } else {
+                docs.push((pt, v, true));
+            }
+        }
+    }
+    let summaries: Vec<serde_json::Value> = docs
+        .iter()
+        .map(|(pt, v, signed)| summary(pt, &v["predicate"], *signed))
+        .collect();
+    match a.format {
+        OutputFormat::Json => {
+            let doc = serde_json::json!({
+                "image": located.image.digest.to_string(),
+                "attestations": summaries,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        OutputFormat::Text => {
+            println!("image {}", located.image.digest);
+            if summaries.is_empty() {
+                println!("  no attestations");
+            }
+            for s in &summaries {
+                println!(
+                    "  {} ({})",
+                    s["predicateType"].as_str().unwrap_or_default(),
+                    if s["signed"] == true {
+                        "signed"
+                    } else {
+                        "unsigned"
+                    }
+                );
+                if let Some(obj) = s["summary"].as_object() {
+                    for (k, v) in obj {
+                        let shown = match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        println!("    {k}: {shown}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn summary(pt: &str, p: &serde_json::Value, signed: bool) -> serde_json::Value {
+    let s = match pt {
+        amedia::SLSA_PROVENANCE_V1 => {
+            let bd = &p["buildDefinition"];
+            let deps: Vec<String> = bd["resolvedDependencies"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|d| {
+                            format!(
+                                "{}@sha256:{}",
+                                d["uri"].as_str().unwrap_or_default(),
+                                d["digest"]["sha256"].as_str().unwrap_or_default()
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            serde_json::json!({
+                "builder": p["runDetails"]["builder"]["id"],
+                "buildType": bd["buildType"],
+                "invocationId": p["runDetails"]["metadata"]["invocationId"],
+                "startedOn": p["runDetails"]["metadata"]["startedOn"],
+                "finishedOn": p["runDetails"]["metadata"]["finishedOn"],
+                "dependencies": deps,
+            })
+        }
+        amedia::SPDX_DOCUMENT => serde_json::json!({
+            "spdxVersion": p["spdxVersion"],
+            "packages": p["packages"].as_array().map_or(0, Vec::len),
+            "files": p["files"].as_array().map_or(0, Vec::len),
+        }),
+        amedia::CYCLONEDX_BOM => {
+            let comps = p["components"].as_array();
+            let files = comps.map_or(0, |c| c.iter().filter(|c| c["type"] == "file").count());
+            serde_json::json!({
+                "specVersion": p["specVersion"],
+                "components": comps.map_or(0, Vec::len) - files,
+                "files": files,
+            })
+        }
+        _ => serde_json::json!({}),
+    };
+    serde_json::json!({"predicateType": pt, "signed": signed, "summary": s})
+}

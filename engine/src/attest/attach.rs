@@ -1,0 +1,177 @@
+//! Attaching attestations to an image, both ways verifiers look for them:
+//!
+//! - **As BuildKit does**: an *attestation manifest* in the image's index, next to the image
+//!   manifest, with platform `unknown/unknown` and the annotations
+//!   `vnd.docker.reference.type: attestation-manifest` and
+//!   `vnd.docker.reference.digest: <image manifest digest>`; its layers are the in-toto
+//!   statements (`application/vnd.in-toto+json`, annotated with `in-toto.io/predicate-type`),
+//!   unsigned, exactly as BuildKit stores them.
+//! - **As an OCI 1.1 referrer** (what cosign v3 writes): one artifact manifest per signed
+//!   statement, `artifactType` = the sigstore bundle v0.3 media type, the empty config, one
+//!   layer holding the bundle, and `subject` = the image manifest.
+//!
+//! The image manifest itself is untouched: its digest is the same with or without
+//! attestations. What changes is the entry the layout or registry tag points at: an index
+//! (`application/vnd.oci.image.index.v1+json`) holding the image manifest, the attestation
+//! manifest and the referrers. Referrers sit in that index because an image layout has no
+//! referrers API; a registry push sends them as manifests of their own.
+
+use std::collections::BTreeMap;
+
+use kiln_attest::media as amedia;
+use serde::Serialize;
+
+use super::AttestError;
+use crate::Digest;
+use crate::oci::media;
+use crate::oci::types::{Descriptor, Index, Manifest, Platform, canonical_json};
+use crate::store::Store;
+
+/// Annotation cosign puts on a bundle referrer: what the bundle holds.
+pub const ANNOTATION_BUNDLE_CONTENT: &str = "dev.sigstore.bundle.content";
+/// Annotation cosign puts on a bundle referrer: the statement's predicate type.
+pub const ANNOTATION_BUNDLE_PREDICATE_TYPE: &str = "dev.sigstore.bundle.predicateType";
+/// The empty JSON object, the config of an artifact manifest.
+const EMPTY_JSON: &[u8] = b"{}";
+
+/// One attestation of the image: its statement, and the signed bundle when there is a key.
+#[derive(Debug, Clone)]
+pub struct Attestation {
+    /// The statement's predicate type.
+    pub predicate_type: String,
+    /// The in-toto statement (canonical JSON).
+    pub statement: Vec<u8>,
+    /// The sigstore bundle holding the signed DSSE envelope of `statement`.
+    pub bundle: Option<Vec<u8>>,
+}
+
+/// The image's index with its attestations, every blob of it already in the content store.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    /// Descriptor of the index (what `index.json` or a tag points at).
+    pub index: Descriptor,
+    /// The index bytes.
+    pub index_bytes: Vec<u8>,
+    /// Every manifest in the index other than the image's (attestation manifest, referrers).
+    pub manifests: Vec<Descriptor>,
+    /// Every other blob they reference (configs, statement and bundle layers).
+    pub blobs: Vec<Descriptor>,
+}
+
+#[derive(Serialize)]
+struct RootFs<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    diff_ids: Vec<Digest>,
+}
+
+/// The config of BuildKit's attestation manifests: an image config for platform
+/// `unknown/unknown` whose "layers" are the statements.
+#[derive(Serialize)]
+struct AttestationConfig<'a> {
+    architecture: &'a str,
+    os: &'a str,
+    config: BTreeMap<String, String>,
+    rootfs: RootFs<'a>,
+}
+
+fn put(store: &Store, media_type: &str, bytes: &[u8]) -> Result<Descriptor, AttestError> {
+    let digest = store.content.write_bytes(bytes)?;
+    Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, AttestError> {
+    Ok(canonical_json(v)?)
+}
+
+/// Writes the attestation manifest, the referrers and the index for `image` (the image
+/// manifest's descriptor, with its platform) into the store.
+pub fn attach(
+    store: &Store,
+    image: &Descriptor,
+    attestations: &[Attestation],
+) -> Result<Attached, AttestError> {
+    let mut manifests = Vec::new();
+    let mut blobs = Vec::new();
+    let subject = Descriptor::new(image.media_type.clone(), image.digest, image.size);
+
+    if !attestations.is_empty() {
+        let mut layers = Vec::new();
+        for a in attestations {
+            let mut d = put(store, amedia::INTOTO_LAYER, &a.statement)?;
+            d.annotations.insert(
+                amedia::ANNOTATION_PREDICATE_TYPE.into(),
+                a.predicate_type.clone(),
+            );
+            layers.push(d);
+        }
+        let config = AttestationConfig {
+            architecture: "unknown",
+            os: "unknown",
+            config: BTreeMap::new(),
+            rootfs: RootFs {
+                kind: "layers",
+                diff_ids: layers.iter().map(|l| l.digest).collect(),
+            },
+        };
+        let config = put(store, media::OCI_CONFIG, &json(&config)?)?;
+        blobs.push(config.clone());
+        blobs.extend(layers.iter().cloned());
+        let manifest = Manifest::new(config, layers);
+        let mut d = put(store, media::OCI_MANIFEST, &json(&manifest)?)?;
+        d.platform = Some(Platform {
+            architecture: "unknown".into(),
+            os: "unknown".into(),
+            os_version: None,
+            os_features: Vec::new(),
+            variant: None,
+        });
+        d.annotations.insert(
+            amedia::DOCKER_REFERENCE_TYPE.into(),
+            amedia::ATTESTATION_MANIFEST.into(),
+        );
+        d.annotations.insert(
+            amedia::DOCKER_REFERENCE_DIGEST.into(),
+            image.digest.to_string(),
+        );
+        manifests.push(d);
+    }
+
+    let signed: Vec<&Attestation> = attestations.iter().filter(|a| a.bundle.is_some()).collect();
+    if !signed.is_empty() {
+        let empty = put(store, media::OCI_EMPTY_JSON, EMPTY_JSON)?;
+        blobs.push(empty.clone());
+        for a in signed {
+            let Some(bundle) = &a.bundle else { continue };
+            let layer = put(store, amedia::SIGSTORE_BUNDLE_V03, bundle)?;
+            blobs.push(layer.clone());
+            let mut m = Manifest::new(empty.clone(), vec![layer]);
+            m.artifact_type = Some(amedia::SIGSTORE_BUNDLE_V03.into());
+            m.subject = Some(subject.clone());
+            m.annotations
+                .insert(ANNOTATION_BUNDLE_CONTENT.into(), "dsse-envelope".into());
+            m.annotations.insert(
+                ANNOTATION_BUNDLE_PREDICATE_TYPE.into(),
+                a.predicate_type.clone(),
+            );
+            let mut d = put(store, media::OCI_MANIFEST, &json(&m)?)?;
+            d.artifact_type = Some(amedia::SIGSTORE_BUNDLE_V03.into());
+            d.annotations = m.annotations.clone();
+            manifests.push(d);
+        }
+    }
+
+    let mut all = vec![image.clone()];
+    all.extend(manifests.iter().cloned());
+    let index = Index::new(all);
+    let index_bytes = json(&index)?;
+    let index_d = put(store, media::OCI_INDEX, &index_bytes)?;
+    blobs.sort_by_key(|d| d.digest);
+    blobs.dedup_by(|a, b| a.digest == b.digest);
+    Ok(Attached {
+        index: index_d,
+        index_bytes,
+        manifests,
+        blobs,
+    })
+}

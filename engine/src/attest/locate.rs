@@ -1,0 +1,425 @@
+//! Finding an image and its attestations where a verifier names it, as skopeo names images:
+//! `oci-archive:PATH.tar[:REF]`, `oci:DIR[:REF]`, or a name in kiln's local image store.
+//! Every blob read is checked against its digest; sizes are bounded before reading.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use kiln_attest::media as amedia;
+
+use crate::Digest;
+use crate::oci::media;
+use crate::oci::types::{Descriptor, Index, Manifest};
+use crate::store::Store;
+
+/// Largest manifest, index or attestation blob read (SBOMs of big images are large).
+pub const MAX_BLOB: u64 = 64 << 20;
+
+/// Where an image is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImageLocation {
+    /// `oci-archive:PATH[:REF]`.
+    OciArchive {
+        /// The tar.
+        path: PathBuf,
+        /// `org.opencontainers.image.ref.name` to pick, if several.
+        reference: Option<String>,
+    },
+    /// `oci:DIR[:REF]`.
+    OciDir {
+        /// The layout.
+        path: PathBuf,
+        /// Ref name.
+        reference: Option<String>,
+    },
+    /// `docker://REGISTRY/NAME[:TAG|@DIGEST]`.
+    Registry(String),
+    /// A name in the local image store.
+    Local(String),
+}
+
+impl ImageLocation {
+    /// Parses skopeo's transport syntax; anything without a known transport is a local name.
+    pub fn parse(s: &str) -> Self {
+        let split = |rest: &str| -> (PathBuf, Option<String>) {
+            // PATH[:REF]; a REF never contains '/', a path may contain ':'.
+            match rest.rsplit_once(':') {
+                Some((p, r)) if !r.is_empty() && !r.contains('/') && !p.is_empty() => {
+                    (PathBuf::from(p), Some(r.to_owned()))
+                }
+                _ => (PathBuf::from(rest), None),
+            }
+        };
+        if let Some(rest) = s.strip_prefix("oci-archive:") {
+            let (path, reference) = if Path::new(rest).is_file() {
+                (PathBuf::from(rest), None)
+            } else {
+                split(rest)
+            };
+            Self::OciArchive { path, reference }
+        } else if let Some(rest) = s.strip_prefix("oci:") {
+            let (path, reference) = if Path::new(rest).is_dir() {
+                (PathBuf::from(rest), None)
+            } else {
+                split(rest)
+            };
+            Self::OciDir { path, reference }
+        } else if let Some(rest) = s.strip_prefix("docker://") {
+            Self::Registry(rest.to_owned())
+        } else {
+            Self::Local(s.to_owned())
+        }
+    }
+}
+
+/// Errors finding an image or its attestations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocateError {
+    /// Reading failed.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// What.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The layout or store does not hold what it should.
+    #[error("{0}")]
+    Invalid(String),
+    /// A blob did not match its digest.
+    #[error("blob {expected} has digest {actual}: the image was altered")]
+    Digest {
+        /// Named.
+        expected: Digest,
+        /// Found.
+        actual: Digest,
+    },
+    /// No registry client in this build of kiln.
+    #[error(
+        "docker://{0}: registry access is not available in this version of kiln; \
+         copy the image to a layout first (skopeo copy docker://… oci-archive:image.tar)"
+    )]
+    NoRegistry(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// An image and what is attached to it.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// The image manifest's descriptor.
+    pub image: Descriptor,
+    /// Signed bundles found as referrers of the image: (predicate type annotation, bytes).
+    pub bundles: Vec<(Option<String>, Vec<u8>)>,
+    /// Unsigned statements of the BuildKit-style attestation manifest: (predicate type, bytes).
+    pub statements: Vec<(Option<String>, Vec<u8>)>,
+}
+
+trait Blobs {
+    fn get(&self, d: &Descriptor) -> Result<Vec<u8>, LocateError>;
+}
+
+fn check(d: &Descriptor, bytes: Vec<u8>) -> Result<Vec<u8>, LocateError> {
+    let actual = Digest::of(&bytes);
+    if actual != d.digest {
+        return Err(LocateError::Digest {
+            expected: d.digest,
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+fn too_big(d: &Descriptor) -> LocateError {
+    LocateError::Invalid(format!(
+        "blob {} is {} bytes, more than the {MAX_BLOB} kiln reads for attestations",
+        d.digest, d.size
+    ))
+}
+
+struct DirBlobs(PathBuf);
+
+impl Blobs for DirBlobs {
+    fn get(&self, d: &Descriptor) -> Result<Vec<u8>, LocateError> {
+        if d.size > MAX_BLOB {
+            return Err(too_big(d));
+        }
+        let p = self.0.join(media::BLOBS_SHA256_DIR).join(d.digest.hex());
+        let f = fs::File::open(&p).map_err(|source| LocateError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let mut buf = Vec::new();
+        f.take(MAX_BLOB + 1)
+            .read_to_end(&mut buf)
+            .map_err(|source| LocateError::Io { path: p, source })?;
+        check(d, buf)
+    }
+}
+
+/// The small files of an OCI tar, by path (layers above [`MAX_BLOB`] are skipped).
+struct TarBlobs(HashMap<String, Vec<u8>>);
+
+impl TarBlobs {
+    fn read(path: &Path) -> Result<Self, LocateError> {
+        let ioerr = |source| LocateError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let f = fs::File::open(path).map_err(ioerr)?;
+        let mut tar = tar::Archive::new(std::io::BufReader::new(f));
+        let mut files = HashMap::new();
+        for entry in tar.entries().map_err(ioerr)? {
+            let mut entry = entry.map_err(ioerr)?;
+            if entry.header().entry_type() != tar::EntryType::Regular || entry.size() > MAX_BLOB {
+                continue;
+            }
+            let name = entry
+                .path()
+                .map_err(ioerr)?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_owned();
+            let mut buf = Vec::new();
+            entry.read_to_end(&mut buf).map_err(ioerr)?;
+            files.insert(name, buf);
+        }
+        Ok(Self(files))
+    }
+
+    fn file(&self, name: &str) -> Result<Vec<u8>, LocateError> {
+        self.0
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LocateError::Invalid(format!("the archive has no {name}")))
+    }
+}
+
+impl Blobs for TarBlobs {
+    fn get(&self, d: &Descriptor) -> Result<Vec<u8>, LocateError> {
+        if d.size > MAX_BLOB {
+            return Err(too_big(d));
+        }
+        let name = format!("{}/{}", media::BLOBS_SHA256_DIR, d.digest.hex());
+        check(d, self.file(&name)?)
+    }
+}
+
+struct StoreBlobs<'a>(&'a Store);
+
+impl Blobs for StoreBlobs<'_> {
+    fn get(&self, d: &Descriptor) -> Result<Vec<u8>, LocateError> {
+        if d.size > MAX_BLOB {
+            return Err(too_big(d));
+        }
+        Ok(self.0.content.read_blob(&d.digest)?)
+    }
+}
+
+/// Finds the image at `location` and its attestations. `store` is needed for local names.
+pub fn locate(location: &ImageLocation, store: Option<&Store>) -> Result<Located, LocateError> {
+    match location {
+        ImageLocation::OciArchive { path, reference } => {
+            let blobs = TarBlobs::read(path)?;
+            let index = blobs.file(media::INDEX_FILE)?;
+            from_layout(&blobs, &index, reference.as_deref())
+        }
+        ImageLocation::OciDir { path, reference } => {
+            let p = path.join(media::INDEX_FILE);
+            let index = fs::read(&p).map_err(|source| LocateError::Io { path: p, source })?;
+            from_layout(&DirBlobs(path.clone()), &index, reference.as_deref())
+        }
+        ImageLocation::Registry(r) => Err(LocateError::NoRegistry(r.clone())),
+        ImageLocation::Local(name) => {
+            let store = store.ok_or_else(|| {
+                LocateError::Invalid(format!("{name}: no local image store to look in"))
+            })?;
+            let full = crate::image::normalize_name(name);
+            let rec = store.meta.image(&full)?.ok_or_else(|| {
+                LocateError::Invalid(format!(
+                    "{name}: no such image in kiln's local image store (or name it as \
+                     oci-archive:PATH, oci:DIR or docker://REF)"
+                ))
+            })?;
+            let blobs = StoreBlobs(store);
+            let size = store.content.size(&rec.manifest)?;
+            let image = Descriptor::new(media::OCI_MANIFEST, rec.manifest, size);
+            match rec.index {
+                Some(i) => {
+                    let d = Descriptor::new(media::OCI_INDEX, i, store.content.size(&i)?);
+                    let bytes = blobs.get(&d)?;
+                    let index = Index::from_slice(&bytes)
+                        .map_err(|e| LocateError::Invalid(e.to_string()))?;
+                    attachments(&blobs, image, &index.manifests)
+                }
+                None => Ok(Located {
+                    image,
+                    bundles: Vec::new(),
+                    statements: Vec::new(),
+                }),
+            }
+        }
+    }
+}
+
+fn from_layout(
+    blobs: &dyn Blobs,
+    index_json: &[u8],
+    reference: Option<&str>,
+) -> Result<Located, LocateError> {
+    let top = Index::from_slice(index_json).map_err(|e| LocateError::Invalid(e.to_string()))?;
+    // Entries that refer to another manifest (referrers at the top of the layout, as oras
+    // writes them) are not candidates for "the image".
+    let candidates: Vec<&Descriptor> = top
+        .manifests
+        .iter()
+        .filter(|d| {
+            reference.is_none_or(|r| {
+                d.annotations
+                    .get(media::ANNOTATION_REF_NAME)
+                    .map(String::as_str)
+                    == Some(r)
+            })
+        })
+        .filter(|d| d.artifact_type.is_none())
+        .collect();
+    let entry = match candidates.as_slice() {
+        [one] => (*one).clone(),
+        [] => {
+            return Err(LocateError::Invalid(match reference {
+                Some(r) => format!("the layout has no image named {r:?}"),
+                None => "the layout's index.json lists no image".into(),
+            }));
+        }
+        _ => {
+            return Err(LocateError::Invalid(
+                "the layout holds several images: name one as PATH:REF".into(),
+            ));
+        }
+    };
+    let mut siblings: Vec<Descriptor> = top.manifests.clone();
+    let image = if entry.media_type == media::OCI_INDEX
+        || entry.media_type == media::DOCKER_MANIFEST_LIST
+    {
+        let bytes = blobs.get(&entry)?;
+        let index = Index::from_slice(&bytes).map_err(|e| LocateError::Invalid(e.to_string()))?;
+        let images: Vec<&Descriptor> = index
+            .manifests
+            .iter()
+            .filter(|d| is_image_entry(d))
+            .collect();
+        let image = match images.as_slice() {
+            [one] => (*one).clone(),
+            _ => {
+                return Err(LocateError::Invalid(format!(
+                    "index {} holds {} images; kiln verifies single-platform images",
+                    entry.digest,
+                    images.len()
+                )));
+            }
+        };
+        siblings.extend(index.manifests.iter().cloned());
+        image
+    } else {
+        entry
+    };
+    attachments(blobs, image, &siblings)
+}
+
+/// An index entry that is an image (not an attestation manifest or an artifact).
+fn is_image_entry(d: &Descriptor) -> bool {
+    d.artifact_type.is_none()
+        && !d.annotations.contains_key(amedia::DOCKER_REFERENCE_TYPE)
+        && d.platform
+            .as_ref()
+            .is_none_or(|p| p.os != "unknown" && p.architecture != "unknown")
+}
+
+fn attachments(
+    blobs: &dyn Blobs,
+    image: Descriptor,
+    entries: &[Descriptor],
+) -> Result<Located, LocateError> {
+    let mut bundles = Vec::new();
+    let mut statements = Vec::new();
+    for d in entries {
+        if d.digest == image.digest || d.media_type != media::OCI_MANIFEST {
+            continue;
+        }
+        let is_attestation = d
+            .annotations
+            .get(amedia::DOCKER_REFERENCE_TYPE)
+            .map(String::as_str)
+            == Some(amedia::ATTESTATION_MANIFEST);
+        let bytes = blobs.get(d)?;
+        let m = Manifest::from_slice(&bytes).map_err(|e| LocateError::Invalid(e.to_string()))?;
+        if is_attestation {
+            if d.annotations.get(amedia::DOCKER_REFERENCE_DIGEST) != Some(&image.digest.to_string())
+            {
+                continue;
+            }
+            for l in &m.layers {
+                if l.media_type == amedia::INTOTO_LAYER {
+                    let pt = l
+                        .annotations
+                        .get(amedia::ANNOTATION_PREDICATE_TYPE)
+                        .cloned();
+                    statements.push((pt, blobs.get(l)?));
+                }
+            }
+        } else if m.subject.as_ref().is_some_and(|s| s.digest == image.digest)
+            && m.artifact_type.as_deref() == Some(amedia::SIGSTORE_BUNDLE_V03)
+        {
+            let pt = m
+                .annotations
+                .get(super::attach::ANNOTATION_BUNDLE_PREDICATE_TYPE)
+                .cloned();
+            for l in &m.layers {
+                if l.media_type == amedia::SIGSTORE_BUNDLE_V03 {
+                    bundles.push((pt.clone(), blobs.get(l)?));
+                }
+            }
+        }
+    }
+    Ok(Located {
+        image,
+        bundles,
+        statements,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_as_skopeo_names_them() {
+        assert_eq!(
+            ImageLocation::parse("oci-archive:/x/app.tar:v1"),
+            ImageLocation::OciArchive {
+                path: "/x/app.tar".into(),
+                reference: Some("v1".into())
+            }
+        );
+        assert_eq!(
+            ImageLocation::parse("oci:/no/such/dir"),
+            ImageLocation::OciDir {
+                path: "/no/such/dir".into(),
+                reference: None
+            }
+        );
+        assert_eq!(
+            ImageLocation::parse("docker://127.0.0.1:5000/app@sha256:00"),
+            ImageLocation::Registry("127.0.0.1:5000/app@sha256:00".into())
+        );
+        assert_eq!(
+            ImageLocation::parse("app:1"),
+            ImageLocation::Local("app:1".into())
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! Attestations of a build: SLSA provenance and SBOMs about the exported image, signed when
+//! the build has a key, attached to the image and optionally written as files.
+//!
+//! The statements themselves are made by `kiln-attest` from plain data; this module gathers
+//! that data from the build (graph, request, sandbox records), reads the final file system
+//! for the SBOM catalogers ([`tree::LayerTree`]), signs, and attaches ([`attach`]).
+
+pub mod attach;
+pub mod locate;
+pub mod provenance;
+pub mod tree;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_attest::keys::SigningKey;
+use kiln_attest::sbom::{self, DocumentInfo, FileTree};
+use kiln_attest::slsa::{self, ProvenanceInput};
+use kiln_attest::statement::{Statement, Subject};
+use kiln_attest::{bundle, dsse, media as amedia};
+
+pub use attach::{Attached, Attestation};
+
+use crate::Digest;
+
+/// `--attest provenance=mode=…`: how much of the build the provenance tells.
+pub use kiln_attest::slsa::Mode as ProvenanceMode;
+
+/// What a build attests, and with which key.
+#[derive(Clone)]
+pub struct AttestOptions {
+    /// SLSA provenance, and in which mode (`None`: no provenance).
+    pub provenance: Option<ProvenanceMode>,
+    /// An SPDX 2.3 SBOM.
+    pub spdx: bool,
+    /// A CycloneDX 1.6 SBOM.
+    pub cyclonedx: bool,
+    /// The builder's signing key. Held by kiln only: no step ever sees it.
+    pub signer: Option<Arc<SigningKey>>,
+    /// `runDetails.builder.id`.
+    pub builder_id: String,
+    /// `--attest-dest`: also write the statements (and bundles) as files here.
+    pub dest: Option<PathBuf>,
+}
+
+impl fmt::Debug for AttestOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttestOptions")
+            .field("provenance", &self.provenance)
+            .field("spdx", &self.spdx)
+            .field("cyclonedx", &self.cyclonedx)
+            .field("signed", &self.signer.is_some())
+            .field("builder_id", &self.builder_id)
+            .field("dest", &self.dest)
+            .finish()
+    }
+}
+
+/// The builder id recorded when none is configured.
+pub const DEFAULT_BUILDER_ID: &str = "https://example.invalid/kiln/builders/embedded";
+
+impl Default for AttestOptions {
+    /// As BuildKit: provenance in `min` mode; and (unlike BuildKit) both SBOMs, unsigned.
+    fn default() -> Self {
+        Self {
+            provenance: Some(ProvenanceMode::Min),
+            spdx: true,
+            cyclonedx: true,
+            signer: None,
+            builder_id: DEFAULT_BUILDER_ID.into(),
+            dest: None,
+        }
+    }
+}
+
+impl AttestOptions {
+    /// Nothing attested (`--attest none`).
+    pub fn none() -> Self {
+        Self {
+            provenance: None,
+            spdx: false,
+            cyclonedx: false,
+            ..Self::default()
+        }
+    }
+
+    /// Whether anything is attested.
+    pub fn any(&self) -> bool {
+        self.provenance.is_some() || self.spdx || self.cyclonedx
+    }
+}
+
+/// Errors making attestations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestError {
+    /// Reading the final file system for the SBOM failed.
+    #[error("SBOM: {0}")]
+    Sbom(#[from] sbom::SbomError),
+    /// Writing `--attest-dest` failed.
+    #[error("writing attestation {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// An OCI document could not be serialised.
+    #[error(transparent)]
+    Encode(#[from] crate::oci::types::TypesError),
+}
+
+/// What the attestations are about, and what they say.
+pub struct Inputs<'a> {
+    /// The image manifest's digest (the statements' subject).
+    pub manifest: Digest,
+    /// The subject's name (the first `-t` name, else the digest).
+    pub name: String,
+    /// The final file system.
+    pub tree: &'a dyn FileTree,
+    /// `SOURCE_DATE_EPOCH`.
+    pub epoch: u64,
+    /// The provenance's data.
+    pub provenance: ProvenanceInput,
+}
+
+impl fmt::Debug for Inputs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inputs")
+            .field("manifest", &self.manifest)
+            .field("name", &self.name)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The version string tools put in documents (`kiln-0.1.0`).
+pub fn tool_name() -> String {
+    format!("kiln-{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Makes the statements `opts` asks for and signs them with `opts.signer`.
+pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestation>, AttestError> {
+    let subject = vec![Subject {
+        name: inputs.name.clone(),
+        digest: [("sha256".to_owned(), inputs.manifest.hex().to_owned())].into(),
+    }];
+    let mut predicates: Vec<(String, serde_json::Value)> = Vec::new();
+    if let Some(mode) = opts.provenance {
+        predicates.push((
+            amedia::SLSA_PROVENANCE_V1.into(),
+            slsa::predicate(&inputs.provenance, mode),
+        ));
+    }
+    if opts.spdx || opts.cyclonedx {
+        let catalogued = sbom::catalog(inputs.tree)?;
+        let info = DocumentInfo {
+            name: inputs.name.clone(),
+            subject_digest: inputs.manifest.to_string(),
+            created_epoch: inputs.epoch,
+            tool: tool_name(),
+        };
+        if opts.spdx {
+            predicates.push((
+                amedia::SPDX_DOCUMENT.into(),
+                sbom::to_spdx(&catalogued, &info),
+            ));
+        }
+        if opts.cyclonedx {
+            predicates.push((
+                amedia::CYCLONEDX_BOM.into(),
+                sbom::to_cyclonedx(&catalogued, &info),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (predicate_type, predicate) in predicates {
+        let statement = Statement::new(subject.clone(), predicate_type.clone(), predicate);
+        let statement = statement.to_json();
+        let bundle = opts.signer.as_ref().map(|key| {
+            let envelope = dsse::sign(amedia::DSSE_PAYLOAD_TYPE, &statement, key);
+            bundle::Bundle {
+                public_key_hint: Some(key.public_key().key_id()),
+                envelope,
+            }
+            .to_json()
+        });
+        out.push(Attestation {
+            predicate_type,
+            statement,
+            bundle,
+        });
+    }
+    Ok(out)
+}
+
+/// The file name stem of an attestation in `--attest-dest`.
+pub fn file_stem(predicate_type: &str) -> &'static str {
+    match predicate_type {
+        amedia::SLSA_PROVENANCE_V1 => "provenance",
+        amedia::SPDX_DOCUMENT => "sbom.spdx",
+        amedia::CYCLONEDX_BOM => "sbom.cdx",
+        _ => "attestation",
+    }
+}
+
+/// Writes each statement as `<stem>.statement.json` and, when signed, its bundle as
+/// `<stem>.sigstore.json` and its envelope as `<stem>.intoto.jsonl`, into `dir`.
+pub fn write_dest(dir: &Path, attestations: &[Attestation]) -> Result<Vec<PathBuf>, AttestError> {
+    let werr = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AttestError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(werr(dir))?;
+    let mut written = Vec::new();
+    for a in attestations {
+        let stem = file_stem(&a.predicate_type);
+        let p = dir.join(format!("{stem}.statement.json"));
+        std::fs::write(&p, &a.statement).map_err(werr(&p))?;
+        written.push(p);
+        if let Some(b) = &a.bundle {
+            let p = dir.join(format!("{stem}.sigstore.json"));
+            std::fs::write(&p, b).map_err(werr(&p))?;
+            written.push(p);
+            if let Ok(parsed) = bundle::Bundle::from_json(b) {
+                let p = dir.join(format!("{stem}.intoto.jsonl"));
+                std::fs::write(&p, bundle::to_intoto_jsonl(&[parsed.envelope]))
+                    .map_err(werr(&p))?;
+                written.push(p);
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// `secs` since the epoch as RFC 3339 UTC with seconds (`2026-11-28T19:05:00Z`).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_892_700), "2026-11-28T19:05:00Z");
+        assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
+    }
+}
