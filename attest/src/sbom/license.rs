@@ -268,8 +268,48 @@ pub(crate) fn license_ref(raw: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// Every id kiln may put in a CycloneDX `license.id` or an SPDX expression must be in the
+    /// SPDX license list as CycloneDX ships it (`spdx.schema.json`'s enum, ids and exceptions).
+    #[test]
+    fn embedded_ids_are_all_in_the_spdx_license_list() {
+        let dir = std::env::var_os("KILN_SHARED_VECTORS").map_or_else(
+            || {
+                std::path::PathBuf::from(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../shared/vectors"
+                ))
+            },
+            std::path::PathBuf::from,
+        );
+        let Ok(bytes) = std::fs::read(dir.join("cyclonedx/spdx.schema.json")) else {
+            println!("skipped: shared vectors not found (set KILN_SHARED_VECTORS)");
+            return;
+        };
+        let schema: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let list: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        for id in KNOWN_IDS.iter().chain(KNOWN_EXCEPTIONS) {
+            assert!(list.contains(id), "{id} is not in the SPDX license list");
+        }
+        for (_, id) in ALIASES
+            .iter()
+            .chain(CLASSIFIERS)
+            .filter(|(_, id)| !id.is_empty())
+        {
+            assert!(
+                KNOWN_IDS.contains(id),
+                "alias target {id} is not a known id"
+            );
+        }
+    }
 
     #[test]
     fn expressions_are_normalised_or_refused() {
