@@ -173,3 +173,28 @@ fn an_unreadable_file_is_a_typed_error() {
         other => panic!("expected SbomError::Read, got {other:?}"),
     }
 }
+
+#[test]
+fn symlink_loops_and_escapes_in_listed_paths_stay_inside_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("f"), "host").unwrap();
+    write(
+        dir.path(),
+        "/var/lib/dpkg/status",
+        b"Package: a\nStatus: install ok installed\nVersion: 1\nArchitecture: all\n",
+    );
+    write(
+        dir.path(),
+        "/var/lib/dpkg/info/a.list",
+        b"/loop/x\n/up/f\n/abs/f\n/in/f\n",
+    );
+    write(dir.path(), "/real/f", b"inside");
+    std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
+    std::os::unix::fs::symlink("../../../..", dir.path().join("up")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("abs")).unwrap();
+    std::os::unix::fs::symlink("real", dir.path().join("in")).unwrap();
+    let sbom = catalog(&DirTree::new(dir.path())).unwrap();
+    assert_eq!(sbom.packages.len(), 1);
+    assert_eq!(sbom.packages[0].files, ["/real/f"]);
+}

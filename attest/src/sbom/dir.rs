@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -83,6 +84,37 @@ impl DirTree {
     }
 }
 
+impl DirTree {
+    /// Opens the directory holding `path`, one component at a time with `O_NOFOLLOW`, and
+    /// returns it with the last component.
+    fn parent_dir<'p>(&self, path: &'p str) -> io::Result<(OwnedFd, &'p str)> {
+        let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        if components.iter().any(|c| *c == "." || *c == "..") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{path}: not a normalised absolute path"),
+            ));
+        }
+        let Some((last, parents)) = components.split_last() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{path:?}: empty path"),
+            ));
+        };
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        // The root itself is trusted (it may be reached through symlinks on the host).
+        let mut fd = rustix::fs::open(
+            &self.root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        for comp in parents {
+            fd = rustix::fs::openat(&fd, *comp, dir_flags, Mode::empty())?;
+        }
+        Ok((fd, last))
+    }
+}
+
 impl FileTree for DirTree {
     fn entries(&self) -> io::Result<Vec<FileEntry>> {
         let mut out = Vec::new();
@@ -93,30 +125,11 @@ impl FileTree for DirTree {
     }
 
     fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + '_>> {
-        let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-        if components.iter().any(|c| *c == "." || *c == "..") || components.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{path}: not a normalised absolute path"),
-            ));
-        }
-        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mut fd = rustix::fs::open(
-            &self.root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let (last, parents) = match components.split_last() {
-            Some(split) => split,
-            None => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
-        };
-        for comp in parents {
-            fd = rustix::fs::openat(&fd, *comp, dir_flags, Mode::empty())?;
-        }
+        let (fd, last) = self.parent_dir(path)?;
         // NONBLOCK so that a fifo does not hang the open; it is refused just below.
         let file = rustix::fs::openat(
             &fd,
-            *last,
+            last,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
             Mode::empty(),
         )?;
@@ -128,6 +141,17 @@ impl FileTree for DirTree {
             ));
         }
         Ok(Box::new(File::from(file)))
+    }
+
+    fn read_link(&self, path: &str) -> io::Result<String> {
+        let (fd, last) = self.parent_dir(path)?;
+        let target = rustix::fs::readlinkat(&fd, last, Vec::new())?;
+        target.into_string().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{path}: link target is not UTF-8"),
+            )
+        })
     }
 }
 
@@ -173,6 +197,11 @@ mod tests {
         );
         assert!(tree.open("/etc/../etc/real").is_err());
         assert!(tree.open("/etc").is_err());
+        assert_eq!(
+            tree.read_link("/out").unwrap(),
+            outside.path().to_str().unwrap()
+        );
+        assert!(tree.read_link("/etc/real").is_err());
         assert_eq!(
             tree.open("/etc/missing").err().map(|e| e.kind()),
             Some(io::ErrorKind::NotFound)

@@ -79,4 +79,12 @@ pub trait FileTree {
     /// The content of the regular file at `path` (an absolute path as in [`FileEntry::path`]),
     /// streamed. A symlink is not followed; a missing file is `ErrorKind::NotFound`.
     fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + '_>>;
+    /// The target of the symlink at `path`, as stored (relative or absolute), without
+    /// following anything. Used to attribute files listed under a symlinked directory (a
+    /// usrmerged `/lib` → `usr/lib`) to their package; resolution stays inside the tree. The
+    /// default says `ErrorKind::Unsupported`, and files are then matched by literal path only.
+    fn read_link(&self, path: &str) -> io::Result<String> {
+        let _ = path;
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
 }
