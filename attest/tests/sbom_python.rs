@@ -56,6 +56,11 @@ fn write_documents(out: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
 fn pyspdxtools_accepts_kiln_spdx_documents() {
     let dir = tempfile::tempdir().unwrap();
     let (spdx, _) = write_documents(dir.path());
+    // `KILN_SBOM_OUT=<dir>` keeps a copy of the documents for a human to read.
+    if let Some(keep) = std::env::var_os("KILN_SBOM_OUT") {
+        std::fs::create_dir_all(&keep).unwrap();
+        write_documents(Path::new(&keep));
+    }
     for doc in spdx {
         let out = Command::new("pyspdxtools")
             .arg("-i")
