@@ -1,7 +1,7 @@
 //! Go build info and cargo-auditable data are read from executables.
 //!
 //! Neither a Go toolchain nor `cargo auditable` is available where these tests were written,
-//! so the binaries are synthetic: minimal ELF64 files built here with the exact on-disk
+//! so most binaries are synthetic: minimal ELF64 files built here with the exact on-disk
 //! formats (Go ≥ 1.18 inline build info with its module-info sentinels; zlib-compressed
 //! cargo-auditable JSON in `.dep-v0`). No binary is committed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -144,7 +144,11 @@ fn go_modules_are_read_from_go_buildinfo() {
                 "pkg:golang/github.com/spf13/cobra@v1.8.1".to_owned(),
                 found.clone()
             ),
-            ("pkg:golang/golang.org/x/sys@v0.22.0".to_owned(), found),
+            (
+                "pkg:golang/golang.org/x/sys@v0.22.0".to_owned(),
+                found.clone()
+            ),
+            ("pkg:golang/stdlib@1.22.5".to_owned(), found),
         ]
     );
 }
@@ -162,10 +166,16 @@ fn go_buildinfo_is_found_by_its_magic_without_the_section_name() {
     install(dir.path(), "/bin/stripped", &elf);
     assert_eq!(
         purls(dir.path(), PackageKind::Go),
-        [(
-            "pkg:golang/golang.org/x/text@v0.16.0".to_owned(),
-            "/bin/stripped".to_owned()
-        )]
+        [
+            (
+                "pkg:golang/golang.org/x/text@v0.16.0".to_owned(),
+                "/bin/stripped".to_owned()
+            ),
+            (
+                "pkg:golang/stdlib@1.22.5".to_owned(),
+                "/bin/stripped".to_owned()
+            ),
+        ]
     );
 }
 
@@ -231,4 +241,58 @@ fn malformed_binaries_are_noted_not_fatal() {
             .iter()
             .any(|n| n.starts_with("/bin/c: ELF not scanned"))
     );
+}
+
+/// Real Go binaries from the host (skopeo, umoci, docker: installed by
+/// `KILN_DEPS_FULL=1 scripts/deps.sh`), copied into a temporary tree — never committed.
+#[test]
+fn go_build_info_is_read_from_real_go_binaries_when_the_host_has_some() {
+    let candidates = [
+        "/usr/bin/umoci",
+        "/usr/bin/skopeo",
+        "/usr/sbin/runc",
+        "/usr/bin/docker",
+    ];
+    let present: Vec<&str> = candidates
+        .iter()
+        .copied()
+        .filter(|p| Path::new(p).is_file())
+        .collect();
+    if present.is_empty() {
+        println!(
+            "skipped: no Go binary on this host (KILN_DEPS_FULL=1 scripts/deps.sh installs some)"
+        );
+        return;
+    }
+    for host in present {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = std::fs::read(host).unwrap();
+        install(dir.path(), host, &bytes);
+        let sbom = catalog(&DirTree::new(dir.path())).unwrap();
+        let go: Vec<&kiln_attest::sbom::Package> = sbom
+            .packages
+            .iter()
+            .filter(|p| p.kind == PackageKind::Go)
+            .collect();
+        println!(
+            "{host}: {:?}; notes {:?}",
+            go.iter().map(|p| &p.purl).collect::<Vec<_>>(),
+            sbom.notes
+        );
+        // Every Go ≥ 1.18 binary names its toolchain; Debian's are built in GOPATH mode, so
+        // they carry no module lines (a note says so), module builds list their modules.
+        let stdlib = go
+            .iter()
+            .find(|p| p.name == "stdlib")
+            .expect("stdlib from build info");
+        assert!(stdlib.version.starts_with("1."), "{}", stdlib.version);
+        assert!(stdlib.purl.starts_with("pkg:golang/stdlib@1."));
+        if go.len() == 1 {
+            assert!(
+                sbom.notes
+                    .iter()
+                    .any(|n| n.contains("without module information"))
+            );
+        }
+    }
 }
