@@ -158,12 +158,14 @@ const CLASSIFIERS: &[(&str, &str)] = &[
     ("zlib/libpng License", "Zlib"),
 ];
 
-/// The canonical SPDX id for `s` if it is one kiln knows (SPDX ids match case-insensitively).
+/// Whether `s` is one of the SPDX license ids kiln knows (a subset of the SPDX license list;
+/// ids match case-insensitively). An id kiln does not know is written as a name, never an id.
 #[must_use]
 pub fn is_spdx_license_id(s: &str) -> bool {
     canonical_id(s).is_some()
 }
 
+/// The canonical spelling of a known SPDX id.
 fn canonical_id(s: &str) -> Option<&'static str> {
     KNOWN_IDS
         .iter()
