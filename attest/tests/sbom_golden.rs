@@ -131,3 +131,32 @@ fn python_record_paths_resolve_relative_to_site_packages() {
         .unwrap();
     assert_eq!(te.licenses, ["PSF-2.0"]);
 }
+
+#[test]
+fn npm_packages_own_their_directory_but_not_nested_packages() {
+    let dir = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../vectors/sbom/languages/rootfs"
+    ));
+    let sbom = catalog(&DirTree::new(dir)).unwrap();
+    let files = |name: &str| {
+        sbom.packages
+            .iter()
+            .find(|p| p.name == name && p.found_in.ends_with("/package.json"))
+            .unwrap()
+            .files
+            .clone()
+    };
+    assert_eq!(files("express"), ["/app/node_modules/express/package.json"]);
+    assert_eq!(
+        files("debug"),
+        ["/app/node_modules/express/node_modules/debug/package.json"]
+    );
+    assert_eq!(
+        files("lodash"),
+        [
+            "/app/node_modules/lodash/fp/package.json",
+            "/app/node_modules/lodash/package.json"
+        ]
+    );
+}

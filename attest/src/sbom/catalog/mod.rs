@@ -173,6 +173,24 @@ impl Ctx<'_> {
             .collect()
     }
 
+    /// Regular files below directory `dir`, except those below a nested `skip` directory
+    /// (`node_modules`) at any depth.
+    pub(crate) fn files_below(&self, dir: &str, skip: &str) -> Vec<String> {
+        let prefix = format!("{dir}/");
+        let nested = format!("/{skip}/");
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter(|(p, e)| {
+                e.kind == EntryKind::Regular
+                    && !p
+                        .get(prefix.len() - 1..)
+                        .is_some_and(|rest| rest.contains(&nested))
+            })
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
     /// Keeps the paths that exist in the tree as something other than a directory — directly,
     /// or once symlinked directories on the way are resolved inside the tree (a package lists
     /// `/lib/x/libz.so.1`, the file is at `/usr/lib/x/libz.so.1` under a usrmerged `/lib`).
