@@ -39,3 +39,11 @@ if [ "${KILN_DEPS_FULL:-0}" = 1 ] \
   python3 -m pip install -q 'securesystemslib[crypto]' in-toto 2>/dev/null \
     || python3 -m pip install -q --break-system-packages 'securesystemslib[crypto]' in-toto
 fi
+# The SBOM tests (attest/tests/sbom_python.rs) validate kiln's SPDX and CycloneDX output with
+# third-party tools: pyspdxtools (spdx-tools) and cyclonedx-python-lib's strict JSON validator.
+if [ "${KILN_DEPS_FULL:-0}" = 1 ] && ! { command -v pyspdxtools >/dev/null 2>&1 \
+    && python3 -c 'import cyclonedx.validation.json, jsonschema' 2>/dev/null; }; then
+  echo "installing: spdx-tools, cyclonedx-python-lib[json-validation] (pip)" >&2
+  python3 -m pip install -q 'spdx-tools>=0.8' 'cyclonedx-python-lib[json-validation]>=8' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'spdx-tools>=0.8' 'cyclonedx-python-lib[json-validation]>=8'
+fi

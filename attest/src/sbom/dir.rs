@@ -2,20 +2,26 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 
-use rustix::fs::{FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 
 use super::{EntryKind, FileEntry, FileTree};
 
 /// The deepest directory nesting [`DirTree::entries`] walks; deeper trees are an error
 /// rather than a stack overflow.
 const MAX_DEPTH: usize = 256;
+/// How every directory below the root is opened: a symlink is an error (`ELOOP`/`ENOTDIR`).
+const DIR_NOFOLLOW: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
 
-/// A [`FileTree`] over a directory on the host. Listing uses `lstat`; opening walks the path
-/// one component at a time with `openat(O_NOFOLLOW)`, so a symlink anywhere in the path
-/// (planted in the directory by whoever wrote it) fails the open instead of being followed.
+/// A [`FileTree`] over a directory on the host. Listing and opening both walk from the root
+/// one directory at a time with `openat(O_NOFOLLOW)` (listing `lstat`s entries relative to
+/// the open directory), so a symlink anywhere in a path — planted by whoever wrote the
+/// directory, even while kiln reads it — fails the operation instead of being followed.
 #[derive(Debug, Clone)]
 pub struct DirTree {
     root: PathBuf,
@@ -27,96 +33,110 @@ impl DirTree {
         Self { root: root.into() }
     }
 
-    fn walk(
-        &self,
-        dir: &Path,
-        prefix: &str,
-        depth: usize,
-        out: &mut Vec<FileEntry>,
-    ) -> io::Result<()> {
+    /// Lists the directory open at `dir` (reached with `O_NOFOLLOW` at every step), `lstat`ing
+    /// each entry relative to it, and descends into subdirectories the same way: a directory
+    /// swapped for a symlink while the walk runs makes the walk fail, not follow it.
+    fn walk(dir: &OwnedFd, prefix: &str, depth: usize, out: &mut Vec<FileEntry>) -> io::Result<()> {
         if depth > MAX_DEPTH {
             return Err(io::Error::other(format!(
                 "{prefix}: deeper than {MAX_DEPTH} directories"
             )));
         }
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            names.push(entry?.file_name());
+        let mut reader = Dir::read_from(dir)?;
+        while let Some(entry) = reader.read() {
+            let name = entry?.file_name().to_owned();
+            if name.as_bytes() != b"." && name.as_bytes() != b".." {
+                names.push(name);
+            }
         }
         names.sort();
         for name in names {
-            let Some(name_str) = name.to_str() else {
+            let Ok(name_str) = name.to_str() else {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("{prefix}/{}: name is not UTF-8", name.to_string_lossy()),
                 ));
             };
             let path = format!("{prefix}/{name_str}");
-            let host = dir.join(&name);
-            let meta = std::fs::symlink_metadata(&host)?;
-            let ft = meta.file_type();
-            let kind = if ft.is_file() {
-                EntryKind::Regular
-            } else if ft.is_dir() {
-                EntryKind::Directory
-            } else if ft.is_symlink() {
-                EntryKind::Symlink
-            } else {
+            let stat = rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+            let kind = match FileType::from_raw_mode(stat.st_mode) {
+                FileType::RegularFile => EntryKind::Regular,
+                FileType::Directory => EntryKind::Directory,
+                FileType::Symlink => EntryKind::Symlink,
                 // fifo, socket, block or character device
-                EntryKind::Other
+                _ => EntryKind::Other,
+            };
+            let size = if kind == EntryKind::Regular {
+                u64::try_from(stat.st_size).unwrap_or(0)
+            } else {
+                0
             };
             out.push(FileEntry {
                 path: path.clone(),
                 kind,
-                mode: meta.mode() & 0o7777,
-                size: if kind == EntryKind::Regular {
-                    meta.len()
-                } else {
-                    0
-                },
+                mode: stat.st_mode & 0o7777,
+                size,
             });
             if kind == EntryKind::Directory {
-                self.walk(&host, &path, depth + 1, out)?;
+                let child = rustix::fs::openat(dir, name.as_c_str(), DIR_NOFOLLOW, Mode::empty())?;
+                Self::walk(&child, &path, depth + 1, out)?;
             }
         }
         Ok(())
+    }
+
+    /// The root directory, opened (the root itself is trusted: it may be reached through
+    /// symlinks on the host).
+    fn open_root(&self) -> io::Result<OwnedFd> {
+        Ok(rustix::fs::open(
+            &self.root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+}
+
+impl DirTree {
+    /// Opens the directory holding `path`, one component at a time with `O_NOFOLLOW`, and
+    /// returns it with the last component.
+    fn parent_dir<'p>(&self, path: &'p str) -> io::Result<(OwnedFd, &'p str)> {
+        let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        if components.iter().any(|c| *c == "." || *c == "..") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{path}: not a normalised absolute path"),
+            ));
+        }
+        let Some((last, parents)) = components.split_last() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{path:?}: empty path"),
+            ));
+        };
+        let mut fd = self.open_root()?;
+        for comp in parents {
+            fd = rustix::fs::openat(&fd, *comp, DIR_NOFOLLOW, Mode::empty())?;
+        }
+        Ok((fd, last))
     }
 }
 
 impl FileTree for DirTree {
     fn entries(&self) -> io::Result<Vec<FileEntry>> {
         let mut out = Vec::new();
-        self.walk(&self.root, "", 0, &mut out)?;
+        Self::walk(&self.open_root()?, "", 0, &mut out)?;
         // Sorted per directory is not sorted by full path (`a/b` vs `a.b`): sort the whole.
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
 
     fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + '_>> {
-        let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-        if components.iter().any(|c| *c == "." || *c == "..") || components.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{path}: not a normalised absolute path"),
-            ));
-        }
-        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mut fd = rustix::fs::open(
-            &self.root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let (last, parents) = match components.split_last() {
-            Some(split) => split,
-            None => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
-        };
-        for comp in parents {
-            fd = rustix::fs::openat(&fd, *comp, dir_flags, Mode::empty())?;
-        }
+        let (fd, last) = self.parent_dir(path)?;
         // NONBLOCK so that a fifo does not hang the open; it is refused just below.
         let file = rustix::fs::openat(
             &fd,
-            *last,
+            last,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
             Mode::empty(),
         )?;
@@ -128,6 +148,17 @@ impl FileTree for DirTree {
             ));
         }
         Ok(Box::new(File::from(file)))
+    }
+
+    fn read_link(&self, path: &str) -> io::Result<String> {
+        let (fd, last) = self.parent_dir(path)?;
+        let target = rustix::fs::readlinkat(&fd, last, Vec::new())?;
+        target.into_string().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{path}: link target is not UTF-8"),
+            )
+        })
     }
 }
 
@@ -173,6 +204,11 @@ mod tests {
         );
         assert!(tree.open("/etc/../etc/real").is_err());
         assert!(tree.open("/etc").is_err());
+        assert_eq!(
+            tree.read_link("/out").unwrap(),
+            outside.path().to_str().unwrap()
+        );
+        assert!(tree.read_link("/etc/real").is_err());
         assert_eq!(
             tree.open("/etc/missing").err().map(|e| e.kind()),
             Some(io::ErrorKind::NotFound)

@@ -158,12 +158,14 @@ const CLASSIFIERS: &[(&str, &str)] = &[
     ("zlib/libpng License", "Zlib"),
 ];
 
-/// The canonical SPDX id for `s` if it is one kiln knows (SPDX ids match case-insensitively).
+/// Whether `s` is one of the SPDX license ids kiln knows (a subset of the SPDX license list;
+/// ids match case-insensitively). An id kiln does not know is written as a name, never an id.
 #[must_use]
 pub fn is_spdx_license_id(s: &str) -> bool {
     canonical_id(s).is_some()
 }
 
+/// The canonical spelling of a known SPDX id.
 fn canonical_id(s: &str) -> Option<&'static str> {
     KNOWN_IDS
         .iter()
@@ -268,8 +270,48 @@ pub(crate) fn license_ref(raw: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// Every id kiln may put in a CycloneDX `license.id` or an SPDX expression must be in the
+    /// SPDX license list as CycloneDX ships it (`spdx.schema.json`'s enum, ids and exceptions).
+    #[test]
+    fn embedded_ids_are_all_in_the_spdx_license_list() {
+        let dir = std::env::var_os("KILN_SHARED_VECTORS").map_or_else(
+            || {
+                std::path::PathBuf::from(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../shared/vectors"
+                ))
+            },
+            std::path::PathBuf::from,
+        );
+        let Ok(bytes) = std::fs::read(dir.join("cyclonedx/spdx.schema.json")) else {
+            println!("skipped: shared vectors not found (set KILN_SHARED_VECTORS)");
+            return;
+        };
+        let schema: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let list: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        for id in KNOWN_IDS.iter().chain(KNOWN_EXCEPTIONS) {
+            assert!(list.contains(id), "{id} is not in the SPDX license list");
+        }
+        for (_, id) in ALIASES
+            .iter()
+            .chain(CLASSIFIERS)
+            .filter(|(_, id)| !id.is_empty())
+        {
+            assert!(
+                KNOWN_IDS.contains(id),
+                "alias target {id} is not a known id"
+            );
+        }
+    }
 
     #[test]
     fn expressions_are_normalised_or_refused() {

@@ -2,7 +2,18 @@
 //! output.
 //!
 //! The file system comes in as a [`FileTree`]: the engine implements it over the image's layers
-//! (without mounting anything), the tests over a plain directory.
+//! (without mounting anything), the tests and `kiln sbom DIR` over a plain directory
+//! ([`DirTree`]).
+//!
+//! Two phases, as for export: [`catalog`] reads the tree once into a format-neutral [`Sbom`]
+//! (every list sorted, so the same tree gives the same value); [`to_spdx`] and
+//! [`to_cyclonedx`] render it with a [`DocumentInfo`] and no clock or randomness, so the same
+//! inputs give the same bytes. [`validate_spdx`] and [`validate_cyclonedx`] check a document
+//! against the official JSON schemas, read from a directory at run time.
+//!
+//! Everything in the tree is untrusted: catalogers cap what they read
+//! ([`limits`]), never follow a symlink, and turn malformed package data into
+//! [`Sbom::notes`] rather than errors or panics.
 
 use std::io;
 
@@ -16,12 +27,12 @@ mod spdx;
 mod validate;
 
 pub use catalog::{catalog, limits};
-pub use cyclonedx::to_cyclonedx;
+pub use cyclonedx::{CYCLONEDX_SPEC_VERSION, to_cyclonedx};
 pub use dir::DirTree;
 pub use license::is_spdx_license_id;
 pub use model::{Distro, DocumentInfo, FileDigest, Package, PackageKind, Sbom, rfc3339};
-pub use spdx::to_spdx;
-pub use validate::{validate_cyclonedx, validate_spdx};
+pub use spdx::{NAMESPACE_PREFIX as SPDX_NAMESPACE_PREFIX, SPDX_VERSION, to_spdx};
+pub use validate::{CYCLONEDX_1_6_SCHEMA, validate_cyclonedx, validate_spdx};
 
 /// Why a file system could not be catalogued. Malformed package data is not an error: the
 /// package is skipped and a note recorded in [`Sbom::notes`]; these are failures to read.
@@ -79,4 +90,12 @@ pub trait FileTree {
     /// The content of the regular file at `path` (an absolute path as in [`FileEntry::path`]),
     /// streamed. A symlink is not followed; a missing file is `ErrorKind::NotFound`.
     fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + '_>>;
+    /// The target of the symlink at `path`, as stored (relative or absolute), without
+    /// following anything. Used to attribute files listed under a symlinked directory (a
+    /// usrmerged `/lib` → `usr/lib`) to their package; resolution stays inside the tree. The
+    /// default says `ErrorKind::Unsupported`, and files are then matched by literal path only.
+    fn read_link(&self, path: &str) -> io::Result<String> {
+        let _ = path;
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
 }

@@ -71,6 +71,13 @@ impl FileTree for LayerTree {
         }
         Ok(Box::new(self.view.open_entry(&e).map_err(to_io)?))
     }
+
+    fn read_link(&self, path: &str) -> io::Result<String> {
+        let Some(e) = self.view.lookup(path).map_err(to_io)? else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, path.to_owned()));
+        };
+        self.view.read_link_entry(&e).map_err(to_io)
+    }
 }
 
 #[cfg(test)]
@@ -123,8 +130,9 @@ mod tests {
         let mut s = String::new();
         tree.open("/etc/a").unwrap().read_to_string(&mut s).unwrap();
         assert_eq!(s, "upper");
-        // A symlink is never followed, even to a file inside the tree.
+        // A symlink is never followed, even to a file inside the tree; its target is read.
         assert!(tree.open("/link").is_err());
+        assert_eq!(tree.read_link("/link").unwrap(), "/etc/a");
         assert_eq!(
             tree.open("/nope").err().map(|e| e.kind()),
             Some(io::ErrorKind::NotFound)

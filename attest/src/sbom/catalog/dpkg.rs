@@ -128,11 +128,25 @@ fn owned_files(
         let Some(text) = ctx.read_text(&list, limits::MANIFEST_BYTES)? else {
             continue;
         };
-        let paths = text
+        let mut listed: Vec<&str> = text
             .lines()
             .map(str::trim)
             .filter(|l| l.starts_with('/'))
-            .map(str::to_owned);
+            .collect();
+        listed.sort_unstable();
+        // A path with listed paths below it is one of the package's directories (which may be
+        // a symlink in a usrmerged tree: `/lib` → `usr/lib`); it is not a file it owns.
+        let paths: Vec<String> = listed
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                !listed.get(i + 1).is_some_and(|next| {
+                    next.strip_prefix(**p)
+                        .is_some_and(|rest| rest.starts_with('/'))
+                })
+            })
+            .map(|(_, p)| (*p).to_owned())
+            .collect();
         return Ok(ctx.existing_files(paths));
     }
     Ok(Vec::new())

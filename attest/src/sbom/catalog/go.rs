@@ -19,8 +19,8 @@ pub(super) fn catalog_binary(ctx: &mut Ctx<'_>, path: &str, elf: &Elf<'_>, bytes
     let Some(info) = elf.section(".go.buildinfo").or_else(|| find_magic(bytes)) else {
         return;
     };
-    let modinfo = match parse_buildinfo(info) {
-        Ok(Some((_go_version, modinfo))) => modinfo,
+    let (go_version, modinfo) = match parse_buildinfo(info) {
+        Ok(Some(parsed)) => parsed,
         Ok(None) => {
             ctx.note(format!(
                 "{path}: Go binary with pre-1.18 build info, modules not catalogued"
@@ -32,27 +32,41 @@ pub(super) fn catalog_binary(ctx: &mut Ctx<'_>, path: &str, elf: &Elf<'_>, bytes
             return;
         }
     };
-    for (module, version) in modules(&modinfo)
-        .into_iter()
-        .take(limits::PACKAGES_PER_SOURCE)
-    {
-        let (namespace, name) = module.rsplit_once('/').unwrap_or(("", module.as_str()));
-        let purl = Purl::new("golang", name, &version)
-            .namespace(namespace.split('/'))
-            .build();
-        ctx.push(Package {
-            kind: PackageKind::Go,
-            name: module.clone(),
-            version,
-            purl,
-            licenses: Vec::new(),
-            files: Vec::new(),
-            found_in: path.to_owned(),
-            arch: None,
-            supplier: None,
-            source: None,
-        });
+    // The standard library is linked into every Go binary: its version is the toolchain's
+    // (`go1.22.5`, maybe followed by ` X:boringcrypto`), as `pkg:golang/stdlib@1.22.5`.
+    let toolchain = go_version.split_whitespace().next().unwrap_or_default();
+    if let Some(v) = toolchain.strip_prefix("go").filter(|v| !v.is_empty()) {
+        push(ctx, path, "stdlib".to_owned(), v.to_owned());
     }
+    let modules = modules(&modinfo);
+    if modules.is_empty() {
+        ctx.note(format!(
+            "{path}: Go binary without module information (built in GOPATH mode or as a \
+             development build): only the Go standard library is catalogued"
+        ));
+    }
+    for (module, version) in modules.into_iter().take(limits::PACKAGES_PER_SOURCE) {
+        push(ctx, path, module, version);
+    }
+}
+
+fn push(ctx: &mut Ctx<'_>, path: &str, module: String, version: String) {
+    let (namespace, name) = module.rsplit_once('/').unwrap_or(("", module.as_str()));
+    let purl = Purl::new("golang", name, &version)
+        .namespace(namespace.split('/'))
+        .build();
+    ctx.push(Package {
+        kind: PackageKind::Go,
+        name: module.clone(),
+        version,
+        purl,
+        licenses: Vec::new(),
+        files: Vec::new(),
+        found_in: path.to_owned(),
+        arch: None,
+        supplier: None,
+        source: None,
+    });
 }
 
 fn find_magic(bytes: &[u8]) -> Option<&[u8]> {

@@ -61,6 +61,7 @@ pub fn catalog(tree: &dyn FileTree) -> Result<Sbom, SbomError> {
         distro: None,
         notes: Vec::new(),
         packages: Vec::new(),
+        links: BTreeMap::new(),
     };
     ctx.distro = osrelease::find(&mut ctx)?;
     dpkg::catalog(&mut ctx)?;
@@ -140,7 +141,12 @@ pub(crate) struct Ctx<'a> {
     pub(crate) distro: Option<Distro>,
     notes: Vec<String>,
     packages: Vec<Package>,
+    /// Symlink targets read so far (`None`: unreadable).
+    links: BTreeMap<String, Option<String>>,
 }
+
+/// Most symlinks followed (inside the tree) to resolve one path, as Linux's `MAXSYMLINKS`.
+const MAX_LINK_HOPS: usize = 40;
 
 impl Ctx<'_> {
     /// Records what was skipped and why.
@@ -167,19 +173,99 @@ impl Ctx<'_> {
             .collect()
     }
 
-    /// Keeps the paths that exist in the tree as something other than a directory.
-    pub(crate) fn existing_files<I: IntoIterator<Item = String>>(&self, paths: I) -> Vec<String> {
-        let mut out: Vec<String> = paths
-            .into_iter()
-            .filter(|p| {
-                self.entries
-                    .get(p)
-                    .is_some_and(|e| e.kind != EntryKind::Directory)
+    /// Regular files below directory `dir`, except those below a nested `skip` directory
+    /// (`node_modules`) at any depth.
+    pub(crate) fn files_below(&self, dir: &str, skip: &str) -> Vec<String> {
+        let prefix = format!("{dir}/");
+        let nested = format!("/{skip}/");
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter(|(p, e)| {
+                e.kind == EntryKind::Regular
+                    && !p
+                        .get(prefix.len() - 1..)
+                        .is_some_and(|rest| rest.contains(&nested))
             })
-            .collect();
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Keeps the paths that exist in the tree as something other than a directory — directly,
+    /// or once symlinked directories on the way are resolved inside the tree (a package lists
+    /// `/lib/x/libz.so.1`, the file is at `/usr/lib/x/libz.so.1` under a usrmerged `/lib`).
+    pub(crate) fn existing_files<I: IntoIterator<Item = String>>(
+        &mut self,
+        paths: I,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in paths {
+            if self.is_non_directory(&p) {
+                out.push(p);
+            } else if let Some(real) = self.resolve_parents(&p)
+                && self.is_non_directory(&real)
+            {
+                out.push(real);
+            }
+        }
         out.sort();
         out.dedup();
         out
+    }
+
+    fn is_non_directory(&self, path: &str) -> bool {
+        self.entries
+            .get(path)
+            .is_some_and(|e| e.kind != EntryKind::Directory)
+    }
+
+    /// `path` with every symlink among its directories replaced by its target, lexically and
+    /// never above the tree's root; `None` when a link cannot be read or there are too many.
+    fn resolve_parents(&mut self, path: &str) -> Option<String> {
+        let mut todo: Vec<String> = path.rsplit('/').map(str::to_owned).collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(comp) = todo.pop() {
+            match comp.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => done.push(comp),
+            }
+            if todo.iter().all(|c| c.is_empty()) {
+                break; // the last component itself stays as it is
+            }
+            let cur = format!("/{}", done.join("/"));
+            if self
+                .entries
+                .get(&cur)
+                .is_none_or(|e| e.kind != EntryKind::Symlink)
+            {
+                continue;
+            }
+            hops += 1;
+            if hops > MAX_LINK_HOPS {
+                return None;
+            }
+            let target = self.link_target(&cur)?;
+            done.pop();
+            if target.starts_with('/') {
+                done.clear();
+            }
+            todo.extend(target.rsplit('/').map(str::to_owned));
+        }
+        Some(format!("/{}", done.join("/")))
+    }
+
+    fn link_target(&mut self, path: &str) -> Option<String> {
+        if let Some(t) = self.links.get(path) {
+            return t.clone();
+        }
+        let t = self.tree.read_link(path).ok();
+        self.links.insert(path.to_owned(), t.clone());
+        t
     }
 
     /// Reads the regular file at `path`, at most `cap` bytes. `None` (with a note) when it is

@@ -18,14 +18,9 @@ pub(super) fn catalog(ctx: &mut Ctx<'_>) -> Result<(), SbomError> {
             ctx.note(format!("{path}: no name or version, skipped"));
             continue;
         };
-        push(
-            ctx,
-            name,
-            version,
-            licenses(&json),
-            path.clone(),
-            Vec::new(),
-        );
+        // The package owns its directory, but not the packages nested in its node_modules.
+        let files = ctx.files_below(super::parent(&path), "node_modules");
+        push(ctx, name, version, licenses(&json), path.clone(), files);
     }
     for path in ctx.regular_files(|p| p.ends_with("/package-lock.json")) {
         let Some(json) = read_json(ctx, &path, limits::LOCKFILE_BYTES)? else {
