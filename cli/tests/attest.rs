@@ -193,14 +193,64 @@ fn signed_attestations_verify_wherever_the_image_is_named() {
         doc.contains("/srv/bin/app.sh"),
         "app file missing from the SBOM"
     );
+    let busybox = spdx["predicate"]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "busybox")
+        .unwrap_or_else(|| panic!("the busybox base is not a package of the SBOM: {doc}"));
     assert!(
-        doc.contains("busybox"),
-        "the busybox base is missing from the SBOM"
+        busybox["externalRefs"]
+            .to_string()
+            .contains("pkg:generic/busybox@1."),
+        "{busybox}"
+    );
+    let cdx: Value =
+        serde_json::from_slice(&fs::read(dest.join("sbom.cdx.statement.json")).unwrap()).unwrap();
+    assert!(
+        cdx["predicate"]["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["purl"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("pkg:generic/busybox@1."))),
+        "the busybox base is not a CycloneDX component"
     );
     let app_sha = hex(&Sha256::digest(b"#!/bin/sh\necho hello\n"));
     assert!(
         doc.contains(&app_sha),
         "app.sh's sha256 missing from the SBOM"
+    );
+
+    // The real build's SBOMs pass the third-party validators (pyspdxtools, cyclonedx-python-lib).
+    let spdx_doc = tmp.path().join("image.spdx.json");
+    fs::write(&spdx_doc, serde_json::to_vec(&spdx["predicate"]).unwrap()).unwrap();
+    let out = std::process::Command::new("pyspdxtools")
+        .arg("-i")
+        .arg(&spdx_doc)
+        .output()
+        .expect("pyspdxtools (spdx-tools): run KILN_DEPS_FULL=1 scripts/deps.sh");
+    assert!(
+        out.status.success(),
+        "pyspdxtools: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cdx_doc = tmp.path().join("image.cdx.json");
+    fs::write(&cdx_doc, serde_json::to_vec(&cdx["predicate"]).unwrap()).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../attest/tests/py/sbom_validate_cyclonedx.py"
+        ))
+        .arg(&cdx_doc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cyclonedx-python-lib: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // kiln inspect summarises all three.

@@ -84,7 +84,7 @@ pub fn to_cyclonedx(sbom: &Sbom, info: &DocumentInfo) -> Value {
 
 fn package(p: &Package) -> Value {
     let mut c = json!({
-        "type": if p.kind == PackageKind::Go { "application" } else { "library" },
+        "type": if matches!(p.kind, PackageKind::Go | PackageKind::Binary) { "application" } else { "library" },
         "bom-ref": p.stable_id(),
         "name": p.name,
         "version": p.version,

@@ -50,6 +50,8 @@ pub enum PackageKind {
     Cargo,
     /// A Go module (build information in Go binaries).
     Go,
+    /// An executable no package database owns, recognised by its version banner (busybox).
+    Binary,
 }
 
 impl PackageKind {
@@ -64,6 +66,7 @@ impl PackageKind {
             Self::Npm => "npm",
             Self::Cargo => "cargo",
             Self::Go => "go",
+            Self::Binary => "binary",
         }
     }
 }

@@ -73,7 +73,7 @@ pub fn to_spdx(sbom: &Sbom, info: &DocumentInfo) -> Value {
                 "referenceType": "purl",
                 "referenceLocator": p.purl,
             }],
-            "primaryPackagePurpose": if p.kind == PackageKind::Go { "APPLICATION" } else { "LIBRARY" },
+            "primaryPackagePurpose": if matches!(p.kind, PackageKind::Go | PackageKind::Binary) { "APPLICATION" } else { "LIBRARY" },
         });
         if !files.is_empty() {
             pkg["packageVerificationCode"] =
@@ -233,6 +233,7 @@ fn source_label(kind: PackageKind) -> &'static str {
         PackageKind::Npm => "npm package metadata",
         PackageKind::Cargo => "Cargo metadata",
         PackageKind::Go => "Go build information",
+        PackageKind::Binary => "the executable's version banner",
     }
 }
 

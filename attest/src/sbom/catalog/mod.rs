@@ -15,6 +15,7 @@ use super::model::{Distro, FileDigest, Package, Sbom};
 use super::{EntryKind, FileEntry, FileTree, SbomError};
 
 mod apk;
+mod binary;
 mod cargo;
 mod dpkg;
 mod elf;
@@ -370,6 +371,7 @@ fn scan_binaries(ctx: &mut Ctx<'_>) -> Result<(), SbomError> {
         };
         go::catalog_binary(ctx, &path, &elf, &bytes);
         cargo::catalog_auditable(ctx, &path, &elf);
+        binary::catalog_binary(ctx, &path, &bytes);
     }
     Ok(())
 }
