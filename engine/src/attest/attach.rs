@@ -75,9 +75,16 @@ struct AttestationConfig<'a> {
     rootfs: RootFs<'a>,
 }
 
-fn put(store: &Store, media_type: &str, bytes: &[u8]) -> Result<Descriptor, AttestError> {
-    let digest = store.content.write_bytes(bytes)?;
-    Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
+/// Blobs to store, written together at the end ([`crate::store::content::ContentStore::write_batch`]).
+#[derive(Default)]
+struct Pending(Vec<Vec<u8>>);
+
+impl Pending {
+    fn put(&mut self, media_type: &str, bytes: Vec<u8>) -> Descriptor {
+        let d = Descriptor::of_bytes(media_type, &bytes);
+        self.0.push(bytes);
+        d
+    }
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, AttestError> {
@@ -93,12 +100,13 @@ pub fn attach(
 ) -> Result<Attached, AttestError> {
     let mut manifests = Vec::new();
     let mut blobs = Vec::new();
+    let mut pending = Pending::default();
     let subject = Descriptor::new(image.media_type.clone(), image.digest, image.size);
 
     if !attestations.is_empty() {
         let mut layers = Vec::new();
         for a in attestations {
-            let mut d = put(store, amedia::INTOTO_LAYER, &a.statement)?;
+            let mut d = pending.put(amedia::INTOTO_LAYER, a.statement.clone());
             d.annotations.insert(
                 amedia::ANNOTATION_PREDICATE_TYPE.into(),
                 a.predicate_type.clone(),
@@ -114,11 +122,11 @@ pub fn attach(
                 diff_ids: layers.iter().map(|l| l.digest).collect(),
             },
         };
-        let config = put(store, media::OCI_CONFIG, &json(&config)?)?;
+        let config = pending.put(media::OCI_CONFIG, json(&config)?);
         blobs.push(config.clone());
         blobs.extend(layers.iter().cloned());
         let manifest = Manifest::new(config, layers);
-        let mut d = put(store, media::OCI_MANIFEST, &json(&manifest)?)?;
+        let mut d = pending.put(media::OCI_MANIFEST, json(&manifest)?);
         d.platform = Some(Platform {
             architecture: "unknown".into(),
             os: "unknown".into(),
@@ -139,11 +147,11 @@ pub fn attach(
 
     let signed: Vec<&Attestation> = attestations.iter().filter(|a| a.bundle.is_some()).collect();
     if !signed.is_empty() {
-        let empty = put(store, media::OCI_EMPTY_JSON, EMPTY_JSON)?;
+        let empty = pending.put(media::OCI_EMPTY_JSON, EMPTY_JSON.to_vec());
         blobs.push(empty.clone());
         for a in signed {
             let Some(bundle) = &a.bundle else { continue };
-            let layer = put(store, amedia::SIGSTORE_BUNDLE_V03, bundle)?;
+            let layer = pending.put(amedia::SIGSTORE_BUNDLE_V03, bundle.clone());
             blobs.push(layer.clone());
             let mut m = Manifest::new(empty.clone(), vec![layer]);
             m.artifact_type = Some(amedia::SIGSTORE_BUNDLE_V03.into());
@@ -154,7 +162,7 @@ pub fn attach(
                 ANNOTATION_BUNDLE_PREDICATE_TYPE.into(),
                 a.predicate_type.clone(),
             );
-            let mut d = put(store, media::OCI_MANIFEST, &json(&m)?)?;
+            let mut d = pending.put(media::OCI_MANIFEST, json(&m)?);
             d.artifact_type = Some(amedia::SIGSTORE_BUNDLE_V03.into());
             d.annotations = m.annotations.clone();
             manifests.push(d);
@@ -165,7 +173,9 @@ pub fn attach(
     all.extend(manifests.iter().cloned());
     let index = Index::new(all);
     let index_bytes = json(&index)?;
-    let index_d = put(store, media::OCI_INDEX, &index_bytes)?;
+    let index_d = pending.put(media::OCI_INDEX, index_bytes.clone());
+    let refs: Vec<&[u8]> = pending.0.iter().map(Vec::as_slice).collect();
+    store.content.write_batch(&refs)?;
     blobs.sort_by_key(|d| d.digest);
     blobs.dedup_by(|a, b| a.digest == b.digest);
     Ok(Attached {

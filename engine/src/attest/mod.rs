@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_attest::keys::SigningKey;
-use kiln_attest::sbom::{self, DocumentInfo, FileTree};
+use kiln_attest::sbom::{self, DocumentInfo};
 use kiln_attest::slsa::{self, ProvenanceInput};
 use kiln_attest::statement::{Statement, Subject};
 use kiln_attest::{bundle, dsse, media as amedia};
@@ -120,8 +120,8 @@ pub struct Inputs<'a> {
     pub manifest: Digest,
     /// The subject's name (the first `-t` name, else the digest).
     pub name: String,
-    /// The final file system.
-    pub tree: &'a dyn FileTree,
+    /// The final file system, catalogued (see [`catalog`]); `None` when no SBOM is asked for.
+    pub sbom: Option<&'a sbom::Sbom>,
     /// `SOURCE_DATE_EPOCH`.
     pub epoch: u64,
     /// The provenance's data.
@@ -156,8 +156,7 @@ pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestat
             slsa::predicate(&inputs.provenance, mode),
         ));
     }
-    if opts.spdx || opts.cyclonedx {
-        let catalogued = sbom::catalog(inputs.tree)?;
+    if let Some(catalogued) = inputs.sbom.filter(|_| opts.spdx || opts.cyclonedx) {
         let info = DocumentInfo {
             name: inputs.name.clone(),
             subject_digest: inputs.manifest.to_string(),
@@ -167,13 +166,13 @@ pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestat
         if opts.spdx {
             predicates.push((
                 amedia::SPDX_DOCUMENT.into(),
-                sbom::to_spdx(&catalogued, &info),
+                sbom::to_spdx(catalogued, &info),
             ));
         }
         if opts.cyclonedx {
             predicates.push((
                 amedia::CYCLONEDX_BOM.into(),
-                sbom::to_cyclonedx(&catalogued, &info),
+                sbom::to_cyclonedx(catalogued, &info),
             ));
         }
     }
@@ -196,6 +195,13 @@ pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestat
         });
     }
     Ok(out)
+}
+
+/// Catalogs the final file system (the layer directories `layers`, bottom first) for the SBOM.
+/// It needs no image digest, so the builder runs it while the layers are being compressed.
+pub fn catalog(layers: Vec<PathBuf>) -> Result<sbom::Sbom, AttestError> {
+    let tree = tree::LayerTree::new(crate::fsview::LayerView::new(layers));
+    Ok(sbom::catalog(&tree)?)
 }
 
 /// The file name stem of an attestation in `--attest-dest`.

@@ -1,25 +1,38 @@
 //! The image's final file system as the SBOM catalogers see it: a [`FileTree`] over the
 //! image's layer directories, read through [`LayerView`] (no mount, no host symlink followed).
 
+use std::collections::HashMap;
 use std::io;
+use std::sync::Mutex;
 
 use kiln_attest::sbom::{EntryKind, FileEntry, FileTree};
 
-use crate::fsview::{FileKind, FsViewError, LayerView};
+use crate::fsview::{Entry, FileKind, FsViewError, LayerView};
 
 /// A [`FileTree`] over a stack of overlay-format layer directories.
 #[derive(Debug)]
 pub struct LayerTree {
     view: LayerView,
+    /// The regular files the last [`FileTree::entries`] walk found, by path: opening one then
+    /// starts from the layer that holds it instead of resolving the path through every layer.
+    files: Mutex<HashMap<String, Entry>>,
 }
 
 impl LayerTree {
     /// The merged view of `view`'s layers.
     pub fn new(view: LayerView) -> Self {
-        Self { view }
+        Self {
+            view,
+            files: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn walk(&self, dir: &str, out: &mut Vec<FileEntry>) -> Result<(), FsViewError> {
+    fn walk(
+        &self,
+        dir: &str,
+        out: &mut Vec<FileEntry>,
+        files: &mut HashMap<String, Entry>,
+    ) -> Result<(), FsViewError> {
         for e in self.view.read_dir(dir)? {
             let m = e.metadata();
             let path = e.path();
@@ -40,7 +53,9 @@ impl LayerTree {
                 },
             });
             if kind == EntryKind::Directory {
-                self.walk(&path, out)?;
+                self.walk(&path, out, files)?;
+            } else if kind == EntryKind::Regular {
+                files.insert(path, e);
             }
         }
         Ok(())
@@ -54,12 +69,20 @@ fn to_io(e: FsViewError) -> io::Error {
 impl FileTree for LayerTree {
     fn entries(&self) -> io::Result<Vec<FileEntry>> {
         let mut out = Vec::new();
-        self.walk("/", &mut out).map_err(to_io)?;
+        let mut files = HashMap::new();
+        self.walk("/", &mut out, &mut files).map_err(to_io)?;
         out.sort_by(|a, b| a.path.cmp(&b.path));
+        if let Ok(mut f) = self.files.lock() {
+            *f = files;
+        }
         Ok(out)
     }
 
     fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + '_>> {
+        let walked = self.files.lock().ok().and_then(|f| f.get(path).cloned());
+        if let Some(e) = walked {
+            return Ok(Box::new(self.view.open_entry(&e).map_err(to_io)?));
+        }
         let Some(e) = self.view.lookup(path).map_err(to_io)? else {
             return Err(io::Error::new(io::ErrorKind::NotFound, path.to_owned()));
         };

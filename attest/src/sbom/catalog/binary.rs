@@ -19,13 +19,16 @@ const CLASSIFIERS: &[Classifier] = &[Classifier {
 
 /// The version right after `banner` (digits and dots, then a non-version byte), first match.
 fn version_after(bytes: &[u8], banner: &[u8]) -> Option<String> {
+    let first = *banner.first()?;
     let mut from = 0;
-    while let Some(pos) = bytes
-        .get(from..)?
-        .windows(banner.len())
-        .position(|w| w == banner)
-    {
-        let start = from + pos + banner.len();
+    // Scan for the banner's first byte (a tight loop the compiler vectorises), then compare.
+    while let Some(pos) = bytes.get(from..)?.iter().position(|b| *b == first) {
+        let at = from + pos;
+        if bytes.get(at..at + banner.len()) != Some(banner) {
+            from = at + 1;
+            continue;
+        }
+        let start = at + banner.len();
         let v: Vec<u8> = bytes
             .get(start..)?
             .iter()
