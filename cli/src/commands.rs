@@ -35,7 +35,7 @@ enum Command {
     ///   kiln build -o type=oci,dest=app.tar -o type=local,dest=rootfs .
     ///   kiln build --build-context base=oci-layout://./base-layout .
     #[command(verbatim_doc_comment)]
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List images in the local image store.
     Images,
     /// Show disk usage of the store.
@@ -129,7 +129,8 @@ struct BuildArgs {
     /// Do not use cached step results.
     #[arg(long)]
     no_cache: bool,
-    /// Output: type=oci|oci-dir|docker|local|tar,dest=PATH (repeatable).
+    /// Output: type=oci|oci-dir|docker|local|tar,dest=PATH, or type=registry,ref=REG/NAME:TAG
+    /// (repeatable).
     #[arg(short = 'o', long = "output", value_name = "SPEC", value_parser = parse_output)]
     outputs: Vec<OutputSpec>,
     /// Progress output.
@@ -191,6 +192,8 @@ struct BuildArgs {
     /// forwards the agent protocol; no key ever enters the step.
     #[arg(long = "ssh", value_name = "ID[=SOCKET]", value_parser = crate::ssh::parse_ssh)]
     ssh: Vec<crate::ssh::SshSpec>,
+    #[command(flatten)]
+    registry: crate::registry::RegistryArgs,
 }
 
 /// `default` or `UID:GID:COUNT`.
@@ -367,7 +370,7 @@ fn usage(msg: String) -> Failure {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Build(b) => build(&cli.root, b),
+        Command::Build(b) => build(&cli.root, *b),
         Command::Images => images(&cli.root),
         Command::Du => du(&cli.root),
         Command::Prune { all } => prune(&cli.root, all),
@@ -481,6 +484,7 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         .validate()
         .map_err(|e| usage(format!("step limits: {e}")))?;
     req.outputs = b.outputs.clone();
+    crate::registry::apply(&b.registry, &mut req);
     if let Some(n) = b.max_parallelism {
         if n == 0 {
             return Err(usage("--max-parallelism must be at least 1".into()));
@@ -552,6 +556,9 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         }
         for t in &result.tags {
             eprintln!("naming to {t}");
+        }
+        for (r, d) in &result.pushed {
+            eprintln!("pushed {r}@{d}");
         }
         eprintln!(
             "built {} ({} steps run, {} cached)",

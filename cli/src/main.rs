@@ -4,6 +4,7 @@
 //! re-executed with the hidden init argument it becomes the step's init and never returns.
 
 mod commands;
+mod registry;
 mod secrets;
 mod ssh;
 mod ui;

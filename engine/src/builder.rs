@@ -141,6 +141,14 @@ pub struct BuildRequest {
     pub secrets: crate::ops::secrets::Secrets,
     /// `--ssh`: agent sockets for `RUN --mount=type=ssh`, by id.
     pub ssh: crate::ops::ssh::SshAgents,
+    /// Registry settings (`--insecure-registry`, `--registry-ca`, docker config).
+    pub registry: crate::registry::RegistryOptions,
+    /// `--pull`: refresh `FROM` tags from their registry.
+    pub pull: bool,
+    /// `--cache-to`.
+    pub cache_to: Vec<crate::cache_export::CacheSpec>,
+    /// `--cache-from`.
+    pub cache_from: Vec<crate::cache_export::CacheSpec>,
 }
 
 impl BuildRequest {
@@ -170,6 +178,10 @@ impl BuildRequest {
             fetch_timeout: crate::ops::DEFAULT_FETCH_TIMEOUT,
             secrets: crate::ops::secrets::Secrets::new(),
             ssh: crate::ops::ssh::SshAgents::new(),
+            registry: crate::registry::RegistryOptions::default(),
+            pull: false,
+            cache_to: Vec::new(),
+            cache_from: Vec::new(),
         }
     }
 }
@@ -220,6 +232,17 @@ pub enum BuildError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// Pushing to a registry failed.
+    #[error("pushing {reference}: {source}")]
+    Push {
+        /// Where to.
+        reference: String,
+        /// Why.
+        source: Box<crate::registry::RegistryError>,
+    },
+    /// Exporting the cache failed.
+    #[error(transparent)]
+    Cache(#[from] Box<crate::cache_export::CacheError>),
 }
 
 /// What a build produced.
@@ -244,6 +267,11 @@ pub struct BuildResult {
     /// every URL the image depends on is a [`crate::graph::SourceOp::Http`] vertex of the
     /// graph.
     pub fetched: Vec<(String, Digest)>,
+    /// Every base image `FROM`/`--from` resolved to, as (reference as written, manifest
+    /// digest), local or pulled, in resolution order.
+    pub base_images: Vec<(String, Digest)>,
+    /// Registry outputs: (reference, pushed manifest digest).
+    pub pushed: Vec<(String, Digest)>,
 }
 
 /// The embedded engine: a store and the sandbox's init binary.
@@ -266,7 +294,10 @@ pub struct Planned {
     pub unused_build_args: Vec<String>,
     /// Lint warnings.
     pub warnings: Vec<String>,
+    /// Base images resolved (reference, manifest digest).
+    pub base_images: Vec<(String, Digest)>,
     contexts: HashMap<String, ContextDir>,
+    registry: Option<Arc<crate::registry::Client>>,
 }
 
 impl Engine {
@@ -347,7 +378,12 @@ impl Engine {
             }
         }
         let resolver = StoreResolver {
-            store: &self.store,
+            registry: crate::registry::resolve::ImageResolver::new(
+                &self.store,
+                req.registry.clone(),
+                req.pull,
+                convert::host_platform(),
+            ),
             images,
             dirs: contexts
                 .keys()
@@ -370,7 +406,9 @@ impl Engine {
             image: c.image,
             unused_build_args: c.unused_build_args,
             warnings: c.warnings,
+            base_images: resolver.registry.seen(),
             contexts,
+            registry: resolver.registry.client(),
         })
     }
 
@@ -400,6 +438,18 @@ impl Engine {
         ctx.userns = req.userns;
         ctx.secrets = req.secrets.clone();
         ctx.ssh = req.ssh.clone();
+        let mut warnings = planned.warnings;
+        if !req.no_cache && !req.cache_from.is_empty() {
+            let staged = crate::cache_export::import_all(
+                &self.store,
+                planned.registry.as_ref(),
+                &req.registry,
+                &req.cache_from,
+                &progress,
+                &mut warnings,
+            );
+            ctx.staged = std::sync::Mutex::new(staged);
+        }
         let ctx = Arc::new(ctx);
         let solved = crate::solver::solve(
             graph.clone(),
@@ -455,6 +505,21 @@ impl Engine {
             message: e.to_string(),
         })??;
         let mut staged = staged;
+        for spec in &req.cache_to {
+            crate::cache_export::export_one(
+                &self.store,
+                planned.registry.as_ref(),
+                &req.registry,
+                spec,
+                &graph,
+                &solved,
+                &assembled.chain,
+                &opts,
+                &mut staged,
+                &progress,
+            )
+            .map_err(Box::new)?;
+        }
         progress.send(Event::Phase {
             name: format!(
                 "exporting manifest {} ({:.1}s)",
@@ -470,11 +535,22 @@ impl Engine {
         let a2 = assembled.clone();
         let names2 = names.clone();
         let epoch = req.epoch;
-        tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
+        let push = crate::registry::push::Pusher::new(
+            planned.registry.clone(),
+            &req.registry,
+            &planned.base_images,
+            progress.clone(),
+        );
+        let pushed = tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
+            let mut pushed = Vec::new();
             for o in &outputs {
+                if let OutputSpec::Registry { reference } = o {
+                    pushed.push(push.push(&store, &a2, reference)?);
+                    continue;
+                }
                 output::write(&store, &a2, &names2, o, epoch)?;
             }
-            Ok(())
+            Ok(pushed)
         })
         .await
         .map_err(|e| BuildError::Context {
@@ -505,8 +581,10 @@ impl Engine {
             executed: solved.executed,
             cached: solved.cached,
             unused_build_args: planned.unused_build_args,
-            warnings: planned.warnings,
+            warnings,
             fetched,
+            base_images: planned.base_images,
+            pushed,
         })
     }
 }
@@ -549,7 +627,7 @@ fn load_dockerignore(context: &Path, dockerfile: &Path) -> Result<DockerIgnore, 
 }
 
 struct StoreResolver<'a> {
-    store: &'a Store,
+    registry: crate::registry::resolve::ImageResolver<'a>,
     images: HashMap<String, ResolvedImage>,
     dirs: Vec<String>,
 }
@@ -559,16 +637,7 @@ impl Resolver for StoreResolver<'_> {
         if let Some(i) = self.images.get(reference) {
             return Ok(Some(i.clone()));
         }
-        let name = image::normalize_name(reference);
-        let Some(rec) = self.store.meta.image(&name).map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
-        let loaded = image::load(self.store, &rec.manifest).map_err(|e| e.to_string())?;
-        Ok(Some(ResolvedImage {
-            manifest: loaded.digest,
-            layers: loaded.manifest.layers.clone(),
-            config: loaded.config,
-        }))
+        self.registry.resolve(reference)
     }
 
     fn has_context(&self, name: &str) -> bool {

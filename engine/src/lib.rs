@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod builder;
+pub mod cache_export;
 pub mod copydiff;
 pub mod digest;
 pub mod fileop;
@@ -21,6 +22,7 @@ pub mod oci;
 pub mod ops;
 pub mod output;
 pub mod progress;
+pub mod registry;
 pub mod solver;
 pub mod store;
 pub mod tenant;
