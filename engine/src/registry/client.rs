@@ -245,6 +245,19 @@ impl Client {
                 Some(h)
             }
             Some(Challenge::Bearer { realm, service }) => {
+                // Credentials go to the realm: never over plain HTTP, unless the registry
+                // itself is an allowed loopback one and so is the realm.
+                let realm_host = realm
+                    .strip_prefix("http://")
+                    .map(|r| r.split('/').next().unwrap_or(r));
+                if let Some(h) = realm_host
+                    && !(base.starts_with("http://") && is_loopback(h))
+                {
+                    return Err(unauthorized(
+                        401,
+                        format!(": refusing the plain-HTTP token realm {realm:?}"),
+                    ));
+                }
                 let mut url = format!("{realm}?");
                 if let Some(s) = &service {
                     url.push_str(&format!("service={}&", query_escape(s)));

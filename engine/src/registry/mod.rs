@@ -18,6 +18,9 @@ pub mod push;
 pub mod reference;
 pub mod resolve;
 
+#[cfg(test)]
+mod fake_tests;
+
 pub use client::{Client, RegistryOptions};
 pub use reference::Reference;
 
