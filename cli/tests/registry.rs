@@ -453,3 +453,85 @@ fn tampered_cache_blob_or_manifest_is_rejected_and_the_steps_rebuild() {
     );
     assert_eq!(rc.digest(), ra.digest());
 }
+
+/// `PUT`s an OCI index for `entries` (digest, architecture) under `REG/REPO:TAG` (python3, to
+/// keep the test free of another HTTP client).
+fn put_index(reg: &Registry, repo_tag: &str, entries: &[(String, &str, usize)]) {
+    let manifests: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(d, arch, size)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": d, "size": size,
+                "platform": {"os": "linux", "architecture": arch},
+            })
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    let (repo, tag) = repo_tag.split_once(':').unwrap();
+    let url = format!("http://{}/v2/{repo}/manifests/{tag}", reg.addr);
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, urllib.request as u\n\
+             r = u.Request(sys.argv[1], data=sys.argv[2].encode(), method='PUT', \
+             headers={'Content-Type': 'application/vnd.oci.image.index.v1+json'})\n\
+             print(u.urlopen(r).status)",
+            &url,
+            &index.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_index_resolves_to_the_build_platform_manifest() {
+    if !root_or_skip() {
+        return;
+    }
+    let reg = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Kiln::with_base();
+    let amd = push_base(&reg, &a, dir.path(), "multi", &insecure(&reg));
+    let amd_size = reg.raw_manifest("multi:1").len();
+    // Another image in the same repository stands in for the arm64 variant.
+    let ctx = context(
+        dir.path(),
+        "arm",
+        &format!("FROM {BASE}\nRUN echo arm > /arm.txt\n"),
+    );
+    let mut args = insecure(&reg);
+    args.push(format!("-o=type=registry,ref={}/multi:arm", reg.addr));
+    let arm = build(&a, &ctx, &args, None).ok().digest();
+    let arm_size = reg.raw_manifest("multi:arm").len();
+    put_index(
+        &reg,
+        "multi:both",
+        &[(arm, "arm64", arm_size), (amd.clone(), "amd64", amd_size)],
+    );
+    let b = Kiln::empty();
+    let ctx = context(
+        dir.path(),
+        "from-index",
+        &format!(
+            "FROM {}/multi:both\nRUN test -f /base.txt && test ! -e /arm.txt\n",
+            reg.addr
+        ),
+    );
+    build(&b, &ctx, &insecure(&reg), None).ok();
+    // The tag is recorded with the platform manifest's digest.
+    assert!(
+        b.images().contains(&amd[7..19]) || b.images().contains(&amd),
+        "{}",
+        b.images()
+    );
+}
