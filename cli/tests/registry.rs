@@ -535,3 +535,51 @@ fn an_index_resolves_to_the_build_platform_manifest() {
         b.images()
     );
 }
+
+#[test]
+fn cache_import_fetches_only_the_records_a_build_asks_for() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path(), "five", &format!("FROM {BASE}\n{FIVE_STEPS}"));
+    let cache = dir.path().join("cache");
+    let a = Kiln::with_base();
+    build(
+        &a,
+        &ctx,
+        &[format!(
+            "--cache-to=type=local,dest={},mode=max",
+            cache.display()
+        )],
+        None,
+    )
+    .ok();
+    // The COPY's input changed: only the first RUN can come from the cache, and only its layer
+    // is fetched (the base layers are local); nothing is fetched for the steps after the COPY.
+    fs::write(ctx.join("a.txt"), "changed\n").unwrap();
+    let b = Kiln::with_base();
+    let r = build(
+        &b,
+        &ctx,
+        &[format!("--cache-from=type=local,src={}", cache.display())],
+        None,
+    )
+    .ok();
+    let (ran, cached) = steps(&r);
+    assert_eq!(
+        cached.iter().filter(|n| n.contains("RUN")).count(),
+        1,
+        "{cached:?}"
+    );
+    assert_eq!(
+        ran.iter().filter(|n| n.contains("RUN")).count(),
+        2,
+        "{ran:?}"
+    );
+    let import = phases(&r)
+        .into_iter()
+        .find(|p| p.starts_with("importing cache from"))
+        .unwrap();
+    assert!(import.contains(": 1 records, 1 layer blobs,"), "{import}");
+}

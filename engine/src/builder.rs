@@ -440,15 +440,13 @@ impl Engine {
         ctx.ssh = req.ssh.clone();
         let mut warnings = planned.warnings;
         if !req.no_cache && !req.cache_from.is_empty() {
-            let staged = crate::cache_export::import_all(
+            ctx.remote_cache = Some(Arc::new(crate::cache_export::RemoteCaches::open(
                 &self.store,
                 planned.registry.as_ref(),
                 &req.registry,
                 &req.cache_from,
-                &progress,
-                &mut warnings,
-            );
-            ctx.staged = std::sync::Mutex::new(staged);
+                progress.clone(),
+            )));
         }
         let ctx = Arc::new(ctx);
         let solved = crate::solver::solve(
@@ -458,6 +456,9 @@ impl Engine {
             req.max_parallelism,
         )
         .await?;
+        if let Some(rc) = &ctx.remote_cache {
+            warnings.extend(rc.finish());
+        }
         let chain = match solved.outputs.get(&planned.target) {
             Some(Output::Layers(l)) => l.as_ref().clone(),
             _ => {

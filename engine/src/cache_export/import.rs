@@ -1,15 +1,21 @@
-//! `--cache-from`: stage the records of a shared cache so the solver hits them.
+//! `--cache-from`: remote caches the solver consults on a local miss.
+//!
+//! Before solving, each cache's manifest and config are fetched and verified (cheap: the
+//! config lists keys and layer descriptors). During the solve, a step whose key the local store
+//! does not have is looked up in them ([`RemoteCaches::lookup`]): only then are the layers of
+//! that one record fetched, verified, unpacked and staged, so a build whose early steps changed
+//! downloads nothing for the later ones.
 //!
 //! Trust: the cache is untrusted input. The manifest is verified against its digest, the
 //! config against the manifest, each layer blob against its descriptor while it streams into
 //! the content store, and the uncompressed tar against the recorded diff id while it is
-//! unpacked. Anything that fails is reported as a warning and the records that need it are
-//! not staged, so those steps run. (Digests prove the bytes are the ones the cache's writer
-//! published; they do not make a malicious writer honest: see SECURITY.md.)
+//! unpacked. Anything that fails is a warning and the lookup misses, so the step runs. (Digests
+//! prove the bytes are the ones the cache's writer published; they do not make a malicious
+//! writer honest: see SECURITY.md.)
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::remote::Remote;
 use super::{CACHE_CONFIG_VERSION, CacheConfig, CacheError, CacheSpec, CacheStats};
@@ -17,83 +23,189 @@ use crate::Digest;
 use crate::digest::Hasher;
 use crate::oci::import::MAX_JSON_SIZE;
 use crate::oci::types::Manifest;
+use crate::progress::{Event, Progress};
 use crate::registry::{Client, RegistryOptions};
 use crate::store::{CacheRecord, LayerBlob, LayerRecord, SnapshotId, StagedRecords, Store};
 
-/// Imports `spec` into `staged`. Failures become `warnings`; the build goes on without them.
-pub fn import(
-    store: &Store,
-    client: Option<&Arc<Client>>,
-    opts: &RegistryOptions,
-    spec: &CacheSpec,
-    staged: &mut StagedRecords,
-    warnings: &mut Vec<String>,
-) -> CacheStats {
-    let mut stats = CacheStats::default();
-    let target = spec.describe();
-    let remote = match Remote::open(spec, client, opts) {
-        Ok(r) => r,
-        Err(e) => {
-            warnings.push(format!("cache import skipped: {e}"));
-            return stats;
-        }
-    };
-    let config = match read_config(store, &remote, &mut stats) {
-        Ok(c) => c,
-        Err(e) => {
-            warnings.push(format!(
-                "cache import from {target} skipped: {e}; every step will be built"
-            ));
-            return stats;
-        }
-    };
-    // Records the store already has need nothing.
-    let mut wanted = Vec::new();
-    for r in &config.records {
-        if !super::is_cache_key(&r.key) || r.chain.iter().any(|&i| i >= config.layers.len()) {
-            warnings.push(format!(
-                "cache {target}: malformed record {:?} ignored",
-                r.key
-            ));
-            continue;
-        }
-        let local = match staged.cache.get(&r.key).cloned() {
-            Some(c) => Some(c),
-            None => store.meta.cache(&r.key).ok().flatten(),
-        };
-        if local.is_some_and(|c| c.layers.iter().all(|id| store.snapshots.path(id).is_dir())) {
-            continue;
-        }
-        wanted.push(r);
+/// One opened cache.
+struct Source {
+    remote: Remote,
+    config: CacheConfig,
+    /// Cache key (hex) → index into `config.records`.
+    records: HashMap<String, usize>,
+}
+
+#[derive(Default)]
+struct State {
+    /// (source, layer) → its layer directory, or `None` when it failed.
+    resolved: HashMap<(usize, usize), Option<SnapshotId>>,
+    /// Per source.
+    stats: Vec<CacheStats>,
+    warnings: Vec<String>,
+}
+
+/// The `--cache-from` caches of one build.
+pub struct RemoteCaches {
+    sources: Vec<Source>,
+    progress: Progress,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for RemoteCaches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteCaches")
+            .field("sources", &self.sources.len())
+            .finish()
     }
-    let mut resolved: BTreeMap<usize, Option<SnapshotId>> = BTreeMap::new();
-    for r in &wanted {
-        for &i in &r.chain {
-            if resolved.contains_key(&i) {
-                continue;
-            }
-            let got = match layer(store, &remote, &config, i, staged, &mut stats) {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    warnings.push(format!(
-                        "cache {target}: {e}; the steps that need this layer will be rebuilt"
-                    ));
-                    None
+}
+
+impl RemoteCaches {
+    /// Opens every spec: fetches and verifies its manifest and config. A cache that can not be
+    /// read is a warning (on `progress`, and from [`RemoteCaches::finish`]).
+    pub fn open(
+        store: &Store,
+        client: Option<&Arc<Client>>,
+        opts: &RegistryOptions,
+        specs: &[CacheSpec],
+        progress: Progress,
+    ) -> Self {
+        let mut state = State::default();
+        let mut sources = Vec::new();
+        for spec in specs {
+            let mut stats = CacheStats::default();
+            let opened = Remote::open(spec, client, opts)
+                .and_then(|remote| Ok((read_config(store, &remote, &mut stats)?, remote)));
+            match opened {
+                Ok((config, remote)) => {
+                    let mut records = HashMap::new();
+                    for (n, r) in config.records.iter().enumerate() {
+                        if !super::is_cache_key(&r.key)
+                            || r.chain.iter().any(|&i| i >= config.layers.len())
+                        {
+                            state.warnings.push(format!(
+                                "cache {}: malformed record {:?} ignored",
+                                spec.describe(),
+                                r.key
+                            ));
+                            continue;
+                        }
+                        records.entry(r.key.clone()).or_insert(n);
+                    }
+                    sources.push(Source {
+                        remote,
+                        config,
+                        records,
+                    });
+                    state.stats.push(stats);
                 }
-            };
-            resolved.insert(i, got);
+                Err(e) => state.warnings.push(format!(
+                    "cache import from {} skipped: {e}; its steps will be built",
+                    spec.describe()
+                )),
+            }
         }
-        let chain: Option<Vec<SnapshotId>> = r
-            .chain
-            .iter()
-            .map(|i| resolved.get(i).cloned().flatten())
-            .collect();
-        if let Some(layers) = chain {
-            staged.cache.insert(r.key.clone(), CacheRecord { layers });
-            stats.records += 1;
+        for w in &state.warnings {
+            progress.send(Event::Phase {
+                name: format!("WARNING: {w}"),
+            });
+        }
+        Self {
+            sources,
+            progress,
+            state: Mutex::new(state),
         }
     }
-    stats
+
+    /// The layer chain a remote cache holds for `key` (hex), its layers unpacked and staged
+    /// (with the record) in `staged`; `None` when no cache has it or it failed verification.
+    pub fn lookup(
+        &self,
+        store: &Store,
+        key: &str,
+        staged: &Mutex<StagedRecords>,
+    ) -> Option<Vec<SnapshotId>> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (s, src) in self.sources.iter().enumerate() {
+            let Some(&n) = src.records.get(key) else {
+                continue;
+            };
+            let Some(rec) = src.config.records.get(n) else {
+                continue;
+            };
+            let mut chain = Vec::with_capacity(rec.chain.len());
+            for &i in &rec.chain {
+                let got = match state.resolved.get(&(s, i)) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let mut stats = state.stats.get(s).cloned().unwrap_or_default();
+                        let r = layer(store, &src.remote, &src.config, i, staged, &mut stats);
+                        if let Some(slot) = state.stats.get_mut(s) {
+                            *slot = stats;
+                        }
+                        let r = match r {
+                            Ok(id) => Some(id),
+                            Err(e) => {
+                                let w = format!(
+                                    "cache {}: {e}; the steps that need this layer will be rebuilt",
+                                    src.remote.target()
+                                );
+                                self.progress.send(Event::Phase {
+                                    name: format!("WARNING: {w}"),
+                                });
+                                state.warnings.push(w);
+                                None
+                            }
+                        };
+                        state.resolved.insert((s, i), r.clone());
+                        r
+                    }
+                };
+                match got {
+                    Some(id) => chain.push(id),
+                    None => break,
+                }
+            }
+            if chain.len() == rec.chain.len() {
+                let mut st = staged
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                st.cache.insert(
+                    key.to_owned(),
+                    CacheRecord {
+                        layers: chain.clone(),
+                    },
+                );
+                if let Some(x) = state.stats.get_mut(s) {
+                    x.records += 1;
+                }
+                return Some(chain);
+            }
+        }
+        None
+    }
+
+    /// Reports what each cache gave (on `progress`) and returns the warnings.
+    pub fn finish(&self) -> Vec<String> {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (src, s) in self.sources.iter().zip(&state.stats) {
+            self.progress.send(Event::Phase {
+                name: format!(
+                    "importing cache from {}: {} records, {} layer blobs, {} bytes fetched",
+                    src.remote.target(),
+                    s.records,
+                    s.blobs,
+                    s.bytes
+                ),
+            });
+        }
+        state.warnings.clone()
+    }
 }
 
 fn read_config(
@@ -131,15 +243,20 @@ fn read_config(
 }
 
 /// One layer: reused if a local directory was unpacked from the same blob, else fetched,
-/// verified and unpacked; staged with its records.
+/// verified and unpacked; its records are staged in `staged`.
 fn layer(
     store: &Store,
     remote: &Remote,
     config: &CacheConfig,
     i: usize,
-    staged: &mut StagedRecords,
+    staged: &Mutex<StagedRecords>,
     stats: &mut CacheStats,
 ) -> Result<SnapshotId, CacheError> {
+    let lock = || {
+        staged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     let target = remote.target().to_owned();
     let l = config.layers.get(i).ok_or_else(|| CacheError::Invalid {
         target: target.clone(),
@@ -148,7 +265,7 @@ fn layer(
     let Some(blob) = &l.blob else {
         let pending = store.snapshots.create()?;
         let id = store.snapshots.commit(pending)?;
-        staged.layers.insert(
+        lock().layers.insert(
             id.clone(),
             LayerRecord {
                 diff_id: l.diff_id,
@@ -158,7 +275,7 @@ fn layer(
         );
         return Ok(id);
     };
-    let known = match staged.unpacked.get(&blob.digest).cloned() {
+    let known = match lock().unpacked.get(&blob.digest).cloned() {
         Some(id) => Some(id),
         None => store.meta.unpacked(&blob.digest)?,
     };
@@ -203,8 +320,9 @@ fn layer(
         .map(|mut d| d.next().is_none())
         .unwrap_or(false);
     let id = store.snapshots.commit(pending)?;
-    staged.unpacked.insert(blob.digest, id.clone());
-    staged.layers.insert(
+    let mut st = lock();
+    st.unpacked.insert(blob.digest, id.clone());
+    st.layers.insert(
         id.clone(),
         LayerRecord {
             diff_id: Some(diff_id),

@@ -7,10 +7,11 @@
 //!
 //! - [`export`]: after a build, the records of the steps the mode selects (`min`: those whose
 //!   result is a prefix of the final image's layers; `max`: every step) and their layers.
-//! - [`import`]: before solving, every record the store does not already have: its layers are
-//!   fetched, verified by digest (and by diff id while unpacking), unpacked into layer
-//!   directories and staged with the record, so the solver hits them like local ones. A blob
-//!   or manifest that fails verification is a warning, and the steps that need it run.
+//! - [`RemoteCaches`]: before solving, each cache's manifest and config; during the solve, on
+//!   a local miss, the one record asked for: its layers fetched, verified by digest (and by
+//!   diff id while unpacking), unpacked into layer directories and staged with the record, so
+//!   the step is a hit like a local one. A blob or manifest that fails verification is a
+//!   warning, and the steps that need it run.
 
 mod export;
 mod import;
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use export::export;
-pub use import::import;
+pub use import::RemoteCaches;
 
 use crate::Digest;
 use crate::builder::SpecError;
@@ -225,41 +226,6 @@ pub struct CacheStats {
     pub blobs: usize,
     /// Bytes moved.
     pub bytes: u64,
-}
-
-/// Imports every `--cache-from` (in order; the first to provide a key wins), reporting each
-/// on `progress`. Returns the staged records for the solver.
-pub fn import_all(
-    store: &crate::store::Store,
-    client: Option<&std::sync::Arc<crate::registry::Client>>,
-    opts: &crate::registry::RegistryOptions,
-    specs: &[CacheSpec],
-    progress: &crate::progress::Progress,
-    warnings: &mut Vec<String>,
-) -> crate::store::StagedRecords {
-    let mut staged = crate::store::StagedRecords::default();
-    for spec in specs {
-        let start = std::time::Instant::now();
-        let mut w = Vec::new();
-        let s = import(store, client, opts, spec, &mut staged, &mut w);
-        for m in &w {
-            progress.send(crate::progress::Event::Phase {
-                name: format!("WARNING: {m}"),
-            });
-        }
-        warnings.extend(w);
-        progress.send(crate::progress::Event::Phase {
-            name: format!(
-                "importing cache from {}: {} records, {} layer blobs, {} bytes fetched ({:.1}s)",
-                spec.describe(),
-                s.records,
-                s.blobs,
-                s.bytes,
-                start.elapsed().as_secs_f64()
-            ),
-        });
-    }
-    staged
 }
 
 /// Exports one `--cache-to`, reporting it on `progress`.
