@@ -583,3 +583,73 @@ fn cache_import_fetches_only_the_records_a_build_asks_for() {
         .unwrap();
     assert!(import.contains(": 1 records, 1 layer blobs,"), "{import}");
 }
+
+#[test]
+fn tampered_local_cache_blob_is_rejected_and_the_step_rebuilds() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path(), "five", &format!("FROM {BASE}\n{FIVE_STEPS}"));
+    let cache = dir.path().join("cache");
+    let a = Kiln::with_base();
+    let ra = build(
+        &a,
+        &ctx,
+        &[format!(
+            "--cache-to=type=local,dest={},mode=max",
+            cache.display()
+        )],
+        None,
+    )
+    .ok();
+    // Flip a byte in the last layer blob the cache lists (the final RUN's).
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(cache.join("index.json")).unwrap()).unwrap();
+    let md = index["manifests"][0]["digest"].as_str().unwrap();
+    let blobs = cache.join("blobs/sha256");
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(blobs.join(&md[7..])).unwrap()).unwrap();
+    let last = m["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let f = blobs.join(&last[7..]);
+    let mut bytes = fs::read(&f).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x55;
+    fs::write(&f, &bytes).unwrap();
+
+    let b = Kiln::with_base();
+    let rb = build(
+        &b,
+        &ctx,
+        &[format!("--cache-from=type=local,src={}", cache.display())],
+        None,
+    )
+    .ok();
+    let warn = phases(&rb).join("\n");
+    assert!(
+        warn.contains("failed verification") && warn.contains(&last),
+        "{warn}"
+    );
+    let (ran, _) = steps(&rb);
+    assert!(
+        ran.iter().any(|n| n.contains("RUN")),
+        "nothing rebuilt: {ran:?}"
+    );
+    assert_eq!(rb.digest(), ra.digest());
+    // Nothing of the tampered blob entered the store.
+    assert!(
+        !b.root()
+            .join("content/blobs/sha256")
+            .join(&last[7..])
+            .exists()
+            || {
+                // …unless the rebuilt step produced the genuine blob itself.
+                let stored =
+                    fs::read(b.root().join("content/blobs/sha256").join(&last[7..])).unwrap();
+                reg::sha256(&stored) == last
+            }
+    );
+}
