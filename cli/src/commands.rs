@@ -130,7 +130,7 @@ struct BuildArgs {
     #[arg(long)]
     no_cache: bool,
     /// Output: type=oci|oci-dir|docker|local|tar,dest=PATH, or type=registry,ref=REG/NAME:TAG
-    /// (repeatable).
+    /// (alias type=image,name=REG/NAME:TAG,push=true) to push (repeatable).
     #[arg(short = 'o', long = "output", value_name = "SPEC", value_parser = parse_output)]
     outputs: Vec<OutputSpec>,
     /// Progress output.
