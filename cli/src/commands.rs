@@ -144,7 +144,8 @@ struct BuildArgs {
     /// Do not use cached step results.
     #[arg(long)]
     no_cache: bool,
-    /// Output: type=oci|oci-dir|docker|local|tar,dest=PATH (repeatable).
+    /// Output: type=oci|oci-dir|docker|local|tar,dest=PATH, or type=registry,ref=REG/NAME:TAG
+    /// (alias type=image,name=REG/NAME:TAG,push=true) to push (repeatable).
     #[arg(short = 'o', long = "output", value_name = "SPEC", value_parser = parse_output)]
     outputs: Vec<OutputSpec>,
     /// Progress output.
@@ -208,6 +209,8 @@ struct BuildArgs {
     ssh: Vec<crate::ssh::SshSpec>,
     #[command(flatten)]
     attest: crate::attest::AttestArgs,
+    #[command(flatten)]
+    registry: crate::registry::RegistryArgs,
 }
 
 /// `default` or `UID:GID:COUNT`.
@@ -519,6 +522,7 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         .validate()
         .map_err(|e| usage(format!("step limits: {e}")))?;
     req.outputs = b.outputs.clone();
+    crate::registry::apply(&b.registry, &mut req);
     if let Some(n) = b.max_parallelism {
         if n == 0 {
             return Err(usage("--max-parallelism must be at least 1".into()));
@@ -590,6 +594,9 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         }
         for t in &result.tags {
             eprintln!("naming to {t}");
+        }
+        for (r, d) in &result.pushed {
+            eprintln!("pushed {r}@{d}");
         }
         if let Some(index) = &result.index_digest {
             let signed = result.attestations.iter().filter(|a| a.1).count();

@@ -5,6 +5,7 @@
 
 mod attest;
 mod commands;
+mod registry;
 mod secrets;
 mod ssh;
 mod ui;

@@ -143,6 +143,14 @@ pub struct BuildRequest {
     pub ssh: crate::ops::ssh::SshAgents,
     /// `--attest`, `--sbom`, `--sign-key`, `--attest-dest`: what the build attests.
     pub attest: crate::attest::AttestOptions,
+    /// Registry settings (`--insecure-registry`, `--registry-ca`, docker config).
+    pub registry: crate::registry::RegistryOptions,
+    /// `--pull`: refresh `FROM` tags from their registry.
+    pub pull: bool,
+    /// `--cache-to`.
+    pub cache_to: Vec<crate::cache_export::CacheSpec>,
+    /// `--cache-from`.
+    pub cache_from: Vec<crate::cache_export::CacheSpec>,
 }
 
 impl BuildRequest {
@@ -173,6 +181,10 @@ impl BuildRequest {
             secrets: crate::ops::secrets::Secrets::new(),
             ssh: crate::ops::ssh::SshAgents::new(),
             attest: crate::attest::AttestOptions::default(),
+            registry: crate::registry::RegistryOptions::default(),
+            pull: false,
+            cache_to: Vec::new(),
+            cache_from: Vec::new(),
         }
     }
 }
@@ -226,6 +238,17 @@ pub enum BuildError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// Pushing to a registry failed.
+    #[error("pushing {reference}: {source}")]
+    Push {
+        /// Where to.
+        reference: String,
+        /// Why.
+        source: Box<crate::registry::RegistryError>,
+    },
+    /// Exporting the cache failed.
+    #[error(transparent)]
+    Cache(#[from] Box<crate::cache_export::CacheError>),
 }
 
 /// What a build produced.
@@ -256,6 +279,11 @@ pub struct BuildResult {
     pub attestations: Vec<(String, bool)>,
     /// Files written to `--attest-dest`.
     pub attest_files: Vec<PathBuf>,
+    /// Every base image `FROM`/`--from` resolved to, as (reference as written, manifest
+    /// digest), local or pulled, in resolution order.
+    pub base_images: Vec<(String, Digest)>,
+    /// Registry outputs: (reference, pushed manifest digest).
+    pub pushed: Vec<(String, Digest)>,
 }
 
 /// The embedded engine: a store and the sandbox's init binary.
@@ -280,7 +308,10 @@ pub struct Planned {
     pub warnings: Vec<String>,
     /// The Dockerfile as given, and the sha256 of its bytes.
     pub dockerfile: (String, Digest),
+    /// Base images resolved (reference, manifest digest).
+    pub base_images: Vec<(String, Digest)>,
     contexts: HashMap<String, ContextDir>,
+    registry: Option<Arc<crate::registry::Client>>,
 }
 
 impl Engine {
@@ -362,7 +393,12 @@ impl Engine {
             }
         }
         let resolver = StoreResolver {
-            store: &self.store,
+            registry: crate::registry::resolve::ImageResolver::new(
+                &self.store,
+                req.registry.clone(),
+                req.pull,
+                convert::host_platform(),
+            ),
             images,
             dirs: contexts
                 .keys()
@@ -389,7 +425,9 @@ impl Engine {
                 provenance_path(&req.context, &dockerfile),
                 dockerfile_digest,
             ),
+            base_images: resolver.registry.seen(),
             contexts,
+            registry: resolver.registry.client(),
         })
     }
 
@@ -420,6 +458,16 @@ impl Engine {
         ctx.userns = req.userns;
         ctx.secrets = req.secrets.clone();
         ctx.ssh = req.ssh.clone();
+        let mut warnings = planned.warnings;
+        if !req.no_cache && !req.cache_from.is_empty() {
+            ctx.remote_cache = Some(Arc::new(crate::cache_export::RemoteCaches::open(
+                &self.store,
+                planned.registry.as_ref(),
+                &req.registry,
+                &req.cache_from,
+                progress.clone(),
+            )));
+        }
         let ctx = Arc::new(ctx);
         let solved = crate::solver::solve(
             graph.clone(),
@@ -428,6 +476,9 @@ impl Engine {
             req.max_parallelism,
         )
         .await?;
+        if let Some(rc) = &ctx.remote_cache {
+            warnings.extend(rc.finish());
+        }
         let chain = match solved.outputs.get(&planned.target) {
             Some(Output::Layers(l)) => l.as_ref().clone(),
             _ => {
@@ -496,6 +547,21 @@ impl Engine {
             message: e.to_string(),
         })??;
         let mut staged = staged;
+        for spec in &req.cache_to {
+            crate::cache_export::export_one(
+                &self.store,
+                planned.registry.as_ref(),
+                &req.registry,
+                spec,
+                &graph,
+                &solved,
+                &assembled.chain,
+                &opts,
+                &mut staged,
+                &progress,
+            )
+            .map_err(Box::new)?;
+        }
         progress.send(Event::Phase {
             name: format!(
                 "exporting manifest {} ({:.1}s)",
@@ -604,11 +670,22 @@ impl Engine {
         let names2 = names.clone();
         let epoch = req.epoch;
         let attached2 = attached.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
+        let push = crate::registry::push::Pusher::new(
+            planned.registry.clone(),
+            &req.registry,
+            &planned.base_images,
+            progress.clone(),
+        );
+        let pushed = tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
+            let mut pushed = Vec::new();
             for o in &outputs {
+                if let OutputSpec::Registry { reference } = o {
+                    pushed.push(push.push(&store, &a2, reference)?);
+                    continue;
+                }
                 output::write(&store, &a2, &names2, o, epoch, attached2.as_ref())?;
             }
-            Ok(())
+            Ok(pushed)
         })
         .await
         .map_err(|e| BuildError::Context {
@@ -640,11 +717,13 @@ impl Engine {
             executed: solved.executed,
             cached: solved.cached,
             unused_build_args: planned.unused_build_args,
-            warnings: planned.warnings,
+            warnings,
             fetched,
             index_digest: attached.map(|a| a.index.digest),
             attestations,
             attest_files,
+            base_images: planned.base_images,
+            pushed,
         })
     }
 }
@@ -720,7 +799,7 @@ fn load_dockerignore(context: &Path, dockerfile: &Path) -> Result<DockerIgnore, 
 }
 
 struct StoreResolver<'a> {
-    store: &'a Store,
+    registry: crate::registry::resolve::ImageResolver<'a>,
     images: HashMap<String, ResolvedImage>,
     dirs: Vec<String>,
 }
@@ -730,16 +809,7 @@ impl Resolver for StoreResolver<'_> {
         if let Some(i) = self.images.get(reference) {
             return Ok(Some(i.clone()));
         }
-        let name = image::normalize_name(reference);
-        let Some(rec) = self.store.meta.image(&name).map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
-        let loaded = image::load(self.store, &rec.manifest).map_err(|e| e.to_string())?;
-        Ok(Some(ResolvedImage {
-            manifest: loaded.digest,
-            layers: loaded.manifest.layers.clone(),
-            config: loaded.config,
-        }))
+        self.registry.resolve(reference)
     }
 
     fn has_context(&self, name: &str) -> bool {

@@ -335,7 +335,7 @@ fn container_config(s: &ImageState) -> ContainerConfig {
 }
 
 /// Writes one layer directory as a compressed blob; returns (diff id, blob, empty).
-fn write_blob(
+pub(crate) fn write_blob(
     store: &Store,
     id: &SnapshotId,
     opts: &AssembleOptions,

@@ -9,6 +9,7 @@
 
 pub mod attest;
 pub mod builder;
+pub mod cache_export;
 pub mod copydiff;
 pub mod digest;
 pub mod fileop;
@@ -22,6 +23,7 @@ pub mod oci;
 pub mod ops;
 pub mod output;
 pub mod progress;
+pub mod registry;
 pub mod solver;
 pub mod store;
 pub mod tenant;

@@ -41,6 +41,12 @@ pub enum OutputSpec {
         /// Destination file.
         dest: PathBuf,
     },
+    /// Pushed to a registry (`type=registry,ref=REG/NAME:TAG`, or
+    /// `type=image,name=REG/NAME:TAG,push=true`); see [`crate::registry::push`].
+    Registry {
+        /// Where to.
+        reference: String,
+    },
 }
 
 impl OutputSpec {
@@ -59,6 +65,8 @@ impl OutputSpec {
         }
         let mut kind = None;
         let mut dest = None;
+        let mut reference = None;
+        let mut push = false;
         for part in s.split(',') {
             let (k, v) = part
                 .split_once('=')
@@ -66,20 +74,34 @@ impl OutputSpec {
             match k.trim() {
                 "type" => kind = Some(v.trim().to_owned()),
                 "dest" => dest = Some(PathBuf::from(v.trim())),
+                "ref" | "name" => reference = Some(v.trim().to_owned()),
+                "push" => push = v.trim() == "true",
                 other => {
                     return Err(err(format!(
-                        "unknown attribute {other:?} (known: type, dest)"
+                        "unknown attribute {other:?} (known: type, dest, ref, name, push)"
                     )));
                 }
             }
         }
         let kind = kind.ok_or_else(|| err("missing type=".into()))?;
+        if kind == "registry" || kind == "image" {
+            let reference = reference
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| err(format!("type={kind} needs ref=REGISTRY/NAME:TAG")))?;
+            if kind == "image" && !push {
+                return Err(err(
+                    "type=image is supported with push=true only (it is type=registry)".into(),
+                ));
+            }
+            crate::registry::Reference::parse(&reference).map_err(|e| err(e.to_string()))?;
+            return Ok(Self::Registry { reference });
+        }
         if !matches!(
             kind.as_str(),
             "oci" | "oci-dir" | "docker" | "local" | "tar"
         ) {
             return Err(err(format!(
-                "unknown output type {kind:?} (known: oci, oci-dir, docker, local, tar)"
+                "unknown output type {kind:?} (known: oci, oci-dir, docker, local, tar, registry)"
             )));
         }
         let dest = dest
@@ -178,6 +200,10 @@ pub fn write(
                 .map_err(|e| oerr(dest)(e.to_string()))
         }
         OutputSpec::Local { dest } => flatten(store, img, dest),
+        // Pushed by the builder, which holds the registry client.
+        OutputSpec::Registry { reference } => Err(oerr(Path::new(reference))(
+            "a registry output is pushed by the builder".into(),
+        )),
         OutputSpec::Tar { dest } => {
             let parent = dest
                 .parent()

@@ -51,6 +51,8 @@ pub struct Solved {
     pub cached: usize,
     /// How many ran.
     pub executed: usize,
+    /// Cache keys by vertex (what `--cache-to` exports).
+    pub keys: HashMap<VertexIdx, Digest>,
 }
 
 /// Solves `targets` and everything they depend on.
@@ -136,6 +138,7 @@ pub async fn solve(
                 keys.lock()
                     .map_err(|e| SolveError::Internal(e.to_string()))?
                     .insert(i, key);
+                solved.keys.insert(i, key);
                 solved.outputs.insert(i, out);
                 for &d in dependents.get(&i).map(Vec::as_slice).unwrap_or(&[]) {
                     if let Some(n) = remaining.get_mut(&d) {

@@ -74,3 +74,8 @@ pub const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 pub const HOST_OS: &str = "linux";
 /// See [`HOST_OS`].
 pub const HOST_ARCHITECTURE: &str = "amd64";
+
+/// kiln's build-cache config blob (the config of a cache manifest; `docs/cache-format.md`).
+pub const KILN_CACHE_CONFIG: &str = "application/vnd.kiln.cache.config.v1+json";
+/// BuildKit's cache config media type, named for comparison in the docs (not read).
+pub const BUILDKIT_CACHE_CONFIG: &str = "application/vnd.buildkit.cacheconfig.v0";

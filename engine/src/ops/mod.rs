@@ -312,6 +312,8 @@ pub struct OpContext {
     pub secrets: secrets::Secrets,
     /// The build's ssh agents (`--ssh`), by id.
     pub ssh: ssh::SshAgents,
+    /// `--cache-from` caches, consulted when a step's key is not in the store.
+    pub remote_cache: Option<Arc<crate::cache_export::RemoteCaches>>,
     /// The store's secret MAC key, read (or made) the first time a step mounts a secret.
     secret_mac_key: OnceLock<sandbox::SecretBytes>,
     http: OnceLock<ureq::Agent>,
@@ -365,6 +367,7 @@ impl OpContext {
             confinements: Mutex::default(),
             secrets: secrets::Secrets::new(),
             ssh: ssh::SshAgents::new(),
+            remote_cache: None,
             secret_mac_key: OnceLock::new(),
             http: OnceLock::new(),
             killers: Mutex::default(),
@@ -536,7 +539,14 @@ pub fn cached(
         Some(r) => Some(r),
         None => ctx.store.meta.cache(&k)?,
     };
-    let Some(rec) = rec else { return Ok(None) };
+    let Some(rec) = rec else {
+        // A shared cache may have it: fetched, verified and staged on demand.
+        return Ok(ctx
+            .remote_cache
+            .as_ref()
+            .and_then(|rc| rc.lookup(&ctx.store, &k, &ctx.staged))
+            .map(|chain| Output::Layers(Arc::new(chain))));
+    };
     if rec
         .layers
         .iter()

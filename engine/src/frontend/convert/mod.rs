@@ -311,7 +311,8 @@ impl<'a> Converter<'a> {
                 format!(
                     "base image {reference:?} not found in kiln's local image store \
                      (build it with `kiln build -t {reference}`, or pass it with \
-                     --build-context {reference}=oci-layout://PATH or docker-archive://PATH.tar)"
+                     --build-context {reference}=oci-layout://PATH or docker-archive://PATH.tar, \
+                     or name the registry that has it: REGISTRY/NAME[:TAG|@sha256:…])"
                 ),
             )),
             Err(e) => Err(ConvertError::at(
