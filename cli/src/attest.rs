@@ -224,6 +224,29 @@ pub struct VerifyArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     output: OutputFormat,
+    #[command(flatten)]
+    registry: RegistryAccess,
+}
+
+/// How `docker://` images are reached (as for `kiln build`).
+#[derive(Debug, Args)]
+pub struct RegistryAccess {
+    /// DANGEROUS: reach this registry over plain HTTP (loopback registries only).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+    /// Also trust the CA certificates in this PEM file for registries.
+    #[arg(long = "registry-ca", value_name = "FILE", env = "KILN_REGISTRY_CA")]
+    registry_ca: Option<PathBuf>,
+}
+
+impl RegistryAccess {
+    fn options(&self) -> kiln_engine::registry::RegistryOptions {
+        kiln_engine::registry::RegistryOptions {
+            insecure: self.insecure_registry.clone(),
+            ca_file: self.registry_ca.clone(),
+            docker_config: None,
+        }
+    }
 }
 
 /// Output formats.
@@ -235,13 +258,16 @@ pub enum OutputFormat {
     Json,
 }
 
-fn find(root: &Path, image: &str) -> Result<Located, Failure> {
+fn find(root: &Path, image: &str, registry: &RegistryAccess) -> Result<Located, Failure> {
     let loc = ImageLocation::parse(image);
     let store = match &loc {
         ImageLocation::Local(_) => Some(Store::open(root)?),
         _ => None,
     };
-    Ok(locate::locate(&loc, store.as_ref()).map_err(|e| anyhow::anyhow!("{image}: {e}"))?)
+    Ok(
+        locate::locate_with(&loc, store.as_ref(), &registry.options())
+            .map_err(|e| anyhow::anyhow!("{image}: {e}"))?,
+    )
 }
 
 /// Runs `kiln verify`: exit 0 when every check holds, 1 with every reason otherwise.
@@ -250,7 +276,7 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
         .map_err(|e| usage(format!("--key {}: {e}", a.key.display())))?;
     let key =
         PublicKey::from_pem(&pem).map_err(|e| usage(format!("--key {}: {e}", a.key.display())))?;
-    let located = find(root, &a.image)?;
+    let located = find(root, &a.image, &a.registry)?;
     let policy = Policy {
         key,
         subject_digest: located.image.digest.to_string(),
@@ -370,11 +396,13 @@ pub struct InspectArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: OutputFormat,
+    #[command(flatten)]
+    registry: RegistryAccess,
 }
 
 /// Summaries of the image's attestations (signed or not; `kiln verify` checks signatures).
 pub fn inspect(root: &Path, a: InspectArgs) -> Result<(), Failure> {
-    let located = find(root, &a.image)?;
+    let located = find(root, &a.image, &a.registry)?;
     let mut docs: Vec<(String, serde_json::Value, bool)> = Vec::new();
     for (_, bytes) in &located.statements {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {

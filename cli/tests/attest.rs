@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/registry.rs"]
+mod reg;
 mod support;
 
 use std::collections::BTreeMap;
@@ -613,4 +615,89 @@ fn an_altered_attestation_blob_is_caught_by_its_digest() {
     );
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(r.stderr.contains("altered"), "{}", r.stderr);
+}
+
+/// `-o type=registry` pushes the attestations with the image, as BuildKit does (the tag names
+/// the index) plus the referrers-tag fallback (Debian's docker-registry 2.8 has no referrers
+/// API); `kiln verify docker://…` finds and checks them there.
+#[test]
+fn pushed_attestations_verify_from_the_registry() {
+    if !root_or_skip() {
+        return;
+    }
+    let registry = reg::Registry::plain();
+    let k = Kiln::with_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("app");
+    app_context(&ctx);
+    let (key, public) = keypair(tmp.path(), &k);
+    let insecure = format!("--insecure-registry={}", registry.addr);
+    let image = format!("{}/team/app:1", registry.addr);
+    let built = k
+        .build(
+            &ctx,
+            &[
+                &insecure,
+                "--sign-key",
+                key.to_str().unwrap(),
+                "-o",
+                &format!("type=registry,ref={image}"),
+            ],
+        )
+        .ok();
+    let digest = built.digest();
+    let (r, v) = verify(&k, &format!("docker://{image}"), &public, &[&insecure]);
+    assert_eq!(r.code, 0, "{v}\n{}", r.stderr);
+    assert_eq!(v["image"], digest.as_str());
+    assert_eq!(v["attestations"].as_array().unwrap().len(), 3, "{v}");
+    // By digest too.
+    let by_digest = format!("docker://{}/team/app@{digest}", registry.addr);
+    let (r, v) = verify(&k, &by_digest, &public, &[&insecure]);
+    assert_eq!(r.code, 0, "{v}");
+    // The tag names the index; the image inside it is kiln's.
+    let raw: Value = serde_json::from_slice(&registry.raw_manifest("team/app:1")).unwrap();
+    assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(raw["manifests"][0]["digest"], digest.as_str());
+    // The referrers tag lists one bundle referrer per statement.
+    let hex = digest.trim_start_matches("sha256:");
+    let tagged: Value =
+        serde_json::from_slice(&registry.raw_manifest(&format!("team/app:sha256-{hex}"))).unwrap();
+    let refs = tagged["manifests"].as_array().unwrap();
+    assert_eq!(refs.len(), 3, "{tagged}");
+    assert!(
+        refs.iter()
+            .all(|d| d["artifactType"] == "application/vnd.dev.sigstore.bundle.v0.3+json")
+    );
+    // skopeo picks kiln's image for this platform out of the index.
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["Architecture"], "amd64");
+    let img: Value =
+        serde_json::from_slice(&registry.raw_manifest(&format!("team/app@{digest}"))).unwrap();
+    assert_eq!(
+        j["Layers"],
+        json!(
+            img["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["digest"].clone())
+                .collect::<Vec<_>>()
+        )
+    );
+    // Another key does not verify.
+    let other = tmp.path().join("other");
+    fs::create_dir_all(&other).unwrap();
+    let (_, other_pub) = keypair(&other, &k);
+    let (r, _) = verify(&k, &format!("docker://{image}"), &other_pub, &[&insecure]);
+    assert_eq!(r.code, 1);
 }

@@ -680,7 +680,7 @@ impl Engine {
             let mut pushed = Vec::new();
             for o in &outputs {
                 if let OutputSpec::Registry { reference } = o {
-                    pushed.push(push.push(&store, &a2, reference)?);
+                    pushed.push(push.push(&store, &a2, reference, attached2.as_ref())?);
                     continue;
                 }
                 output::write(&store, &a2, &names2, o, epoch, attached2.as_ref())?;

@@ -1,5 +1,6 @@
 //! Finding an image and its attestations where a verifier names it, as skopeo names images:
-//! `oci-archive:PATH.tar[:REF]`, `oci:DIR[:REF]`, or a name in kiln's local image store.
+//! `oci-archive:PATH.tar[:REF]`, `oci:DIR[:REF]`, `docker://REGISTRY/NAME[:TAG|@DIGEST]`, or a
+//! name in kiln's local image store.
 //! Every blob read is checked against its digest; sizes are bounded before reading.
 
 use std::collections::HashMap;
@@ -98,12 +99,9 @@ pub enum LocateError {
         /// Found.
         actual: Digest,
     },
-    /// No registry client in this build of kiln.
-    #[error(
-        "docker://{0}: registry access is not available in this version of kiln; \
-         copy the image to a layout first (skopeo copy docker://… oci-archive:image.tar)"
-    )]
-    NoRegistry(String),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -221,6 +219,136 @@ impl Blobs for StoreBlobs<'_> {
     }
 }
 
+/// Blobs and manifests of one repository, fetched into memory and checked against their
+/// digests (verification needs no store).
+struct RegistryBlobs<'a> {
+    client: &'a crate::registry::Client,
+    reference: crate::registry::Reference,
+}
+
+impl Blobs for RegistryBlobs<'_> {
+    fn get(&self, d: &Descriptor) -> Result<Vec<u8>, LocateError> {
+        if d.size > MAX_BLOB {
+            return Err(too_big(d));
+        }
+        let r = crate::registry::Reference {
+            tag: None,
+            digest: Some(d.digest),
+            ..self.reference.clone()
+        };
+        if d.media_type == media::OCI_MANIFEST
+            || d.media_type == media::OCI_INDEX
+            || d.media_type == media::DOCKER_MANIFEST
+            || d.media_type == media::DOCKER_MANIFEST_LIST
+        {
+            // Verified against the digest asked for by the client.
+            return Ok(crate::registry::pull::fetch_manifest(self.client, &r)?.bytes);
+        }
+        let resp = self.client.request(
+            &r,
+            "pull",
+            &[],
+            ureq::http::Method::GET,
+            &format!("blobs/{}", d.digest),
+            &[],
+            ureq::SendBody::none(),
+        )?;
+        if resp.status() != 200 {
+            return Err(crate::registry::client::status_error(
+                &r,
+                format!("GET blob {}", d.digest),
+                resp,
+            )
+            .into());
+        }
+        let mut buf = Vec::new();
+        resp.into_body()
+            .into_reader()
+            .take(MAX_BLOB + 1)
+            .read_to_end(&mut buf)
+            .map_err(|source| LocateError::Io {
+                path: PathBuf::from(format!("{}", d.digest)),
+                source,
+            })?;
+        check(d, buf)
+    }
+}
+
+/// Finds the image at `location` and its attestations. `store` is needed for local names,
+/// `registry` (options) for `docker://` references.
+pub fn locate_with(
+    location: &ImageLocation,
+    store: Option<&Store>,
+    registry: &crate::registry::RegistryOptions,
+) -> Result<Located, LocateError> {
+    let ImageLocation::Registry(name) = location else {
+        return locate(location, store);
+    };
+    let reference = crate::registry::Reference::parse(name)?;
+    let client = crate::registry::Client::new(registry.clone())?;
+    let top = crate::registry::pull::fetch_manifest(&client, &reference)?;
+    let blobs = RegistryBlobs {
+        client: &client,
+        reference: reference.clone(),
+    };
+    let entry = Descriptor::new(top.media_type.clone(), top.digest, top.bytes.len() as u64);
+    let index = serde_json::to_vec(&Index::new(vec![entry]))
+        .map_err(|e| LocateError::Invalid(e.to_string()))?;
+    let mut located = from_layout(&blobs, &index, None)?;
+    // Referrers the index does not list: the referrers API, else the referrers tag.
+    let referrers = referrers(&client, &reference, &located.image.digest)?;
+    let more = attachments(&blobs, located.image.clone(), &referrers)?;
+    for b in more.bundles {
+        if !located.bundles.contains(&b) {
+            located.bundles.push(b);
+        }
+    }
+    Ok(located)
+}
+
+/// The referrers of `image` as the registry lists them (OCI 1.1 API, else the `sha256-<hex>`
+/// tag); empty when it lists none.
+fn referrers(
+    client: &crate::registry::Client,
+    r: &crate::registry::Reference,
+    image: &Digest,
+) -> Result<Vec<Descriptor>, LocateError> {
+    let resp = client.request(
+        r,
+        "pull",
+        &[],
+        ureq::http::Method::GET,
+        &format!("referrers/{image}"),
+        &[("Accept", media::OCI_INDEX)],
+        ureq::SendBody::none(),
+    )?;
+    let bytes = if resp.status() == 200 {
+        let mut buf = Vec::new();
+        resp.into_body()
+            .into_reader()
+            .take(MAX_BLOB)
+            .read_to_end(&mut buf)
+            .map_err(|source| LocateError::Io {
+                path: PathBuf::from("referrers"),
+                source,
+            })?;
+        buf
+    } else {
+        let tagged = crate::registry::Reference {
+            tag: Some(format!("sha256-{}", image.hex())),
+            digest: None,
+            ..r.clone()
+        };
+        match crate::registry::pull::fetch_manifest(client, &tagged) {
+            Ok(m) => m.bytes,
+            Err(_) => return Ok(Vec::new()),
+        }
+    };
+    Ok(Index::from_slice(&bytes)
+        .map(|i| i.manifests)
+        .unwrap_or_default())
+}
+
 /// Finds the image at `location` and its attestations. `store` is needed for local names.
 pub fn locate(location: &ImageLocation, store: Option<&Store>) -> Result<Located, LocateError> {
     match location {
@@ -234,7 +362,11 @@ pub fn locate(location: &ImageLocation, store: Option<&Store>) -> Result<Located
             let index = fs::read(&p).map_err(|source| LocateError::Io { path: p, source })?;
             from_layout(&DirBlobs(path.clone()), &index, reference.as_deref())
         }
-        ImageLocation::Registry(r) => Err(LocateError::NoRegistry(r.clone())),
+        ImageLocation::Registry(_) => locate_with(
+            location,
+            store,
+            &crate::registry::RegistryOptions::default(),
+        ),
         ImageLocation::Local(name) => {
             let store = store.ok_or_else(|| {
                 LocateError::Invalid(format!("{name}: no local image store to look in"))

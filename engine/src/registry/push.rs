@@ -204,6 +204,100 @@ pub fn push_image(
     Ok((d, stats))
 }
 
+/// Pushes an image's attestations after its manifest: every blob their manifests name, each
+/// manifest by digest, then the index over the image and them under `r`'s tag (what BuildKit
+/// pushes: the tag names the index). Registries without the OCI 1.1 referrers API get the
+/// referrers-tag fallback: the tag `sha256-<image hex>` names an index listing the referrers
+/// (merged with what it listed before). Returns the index's digest.
+pub fn push_attached(
+    client: &Client,
+    store: &Store,
+    r: &Reference,
+    image: &Digest,
+    attached: &crate::attest::Attached,
+    stats: &mut PushStats,
+) -> Result<Digest, RegistryError> {
+    let by_digest = Reference {
+        tag: None,
+        digest: None,
+        ..r.clone()
+    };
+    for d in &attached.blobs {
+        push_blob(client, store, r, d, &[], stats)?;
+    }
+    for m in &attached.manifests {
+        let bytes = store.content.read_blob(&m.digest)?;
+        put_manifest(client, &by_digest, &m.media_type, &bytes)?;
+    }
+    let index = put_manifest(
+        client,
+        r,
+        crate::oci::media::OCI_INDEX,
+        &attached.index_bytes,
+    )?;
+    let referrers: Vec<Descriptor> = attached
+        .manifests
+        .iter()
+        .filter(|m| m.artifact_type.is_some())
+        .cloned()
+        .collect();
+    if !referrers.is_empty() && !has_referrers_api(client, r, image)? {
+        referrers_tag(client, r, image, referrers)?;
+    }
+    Ok(index)
+}
+
+/// Whether the registry serves `GET /v2/<name>/referrers/<digest>` (OCI distribution 1.1).
+fn has_referrers_api(
+    client: &Client,
+    r: &Reference,
+    image: &Digest,
+) -> Result<bool, RegistryError> {
+    let resp = client.request(
+        r,
+        "pull",
+        &[],
+        Method::GET,
+        &format!("referrers/{image}"),
+        &[("Accept", crate::oci::media::OCI_INDEX)],
+        SendBody::none(),
+    )?;
+    Ok(resp.status() == 200)
+}
+
+/// The referrers-tag fallback: `sha256-<hex>` names an index of the image's referrers.
+fn referrers_tag(
+    client: &Client,
+    r: &Reference,
+    image: &Digest,
+    ours: Vec<Descriptor>,
+) -> Result<(), RegistryError> {
+    let tagged = Reference {
+        tag: Some(format!("sha256-{}", image.hex())),
+        digest: None,
+        ..r.clone()
+    };
+    let mut manifests = match super::pull::fetch_manifest(client, &tagged) {
+        Ok(m) => crate::oci::types::Index::from_slice(&m.bytes)
+            .map(|i| i.manifests)
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    for d in ours {
+        if !manifests.iter().any(|m| m.digest == d.digest) {
+            manifests.push(d);
+        }
+    }
+    let bytes = crate::oci::types::canonical_json(&crate::oci::types::Index::new(manifests))
+        .map_err(|e| RegistryError::Invalid {
+            host: r.registry.clone(),
+            what: "referrers index".into(),
+            reason: e.to_string(),
+        })?;
+    put_manifest(client, &tagged, crate::oci::media::OCI_INDEX, &bytes)?;
+    Ok(())
+}
+
 /// The builder's pusher for `-o type=registry`.
 #[derive(Debug)]
 pub struct Pusher {
@@ -239,6 +333,7 @@ impl Pusher {
         store: &Store,
         img: &crate::image::Assembled,
         reference: &str,
+        attached: Option<&crate::attest::Attached>,
     ) -> Result<(String, Digest), crate::builder::BuildError> {
         let err = |source| crate::builder::BuildError::Push {
             reference: reference.to_owned(),
@@ -256,8 +351,30 @@ impl Pusher {
             .map(|b| b.repository.clone())
             .collect();
         let start = std::time::Instant::now();
-        let (d, stats) =
-            push_image(&client, store, &img.manifest_descriptor, &r, &mount_from).map_err(err)?;
+        // With attestations the tag names the index over the image and them; the image
+        // manifest goes by digest.
+        let image_ref = match attached {
+            Some(_) => Reference {
+                tag: None,
+                digest: None,
+                ..r.clone()
+            },
+            None => r.clone(),
+        };
+        let (d, mut stats) = push_image(
+            &client,
+            store,
+            &img.manifest_descriptor,
+            &image_ref,
+            &mount_from,
+        )
+        .map_err(err)?;
+        if let Some(a) = attached {
+            let index = push_attached(&client, store, &r, &d, a, &mut stats).map_err(err)?;
+            self.progress.send(crate::progress::Event::Phase {
+                name: format!("attestations pushed: {r} names index {index}"),
+            });
+        }
         self.progress.send(crate::progress::Event::Phase {
             name: format!(
                 "pushed {r}@{d}: {} blobs uploaded ({} bytes), {} mounted, {} already there ({:.1}s)",
