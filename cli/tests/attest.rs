@@ -76,10 +76,15 @@ fn signed_attestations_verify_wherever_the_image_is_named() {
     let tar = tmp.path().join("app.tar");
     let dir = tmp.path().join("layout");
     let dest = tmp.path().join("attestations");
+    let extra = tmp.path().join("extra");
+    fs::create_dir_all(&extra).unwrap();
+    fs::write(extra.join("notes.txt"), "named context\n").unwrap();
     let built = k
         .build(
             &ctx,
             &[
+                "--build-context",
+                &format!("extra={}", extra.display()),
                 "-t",
                 "app:1",
                 "--sign-key",
@@ -174,6 +179,11 @@ fn signed_attestations_verify_wherever_the_image_is_named() {
     let deps = p["buildDefinition"]["resolvedDependencies"].to_string();
     assert!(deps.contains("pkg:docker/kiln-test/busybox"), "{deps}");
     assert!(deps.contains("\"context\""), "{deps}");
+    assert!(deps.contains("\"context:extra\""), "{deps}");
+    assert_eq!(
+        p["buildDefinition"]["externalParameters"]["namedContexts"]["extra"],
+        format!("dir:{}", extra.display())
+    );
     assert_eq!(
         p["buildDefinition"]["externalParameters"]["configSource"]["uri"],
         "Dockerfile"

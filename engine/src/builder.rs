@@ -512,14 +512,23 @@ impl Engine {
             tokio::task::spawn_blocking(move || crate::attest::catalog(layers))
         });
 
-        // The build context's content digest (for the provenance), meanwhile too.
+        // The content digests of the build context and of named directory contexts (for the
+        // provenance), meanwhile too.
         let context_task = req.attest.provenance.is_some().then(|| {
             let c = ctx.clone();
             tokio::task::spawn_blocking(move || {
-                let d = c.contexts.get("context")?;
-                let view = crate::fsview::context_view(&d.dir, &d.ignore);
-                crate::fileop::content_digest_cached(&view, &[".".to_owned()], Some(&c.file_hashes))
-                    .ok()
+                let mut out = std::collections::BTreeMap::new();
+                for (name, d) in &c.contexts {
+                    let view = crate::fsview::context_view(&d.dir, &d.ignore);
+                    if let Ok(digest) = crate::fileop::content_digest_cached(
+                        &view,
+                        &[".".to_owned()],
+                        Some(&c.file_hashes),
+                    ) {
+                        out.insert(name.clone(), digest);
+                    }
+                }
+                out
             })
         });
 
@@ -577,12 +586,12 @@ impl Engine {
             progress.send(Event::Phase {
                 name: "attesting (provenance, SBOM)".into(),
             });
-            let context_digest = match context_task {
+            let context_digests = match context_task {
                 Some(t) => t.await.map_err(|e| BuildError::Context {
                     name: "attest".into(),
                     message: e.to_string(),
                 })?,
-                None => None,
+                None => Default::default(),
             };
             let confinements = ctx
                 .confinements
@@ -594,7 +603,7 @@ impl Engine {
                 graph: &graph,
                 target: planned.target,
                 dockerfile: planned.dockerfile.clone(),
-                context_digest,
+                context_digests,
                 confinements: &confinements,
                 invocation_id: crate::store::content::random_hex(),
                 started,

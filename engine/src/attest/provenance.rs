@@ -24,8 +24,9 @@ pub struct BuildFacts<'a> {
     pub target: VertexIdx,
     /// The Dockerfile as given, and its sha256.
     pub dockerfile: (String, Digest),
-    /// The main build context's content digest (after `.dockerignore`).
-    pub context_digest: Option<Digest>,
+    /// Content digests (after `.dockerignore`) of the build context (`context`) and of the
+    /// named directory contexts, by name.
+    pub context_digests: BTreeMap<String, Digest>,
     /// The confinement of each step that ran in this build, by vertex.
     pub confinements: &'a BTreeMap<VertexIdx, kiln_sandbox::Confinement>,
     /// Build id.
@@ -125,10 +126,16 @@ pub fn input(f: &BuildFacts<'_>) -> ProvenanceInput {
             _ => {}
         }
     }
-    if let Some(d) = &f.context_digest {
-        let mut r = resource("context".into(), d);
-        r.name = Some("context".into());
-        deps.insert("context".into(), r);
+    for (name, d) in &f.context_digests {
+        // `context` is the main build context; a named directory context is `context:<name>`.
+        let uri = if name == "context" {
+            "context".to_owned()
+        } else {
+            format!("context:{name}")
+        };
+        let mut r = resource(uri.clone(), d);
+        r.name = Some(name.clone());
+        deps.insert(uri, r);
     }
     let mut named_contexts = BTreeMap::new();
     for (name, src) in &req.build_contexts {
