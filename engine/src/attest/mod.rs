@@ -109,6 +109,9 @@ pub enum AttestError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A statement asked for was not made (its worker failed).
+    #[error("the {0} attestation could not be made")]
+    NotMade(&'static str),
     /// An OCI document could not be serialised.
     #[error(transparent)]
     Encode(#[from] crate::oci::types::TypesError),
@@ -149,37 +152,33 @@ pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestat
         name: inputs.name.clone(),
         digest: [("sha256".to_owned(), inputs.manifest.hex().to_owned())].into(),
     }];
-    let mut predicates: Vec<(String, serde_json::Value)> = Vec::new();
-    if let Some(mode) = opts.provenance {
-        predicates.push((
-            amedia::SLSA_PROVENANCE_V1.into(),
-            slsa::predicate(&inputs.provenance, mode),
-        ));
+    let info = DocumentInfo {
+        name: inputs.name.clone(),
+        subject_digest: inputs.manifest.to_string(),
+        created_epoch: inputs.epoch,
+        tool: tool_name(),
+    };
+    let sbom = inputs.sbom;
+    // What to make, in the order the attestations are listed.
+    let mut kinds: Vec<&'static str> = Vec::new();
+    if opts.provenance.is_some() {
+        kinds.push(amedia::SLSA_PROVENANCE_V1);
     }
-    if let Some(catalogued) = inputs.sbom.filter(|_| opts.spdx || opts.cyclonedx) {
-        let info = DocumentInfo {
-            name: inputs.name.clone(),
-            subject_digest: inputs.manifest.to_string(),
-            created_epoch: inputs.epoch,
-            tool: tool_name(),
+    if sbom.is_some() && opts.spdx {
+        kinds.push(amedia::SPDX_DOCUMENT);
+    }
+    if sbom.is_some() && opts.cyclonedx {
+        kinds.push(amedia::CYCLONEDX_BOM);
+    }
+    // Render, serialise and sign each statement on its own thread: a large image's SBOM
+    // documents are megabytes of JSON.
+    let make = |kind: &'static str| -> Option<Attestation> {
+        let predicate = match kind {
+            amedia::SLSA_PROVENANCE_V1 => slsa::predicate(&inputs.provenance, opts.provenance?),
+            amedia::SPDX_DOCUMENT => sbom::to_spdx(sbom?, &info),
+            _ => sbom::to_cyclonedx(sbom?, &info),
         };
-        if opts.spdx {
-            predicates.push((
-                amedia::SPDX_DOCUMENT.into(),
-                sbom::to_spdx(catalogued, &info),
-            ));
-        }
-        if opts.cyclonedx {
-            predicates.push((
-                amedia::CYCLONEDX_BOM.into(),
-                sbom::to_cyclonedx(catalogued, &info),
-            ));
-        }
-    }
-    let mut out = Vec::new();
-    for (predicate_type, predicate) in predicates {
-        let statement = Statement::new(subject.clone(), predicate_type.clone(), predicate);
-        let statement = statement.to_json();
+        let statement = Statement::new(subject.clone(), kind, predicate).to_json();
         let bundle = opts.signer.as_ref().map(|key| {
             let envelope = dsse::sign(amedia::DSSE_PAYLOAD_TYPE, &statement, key);
             bundle::Bundle {
@@ -188,13 +187,24 @@ pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestat
             }
             .to_json()
         });
-        out.push(Attestation {
-            predicate_type,
+        Some(Attestation {
+            predicate_type: kind.to_owned(),
             statement,
             bundle,
-        });
-    }
-    Ok(out)
+        })
+    };
+    let made: Vec<Option<Option<Attestation>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = kinds
+            .iter()
+            .map(|kind| scope.spawn(move || make(kind)))
+            .collect();
+        handles.into_iter().map(|h| h.join().ok()).collect()
+    });
+    // Fail closed: an attestation asked for and not made fails the build.
+    made.into_iter()
+        .zip(&kinds)
+        .map(|(m, kind)| m.flatten().ok_or(AttestError::NotMade(kind)))
+        .collect()
 }
 
 /// Catalogs the final file system (the layer directories `layers`, bottom first) for the SBOM.
