@@ -154,8 +154,8 @@ pub fn input(f: &BuildFacts<'_>) -> ProvenanceInput {
     ProvenanceInput {
         builder_id: f.builder_id.to_owned(),
         invocation_id: f.invocation_id.clone(),
-        started_on: super::rfc3339(f.started),
-        finished_on: super::rfc3339(f.finished),
+        started_on: crate::oci::types::rfc3339_from_epoch(f.started),
+        finished_on: crate::oci::types::rfc3339_from_epoch(f.finished),
         frontend: FRONTEND.into(),
         dockerfile: {
             let mut r = resource(f.dockerfile.0.clone(), &f.dockerfile.1);
