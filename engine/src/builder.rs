@@ -504,12 +504,16 @@ impl Engine {
 
         // The SBOM's catalog of the final file system needs no digest: it runs while the layers
         // are compressed.
+        // It is cached by the layer chain: a build whose every step hit the cache has the same
+        // chain and reuses the catalog instead of reading (and hashing) every file again.
         let catalog = (req.attest.spdx || req.attest.cyclonedx).then(|| {
             let layers: Vec<PathBuf> = chain
                 .iter()
                 .map(|id| self.store.snapshots.path(id))
                 .collect();
-            tokio::task::spawn_blocking(move || crate::attest::catalog(layers))
+            let key = crate::attest::catalog_key(&chain);
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || crate::attest::catalog_cached(&store, &key, layers))
         });
 
         // The content digests of the build context and of named directory contexts (for the
@@ -625,10 +629,16 @@ impl Engine {
             let epoch = req.epoch;
             let waited = Instant::now();
             let sbom = match catalog {
-                Some(task) => Some(task.await.map_err(|e| BuildError::Context {
-                    name: "attest".into(),
-                    message: e.to_string(),
-                })??),
+                Some(task) => {
+                    let (sbom, fresh) = task.await.map_err(|e| BuildError::Context {
+                        name: "attest".into(),
+                        message: e.to_string(),
+                    })??;
+                    if let Some((key, json)) = fresh {
+                        staged.sboms.insert(key, json);
+                    }
+                    Some(sbom)
+                }
                 None => None,
             };
             let catalog_wait = waited.elapsed();

@@ -1,11 +1,11 @@
 //! The format-neutral SBOM model: what the catalogers found, before SPDX or CycloneDX.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Everything catalogued in one file system. Every list is sorted and deduplicated, so the
 /// same tree always gives the same value.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Sbom {
     /// The distribution, from `/etc/os-release` (else `/usr/lib/os-release`).
     pub distro: Option<Distro>,
@@ -19,7 +19,7 @@ pub struct Sbom {
 }
 
 /// The distribution named by `os-release`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Distro {
     /// `ID` (`debian`, `alpine`).
     pub id: String,
@@ -32,7 +32,7 @@ pub struct Distro {
 }
 
 /// Which ecosystem a [`Package`] comes from. The order of the variants is the SBOM's order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum PackageKind {
@@ -72,7 +72,7 @@ impl PackageKind {
 }
 
 /// One package found in the file system.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Package {
     /// Ecosystem.
     pub kind: PackageKind,
@@ -120,7 +120,7 @@ impl Package {
 }
 
 /// One regular file and its digests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileDigest {
     /// Absolute path in the image.
     pub path: String,

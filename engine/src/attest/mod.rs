@@ -207,6 +207,38 @@ pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestat
         .collect()
 }
 
+/// The key of a layer chain's SBOM catalog in the store: the chain (layer directories are
+/// immutable, so the same chain is the same file system) and the catalogers' version.
+pub fn catalog_key(chain: &[crate::store::SnapshotId]) -> String {
+    let mut text = format!("kiln-sbom-catalog {}\n", env!("CARGO_PKG_VERSION"));
+    for id in chain {
+        text.push_str(id.as_str());
+        text.push('\n');
+    }
+    Digest::of(text.as_bytes()).hex()
+}
+
+/// A catalog made now, to stage with the build's records: (chain key, JSON).
+pub type FreshCatalog = Option<(String, Vec<u8>)>;
+
+/// The catalog of `layers` from the store's cache (by `key`), else made now; a fresh one comes
+/// back with its (key, JSON) for the build to stage with its records.
+pub fn catalog_cached(
+    store: &crate::store::Store,
+    key: &str,
+    layers: Vec<PathBuf>,
+) -> Result<(sbom::Sbom, FreshCatalog), AttestError> {
+    if let Some(json) = store.meta.sbom(key)?
+        && let Ok(sbom) = serde_json::from_slice::<sbom::Sbom>(&json)
+    {
+        return Ok((sbom, None));
+    }
+    let sbom = catalog(layers)?;
+    let json = serde_json::to_vec(&sbom).unwrap_or_default();
+    let fresh = (!json.is_empty()).then(|| (key.to_owned(), json));
+    Ok((sbom, fresh))
+}
+
 /// Catalogs the final file system (the layer directories `layers`, bottom first) for the SBOM.
 /// It needs no image digest, so the builder runs it while the layers are being compressed.
 pub fn catalog(layers: Vec<PathBuf>) -> Result<sbom::Sbom, AttestError> {
@@ -251,4 +283,37 @@ pub fn write_dest(dir: &Path, attestations: &[Attestation]) -> Result<Vec<PathBu
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_catalog_is_the_catalog() {
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&root.path().join("store")).unwrap();
+        let layer = root.path().join("layer");
+        std::fs::create_dir_all(layer.join("etc")).unwrap();
+        std::fs::write(
+            layer.join("etc/os-release"),
+            "ID=debian\nVERSION_ID=\"12\"\n",
+        )
+        .unwrap();
+        std::fs::write(layer.join("app"), b"hello").unwrap();
+        let key = "k".repeat(64);
+        let (first, fresh) = catalog_cached(&store, &key, vec![layer.clone()]).unwrap();
+        let (key, json) = fresh.expect("a fresh catalog to stage");
+        let mut staged = crate::store::StagedRecords::default();
+        staged.sboms.insert(key.clone(), json);
+        store.meta.commit(&staged).unwrap();
+        // The directory changes; the cached catalog (same chain key) is what comes back.
+        std::fs::write(layer.join("app"), b"changed").unwrap();
+        let (second, fresh) = catalog_cached(&store, &key, vec![layer]).unwrap();
+        assert!(fresh.is_none(), "served from the cache");
+        assert_eq!(first, second);
+        assert_eq!(first.distro.as_ref().map(|d| d.id.as_str()), Some("debian"));
+        assert_eq!(first.files.len(), 2);
+    }
 }

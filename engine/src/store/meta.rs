@@ -17,6 +17,8 @@ const LAYERS: TableDefinition<&str, &[u8]> = TableDefinition::new("layers");
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const UNPACKED: TableDefinition<&str, &[u8]> = TableDefinition::new("unpacked");
 const FILE_HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("file_hashes_v2");
+/// The SBOM catalog of a final file system (JSON), by the digest of its layer chain.
+const SBOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("sbom_catalogs_v1");
 
 /// A cached step result: the full chain of layers (bottom → top) of its file system.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +88,8 @@ pub struct StagedRecords {
     pub unpacked: BTreeMap<Digest, SnapshotId>,
     /// Client file identity → content digest (see [`crate::fileop::FileHashCache`]).
     pub file_hashes: BTreeMap<crate::fileop::FileKey, Digest>,
+    /// Layer chain key → the SBOM catalog of that file system (JSON).
+    pub sboms: BTreeMap<String, Vec<u8>>,
 }
 
 impl StagedRecords {
@@ -96,6 +100,7 @@ impl StagedRecords {
             && self.images.is_empty()
             && self.unpacked.is_empty()
             && self.file_hashes.is_empty()
+            && self.sboms.is_empty()
     }
 }
 
@@ -128,6 +133,7 @@ impl MetaStore {
             tx.open_table(t)?;
         }
         tx.open_table(FILE_HASHES)?;
+        tx.open_table(SBOMS)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -219,13 +225,22 @@ impl MetaStore {
         Ok(out)
     }
 
-    /// Forgets every client file hash (prune).
+    /// Forgets every client file hash and cached SBOM catalog (prune).
     pub fn clear_file_hashes(&self) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         tx.delete_table(FILE_HASHES)?;
         tx.open_table(FILE_HASHES)?;
+        tx.delete_table(SBOMS)?;
+        tx.open_table(SBOMS)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The cached SBOM catalog (JSON) of the layer chain `key`.
+    pub fn sbom(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SBOMS)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
     }
 
     /// Commits staged records in one transaction. Callers make every referenced file durable
@@ -265,6 +280,10 @@ impl MetaStore {
             let mut t = tx.open_table(FILE_HASHES)?;
             for (k, v) in &staged.file_hashes {
                 t.insert(k.to_bytes().as_slice(), v.as_bytes().as_slice())?;
+            }
+            let mut t = tx.open_table(SBOMS)?;
+            for (k, v) in &staged.sboms {
+                t.insert(k.as_str(), v.as_slice())?;
             }
         }
         tx.commit()?;
