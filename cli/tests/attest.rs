@@ -462,6 +462,34 @@ fn identical_builds_give_identical_attestations_but_for_three_fields() {
         ));
         std::thread::sleep(std::time::Duration::from_millis(1100));
     }
+    // A no-change rebuild (every step cached: the catalog and the SBOM statements come from
+    // the store's cache) says the same.
+    {
+        let k = Kiln::with_base();
+        let ctx = tmp.path().join("ctx9/app");
+        app_context(&ctx);
+        let dest = tmp.path().join("dest9");
+        for _ in 0..2 {
+            k.build(
+                &ctx,
+                &[
+                    "--attest",
+                    "provenance=mode=max",
+                    "--attest-dest",
+                    dest.to_str().unwrap(),
+                ],
+            )
+            .ok();
+        }
+        for (i, name) in ["sbom.spdx.statement.json", "sbom.cdx.statement.json"]
+            .iter()
+            .enumerate()
+        {
+            let again = fs::read(dest.join(name)).unwrap();
+            let first = if i == 0 { &got[0].2 } else { &got[0].3 };
+            assert_eq!(&again, first, "{name} differs on a cached rebuild");
+        }
+    }
     let (a, b) = (&got[0], &got[1]);
     assert_eq!(a.0, b.0, "image digests differ");
     assert_eq!(a.2, b.2, "SPDX SBOMs differ");

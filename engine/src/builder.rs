@@ -506,6 +506,8 @@ impl Engine {
         // are compressed.
         // It is cached by the layer chain: a build whose every step hit the cache has the same
         // chain and reuses the catalog instead of reading (and hashing) every file again.
+        let catalog_key =
+            (req.attest.spdx || req.attest.cyclonedx).then(|| crate::attest::catalog_key(&chain));
         let catalog = (req.attest.spdx || req.attest.cyclonedx).then(|| {
             let layers: Vec<PathBuf> = chain
                 .iter()
@@ -650,20 +652,22 @@ impl Engine {
                     epoch,
                     provenance: prov,
                 };
-                let made = crate::attest::produce(&opts, &inputs)?;
+                let (made, fresh) =
+                    crate::attest::produce_cached(&store, &opts, &inputs, catalog_key.as_deref())?;
                 let files = match &opts.dest {
                     Some(dir) => crate::attest::write_dest(dir, &made)?,
                     None => Vec::new(),
                 };
                 let attached =
                     crate::attest::attach::attach(&store, &a.manifest_descriptor, &made)?;
-                Ok((attached, made, files))
+                Ok((attached, made, files, fresh))
             })
             .await
             .map_err(|e| BuildError::Context {
                 name: "attest".into(),
                 message: e.to_string(),
             })??;
+            staged.sboms.extend(done.3);
             progress.send(Event::Phase {
                 name: format!(
                     "attested: index {} ({} ms, of which {} ms waiting for the SBOM catalog)",

@@ -207,6 +207,92 @@ pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestat
         .collect()
 }
 
+/// A record for the store's SBOM cache: (key, bytes).
+pub type CacheRecord = (String, Vec<u8>);
+
+/// A signed SBOM statement as the store caches it (both are UTF-8 JSON).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedStatement {
+    statement: String,
+    bundle: Option<String>,
+}
+
+/// Like [`produce`], but SBOM statements (deterministic: the same catalog, image, name, epoch
+/// and key give the same bytes, RFC 6979 / Ed25519 signatures included) come from the store
+/// when a build with the same inputs made them before. `catalog_key` is the chain's
+/// [`catalog_key`]. Returns the attestations and the fresh (key, record) pairs to stage.
+pub fn produce_cached(
+    store: &crate::store::Store,
+    opts: &AttestOptions,
+    inputs: &Inputs<'_>,
+    catalog_key: Option<&str>,
+) -> Result<(Vec<Attestation>, Vec<CacheRecord>), AttestError> {
+    let signer = opts
+        .signer
+        .as_ref()
+        .map_or_else(|| "unsigned".to_owned(), |k| k.public_key().key_id());
+    let key_of = |kind: &str| {
+        catalog_key.map(|ck| {
+            let text = format!(
+                "kiln-sbom-statement {}\n{kind}\n{ck}\n{}\n{}\n{}\n{signer}\n",
+                env!("CARGO_PKG_VERSION"),
+                inputs.manifest,
+                inputs.name,
+                inputs.epoch
+            );
+            Digest::of(text.as_bytes()).hex()
+        })
+    };
+    let mut rest = opts.clone();
+    let mut cached = Vec::new();
+    for kind in [amedia::SPDX_DOCUMENT, amedia::CYCLONEDX_BOM] {
+        let wanted = if kind == amedia::SPDX_DOCUMENT {
+            &mut rest.spdx
+        } else {
+            &mut rest.cyclonedx
+        };
+        if !*wanted || inputs.sbom.is_none() {
+            continue;
+        }
+        let Some(key) = key_of(kind) else { continue };
+        if let Some(bytes) = store.meta.sbom(&key)?
+            && let Ok(c) = serde_json::from_slice::<CachedStatement>(&bytes)
+        {
+            cached.push(Attestation {
+                predicate_type: kind.to_owned(),
+                statement: c.statement.into_bytes(),
+                bundle: c.bundle.map(String::into_bytes),
+            });
+            *wanted = false;
+        }
+    }
+    let mut made = produce(&rest, inputs)?;
+    let mut fresh = Vec::new();
+    for a in &made {
+        if a.predicate_type == amedia::SLSA_PROVENANCE_V1 {
+            continue;
+        }
+        let (Some(key), Ok(statement)) = (
+            key_of(&a.predicate_type),
+            String::from_utf8(a.statement.clone()),
+        ) else {
+            continue;
+        };
+        let bundle = a.bundle.clone().and_then(|b| String::from_utf8(b).ok());
+        if let Ok(bytes) = serde_json::to_vec(&CachedStatement { statement, bundle }) {
+            fresh.push((key, bytes));
+        }
+    }
+    made.extend(cached);
+    let rank = |t: &str| match t {
+        amedia::SLSA_PROVENANCE_V1 => 0,
+        amedia::SPDX_DOCUMENT => 1,
+        _ => 2,
+    };
+    made.sort_by_key(|a| rank(&a.predicate_type));
+    Ok((made, fresh))
+}
+
 /// The key of a layer chain's SBOM catalog in the store: the chain (layer directories are
 /// immutable, so the same chain is the same file system) and the catalogers' version.
 pub fn catalog_key(chain: &[crate::store::SnapshotId]) -> String {
