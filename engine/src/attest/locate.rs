@@ -160,8 +160,13 @@ impl Blobs for DirBlobs {
     }
 }
 
-/// The small files of an OCI tar, by path (layers above [`MAX_BLOB`] are skipped).
-struct TarBlobs(HashMap<String, Vec<u8>>);
+/// An OCI tar's regular files, by path: where each one's bytes are in the archive. One pass
+/// over the headers (seeking over the data); a blob is read only when asked for, so verifying
+/// an image never loads its layers.
+struct TarBlobs {
+    path: PathBuf,
+    files: HashMap<String, (u64, u64)>,
+}
 
 impl TarBlobs {
     fn read(path: &Path) -> Result<Self, LocateError> {
@@ -170,11 +175,11 @@ impl TarBlobs {
             source,
         };
         let f = fs::File::open(path).map_err(ioerr)?;
-        let mut tar = tar::Archive::new(std::io::BufReader::new(f));
+        let mut tar = tar::Archive::new(f);
         let mut files = HashMap::new();
-        for entry in tar.entries().map_err(ioerr)? {
-            let mut entry = entry.map_err(ioerr)?;
-            if entry.header().entry_type() != tar::EntryType::Regular || entry.size() > MAX_BLOB {
+        for entry in tar.entries_with_seek().map_err(ioerr)? {
+            let entry = entry.map_err(ioerr)?;
+            if entry.header().entry_type() != tar::EntryType::Regular {
                 continue;
             }
             let name = entry
@@ -183,18 +188,35 @@ impl TarBlobs {
                 .to_string_lossy()
                 .trim_start_matches("./")
                 .to_owned();
-            let mut buf = Vec::new();
-            entry.read_to_end(&mut buf).map_err(ioerr)?;
-            files.insert(name, buf);
+            files.insert(name, (entry.raw_file_position(), entry.size()));
         }
-        Ok(Self(files))
+        Ok(Self {
+            path: path.to_owned(),
+            files,
+        })
     }
 
+    /// The bytes of `name`, at most [`MAX_BLOB`] of them.
     fn file(&self, name: &str) -> Result<Vec<u8>, LocateError> {
-        self.0
+        use std::io::{Seek, SeekFrom};
+        let &(offset, size) = self
+            .files
             .get(name)
-            .cloned()
-            .ok_or_else(|| LocateError::Invalid(format!("the archive has no {name}")))
+            .ok_or_else(|| LocateError::Invalid(format!("the archive has no {name}")))?;
+        if size > MAX_BLOB {
+            return Err(LocateError::Invalid(format!(
+                "{name} is {size} bytes, more than the {MAX_BLOB} kiln reads for attestations"
+            )));
+        }
+        let ioerr = |source| LocateError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = fs::File::open(&self.path).map_err(ioerr)?;
+        f.seek(SeekFrom::Start(offset)).map_err(ioerr)?;
+        let mut buf = Vec::new();
+        f.take(size).read_to_end(&mut buf).map_err(ioerr)?;
+        Ok(buf)
     }
 }
 
@@ -359,7 +381,10 @@ pub fn locate(location: &ImageLocation, store: Option<&Store>) -> Result<Located
         }
         ImageLocation::OciDir { path, reference } => {
             let p = path.join(media::INDEX_FILE);
-            let index = fs::read(&p).map_err(|source| LocateError::Io { path: p, source })?;
+            let mut index = Vec::new();
+            fs::File::open(&p)
+                .and_then(|f| f.take(MAX_BLOB).read_to_end(&mut index))
+                .map_err(|source| LocateError::Io { path: p, source })?;
             from_layout(&DirBlobs(path.clone()), &index, reference.as_deref())
         }
         ImageLocation::Registry(_) => locate_with(
