@@ -61,6 +61,9 @@ enum Command {
     Verify(crate::attest::VerifyArgs),
     /// Print summaries of an image's provenance and SBOMs (signed or not).
     Inspect(crate::attest::InspectArgs),
+    /// Rego policies: evaluate a gate, run a policy's tests, print a gate's input schema.
+    #[command(subcommand)]
+    Policy(crate::policy::PolicyCommand),
     /// Debugging aids, like `buildctl debug`.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -211,6 +214,13 @@ struct BuildArgs {
     attest: crate::attest::AttestArgs,
     #[command(flatten)]
     registry: crate::registry::RegistryArgs,
+    /// A Rego policy (a .rego file, or a directory of them with data.json) that gates the
+    /// build: kiln.admission before any step, kiln.source for each base image and download
+    /// (it may pin a tag to a digest), kiln.exec for each RUN step, kiln.export before anything
+    /// is written or pushed. A deny, or any error in the policy, stops the build (exit 1) with
+    /// every message; every decision is recorded in the provenance. See `kiln policy --help`.
+    #[arg(long, value_name = "PATH", env = "KILN_POLICY")]
+    policy: Option<PathBuf>,
 }
 
 /// `default` or `UID:GID:COUNT`.
@@ -411,6 +421,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Key(k) => crate::attest::key(k),
         Command::Verify(v) => crate::attest::verify(&cli.root, v),
         Command::Inspect(i) => crate::attest::inspect(&cli.root, i),
+        Command::Policy(p) => crate::policy::run(p),
         Command::Debug(DebugCommand::DumpAst { file }) => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| usage(format!("{}: {e}", file.display())))?;
@@ -490,6 +501,9 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     req.secrets = crate::secrets::load(&b.secrets).map_err(usage)?;
     req.ssh = crate::ssh::load(&b.ssh).map_err(usage)?;
     req.attest = crate::attest::options(&b.attest)?;
+    if let Some(p) = &b.policy {
+        req.policy = Some(std::sync::Arc::new(crate::policy::load(p)?));
+    }
     if b.fetch_timeout == 0 {
         return Err(usage("--fetch-timeout must be at least 1 second".into()));
     }
@@ -577,6 +591,15 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     // download) may still be running on blocking threads: do not wait for it to finish.
     rt.shutdown_background();
     let result = result?;
+    if let Some(p) = &req.policy {
+        let denied = result.policy_decisions.iter().filter(|d| !d.allow).count();
+        eprintln!(
+            "policy {}: {} decisions, {} denied",
+            p.digest(),
+            result.policy_decisions.len(),
+            denied
+        );
+    }
     for w in &result.warnings {
         eprintln!("WARN: {w}");
     }

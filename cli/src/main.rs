@@ -5,6 +5,7 @@
 
 mod attest;
 mod commands;
+mod policy;
 mod registry;
 mod secrets;
 mod ssh;

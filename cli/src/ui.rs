@@ -106,6 +106,9 @@ impl Plain {
             Event::Phase { name } => {
                 let _ = writeln!(err, "#- {name}");
             }
+            Event::Policy { decision } => {
+                let _ = writeln!(err, "#- {}", policy_line(decision));
+            }
             Event::Confined {
                 vertex,
                 confinement,
@@ -177,6 +180,9 @@ async fn tty(mut rx: UnboundedReceiver<Event>) {
                         }
                     }
                     Event::Phase { name } => phase = name,
+                    Event::Policy { decision } if !decision.allow => {
+                        phase = policy_line(&decision);
+                    }
                     _ => {}
                 }
             }
@@ -242,4 +248,23 @@ fn truncate(s: &str, n: usize) -> String {
         t.push('…');
         t
     }
+}
+
+/// One decision, as the plain view prints it:
+/// `policy kiln.exec [build 2/3] RUN make: allow (41 µs)`.
+fn policy_line(d: &kiln_policy::Decision) -> String {
+    let mut line = format!("policy {}", d.gate.package());
+    if let Some(s) = &d.subject {
+        line.push(' ');
+        line.push_str(s);
+    }
+    line.push_str(if d.allow { ": allow" } else { ": DENY" });
+    if let Some(r) = &d.rewrite {
+        line.push_str(&format!(" (rewrite to {r})"));
+    }
+    line.push_str(&format!(" ({} µs)", d.eval_us));
+    for m in &d.messages {
+        line.push_str(&format!("\n#-   {m}"));
+    }
+    line
 }

@@ -151,6 +151,8 @@ pub struct BuildRequest {
     pub cache_to: Vec<crate::cache_export::CacheSpec>,
     /// `--cache-from`.
     pub cache_from: Vec<crate::cache_export::CacheSpec>,
+    /// `--policy`: the Rego policy that gates this build (admission, source, exec, export).
+    pub policy: Option<Arc<kiln_policy::Policy>>,
 }
 
 impl BuildRequest {
@@ -185,6 +187,7 @@ impl BuildRequest {
             pull: false,
             cache_to: Vec::new(),
             cache_from: Vec::new(),
+            policy: None,
         }
     }
 }
@@ -249,6 +252,9 @@ pub enum BuildError {
     /// Exporting the cache failed.
     #[error(transparent)]
     Cache(#[from] Box<crate::cache_export::CacheError>),
+    /// The policy denied the build.
+    #[error(transparent)]
+    Policy(#[from] crate::gate::Denied),
 }
 
 /// What a build produced.
@@ -284,6 +290,8 @@ pub struct BuildResult {
     pub base_images: Vec<(String, Digest)>,
     /// Registry outputs: (reference, pushed manifest digest).
     pub pushed: Vec<(String, Digest)>,
+    /// Every policy decision, in the order made (empty without `--policy`).
+    pub policy_decisions: Vec<kiln_policy::Decision>,
 }
 
 /// The embedded engine: a store and the sandbox's init binary.
@@ -310,6 +318,8 @@ pub struct Planned {
     pub dockerfile: (String, Digest),
     /// Base images resolved (reference, manifest digest).
     pub base_images: Vec<(String, Digest)>,
+    /// The stages the target needs: (index, `AS` name, base after expansion).
+    pub stages: Vec<(usize, Option<String>, String)>,
     contexts: HashMap<String, ContextDir>,
     registry: Option<Arc<crate::registry::Client>>,
 }
@@ -330,6 +340,16 @@ impl Engine {
 
     /// Reads and converts the Dockerfile; imports image build contexts.
     pub fn plan(&self, req: &BuildRequest) -> Result<Planned, BuildError> {
+        self.plan_gated(req, None)
+    }
+
+    /// [`Engine::plan`], with every image reference passed through the policy's `source` gate
+    /// before it is resolved.
+    fn plan_gated(
+        &self,
+        req: &BuildRequest,
+        gate: Option<&crate::gate::Gatekeeper>,
+    ) -> Result<Planned, BuildError> {
         let dockerfile = req
             .dockerfile
             .clone()
@@ -405,6 +425,7 @@ impl Engine {
                 .filter(|k| *k != "context")
                 .cloned()
                 .collect(),
+            gate,
         };
         let opts = ConvertOptions {
             build_args: req.build_args.clone(),
@@ -413,8 +434,15 @@ impl Engine {
             allow_insecure: req.allow_insecure,
             platform: convert::host_platform(),
         };
-        let c = convert::convert(&df, &opts, &resolver)
-            .map_err(|e| df_err(e.line, e.column, e.message))?;
+        let c = match convert::convert(&df, &opts, &resolver) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(denied) = gate.and_then(crate::gate::Gatekeeper::take_source_denial) {
+                    return Err(denied.into());
+                }
+                return Err(df_err(e.line, e.column, e.message));
+            }
+        };
         Ok(Planned {
             graph: c.graph,
             target: c.target,
@@ -426,6 +454,7 @@ impl Engine {
                 dockerfile_digest,
             ),
             base_images: resolver.registry.seen(),
+            stages: c.stages,
             contexts,
             registry: resolver.registry.client(),
         })
@@ -441,7 +470,16 @@ impl Engine {
             o.check()?;
         }
         let started = unix_now();
-        let planned = self.plan(req)?;
+        let gate = req
+            .policy
+            .as_ref()
+            .map(|p| crate::gate::Gatekeeper::new(p.clone(), &req.tenant, progress.clone()));
+        let planned = self.plan_gated(req, gate.as_ref())?;
+        if let Some(g) = &gate {
+            let entitlements = entitlements(req);
+            g.admission(&admission_input(req, &planned, g.tenant(), &entitlements))?;
+            g.graph(&planned.graph, planned.target, &entitlements)?;
+        }
         let graph = Arc::new(planned.graph);
         let mut ctx = OpContext::new(
             self.store.clone(),
@@ -520,7 +558,7 @@ impl Engine {
 
         // The content digests of the build context and of named directory contexts (for the
         // provenance), meanwhile too.
-        let context_task = req.attest.provenance.is_some().then(|| {
+        let context_task = (req.attest.provenance.is_some() || gate.is_some()).then(|| {
             let c = ctx.clone();
             tokio::task::spawn_blocking(move || {
                 let mut out = std::collections::BTreeMap::new();
@@ -585,13 +623,16 @@ impl Engine {
             ),
         });
 
-        // Attest: statements about the assembled image, signed, written into the store.
+        // Attest: statements about the assembled image. The provenance input is made when the
+        // build attests or a policy's export gate needs it.
         let names: Vec<String> = req.tags.iter().map(|t| image::normalize_name(t)).collect();
-        let (attached, attestations, attest_files) = if req.attest.any() {
-            let start = Instant::now();
+        let attest_start = Instant::now();
+        if req.attest.any() {
             progress.send(Event::Phase {
                 name: "attesting (provenance, SBOM)".into(),
             });
+        }
+        let mut prov = if req.attest.any() || gate.is_some() {
             let context_digests = match context_task {
                 Some(t) => t.await.map_err(|e| BuildError::Context {
                     name: "attest".into(),
@@ -620,7 +661,65 @@ impl Engine {
                 },
                 builder_id: &req.attest.builder_id,
             };
-            let prov = crate::attest::provenance::input(&facts);
+            Some(crate::attest::provenance::input(&facts))
+        } else {
+            None
+        };
+        let waited = Instant::now();
+        let sbom = match catalog {
+            Some(task) => {
+                let (sbom, fresh) = task.await.map_err(|e| BuildError::Context {
+                    name: "attest".into(),
+                    message: e.to_string(),
+                })??;
+                if let Some((key, json)) = fresh {
+                    staged.sboms.insert(key, json);
+                }
+                Some(sbom)
+            }
+            None => None,
+        };
+        let catalog_wait = waited.elapsed();
+
+        // The export gate: after the provenance and SBOM exist, before anything is signed,
+        // leaves the store or is named in it. A deny keeps the step cache (the work is not
+        // lost) but no image record and no output.
+        if let (Some(g), Some(p)) = (&gate, prov.as_mut()) {
+            p.policy_decisions = g
+                .decisions()
+                .iter()
+                .map(kiln_policy::Decision::to_json)
+                .collect();
+            let input = serde_json::json!({
+                "tenant": g.tenant(),
+                "image": {
+                    "manifest_digest": assembled.manifest_descriptor.digest.to_string(),
+                    "config_digest": assembled.config_digest.to_string(),
+                    "config": config_json(&planned.image),
+                    "tags": names,
+                },
+                "provenance": kiln_attest::slsa::predicate(p, kiln_attest::slsa::Mode::Max),
+                "sbom": sbom.as_ref().map(kiln_attest::sbom::Summary::of),
+                "outputs": req.outputs.iter().map(crate::gate::output_json).collect::<Vec<_>>(),
+            });
+            if let Err(denied) = g.export(&input) {
+                staged.file_hashes = ctx.file_hashes.take_learned();
+                if !staged.layers.is_empty() || !staged.unpacked.is_empty() {
+                    self.store.snapshots.sync()?;
+                }
+                self.store.meta.commit(&staged)?;
+                return Err(denied.into());
+            }
+            p.policy_decisions = g
+                .decisions()
+                .iter()
+                .map(kiln_policy::Decision::to_json)
+                .collect();
+        }
+
+        let (attached, attestations, attest_files) = if let (true, Some(prov)) =
+            (req.attest.any(), prov)
+        {
             let store = self.store.clone();
             let opts = req.attest.clone();
             let a = assembled.clone();
@@ -629,21 +728,6 @@ impl Engine {
                 .cloned()
                 .unwrap_or_else(|| a.manifest_descriptor.digest.to_string());
             let epoch = req.epoch;
-            let waited = Instant::now();
-            let sbom = match catalog {
-                Some(task) => {
-                    let (sbom, fresh) = task.await.map_err(|e| BuildError::Context {
-                        name: "attest".into(),
-                        message: e.to_string(),
-                    })??;
-                    if let Some((key, json)) = fresh {
-                        staged.sboms.insert(key, json);
-                    }
-                    Some(sbom)
-                }
-                None => None,
-            };
-            let catalog_wait = waited.elapsed();
             let done = tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
                 let inputs = crate::attest::Inputs {
                     manifest: a.manifest_descriptor.digest,
@@ -672,7 +756,7 @@ impl Engine {
                 name: format!(
                     "attested: index {} ({} ms, of which {} ms waiting for the SBOM catalog)",
                     done.0.index.digest,
-                    start.elapsed().as_millis(),
+                    attest_start.elapsed().as_millis(),
                     catalog_wait.as_millis()
                 ),
             });
@@ -747,8 +831,101 @@ impl Engine {
             attest_files,
             base_images: planned.base_images,
             pushed,
+            policy_decisions: gate.map(|g| g.decisions()).unwrap_or_default(),
         })
     }
+}
+
+/// The entitlements the request asks for (`--allow`).
+fn entitlements(req: &BuildRequest) -> Vec<&'static str> {
+    let mut e = Vec::new();
+    if req.allow_host_network {
+        e.push("network.host");
+    }
+    if req.allow_insecure {
+        e.push("security.insecure");
+    }
+    e
+}
+
+/// The `kiln.admission` input (`policy/schema/admission.json`).
+fn admission_input(
+    req: &BuildRequest,
+    planned: &Planned,
+    tenant: &str,
+    entitlements: &[&str],
+) -> serde_json::Value {
+    use serde_json::json;
+    let base_images: Vec<serde_json::Value> = planned
+        .base_images
+        .iter()
+        .map(|(r, d)| {
+            let mut v = crate::gate::image_ref(r);
+            v["resolved"] = json!(d.to_string());
+            v
+        })
+        .collect();
+    let mut secret_mounts = std::collections::BTreeSet::new();
+    for idx in planned.graph.ancestors(&[planned.target]) {
+        if let Some(crate::graph::Vertex {
+            op: crate::graph::Op::Exec(e),
+            ..
+        }) = planned.graph.get(idx)
+        {
+            for m in &e.mounts {
+                if let crate::graph::ExecMountKind::Secret { id, .. } = &m.kind {
+                    secret_mounts.insert(id.clone());
+                }
+            }
+        }
+    }
+    let cache = |specs: &[crate::cache_export::CacheSpec]| -> Vec<String> {
+        specs
+            .iter()
+            .map(|c| match c {
+                crate::cache_export::CacheSpec::Registry { reference, .. } => {
+                    format!("type=registry,ref={reference}")
+                }
+                crate::cache_export::CacheSpec::Local { dir, .. } => {
+                    format!("type=local,dest={}", dir.display())
+                }
+            })
+            .collect()
+    };
+    json!({
+        "tenant": tenant,
+        "request": {
+            "frontend": "dockerfile.v0",
+            "dockerfile": { "path": planned.dockerfile.0, "digest": planned.dockerfile.1.to_string() },
+            "target": req.target,
+            "stages": planned.stages.iter().map(|(i, n, b)| json!({"index": i, "name": n, "base": b})).collect::<Vec<_>>(),
+            "base_images": base_images,
+            "args": req.build_args,
+            "secrets": req.secrets.ids().collect::<Vec<_>>(),
+            "ssh": req.ssh.ids().collect::<Vec<_>>(),
+            "secret_mounts": secret_mounts,
+            "entitlements": entitlements,
+            "platforms": [convert::host_platform()],
+            "outputs": req.outputs.iter().map(crate::gate::output_json).collect::<Vec<_>>(),
+            "tags": req.tags.iter().map(|t| image::normalize_name(t)).collect::<Vec<_>>(),
+            "no_cache": req.no_cache,
+            "cache_from": cache(&req.cache_from),
+            "cache_to": cache(&req.cache_to),
+        },
+    })
+}
+
+/// The image configuration as the policy inputs show it (environment names only).
+fn config_json(image: &convert::ImageState) -> serde_json::Value {
+    serde_json::json!({
+        "user": image.user,
+        "exposed_ports": image.exposed_ports,
+        "env_names": image.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        "entrypoint": image.entrypoint.clone().unwrap_or_default(),
+        "cmd": image.cmd.clone().unwrap_or_default(),
+        "workdir": image.workdir,
+        "labels": image.labels,
+    })
 }
 
 /// The Dockerfile as the provenance names it: relative to the context when inside it (so the
@@ -825,6 +1002,7 @@ struct StoreResolver<'a> {
     registry: crate::registry::resolve::ImageResolver<'a>,
     images: HashMap<String, ResolvedImage>,
     dirs: Vec<String>,
+    gate: Option<&'a crate::gate::Gatekeeper>,
 }
 
 impl Resolver for StoreResolver<'_> {
@@ -832,7 +1010,10 @@ impl Resolver for StoreResolver<'_> {
         if let Some(i) = self.images.get(reference) {
             return Ok(Some(i.clone()));
         }
-        self.registry.resolve(reference)
+        match self.gate {
+            Some(g) => self.registry.resolve(&g.source_image(reference)?),
+            None => self.registry.resolve(reference),
+        }
     }
 
     fn has_context(&self, name: &str) -> bool {

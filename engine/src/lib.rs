@@ -15,6 +15,7 @@ pub mod digest;
 pub mod fileop;
 pub mod frontend;
 pub mod fsview;
+pub mod gate;
 pub mod gc;
 pub mod graph;
 pub mod image;

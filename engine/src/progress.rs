@@ -57,6 +57,11 @@ pub enum Event {
         /// The sandbox's record.
         confinement: kiln_sandbox::Confinement,
     },
+    /// A policy gate decided.
+    Policy {
+        /// The decision record.
+        decision: kiln_policy::Decision,
+    },
     /// A build-level phase (exporting, writing layers) began.
     Phase {
         /// Description.

@@ -308,7 +308,7 @@ impl Policy {
             .into_iter()
             .filter(|g| {
                 let p = format!("data.{}", g.package());
-                packages.iter().any(|x| *x == p)
+                packages.contains(&p)
             })
             .collect();
         let has_tests = !tests_runner::discover(&mut engine).is_empty();
@@ -402,7 +402,7 @@ impl Policy {
         let mut engine = self.engine.clone();
         engine.set_input(value);
         let pkg = gate.package();
-        let deny = match engine.eval_rule(format!("data.{pkg}.deny")) {
+        let deny = match eval_path(&mut engine, &format!("data.{pkg}.deny")) {
             Ok(v) => v,
             Err(e) => {
                 return fail(eval_error(
@@ -421,7 +421,7 @@ impl Policy {
         messages.dedup();
         let mut rewrite = None;
         if gate == Gate::Source && messages.is_empty() {
-            match engine.eval_rule(format!("data.{pkg}.rewrite")) {
+            match eval_path(&mut engine, &format!("data.{pkg}.rewrite")) {
                 Ok(regorus::Value::Undefined) | Ok(regorus::Value::Null) => {}
                 Ok(regorus::Value::String(s)) if !s.is_empty() => rewrite = Some(s.to_string()),
                 Ok(other) => {
@@ -456,6 +456,21 @@ impl Policy {
     pub fn run_tests(&self, filter: Option<&str>) -> TestReport {
         tests_runner::run(&self.engine, filter)
     }
+}
+
+/// The value of a rule path; `Undefined` when the package does not define it (eval_rule calls
+/// that an error).
+fn eval_path(engine: &mut regorus::Engine, path: &str) -> Result<regorus::Value, String> {
+    let results = engine
+        .eval_query(path.to_owned(), false)
+        .map_err(|e| e.to_string())?;
+    Ok(results
+        .result
+        .into_iter()
+        .next()
+        .and_then(|r| r.expressions.into_iter().next())
+        .map(|e| e.value)
+        .unwrap_or(regorus::Value::Undefined))
 }
 
 fn eval_error(gate: Gate, text: &str, took: Duration, limits: Limits) -> String {

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use super::*;
 use serde_json::json;
 
@@ -121,4 +123,14 @@ fn schemas_are_json() {
         let v: serde_json::Value = serde_json::from_str(g.input_schema()).unwrap();
         assert_eq!(v["title"], format!("kiln.{} input", g.name()));
     }
+}
+
+#[test]
+fn a_package_with_only_a_rewrite_or_only_a_deny_is_fine() {
+    let p = policy("package kiln.source\nrewrite := \"a@sha256:00\" if false").unwrap();
+    let d = p.evaluate(Gate::Source, &json!({}));
+    assert!(d.allow && d.rewrite.is_none() && !d.error, "{d:?}");
+    let p = policy("package kiln.source\ndeny contains \"x\" if input.no").unwrap();
+    let d = p.evaluate(Gate::Source, &json!({}));
+    assert!(d.allow && !d.error, "{d:?}");
 }

@@ -24,6 +24,7 @@ mod license;
 mod model;
 mod purl;
 mod spdx;
+mod summary;
 #[cfg(feature = "schema-validation")]
 mod validate;
 
@@ -33,6 +34,7 @@ pub use dir::DirTree;
 pub use license::is_spdx_license_id;
 pub use model::{Distro, DocumentInfo, FileDigest, Package, PackageKind, Sbom, rfc3339};
 pub use spdx::{NAMESPACE_PREFIX as SPDX_NAMESPACE_PREFIX, SPDX_VERSION, to_spdx};
+pub use summary::{Summary, SummaryPackage};
 #[cfg(feature = "schema-validation")]
 pub use validate::{CYCLONEDX_1_6_SCHEMA, validate_cyclonedx, validate_spdx};
 

@@ -47,6 +47,11 @@ impl Secrets {
         self.0.get(id)
     }
 
+    /// The ids given (never the values).
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
     /// Every value (for redaction).
     pub fn values(&self) -> impl Iterator<Item = &SecretBytes> {
         self.0.values()

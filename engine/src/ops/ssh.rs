@@ -45,6 +45,11 @@ impl SshAgents {
         self.0.get(id).map(PathBuf::as_path)
     }
 
+    /// The ids given.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
     /// True when no agent was given.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -69,9 +69,8 @@ impl<'a> ImageResolver<'a> {
     /// registry reference.
     pub fn resolve(&self, reference: &str) -> Result<Option<ResolvedImage>, String> {
         let name = crate::image::normalize_name(reference);
-        let remote = Reference::parse(reference)
-            .ok()
-            .filter(|r| r.explicit_registry);
+        let parsed = Reference::parse(reference).ok();
+        let remote = parsed.clone().filter(|r| r.explicit_registry);
         let refresh = self.pull && remote.as_ref().is_some_and(|r| r.digest.is_none());
         if !refresh {
             if let Some(rec) = self.store.meta.image(&name).map_err(|e| e.to_string())? {
@@ -79,7 +78,9 @@ impl<'a> ImageResolver<'a> {
                 self.remember(reference, &img);
                 return Ok(Some(img));
             }
-            if let Some(d) = remote.as_ref().and_then(|r| r.digest)
+            // Pinned by digest (`base@sha256:…`, as a policy's source rewrite writes it): any
+            // complete copy of that manifest in the store is the image.
+            if let Some(d) = parsed.as_ref().and_then(|r| r.digest)
                 && let Some(img) = self.local_complete(&d)
             {
                 self.remember(reference, &img);

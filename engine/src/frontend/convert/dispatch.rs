@@ -47,6 +47,7 @@ pub(super) fn stage(
             "FROM: base name is empty after expansion",
         ));
     }
+    c.bases.insert(i, base.clone());
     for a in &c.global_args {
         if stage.base.contains(a.0.as_str()) {
             c.used_args.insert(a.0.clone());

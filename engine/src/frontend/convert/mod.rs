@@ -91,6 +91,8 @@ pub struct Converted {
     pub unused_build_args: Vec<String>,
     /// Lint warnings (e.g. `SecretsUsedInArgOrEnv`), each a line to show.
     pub warnings: Vec<String>,
+    /// The stages the target needs, by index: (index, `AS` name, base after expansion).
+    pub stages: Vec<(usize, Option<String>, String)>,
 }
 
 /// Converts a parsed Dockerfile.
@@ -120,12 +122,19 @@ pub fn convert(
         .cloned()
         .collect();
     unused.sort();
+    let mut stages: Vec<_> = c.bases.into_iter().collect();
+    stages.sort_by_key(|s| s.0);
+    let stages = stages
+        .into_iter()
+        .map(|(i, base)| (i, df.stages.get(i).and_then(|s| s.name.clone()), base))
+        .collect();
     Ok(Converted {
         graph: c.graph,
         target: done.vertex,
         image: done.image,
         unused_build_args: unused,
         warnings: crate::frontend::lint::secrets_used_in_arg_or_env(df),
+        stages,
     })
 }
 
@@ -149,6 +158,8 @@ struct Converter<'a> {
     used_args: std::collections::BTreeSet<String>,
     context: Option<VertexIdx>,
     scratch: Option<VertexIdx>,
+    /// Each converted stage's base, expanded.
+    bases: HashMap<usize, String>,
 }
 
 impl<'a> Converter<'a> {
@@ -170,6 +181,7 @@ impl<'a> Converter<'a> {
             used_args: Default::default(),
             context: None,
             scratch: None,
+            bases: HashMap::new(),
         };
         // Global scope: automatic platform args, then ARGs before FROM in order, each
         // expandable with the ones before it.
