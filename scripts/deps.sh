@@ -40,6 +40,14 @@ if [ "${KILN_DEPS_FULL:-0}" = 1 ] \
   python3 -m pip install -q 'securesystemslib[crypto]' in-toto 2>/dev/null \
     || python3 -m pip install -q --break-system-packages 'securesystemslib[crypto]' in-toto
 fi
+# The policy tests (cli/tests/policy.rs) validate kiln's Verification Summary Attestations with
+# in-toto's own Python bindings (Statement v1 checks, the VSA v1 protobuf).
+if [ "${KILN_DEPS_FULL:-0}" = 1 ] \
+  && ! python3 -c 'import in_toto_attestation.predicates.vsa.v1.vsa_pb2' 2>/dev/null; then
+  echo "installing: in-toto-attestation (pip)" >&2
+  python3 -m pip install -q 'in-toto-attestation>=0.9' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'in-toto-attestation>=0.9'
+fi
 # The SBOM tests (attest/tests/sbom_python.rs) validate kiln's SPDX and CycloneDX output with
 # third-party tools: pyspdxtools (spdx-tools) and cyclonedx-python-lib's strict JSON validator.
 if [ "${KILN_DEPS_FULL:-0}" = 1 ] && ! { command -v pyspdxtools >/dev/null 2>&1 \

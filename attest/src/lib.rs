@@ -21,6 +21,7 @@ pub mod sbom;
 pub mod slsa;
 pub mod statement;
 pub mod verify;
+pub mod vsa;
 
 /// Any error of this crate, for callers that do not care which module failed.
 #[derive(Debug, thiserror::Error)]

@@ -135,11 +135,15 @@ fn apply_attest(opts: &mut AttestOptions, spec: &str) -> Result<(), String> {
 }
 
 fn load_signing_key(path: &Path) -> Result<SigningKey, Failure> {
+    load_key_file(path, "--sign-key", "KILN_SIGN_KEY_PASSPHRASE")
+}
+
+fn load_key_file(path: &Path, flag: &str, passphrase_var: &str) -> Result<SigningKey, Failure> {
     let pem = std::fs::read_to_string(path)
-        .map_err(|e| usage(format!("--sign-key {}: {e}", path.display())))?;
-    let pass = passphrase("KILN_SIGN_KEY_PASSPHRASE");
+        .map_err(|e| usage(format!("{flag} {}: {e}", path.display())))?;
+    let pass = passphrase(passphrase_var);
     SigningKey::from_pkcs8_pem(&pem, pass.as_deref().map(|p| p.as_slice()))
-        .map_err(|e| usage(format!("--sign-key {}: {e}", path.display())))
+        .map_err(|e| usage(format!("{flag} {}: {e}", path.display())))
 }
 
 /// `kiln key …`.
@@ -221,6 +225,31 @@ pub struct VerifyArgs {
     /// https://slsa.dev/provenance/v1); only those are checked.
     #[arg(long, value_name = "TYPE")]
     predicate_type: Option<String>,
+    /// Check these detached sigstore bundles (e.g. a VSA written by `--vsa`) instead of the
+    /// attestations attached to the image (repeatable).
+    #[arg(long = "bundle", value_name = "FILE")]
+    bundles: Vec<PathBuf>,
+    /// After the signature checks pass, ask this Rego policy's kiln.verify gate (a .rego file,
+    /// or a directory with data.json); a deny fails the verification with its messages.
+    /// `kiln policy schema verify` prints the input it gets.
+    #[arg(long, value_name = "PATH", env = "KILN_VERIFY_POLICY")]
+    policy: Option<PathBuf>,
+    /// Write a signed SLSA Verification Summary Attestation (a sigstore bundle) to this file:
+    /// the verdict, the policy's digest and the verified level. Needs --policy and --vsa-key.
+    #[arg(long, value_name = "OUT", requires_all = ["policy", "vsa_key"])]
+    vsa: Option<PathBuf>,
+    /// The verifier's signing key for --vsa (PKCS#8 PEM; passphrase in
+    /// KILN_VSA_KEY_PASSPHRASE).
+    #[arg(long, value_name = "KEY.pem", env = "KILN_VSA_KEY")]
+    vsa_key: Option<PathBuf>,
+    /// The VSA's verifier.id.
+    #[arg(
+        long,
+        value_name = "URI",
+        env = "KILN_VERIFIER_ID",
+        default_value = "https://example.invalid/kiln/verifier"
+    )]
+    verifier_id: String,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     output: OutputFormat,
@@ -276,7 +305,22 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
         .map_err(|e| usage(format!("--key {}: {e}", a.key.display())))?;
     let key =
         PublicKey::from_pem(&pem).map_err(|e| usage(format!("--key {}: {e}", a.key.display())))?;
-    let located = find(root, &a.image, &a.registry)?;
+    let gate = a.policy.as_deref().map(crate::policy::load).transpose()?;
+    let vsa_key = match &a.vsa_key {
+        Some(p) if a.vsa.is_some() => {
+            Some(load_key_file(p, "--vsa-key", "KILN_VSA_KEY_PASSPHRASE")?)
+        }
+        _ => None,
+    };
+    let mut located = find(root, &a.image, &a.registry)?;
+    if !a.bundles.is_empty() {
+        located.bundles.clear();
+        for path in &a.bundles {
+            let bytes = std::fs::read(path)
+                .map_err(|e| usage(format!("--bundle {}: {e}", path.display())))?;
+            located.bundles.push((None, bytes));
+        }
+    }
     let policy = Policy {
         key,
         subject_digest: located.image.digest.to_string(),
@@ -323,7 +367,62 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
     {
         problems.push("--builder-id: no signed provenance to check it against".into());
     }
+    // The verify gate: only once the signatures hold, so the policy judges signed facts.
+    let mut decision = None;
+    if let Some(g) = &gate
+        && problems.is_empty()
+    {
+        let input = verify_input(&a.image, &located, &verified);
+        let d = g.evaluate(kiln_policy::Gate::Verify, &input);
+        problems.extend(
+            d.messages
+                .iter()
+                .map(|m| format!("policy kiln.verify: {m}")),
+        );
+        decision = Some(d);
+    }
     let ok = problems.is_empty();
+    let mut vsa_written = None;
+    if let (Some(out), Some(key), Some(g)) = (&a.vsa, &vsa_key, &gate) {
+        let summary = kiln_attest::vsa::Summary {
+            verifier_id: a.verifier_id.clone(),
+            time_verified: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            resource_uri: a.image.clone(),
+            subject_digest: located.image.digest.to_string(),
+            policy_uri: policy_uri(a.policy.as_deref().unwrap_or(Path::new(""))),
+            policy_sha256: g.digest().trim_start_matches("sha256:").to_owned(),
+            inputs: located
+                .bundles
+                .iter()
+                .enumerate()
+                .map(|(i, (pt, b))| {
+                    (
+                        match a.bundles.get(i) {
+                            Some(file) => policy_uri(file),
+                            None => {
+                                format!("{}#{}", a.image, pt.as_deref().unwrap_or("attestation"))
+                            }
+                        },
+                        kiln_engine::Digest::of(b)
+                            .to_string()
+                            .trim_start_matches("sha256:")
+                            .to_owned(),
+                    )
+                })
+                .collect(),
+            passed: ok,
+            levels: verified_levels(&verified),
+        };
+        let statement = kiln_attest::vsa::statement(&summary);
+        let envelope = kiln_attest::dsse::sign_statement(&statement, key);
+        let bundle = kiln_attest::bundle::Bundle::new(envelope).to_json();
+        std::fs::write(out, &bundle)
+            .map_err(|e| anyhow::anyhow!("--vsa {}: {e}", out.display()))?;
+        vsa_written = Some(out.clone());
+    }
     match a.output {
         OutputFormat::Json => {
             let doc = serde_json::json!({
@@ -341,6 +440,8 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "errors": problems,
+                "policy": decision.as_ref().map(kiln_policy::Decision::to_json),
+                "vsa": vsa_written.as_ref().map(|p| p.display().to_string()),
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
@@ -349,6 +450,20 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
                 println!(
                     "verified {} signed by {} for {}",
                     v.statement.predicate_type, v.key_id, located.image.digest
+                );
+            }
+            if let Some(d) = &decision {
+                println!(
+                    "policy {}: kiln.verify {}",
+                    d.policy_digest,
+                    if d.allow { "allows" } else { "denies" }
+                );
+            }
+            if let Some(p) = &vsa_written {
+                eprintln!(
+                    "wrote {} (signed VSA: {})",
+                    p.display(),
+                    if ok { "PASSED" } else { "FAILED" }
                 );
             }
             for p in &problems {
@@ -360,6 +475,88 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
         }
     }
     if ok { Ok(()) } else { Err(Failure::silent(1)) }
+}
+
+/// A local path as a `file://` URI (a VSA's `policy.uri`, a detached bundle's URI).
+fn policy_uri(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("file://{}", abs.display())
+}
+
+/// The SLSA build level a passing verification vouches for: signed provenance from a key the
+/// verifier trusts is Build L2 (the key stands for the build platform the verifier trusts);
+/// signed attestations without provenance vouch for no build level.
+fn verified_levels(verified: &[kiln_attest::verify::Verified]) -> Vec<String> {
+    if verified
+        .iter()
+        .any(|v| v.statement.predicate_type == amedia::SLSA_PROVENANCE_V1)
+    {
+        vec!["SLSA_BUILD_LEVEL_2".to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The `kiln.verify` input (`policy/schema/verify.json`): only verified statements are facts.
+fn verify_input(
+    reference: &str,
+    located: &Located,
+    verified: &[kiln_attest::verify::Verified],
+) -> serde_json::Value {
+    let config = located
+        .config
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .map(|c| {
+            let cfg = &c["config"];
+            let strings = |v: &serde_json::Value| -> Vec<String> {
+                v.as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default()
+            };
+            let mut ports: Vec<String> = cfg["ExposedPorts"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            ports.sort();
+            serde_json::json!({
+                "user": cfg["User"].as_str().unwrap_or_default(),
+                "exposed_ports": ports,
+                "env_names": strings(&cfg["Env"]).iter().map(|kv| kv.split('=').next().unwrap_or_default().to_owned()).collect::<Vec<_>>(),
+                "entrypoint": strings(&cfg["Entrypoint"]),
+                "cmd": strings(&cfg["Cmd"]),
+                "workdir": cfg["WorkingDir"].as_str().unwrap_or_default(),
+                "labels": cfg["Labels"].as_object().cloned().unwrap_or_default(),
+            })
+        });
+    let find = |pt: &str| verified.iter().find(|v| v.statement.predicate_type == pt);
+    let sbom = find(amedia::SPDX_DOCUMENT)
+        .map(|v| kiln_attest::sbom::Summary::from_spdx(&v.statement.predicate))
+        .or_else(|| {
+            find(amedia::CYCLONEDX_BOM)
+                .map(|v| kiln_attest::sbom::Summary::from_cyclonedx(&v.statement.predicate))
+        });
+    let mut key_ids: Vec<&str> = verified.iter().map(|v| v.key_id.as_str()).collect();
+    key_ids.sort_unstable();
+    key_ids.dedup();
+    serde_json::json!({
+        "image": {
+            "reference": reference,
+            "manifest_digest": located.image.digest.to_string(),
+            "config": config,
+        },
+        "signature": {
+            "verified": !verified.is_empty(),
+            "key_ids": key_ids,
+            "identities": [],
+        },
+        "provenance": find(amedia::SLSA_PROVENANCE_V1).map(|v| v.statement.predicate.clone()),
+        "sbom": sbom,
+        "attestations": verified.iter().map(|v| serde_json::json!({
+            "predicate_type": v.statement.predicate_type,
+            "signed": true,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Verifies one bundle. `--builder-id` and `--source-uri` are claims of the provenance: an

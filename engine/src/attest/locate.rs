@@ -116,6 +116,15 @@ pub struct Located {
     pub bundles: Vec<(Option<String>, Vec<u8>)>,
     /// Unsigned statements of the BuildKit-style attestation manifest: (predicate type, bytes).
     pub statements: Vec<(Option<String>, Vec<u8>)>,
+    /// The image's config blob (digest-checked), for `kiln verify --policy`.
+    pub config: Option<Vec<u8>>,
+}
+
+/// The config blob of an image manifest.
+fn image_config(blobs: &dyn Blobs, image: &Descriptor) -> Result<Vec<u8>, LocateError> {
+    let bytes = blobs.get(image)?;
+    let m = Manifest::from_slice(&bytes).map_err(|e| LocateError::Invalid(e.to_string()))?;
+    blobs.get(&m.config)
 }
 
 trait Blobs {
@@ -415,6 +424,7 @@ pub fn locate(location: &ImageLocation, store: Option<&Store>) -> Result<Located
                     attachments(&blobs, image, &index.manifests)
                 }
                 None => Ok(Located {
+                    config: Some(image_config(&blobs, &image)?),
                     image,
                     bundles: Vec::new(),
                     statements: Vec::new(),
@@ -544,6 +554,7 @@ fn attachments(
         }
     }
     Ok(Located {
+        config: Some(image_config(blobs, &image)?),
         image,
         bundles,
         statements,
