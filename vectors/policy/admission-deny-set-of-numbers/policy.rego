@@ -1,0 +1,5 @@
+package kiln.admission
+
+deny contains img.index if {
+	some img in input.request.stages
+}

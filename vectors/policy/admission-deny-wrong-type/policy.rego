@@ -1,0 +1,3 @@
+package kiln.admission
+
+deny := count(input.request.base_images)

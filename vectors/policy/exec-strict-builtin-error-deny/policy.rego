@@ -1,0 +1,5 @@
+package kiln.exec
+
+deny contains "too many retries" if {
+	to_number(input.step.command[2]) > 3
+}
