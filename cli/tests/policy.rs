@@ -386,6 +386,12 @@ fn policy_test_passes_on_the_examples_and_fails_on_a_broken_test() {
     let r = k.run(k.root(), ["policy", "test", examples().to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("PASS: "), "{}", r.stdout);
+    // The demo's policies (scripts/demo.sh) too.
+    for demo in ["build", "deploy"] {
+        let dir = format!("{}/../examples/policy/{demo}", env!("CARGO_MANIFEST_DIR"));
+        let r = k.run(k.root(), ["policy", "test", &dir]);
+        assert_eq!(r.code, 0, "{demo}: {}\n{}", r.stdout, r.stderr);
+    }
 
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("examples");
