@@ -67,13 +67,10 @@ fn a_long_evaluation_is_cut_off_and_denied() {
         "package kiln.admission\ndeny contains \"never\" if { count([x | some x in numbers.range(1, 100000); some y in numbers.range(1, 100000); x == y + 1]) < 0 }",
     )
     .unwrap();
-    let start = Instant::now();
     let d = p.evaluate(Gate::Admission, &json!({}));
     assert!(!d.allow && d.error, "{d:?}");
     assert!(d.messages[0].contains("bound"), "{d:?}");
-    // 10^10 iterations: the bound is 200 ms; allow generous slack on a loaded machine, but not
-    // the hours the unbounded evaluation would take.
-    assert!(start.elapsed() < Duration::from_secs(20));
+    // 10^10 iterations: only the time bound can have ended it (no timing assertion here).
 }
 
 #[test]
