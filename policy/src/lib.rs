@@ -404,14 +404,7 @@ impl Policy {
         let pkg = gate.package();
         let deny = match eval_path(&mut engine, &format!("data.{pkg}.deny")) {
             Ok(v) => v,
-            Err(e) => {
-                return fail(eval_error(
-                    gate,
-                    &e.to_string(),
-                    start.elapsed(),
-                    self.limits,
-                ));
-            }
+            Err(e) => return fail(eval_error(gate, &e, start.elapsed(), self.limits)),
         };
         let mut messages = match deny_messages(&deny) {
             Ok(m) => m,
@@ -430,14 +423,7 @@ impl Policy {
                         other.to_json_str().unwrap_or_default()
                     ));
                 }
-                Err(e) => {
-                    return fail(eval_error(
-                        gate,
-                        &e.to_string(),
-                        start.elapsed(),
-                        self.limits,
-                    ));
-                }
+                Err(e) => return fail(eval_error(gate, &e, start.elapsed(), self.limits)),
             }
         }
         Decision {
