@@ -553,7 +553,14 @@ impl Engine {
                 .collect();
             let key = crate::attest::catalog_key(&chain);
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || crate::attest::catalog_cached(&store, &key, layers))
+            let made_now = staged
+                .layers
+                .keys()
+                .map(|id| id.as_str().to_owned())
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                crate::attest::catalog_cached(&store, &key, layers, made_now)
+            })
         });
 
         // The content digests of the build context and of named directory contexts (for the
@@ -672,9 +679,7 @@ impl Engine {
                     name: "attest".into(),
                     message: e.to_string(),
                 })??;
-                if let Some((key, json)) = fresh {
-                    staged.sboms.insert(key, json);
-                }
+                staged.sboms.extend(fresh);
                 Some(sbom)
             }
             None => None,

@@ -28,7 +28,7 @@ mod summary;
 #[cfg(feature = "schema-validation")]
 mod validate;
 
-pub use catalog::{catalog, limits};
+pub use catalog::{FactsCache, FileFacts, catalog, catalog_with, limits};
 pub use cyclonedx::{CYCLONEDX_SPEC_VERSION, to_cyclonedx};
 pub use dir::DirTree;
 pub use license::is_spdx_license_id;

@@ -304,32 +304,58 @@ pub fn catalog_key(chain: &[crate::store::SnapshotId]) -> String {
     Digest::of(text.as_bytes()).hex()
 }
 
-/// A catalog made now, to stage with the build's records: (chain key, JSON).
-pub type FreshCatalog = Option<(String, Vec<u8>)>;
+/// Records a catalog made now, to stage with the build's records: (key, JSON) for the SBOM
+/// table (the chain's catalog, and the per-layer facts it learned).
+pub type FreshCatalog = Vec<(String, Vec<u8>)>;
 
-/// The catalog of `layers` from the store's cache (by `key`), else made now; a fresh one comes
-/// back with its (key, JSON) for the build to stage with its records.
+/// The catalog of `layers` from the store's cache (by `key`), else made now, reusing what is
+/// known about each layer's files; a fresh one comes back with the records to stage. Facts
+/// about the files of `made_now` layers (this build's) are not kept.
 pub fn catalog_cached(
     store: &crate::store::Store,
     key: &str,
     layers: Vec<PathBuf>,
+    made_now: std::collections::BTreeSet<String>,
 ) -> Result<(sbom::Sbom, FreshCatalog), AttestError> {
     if let Some(json) = store.meta.sbom(key)?
         && let Ok(sbom) = serde_json::from_slice::<sbom::Sbom>(&json)
     {
-        return Ok((sbom, None));
+        return Ok((sbom, Vec::new()));
     }
-    let sbom = catalog(layers)?;
-    let json = serde_json::to_vec(&sbom).unwrap_or_default();
-    let fresh = (!json.is_empty()).then(|| (key.to_owned(), json));
+    let (sbom, mut fresh) = catalog_with_facts(Some(store), layers, made_now)?;
+    if let Ok(json) = serde_json::to_vec(&sbom) {
+        fresh.push((key.to_owned(), json));
+    }
     Ok((sbom, fresh))
 }
 
 /// Catalogs the final file system (the layer directories `layers`, bottom first) for the SBOM.
 /// It needs no image digest, so the builder runs it while the layers are being compressed.
 pub fn catalog(layers: Vec<PathBuf>) -> Result<sbom::Sbom, AttestError> {
+    Ok(catalog_with_facts(None, layers, Default::default())?.0)
+}
+
+/// [`catalog`], with the per-layer file facts of `store` (a layer directory's name is its id):
+/// files of layers catalogued before are neither read nor hashed again.
+fn catalog_with_facts(
+    store: Option<&crate::store::Store>,
+    layers: Vec<PathBuf>,
+    made_now: std::collections::BTreeSet<String>,
+) -> Result<(sbom::Sbom, FreshCatalog), AttestError> {
+    let ids: Vec<String> = layers
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
     let tree = tree::LayerTree::new(crate::fsview::LayerView::new(layers));
-    Ok(sbom::catalog(&tree)?)
+    let mut facts = tree::LayerFacts::new(&tree, ids, made_now, |id| {
+        store.and_then(|s| s.meta.sbom(&tree::facts_key(id)).ok().flatten())
+    });
+    let sbom = sbom::catalog_with(&tree, &mut facts)?;
+    Ok((sbom, facts.fresh()))
 }
 
 /// The file name stem of an attestation in `--attest-dest`.
@@ -389,17 +415,70 @@ mod tests {
         .unwrap();
         std::fs::write(layer.join("app"), b"hello").unwrap();
         let key = "k".repeat(64);
-        let (first, fresh) = catalog_cached(&store, &key, vec![layer.clone()]).unwrap();
-        let (key, json) = fresh.expect("a fresh catalog to stage");
+        let (first, fresh) =
+            catalog_cached(&store, &key, vec![layer.clone()], Default::default()).unwrap();
+        assert!(
+            fresh.iter().any(|(k, _)| *k == key),
+            "a fresh catalog to stage"
+        );
         let mut staged = crate::store::StagedRecords::default();
-        staged.sboms.insert(key.clone(), json);
+        staged.sboms.extend(fresh);
         store.meta.commit(&staged).unwrap();
         // The directory changes; the cached catalog (same chain key) is what comes back.
         std::fs::write(layer.join("app"), b"changed").unwrap();
-        let (second, fresh) = catalog_cached(&store, &key, vec![layer]).unwrap();
-        assert!(fresh.is_none(), "served from the cache");
+        let (second, fresh) =
+            catalog_cached(&store, &key, vec![layer], Default::default()).unwrap();
+        assert!(fresh.is_empty(), "served from the cache");
         assert_eq!(first, second);
         assert_eq!(first.distro.as_ref().map(|d| d.id.as_str()), Some("debian"));
         assert_eq!(first.files.len(), 2);
+    }
+
+    #[test]
+    fn files_of_a_known_layer_are_not_read_again_and_the_catalog_is_the_same() {
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&root.path().join("store")).unwrap();
+        let base = root.path().join("0123abcd");
+        let app = root.path().join("4567ef01");
+        std::fs::create_dir_all(base.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", base.join("bin/busybox"))
+            .or_else(|_| {
+                std::fs::write(base.join("bin/busybox"), b"\x7fELF not really").map(|()| 0)
+            })
+            .unwrap();
+        std::fs::set_permissions(
+            base.join("bin/busybox"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(base.join("base.txt"), b"base").unwrap();
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("app.txt"), b"app").unwrap();
+        let layers = vec![base.clone(), app.clone()];
+
+        let plain = catalog(layers.clone()).unwrap();
+        // The app layer is this build's own: its facts are not kept.
+        let made_now: std::collections::BTreeSet<String> = ["4567ef01".to_owned()].into();
+        let (learned, fresh) =
+            catalog_with_facts(Some(&store), layers.clone(), made_now.clone()).unwrap();
+        assert_eq!(plain, learned, "facts change nothing in the result");
+        let keys: Vec<&str> = fresh.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["facts:0123abcd"]);
+        let mut staged = crate::store::StagedRecords::default();
+        staged.sboms.extend(fresh);
+        store.meta.commit(&staged).unwrap();
+
+        // Rewrite a file of the known base layer behind the cache's back: the catalog with
+        // facts still reports what the layer held (it did not read the file again), which is
+        // how a layer that really never changes is served.
+        std::fs::write(base.join("base.txt"), b"tampered").unwrap();
+        let (reused, fresh) = catalog_with_facts(Some(&store), layers.clone(), made_now).unwrap();
+        assert_eq!(reused, plain);
+        assert!(fresh.is_empty(), "nothing new was learned");
+        assert_ne!(
+            catalog(layers).unwrap(),
+            plain,
+            "without facts, the file is read"
+        );
     }
 }

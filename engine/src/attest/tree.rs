@@ -62,6 +62,97 @@ impl LayerTree {
     }
 }
 
+impl LayerTree {
+    /// The index (bottom first) of the layer that holds the regular file at `path`, as the last
+    /// [`FileTree::entries`] walk found it.
+    pub fn layer_of(&self, path: &str) -> Option<usize> {
+        self.files.lock().ok()?.get(path).map(Entry::layer)
+    }
+}
+
+/// Per-file catalog facts kept per layer: a layer directory never changes once written, so
+/// what the catalog learned about a file it holds (digests, binary scan) stays true for as long
+/// as the layer exists. Kept in the store's SBOM table under `facts:<layer id>` (cleared by
+/// prune with the catalogs), except for layers the current build made.
+#[derive(Debug)]
+pub struct LayerFacts<'a> {
+    tree: &'a LayerTree,
+    /// Layer id (its directory's name) by layer index.
+    ids: Vec<String>,
+    known: HashMap<String, std::collections::BTreeMap<String, kiln_attest::sbom::FileFacts>>,
+    changed: std::collections::BTreeSet<String>,
+    /// Layers whose facts are not kept: made by this build, they are likely never seen again
+    /// (a `--no-cache` build, a step whose input changed). Once a later build reuses one, its
+    /// facts are learned then.
+    transient: std::collections::BTreeSet<String>,
+}
+
+/// The store key of a layer's facts.
+pub fn facts_key(layer_id: &str) -> String {
+    format!("facts:{layer_id}")
+}
+
+impl<'a> LayerFacts<'a> {
+    /// Facts for `tree`'s layers (`ids` by index), starting from what `load` returns for each
+    /// layer id (JSON written by [`LayerFacts::fresh`]); unreadable records are ignored.
+    pub fn new(
+        tree: &'a LayerTree,
+        ids: Vec<String>,
+        transient: std::collections::BTreeSet<String>,
+        load: impl Fn(&str) -> Option<Vec<u8>>,
+    ) -> Self {
+        let known = ids
+            .iter()
+            .filter_map(|id| {
+                let json = load(id)?;
+                Some((id.clone(), serde_json::from_slice(&json).ok()?))
+            })
+            .collect();
+        Self {
+            tree,
+            ids,
+            known,
+            changed: Default::default(),
+            transient,
+        }
+    }
+
+    fn layer_id(&self, path: &str) -> Option<&String> {
+        self.ids.get(self.tree.layer_of(path)?)
+    }
+
+    /// The records of layers that learned something: (store key, JSON).
+    pub fn fresh(&self) -> Vec<(String, Vec<u8>)> {
+        self.changed
+            .iter()
+            .filter_map(|id| {
+                let json = serde_json::to_vec(self.known.get(id)?).ok()?;
+                Some((facts_key(id), json))
+            })
+            .collect()
+    }
+}
+
+impl kiln_attest::sbom::FactsCache for LayerFacts<'_> {
+    fn get(&self, path: &str) -> Option<kiln_attest::sbom::FileFacts> {
+        self.known.get(self.layer_id(path)?)?.get(path).cloned()
+    }
+
+    fn put(&mut self, path: &str, facts: kiln_attest::sbom::FileFacts) {
+        let Some(id) = self.layer_id(path).cloned() else {
+            return;
+        };
+        if self.transient.contains(&id) {
+            return;
+        }
+        self.known
+            .entry(id.clone())
+            .or_default()
+            .insert(path.to_owned(), facts);
+        self.changed.insert(id);
+    }
+}
+
 fn to_io(e: FsViewError) -> io::Error {
     io::Error::other(e)
 }

@@ -43,18 +43,81 @@ pub mod limits {
     pub const BINARIES: usize = 20_000;
 }
 
+/// What the catalog learned about one regular file from its content alone: its digests and,
+/// for an executable, what the binary scan found in it. A caller whose files never change under
+/// a key (an immutable layer) can keep these and hand them back ([`FactsCache`]), so the next
+/// catalog neither reads nor hashes the file again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileFacts {
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+    /// SHA-1, lowercase hex.
+    pub sha1: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The binary scan's packages and notes for this file, once scanned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<(Vec<Package>, Vec<String>)>,
+}
+
+/// Per-file facts kept between catalogs, looked up by the file's path in the tree. The tree
+/// owner decides what makes a fact still true (kiln's engine keys them by the immutable layer
+/// that holds the file); the catalog only asks and tells.
+pub trait FactsCache {
+    /// Facts about the regular file at `path`, if known.
+    fn get(&self, path: &str) -> Option<FileFacts>;
+    /// Facts learned about the regular file at `path`.
+    fn put(&mut self, path: &str, facts: FileFacts);
+}
+
+/// A cache that knows nothing and keeps nothing.
+struct NoCache;
+
+impl FactsCache for NoCache {
+    fn get(&self, _: &str) -> Option<FileFacts> {
+        None
+    }
+    fn put(&mut self, _: &str, _: FileFacts) {}
+}
+
 /// Catalogs `tree`: its distribution, its packages and the digest of every regular file.
 ///
 /// # Errors
 /// [`SbomError::Entries`] when the tree cannot be listed, [`SbomError::Read`] when a regular
 /// file it lists cannot be read. Malformed package data is a note, not an error.
 pub fn catalog(tree: &dyn FileTree) -> Result<Sbom, SbomError> {
+    catalog_with(tree, &mut NoCache)
+}
+
+/// [`catalog`], reusing and recording per-file facts in `cache`: the result is the same as
+/// without it (a test checks), only cheaper when files are known.
+pub fn catalog_with(tree: &dyn FileTree, cache: &mut dyn FactsCache) -> Result<Sbom, SbomError> {
     let entries = tree
         .entries()
         .map_err(|source| SbomError::Entries { source })?;
     let mut files = Vec::new();
     for e in entries.iter().filter(|e| e.kind == EntryKind::Regular) {
-        files.push(digest(tree, &e.path)?);
+        match cache.get(&e.path) {
+            Some(f) => files.push(FileDigest {
+                path: e.path.clone(),
+                sha256: f.sha256,
+                sha1: f.sha1,
+                size: f.size,
+            }),
+            None => {
+                let d = digest(tree, &e.path)?;
+                cache.put(
+                    &e.path,
+                    FileFacts {
+                        sha256: d.sha256.clone(),
+                        sha1: d.sha1.clone(),
+                        size: d.size,
+                        scan: None,
+                    },
+                );
+                files.push(d);
+            }
+        }
     }
     let mut ctx = Ctx {
         tree,
@@ -71,7 +134,7 @@ pub fn catalog(tree: &dyn FileTree) -> Result<Sbom, SbomError> {
     python::catalog(&mut ctx)?;
     npm::catalog(&mut ctx)?;
     cargo::catalog_lockfiles(&mut ctx)?;
-    scan_binaries(&mut ctx)?;
+    scan_binaries(&mut ctx, cache)?;
 
     let Ctx {
         distro,
@@ -341,7 +404,7 @@ pub(crate) fn join_normalised(dir: &str, rel: &str) -> Option<String> {
 }
 
 /// Scans executables (any `x` bit, ELF magic) for Go build info and cargo-auditable data.
-fn scan_binaries(ctx: &mut Ctx<'_>) -> Result<(), SbomError> {
+fn scan_binaries(ctx: &mut Ctx<'_>, cache: &mut dyn FactsCache) -> Result<(), SbomError> {
     let candidates: Vec<(String, u64)> = ctx
         .entries
         .values()
@@ -356,23 +419,47 @@ fn scan_binaries(ctx: &mut Ctx<'_>) -> Result<(), SbomError> {
         ));
     }
     for (path, _) in candidates.into_iter().take(limits::BINARIES) {
-        if !starts_with_elf_magic(ctx.tree, &path) {
+        let known = cache.get(&path);
+        if let Some((packages, notes)) = known.as_ref().and_then(|f| f.scan.clone()) {
+            ctx.packages.extend(packages);
+            ctx.notes.extend(notes);
             continue;
         }
-        let Some(bytes) = ctx.read(&path, limits::BINARY_BYTES)? else {
-            continue;
-        };
-        let elf = match elf::Elf::parse(&bytes) {
-            Ok(elf) => elf,
-            Err(reason) => {
-                ctx.note(format!("{path}: ELF not scanned: {reason}"));
-                continue;
-            }
-        };
-        go::catalog_binary(ctx, &path, &elf, &bytes);
-        cargo::catalog_auditable(ctx, &path, &elf);
-        binary::catalog_binary(ctx, &path, &bytes);
+        let (packages_before, notes_before) = (ctx.packages.len(), ctx.notes.len());
+        scan_binary(ctx, &path)?;
+        if let Some(mut facts) = known {
+            facts.scan = Some((
+                ctx.packages
+                    .get(packages_before..)
+                    .unwrap_or_default()
+                    .to_vec(),
+                ctx.notes.get(notes_before..).unwrap_or_default().to_vec(),
+            ));
+            cache.put(&path, facts);
+        }
     }
+    Ok(())
+}
+
+/// Scans one executable for Go build info, cargo-auditable data and version banners; what it
+/// finds goes into `ctx` (packages and notes about this file only).
+fn scan_binary(ctx: &mut Ctx<'_>, path: &str) -> Result<(), SbomError> {
+    if !starts_with_elf_magic(ctx.tree, path) {
+        return Ok(());
+    }
+    let Some(bytes) = ctx.read(path, limits::BINARY_BYTES)? else {
+        return Ok(());
+    };
+    let elf = match elf::Elf::parse(&bytes) {
+        Ok(elf) => elf,
+        Err(reason) => {
+            ctx.note(format!("{path}: ELF not scanned: {reason}"));
+            return Ok(());
+        }
+    };
+    go::catalog_binary(ctx, path, &elf, &bytes);
+    cargo::catalog_auditable(ctx, path, &elf);
+    binary::catalog_binary(ctx, path, &bytes);
     Ok(())
 }
 
