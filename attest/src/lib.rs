@@ -18,6 +18,7 @@ pub mod dsse;
 pub mod keys;
 pub mod media;
 pub mod sbom;
+pub mod sigstore;
 pub mod slsa;
 pub mod statement;
 pub mod verify;
