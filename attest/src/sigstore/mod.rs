@@ -12,8 +12,9 @@
 //!   int64 fields as strings or numbers, negatives rejected; an empty certificate chain is
 //!   rejected.
 //! - [`trust`]: trusted roots v0.1/v0.2; a transparency log is looked up by `logId.keyId`; its
-//!   key must have a `validFor.start` and, when the entry has an integrated time, be valid at it
-//!   (closed interval). RFC 3339 parsing without a date library.
+//!   key must have a `validFor.start` and, when the entry has an integrated time vouched for by
+//!   a signed entry timestamp, be valid at it (closed interval). RFC 3339 parsing without a date
+//!   library.
 //! - [`merkle`]: RFC 6962/9162 inclusion proofs of the entry's canonicalized body.
 //! - [`checkpoint`]: signed-note checkpoints: parsed strictly; at least one signature by the
 //!   log's key (ECDSA P-256 for Rekor v1, Ed25519 for Rekor v2) over the note text; witness
@@ -105,21 +106,27 @@ pub struct TlogVerified {
     pub integrated_time: Option<u64>,
 }
 
-/// Verifies one transparency-log entry of `bundle` against `root`: trusted log (valid at the
-/// integrated time when there is one), body matches `expected`, inclusion proof and signed
-/// checkpoint, signed entry timestamp when present.
+/// Verifies one transparency-log entry of `bundle` against `root`: trusted log (its key valid
+/// at the integrated time when a signed entry timestamp vouches for one), body matches
+/// `expected`, inclusion proof and signed checkpoint, signed entry timestamp when present.
+///
+/// Entries without a verified integrated time (Rekor v2, or v1 entries with a proof only) get
+/// no time check here: the caller checks the log key's `validFor` at the time an RFC 3161
+/// timestamp proves ([`trust::TrustedRoot::tlog_at`]).
 pub fn verify_tlog_entry(
     bundle: &Bundle,
     entry: &TlogEntry,
     root: &TrustedRoot,
     expected: &Expected<'_>,
 ) -> Result<TlogVerified, TlogError> {
-    let log = match entry.integrated_time {
+    let set_present = entry.signed_entry_timestamp.is_some();
+    // The integrated time is the log's word only when its signed entry timestamp verifies
+    // (checked below, with this log's key); without one it is unauthenticated and not used.
+    let log = match entry.integrated_time.filter(|_| set_present) {
         Some(t) => root.tlog_at(&entry.log_id, i64::try_from(t).unwrap_or(i64::MAX))?,
         None => root.tlog(&entry.log_id)?,
     };
     let body = rekor::check_body(entry, expected)?;
-    let set_present = entry.signed_entry_timestamp.is_some();
     let mut checkpoint = None;
     match &entry.inclusion_proof {
         Some(proof) => {

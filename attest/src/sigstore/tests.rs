@@ -780,3 +780,122 @@ fn bodies() {
         Err(RekorError::KindVersionMismatch { .. })
     ));
 }
+
+/// Truncated and bit-flipped inputs are errors or verdicts, never panics.
+#[test]
+fn damaged_inputs_do_not_panic() {
+    for name in [
+        "happy-path-v0.3",
+        "rekor2-dsse-happy-path",
+        "intoto-expired-certificate_fail",
+    ] {
+        let case = load(name);
+        let original = case.bundle.clone();
+        let run = |bytes: &[u8]| {
+            if let Ok(b) = bundle::parse(bytes)
+                && let Ok(expected) = expected(&b, &case)
+            {
+                let _ = verify_tlog_entries(&b, &case.root, &expected);
+                for e in &b.verification_material.tlog_entries {
+                    let _ = rekor::parse_body(e);
+                    if let Some(cp) = e
+                        .inclusion_proof
+                        .as_ref()
+                        .and_then(|p| p.checkpoint.as_ref())
+                    {
+                        let _ = checkpoint::parse(cp);
+                    }
+                }
+            }
+        };
+        for cut in (0..original.len()).step_by(97) {
+            run(&original[..cut]);
+        }
+        for i in (0..original.len()).step_by(13) {
+            let mut damaged = original.clone();
+            damaged[i] ^= 0x01;
+            run(&damaged);
+            damaged[i] = b'"';
+            run(&damaged);
+        }
+        // Damage inside the decoded body and checkpoint, where the JSON stays valid.
+        let b = bundle::parse(&original).unwrap();
+        let e = &b.verification_material.tlog_entries[0];
+        for i in (0..e.canonicalized_body.len()).step_by(7) {
+            let mut e = e.clone();
+            e.canonicalized_body[i] ^= 0x20;
+            let _ = rekor::parse_body(&e);
+            let _ = super::verify_tlog_entry(&b, &e, &case.root, &expected(&b, &case).unwrap());
+        }
+        let cp = e
+            .inclusion_proof
+            .as_ref()
+            .unwrap()
+            .checkpoint
+            .clone()
+            .unwrap();
+        for cut in 0..cp.len() {
+            if cp.is_char_boundary(cut) {
+                let _ = checkpoint::parse(&cp[..cut]);
+                let _ = checkpoint::parse(&format!("{}\n{}", &cp[..cut], &cp[cut..]));
+            }
+        }
+    }
+}
+
+#[test]
+fn pipeline_rules() {
+    let (case, b) = parsed("happy-path-v0.3");
+    let want = expected(&b, &case).unwrap();
+    let ok = super::verify_tlog_entry(
+        &b,
+        &b.verification_material.tlog_entries[0],
+        &case.root,
+        &want,
+    )
+    .unwrap();
+    assert_eq!(ok.integrated_time, Some(1_710_869_186));
+    assert!(ok.set_verified && ok.checkpoint.is_some());
+
+    // A signed integrated time outside the log key's validity: rejected before anything else.
+    let mut e = b.verification_material.tlog_entries[0].clone();
+    e.integrated_time = Some(1_000_000_000);
+    assert!(matches!(
+        super::verify_tlog_entry(&b, &e, &case.root, &want),
+        Err(TlogError::Trust(TrustError::OutsideValidity { .. }))
+    ));
+    // Without a promise the integrated time is not the log's word: not used, not returned.
+    e.signed_entry_timestamp = None;
+    let r = super::verify_tlog_entry(&b, &e, &case.root, &want).unwrap();
+    assert_eq!((r.integrated_time, r.set_verified), (None, false));
+    // v0.2+ needs an inclusion proof; a checkpoint-less proof needs a v0.1 bundle and a SET.
+    let mut e = b.verification_material.tlog_entries[0].clone();
+    e.inclusion_proof = None;
+    assert!(matches!(
+        super::verify_tlog_entry(&b, &e, &case.root, &want),
+        Err(TlogError::NoInclusionProof)
+    ));
+    let mut e = b.verification_material.tlog_entries[0].clone();
+    if let Some(p) = e.inclusion_proof.as_mut() {
+        p.checkpoint = None;
+    }
+    assert!(matches!(
+        super::verify_tlog_entry(&b, &e, &case.root, &want),
+        Err(TlogError::NoCheckpoint)
+    ));
+    let mut v01 = b.clone();
+    v01.version = BundleVersion::V01;
+    assert!(super::verify_tlog_entry(&v01, &e, &case.root, &want).is_ok());
+    e.inclusion_proof = None;
+    e.signed_entry_timestamp = None;
+    assert!(matches!(
+        super::verify_tlog_entry(&v01, &e, &case.root, &want),
+        Err(TlogError::NoProof)
+    ));
+    let mut none = b.clone();
+    none.verification_material.tlog_entries.clear();
+    assert!(matches!(
+        verify_tlog_entries(&none, &case.root, &want),
+        Err(TlogError::NoEntries)
+    ));
+}
