@@ -8,7 +8,8 @@
 //! 4 bytes of SHA-256 of its DER SubjectPublicKeyInfo; for an Ed25519 log (Rekor v2) the first 4
 //! bytes of SHA-256(name || "\n" || 0x01 || 32-byte key), as in golang.org/x/mod/sumdb/note,
 //! with the checkpoint origin as the name. Both equal the first 4 bytes of the log id in the
-//! sigstore trusted roots (checked against the public-good and staging roots in the tests).
+//! sigstore trusted roots (checked against the public-good and staging roots in the tests);
+//! sigstore-python compares the hint with the log id's first 4 bytes directly.
 //! Signatures by other keys (witness cosignatures) are ignored.
 
 use sha2::{Digest, Sha256};
