@@ -8,7 +8,8 @@
 //! Modules, bottom up: [`media`] (spec URIs), [`statement`] (in-toto Statement v1), [`slsa`]
 //! (SLSA Provenance v1 predicate), [`keys`] (P-256/Ed25519 keys, PKCS#8, key ids), [`dsse`]
 //! (DSSE envelopes, PAE), [`bundle`] (sigstore bundle v0.3, `.intoto.jsonl`), [`verify`] (a
-//! bundle against a policy, every failure reason reported).
+//! bundle against a policy, every failure reason reported), [`sigstore`] (offline verification
+//! of public-good sigstore bundles: the transparency-log half so far).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod dsse;
 pub mod keys;
 pub mod media;
 pub mod sbom;
+pub mod sigstore;
 pub mod slsa;
 pub mod statement;
 pub mod verify;
