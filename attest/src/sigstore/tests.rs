@@ -1,5 +1,6 @@
 //! The transparency-log checks against sigstore-conformance's `bundle-verify` cases
-//! (`/work/shared/vectors/sigstore-conformance`, read at test time).
+//! (`../shared/vectors/sigstore-conformance` beside the checkout, or
+//! `$KILN_SHARED_VECTORS/sigstore-conformance`; read at test time).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,7 +22,12 @@ use super::{TlogError, check_message_digest, verify_tlog_entries};
 use crate::keys::PublicKey;
 
 fn suite() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/sigstore-conformance")
+    // As the other conformance tests: `$KILN_SHARED_VECTORS`, else `../shared/vectors` beside
+    // the checkout.
+    std::env::var_os("KILN_SHARED_VECTORS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"))
+        .join("sigstore-conformance")
 }
 
 fn cases() -> Vec<String> {
