@@ -40,17 +40,22 @@
 //!   protobufs (`dsseV002.payloadHash`, `signatures[].content`/`verifier`).
 
 pub mod bundle;
+pub mod cert;
 pub mod checkpoint;
 mod json;
 pub mod merkle;
 pub mod rekor;
 pub mod set;
 pub mod trust;
+pub mod verify;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_e2e;
 
 pub use json::FieldError;
+pub use verify::{Artifact, Check, Failure, Identity, Verified, verify_bundle};
 
 use bundle::{Bundle, BundleVersion, Content, TlogEntry};
 use checkpoint::{Checkpoint, CheckpointError};
