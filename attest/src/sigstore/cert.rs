@@ -38,16 +38,16 @@ pub enum CertError {
 
 /// One DER element.
 #[derive(Debug, Clone, Copy)]
-struct Tlv<'a> {
-    tag: u8,
-    content: &'a [u8],
+pub(super) struct Tlv<'a> {
+    pub(super) tag: u8,
+    pub(super) content: &'a [u8],
     /// Tag, length and content.
-    whole: &'a [u8],
+    pub(super) whole: &'a [u8],
 }
 
 /// Reads one element from the front of `input`; returns it and the rest. Only single-byte
 /// tags and definite lengths up to 2^32 (DER).
-fn read_tlv(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), CertError> {
+pub(super) fn read_tlv(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), CertError> {
     let bad = CertError::Malformed("truncated or invalid DER");
     let (&tag, rest) = input.split_first().ok_or(bad.clone())?;
     if tag & 0x1f == 0x1f {
@@ -84,7 +84,7 @@ fn read_tlv(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), CertError> {
 }
 
 /// Reads an element with the given tag.
-fn expect<'a>(
+pub(super) fn expect<'a>(
     input: &'a [u8],
     tag: u8,
     what: &'static str,
@@ -96,10 +96,10 @@ fn expect<'a>(
     Ok((tlv, rest))
 }
 
-const TAG_SEQUENCE: u8 = 0x30;
-const TAG_OID: u8 = 0x06;
+pub(super) const TAG_SEQUENCE: u8 = 0x30;
+pub(super) const TAG_OID: u8 = 0x06;
 const TAG_BOOLEAN: u8 = 0x01;
-const TAG_OCTET_STRING: u8 = 0x04;
+pub(super) const TAG_OCTET_STRING: u8 = 0x04;
 const TAG_BIT_STRING: u8 = 0x03;
 
 /// OID 2.5.29.17 subjectAltName.
@@ -194,9 +194,12 @@ impl CertInfo {
 }
 
 /// Parses an X.509 time (UTCTime or GeneralizedTime, `Z` form only) to unix seconds.
-fn parse_time(tlv: &Tlv<'_>) -> Result<i64, CertError> {
+pub(super) fn parse_time(tlv: &Tlv<'_>) -> Result<i64, CertError> {
     let bad = CertError::Malformed("validity time");
     let s = std::str::from_utf8(tlv.content).map_err(|_| bad.clone())?;
+    if !s.is_ascii() {
+        return Err(bad);
+    }
     let full = match (tlv.tag, s.len()) {
         (0x17, 13) => {
             let yy: u32 = s.get(..2).and_then(|y| y.parse().ok()).ok_or(bad.clone())?;
@@ -204,6 +207,14 @@ fn parse_time(tlv: &Tlv<'_>) -> Result<i64, CertError> {
             format!("{century}{s}")
         }
         (0x18, 15) => s.to_owned(),
+        // GeneralizedTime with fractional seconds (RFC 3161 genTime): truncated to the second.
+        (0x18, n) if n > 16 && s.as_bytes().get(14) == Some(&b'.') => {
+            let frac = &s[15..n - 1];
+            if !s.ends_with('Z') || frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad);
+            }
+            format!("{}Z", &s[..14])
+        }
         _ => return Err(bad),
     };
     if !full.ends_with('Z') || !full[..14].bytes().all(|b| b.is_ascii_digit()) {
@@ -316,7 +327,7 @@ fn read_extension(info: &mut CertInfo, oid: &[u8], value: &[u8]) -> Result<(), C
 /// code-signing extended key usage. The bundle's own intermediates are not used.
 pub fn verify_chain(leaf: &[u8], root: &TrustedRoot, time: i64) -> Result<(), CertError> {
     let chain_err = |detail: String| CertError::Chain { time, detail };
-    let when = UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(time).unwrap_or(0)));
+    let when = unix_time(time);
     let leaf_der = CertificateDer::from(leaf);
     let ee = webpki::EndEntityCert::try_from(&leaf_der)
         .map_err(|e| chain_err(format!("leaf not accepted: {e}")))?;
@@ -335,28 +346,8 @@ pub fn verify_chain(leaf: &[u8], root: &TrustedRoot, time: i64) -> Result<(), Ce
             reasons.push(format!("{name}: empty chain"));
             continue;
         };
-        let anchor_der = CertificateDer::from(anchor_der.as_slice());
-        let anchor = match webpki::anchor_from_trusted_cert(&anchor_der) {
-            Ok(a) => a,
-            Err(e) => {
-                reasons.push(format!("{name}: root unusable: {e}"));
-                continue;
-            }
-        };
-        let intermediates: Vec<CertificateDer<'_>> = intermediates
-            .iter()
-            .map(|c| CertificateDer::from(c.as_slice()))
-            .collect();
-        match ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &[anchor],
-            &intermediates,
-            when,
-            webpki::KeyUsage::required(OID_CODE_SIGNING),
-            None,
-            None,
-        ) {
-            Ok(_) => return Ok(()),
+        match webpki_verify(&ee, anchor_der, intermediates, when, OID_CODE_SIGNING) {
+            Ok(()) => return Ok(()),
             Err(e) => reasons.push(format!("{name}: {e}")),
         }
     }
@@ -366,26 +357,72 @@ pub fn verify_chain(leaf: &[u8], root: &TrustedRoot, time: i64) -> Result<(), Ce
     Err(chain_err(reasons.join("; ")))
 }
 
-/// A public key ready to verify signatures.
-pub struct PublicKey {
-    alg: &'static dyn VerificationAlgorithm,
-    /// The key as aws-lc-rs takes it (the BIT STRING content).
-    key: Vec<u8>,
-    name: &'static str,
-    prehash: Option<&'static aws_lc_rs::digest::Algorithm>,
+/// id-kp-timeStamping, 1.3.6.1.5.5.7.3.8.
+pub(super) const OID_TIME_STAMPING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x08];
+
+/// A unix time for webpki.
+pub(super) fn unix_time(time: i64) -> UnixTime {
+    UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(time).unwrap_or(0)))
 }
 
-impl std::fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PublicKey")
-            .field("alg", &self.name)
-            .finish()
-    }
+/// rustls-webpki path building from `ee` to the self-signed `anchor` through
+/// `intermediates`, at `when`, requiring the extended key usage `eku`.
+pub(super) fn webpki_verify(
+    ee: &webpki::EndEntityCert<'_>,
+    anchor: &[u8],
+    intermediates: &[Vec<u8>],
+    when: UnixTime,
+    eku: &'static [u8],
+) -> Result<(), String> {
+    let anchor_der = CertificateDer::from(anchor);
+    let anchor =
+        webpki::anchor_from_trusted_cert(&anchor_der).map_err(|e| format!("root unusable: {e}"))?;
+    let intermediates: Vec<CertificateDer<'_>> = intermediates
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &intermediates,
+        when,
+        webpki::KeyUsage::required(eku),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// A hash a signature scheme uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hash {
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    P256,
+    P384,
+    Ed25519,
+    Rsa,
+}
+
+/// A public key ready to verify signatures.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    kind: KeyKind,
+    /// The key as aws-lc-rs takes it (the BIT STRING content).
+    key: Vec<u8>,
 }
 
 impl PublicKey {
-    /// A key from DER SubjectPublicKeyInfo: ECDSA P-256 (SHA-256), P-384 (SHA-384), Ed25519,
-    /// RSA (PKCS#1 v1.5, SHA-256).
+    /// A key from DER SubjectPublicKeyInfo: ECDSA P-256, P-384, Ed25519, RSA (PKCS#1 v1.5).
     pub fn from_spki(spki: &[u8]) -> Result<PublicKey, CertError> {
         let (seq, _) = expect(spki, TAG_SEQUENCE, "subjectPublicKeyInfo")?;
         let (alg, r) = expect(seq.content, TAG_SEQUENCE, "key algorithm")?;
@@ -399,66 +436,83 @@ impl PublicKey {
             .ok()
             .filter(|(t, _)| t.tag == TAG_OID)
             .map(|(t, _)| t.content);
-        let sha256 = Some(&aws_lc_rs::digest::SHA256);
-        let (alg, name, prehash): (&'static dyn VerificationAlgorithm, _, _) =
-            match (oid.content, curve) {
-                (OID_EC_PUBLIC_KEY, Some(OID_P256)) => {
-                    (&signature::ECDSA_P256_SHA256_ASN1, "ECDSA P-256", sha256)
-                }
-                (OID_EC_PUBLIC_KEY, Some(OID_P384)) => (
-                    &signature::ECDSA_P384_SHA384_ASN1,
-                    "ECDSA P-384",
-                    Some(&aws_lc_rs::digest::SHA384),
-                ),
-                (OID_ED25519, _) => (&signature::ED25519, "Ed25519", None),
-                (OID_RSA, _) => (
-                    &signature::RSA_PKCS1_2048_8192_SHA256,
-                    "RSA PKCS#1 SHA-256",
-                    sha256,
-                ),
-                (o, _) => {
-                    return Err(CertError::UnsupportedKey(
-                        oid_to_string(o).unwrap_or_else(|| hex::encode(o)),
-                    ));
-                }
-            };
-        Ok(PublicKey {
-            alg,
-            key,
-            name,
-            prehash,
-        })
+        let kind = match (oid.content, curve) {
+            (OID_EC_PUBLIC_KEY, Some(OID_P256)) => KeyKind::P256,
+            (OID_EC_PUBLIC_KEY, Some(OID_P384)) => KeyKind::P384,
+            (OID_ED25519, _) => KeyKind::Ed25519,
+            (OID_RSA, _) => KeyKind::Rsa,
+            (o, _) => {
+                return Err(CertError::UnsupportedKey(
+                    oid_to_string(o).unwrap_or_else(|| hex::encode(o)),
+                ));
+            }
+        };
+        Ok(PublicKey { kind, key })
     }
 
     /// The key type, for messages.
     pub fn name(&self) -> &'static str {
-        self.name
+        match self.kind {
+            KeyKind::P256 => "ECDSA P-256",
+            KeyKind::P384 => "ECDSA P-384",
+            KeyKind::Ed25519 => "Ed25519",
+            KeyKind::Rsa => "RSA",
+        }
     }
 
-    /// Verifies `signature` over `message`.
+    /// The hash the key's sigstore signing scheme uses by default.
+    fn default_hash(&self) -> Hash {
+        match self.kind {
+            KeyKind::P384 => Hash::Sha384,
+            _ => Hash::Sha256,
+        }
+    }
+
+    fn algorithm(&self, hash: Hash) -> &'static dyn VerificationAlgorithm {
+        match (self.kind, hash) {
+            (KeyKind::P256, Hash::Sha256) => &signature::ECDSA_P256_SHA256_ASN1,
+            (KeyKind::P256, _) => &signature::ECDSA_P256_SHA384_ASN1,
+            (KeyKind::P384, Hash::Sha256) => &signature::ECDSA_P384_SHA256_ASN1,
+            (KeyKind::P384, _) => &signature::ECDSA_P384_SHA384_ASN1,
+            (KeyKind::Ed25519, _) => &signature::ED25519,
+            (KeyKind::Rsa, Hash::Sha256) => &signature::RSA_PKCS1_2048_8192_SHA256,
+            (KeyKind::Rsa, Hash::Sha384) => &signature::RSA_PKCS1_2048_8192_SHA384,
+            (KeyKind::Rsa, Hash::Sha512) => &signature::RSA_PKCS1_2048_8192_SHA512,
+        }
+    }
+
+    /// Verifies `signature` over `message` with the key's default scheme (ECDSA P-256 and
+    /// RSA with SHA-256, P-384 with SHA-384, Ed25519).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), CertError> {
-        UnparsedPublicKey::new(self.alg, &self.key)
-            .verify(message, signature)
-            .map_err(|_| CertError::BadSignature(self.name))
+        self.verify_with(self.default_hash(), message, signature)
     }
 
-    /// Verifies `signature` over a message known only by its SHA-256 `digest` (keys whose
-    /// scheme hashes with SHA-256: ECDSA P-256, RSA).
+    /// Verifies `signature` over `message` hashed with `hash` (ignored for Ed25519; P-256
+    /// with SHA-512 is not supported and is verified as SHA-384, which fails).
+    pub fn verify_with(&self, hash: Hash, message: &[u8], sig: &[u8]) -> Result<(), CertError> {
+        UnparsedPublicKey::new(self.algorithm(hash), &self.key)
+            .verify(message, sig)
+            .map_err(|_| CertError::BadSignature(self.name()))
+    }
+
+    /// Verifies `signature` over a message known only by its SHA-256 `digest` (ECDSA P-256,
+    /// RSA).
     pub fn verify_sha256_prehashed(
         &self,
         digest: &[u8; 32],
         signature: &[u8],
     ) -> Result<(), CertError> {
-        let Some(alg) = self.prehash.filter(|a| *a == &aws_lc_rs::digest::SHA256) else {
+        if !matches!(self.kind, KeyKind::P256 | KeyKind::Rsa) {
             return Err(CertError::UnsupportedKey(format!(
                 "{} cannot verify a SHA-256 digest-only signature",
-                self.name
+                self.name()
             )));
-        };
-        let digest = aws_lc_rs::digest::Digest::import_less_safe(digest, alg)
-            .map_err(|_| CertError::BadSignature(self.name))?;
-        UnparsedPublicKey::new(self.alg, &self.key)
+        }
+        let digest =
+            aws_lc_rs::digest::Digest::import_less_safe(digest, &aws_lc_rs::digest::SHA256)
+                .map_err(|_| CertError::BadSignature(self.name()))?;
+        UnparsedPublicKey::new(self.algorithm(Hash::Sha256), &self.key)
             .verify_digest(&digest, signature)
-            .map_err(|_| CertError::BadSignature(self.name))
+            .map_err(|_| CertError::BadSignature(self.name()))
     }
 }

@@ -47,6 +47,7 @@ pub mod merkle;
 pub mod rekor;
 pub mod set;
 pub mod trust;
+pub mod tsa;
 pub mod verify;
 
 #[cfg(test)]

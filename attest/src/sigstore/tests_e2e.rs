@@ -16,53 +16,10 @@ const DEFAULT_ISSUER: &str = "https://token.actions.githubusercontent.com";
 /// Cases that still give the wrong verdict because a check is not written yet, and why. The
 /// test fails when a listed case starts giving the right verdict (remove it then) and when an
 /// unlisted case gives the wrong one.
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    (
-        "bundle-with-sct-with-extensions",
-        "the only time source is an RFC 3161 timestamp, not verified yet",
-    ),
-    (
-        "intoto-tsa-timestamp-outside-cert-validity_fail",
-        "RFC 3161 timestamps are not verified yet, so the one outside the certificate's \
-         validity is ignored (the signed entry timestamp is inside it)",
-    ),
-    (
-        "invalid-ct-key_fail",
-        "embedded SCTs are not verified against the trusted root's ctlogs",
-    ),
-    (
-        "rekor2-checkpoint-multiple-cosigs",
-        "Rekor v2: the only time source is an RFC 3161 timestamp, not verified yet",
-    ),
-    (
-        "rekor2-checkpoint-origin-not-first",
-        "Rekor v2: the only time source is an RFC 3161 timestamp, not verified yet",
-    ),
-    (
-        "rekor2-checkpoint-two-sigs-cosigned",
-        "Rekor v2: the only time source is an RFC 3161 timestamp, not verified yet",
-    ),
-    (
-        "rekor2-dsse-happy-path",
-        "Rekor v2: the only time source is an RFC 3161 timestamp, not verified yet",
-    ),
-    (
-        "rekor2-happy-path",
-        "Rekor v2: the only time source is an RFC 3161 timestamp, not verified yet",
-    ),
-    (
-        "rekor2-timestamp-with-embedded-cert",
-        "the only time source is an RFC 3161 timestamp, not verified yet",
-    ),
-    (
-        "rekor2-timestamp-with-expired-cert-chain",
-        "the only time source is an RFC 3161 timestamp, not verified yet",
-    ),
-    (
-        "rekor2-timestamp-without-embedded-cert",
-        "the only time source is an RFC 3161 timestamp, not verified yet",
-    ),
-];
+const KNOWN_GAPS: &[(&str, &str)] = &[(
+    "invalid-ct-key_fail",
+    "embedded SCTs are not verified against the trusted root's ctlogs",
+)];
 
 fn suite() -> PathBuf {
     std::env::var_os("KILN_SHARED_VECTORS")

@@ -9,6 +9,7 @@ use super::bundle::{self, Bundle, Content, Signer};
 use super::cert::{self, CertInfo, PublicKey};
 use super::rekor::{Expected, VerifierRef};
 use super::trust::TrustedRoot;
+use super::tsa;
 use super::{TlogVerified, check_message_digest, verify_tlog_entry};
 
 /// What was signed, as the verifier knows it.
@@ -230,30 +231,57 @@ pub fn verify_bundle(
         }
     }
 
-    // The signing times: integrated times the log signed for.
-    let signing_times: Vec<i64> = tlog
+    // The signing times: integrated times the log signed for, and RFC 3161 timestamps over
+    // the signature.
+    let mut signing_times: Vec<i64> = tlog
         .iter()
         .filter_map(|v| v.integrated_time)
         .map(|t| i64::try_from(t).unwrap_or(i64::MAX))
         .collect();
-    let rfc3161 = bundle.verification_material.rfc3161_timestamps.len();
-    if signing_times.is_empty() {
-        if rfc3161 > 0 {
-            push(
+    let signed: &[u8] = match &bundle.content {
+        Content::MessageSignature { signature, .. } => signature,
+        Content::DsseEnvelope(env) => env.signatures.first().map_or(&[], |(_, s)| s),
+    };
+    let mut tsa_times = Vec::new();
+    for (i, token) in bundle
+        .verification_material
+        .rfc3161_timestamps
+        .iter()
+        .enumerate()
+    {
+        match tsa::verify(token, signed, root) {
+            Ok(t) => tsa_times.push(t),
+            Err(e) => push(
                 &mut failures,
                 Check::Timestamp,
-                format!(
-                    "the bundle's only time source is {rfc3161} RFC 3161 timestamp(s), which \
-                     this verifier does not verify yet"
-                ),
-            );
-        } else {
-            push(
-                &mut failures,
-                Check::Timestamp,
-                "no verified time source (no signed entry timestamp, no RFC 3161 timestamp)".into(),
-            );
+                format!("timestamp {i}: {e}"),
+            ),
         }
+    }
+    // Log entries without a signed integrated time (Rekor v2): their log key must be valid
+    // at the times the timestamps prove.
+    for (i, entry) in bundle.verification_material.tlog_entries.iter().enumerate() {
+        if entry.signed_entry_timestamp.is_some() && entry.integrated_time.is_some() {
+            continue;
+        }
+        for &t in &tsa_times {
+            if let Err(e) = root.tlog_at(&entry.log_id, t) {
+                push(
+                    &mut failures,
+                    Check::Tlog,
+                    format!("entry {i} at timestamp {t}: {e}"),
+                );
+            }
+        }
+    }
+    signing_times.extend(&tsa_times);
+    if signing_times.is_empty() {
+        push(
+            &mut failures,
+            Check::Timestamp,
+            "no verified time source (no verified signed entry timestamp or RFC 3161 timestamp)"
+                .into(),
+        );
     }
 
     // The certificate at every signing time.
