@@ -124,3 +124,37 @@ fn sigstore_conformance_end_to_end() {
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Truncations and byte flips of a real leaf certificate and RFC 3161 token: errors, no
+/// panics.
+#[test]
+fn certificate_and_timestamp_readers_do_not_panic() {
+    let dir = suite().join("rekor2-happy-path");
+    let bundle =
+        super::bundle::parse(&std::fs::read(dir.join("bundle.sigstore.json")).unwrap()).unwrap();
+    let root = trust::parse(&std::fs::read(dir.join("trusted_root.json")).unwrap()).unwrap();
+    let leaf = bundle
+        .verification_material
+        .signer
+        .leaf_certificate()
+        .unwrap()
+        .to_vec();
+    let token = bundle.verification_material.rfc3161_timestamps[0].clone();
+    assert!(super::cert::parse(&leaf).is_ok());
+    for n in 0..leaf.len() {
+        assert!(super::cert::parse(&leaf[..n]).is_err());
+        let mut flipped = leaf.clone();
+        flipped[n] ^= 0xff;
+        let _ = super::cert::parse(&flipped);
+        let _ = super::cert::verify_chain(&flipped, &root, 1_750_000_000);
+        if let Ok(info) = super::cert::parse(&flipped) {
+            let _ = super::cert::PublicKey::from_spki(&info.spki);
+        }
+    }
+    for n in 0..token.len() {
+        assert!(super::tsa::verify(&token[..n], b"x", &root).is_err());
+        let mut flipped = token.clone();
+        flipped[n] ^= 0xff;
+        let _ = super::tsa::verify(&flipped, b"x", &root);
+    }
+}
