@@ -1,4 +1,5 @@
-//! Offline verification of sigstore bundles: the transparency-log half (kiln issue 9).
+//! Offline verification of sigstore bundles (kiln issue 9): [`verify_bundle`] end to end,
+//! built on the transparency-log checks, the certificate checks and RFC 3161 timestamps.
 //!
 //! Pure functions over bytes already in memory: no I/O, no clock (callers pass times), no
 //! panics on any input, and every input bounded ([`bundle::MAX_BUNDLE_SIZE`] 16 MiB, inclusion
@@ -24,33 +25,59 @@
 //!   match the bundle's signature, artifact digest / payload and verifier.
 //! - [`verify_tlog_entry`] runs all of that for one entry; [`check_message_digest`] compares the
 //!   bundle's `messageDigest` hint with the artifact.
+//! - [`cert`]: a bounded DER reader for the leaf (validity, SubjectPublicKeyInfo, SAN URI /
+//!   email, Fulcio extensions 1.3.6.1.4.1.57264.1.N: v1 raw strings, v2 DER strings); the chain
+//!   to a trusted root certificate authority valid (`validFor`) at the signing time, by
+//!   rustls-webpki with id-kp-codeSigning, the leaf valid at that time (the bundle's own
+//!   intermediates are not used; a self-issued certificate in the bundle's chain is rejected);
+//!   signatures with aws-lc-rs (ECDSA P-256/SHA-256, P-384/SHA-384, Ed25519, RSA PKCS#1 v1.5).
+//! - [`tsa`]: RFC 3161 timestamps (a TimeStampResp or a bare token): CMS SignedData over a
+//!   TSTInfo, `messageImprint` = digest of the bundle's signature, the signed attributes'
+//!   `messageDigest`, the signature by the leaf of a trusted timestamp authority valid at
+//!   `genTime`, that leaf valid at `genTime` and chaining (rustls-webpki, id-kp-timeStamping)
+//!   to the authority's root. Certificates embedded in the token are ignored.
+//! - [`verify_bundle`]: all of the above for one bundle against an [`Artifact`] (bytes or
+//!   SHA-256) and an [`Identity`] policy (a public key, or a certificate SAN and OIDC issuer,
+//!   both exact): the signature over the artifact (prehashed when only the digest is known) or
+//!   over the DSSE PAE (exactly one DSSE signature); the in-toto statement has a subject with
+//!   the artifact's SHA-256; every transparency-log entry verifies (at least one); the signing
+//!   times are the verified integrated times (signed entry timestamps) and the verified RFC
+//!   3161 `genTime`s (at least one); the certificate chains and is valid at every one of them;
+//!   Rekor v2 log keys are valid at the timestamps' times. Every failed check is reported
+//!   ([`Failure`]).
 //!
 //! # Not verified here (yet)
 //!
-//! - The certificate chain to a Fulcio root, the certificate's validity at the log or TSA
-//!   time, identity/issuer policy, embedded SCTs (the certificate half, another module).
-//! - RFC 3161 timestamps (parsed as opaque DER only). Rekor v2 entries have no integrated
-//!   time, so their time comes from a TSA timestamp, which the caller must verify; this module
-//!   then checks only that the log key has a validity start.
-//! - The signature itself over the artifact or DSSE PAE with the certificate's key.
+//! - Embedded SCTs in the certificate against the trusted root's `ctlogs`
+//!   (sigstore-conformance `invalid-ct-key_fail` is accepted).
+//! - Identity by regular expression (exact match only); the other Fulcio extensions are read
+//!   ([`cert::CertInfo::fulcio`]) but no policy on them is applied here.
+//! - RFC 3161: the signer info's `sid`, nonce, policy OID and `accuracy`; RSA-PSS signatures.
 //! - `dsse` `envelopeHash` / `intoto` `hash` (hashes of the log's re-serialised envelope).
-//! - Consistency proofs between checkpoints, witness cosignatures, and how many log entries a
-//!   policy demands (the caller decides; sigstore's default is one).
+//! - Consistency proofs between checkpoints, witness cosignatures, and more than one log
+//!   entry / timestamp as a policy threshold (one of each kind present must verify; every
+//!   present one must).
 //! - `dsse` 0.0.2 (Rekor v2) has no conformance vector; its field names follow the Rekor v2
 //!   protobufs (`dsseV002.payloadHash`, `signatures[].content`/`verifier`).
 
 pub mod bundle;
+pub mod cert;
 pub mod checkpoint;
 mod json;
 pub mod merkle;
 pub mod rekor;
 pub mod set;
 pub mod trust;
+pub mod tsa;
+pub mod verify;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_e2e;
 
 pub use json::FieldError;
+pub use verify::{Artifact, Check, Failure, Identity, Verified, verify_bundle};
 
 use bundle::{Bundle, BundleVersion, Content, TlogEntry};
 use checkpoint::{Checkpoint, CheckpointError};
