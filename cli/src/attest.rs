@@ -316,6 +316,17 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
     if !a.bundles.is_empty() {
         located.bundles.clear();
         for path in &a.bundles {
+            // Bounded before reading: a bundle larger than the verifier parses is refused.
+            let size = std::fs::metadata(path)
+                .map_err(|e| usage(format!("--bundle {}: {e}", path.display())))?
+                .len();
+            if size > kiln_attest::bundle::MAX_DOCUMENT_SIZE as u64 {
+                return Err(usage(format!(
+                    "--bundle {}: {size} bytes, over the {}-byte limit",
+                    path.display(),
+                    kiln_attest::bundle::MAX_DOCUMENT_SIZE
+                )));
+            }
             let bytes = std::fs::read(path)
                 .map_err(|e| usage(format!("--bundle {}: {e}", path.display())))?;
             located.bundles.push((None, bytes));

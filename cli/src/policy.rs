@@ -108,12 +108,25 @@ pub fn run(cmd: PolicyCommand) -> Result<(), Failure> {
 }
 
 fn eval(gate: Gate, input: &Path, format: Format, path: &Path) -> Result<(), Failure> {
-    let text = if input == Path::new("-") {
-        std::io::read_to_string(std::io::stdin())
+    // Read at most one byte over the evaluation's input bound, so a huge file is refused
+    // without being read whole.
+    let limit = kiln_policy::Limits::default().max_input_bytes;
+    let reader: Box<dyn std::io::Read> = if input == Path::new("-") {
+        Box::new(std::io::stdin())
     } else {
-        std::fs::read_to_string(input)
+        Box::new(
+            std::fs::File::open(input)
+                .map_err(|e| usage(format!("--input {}: {e}", input.display())))?,
+        )
+    };
+    let text = std::io::read_to_string(std::io::Read::take(reader, limit as u64 + 1))
+        .map_err(|e| usage(format!("--input {}: {e}", input.display())))?;
+    if text.len() > limit {
+        return Err(usage(format!(
+            "--input {}: over the {limit}-byte input bound",
+            input.display()
+        )));
     }
-    .map_err(|e| usage(format!("--input {}: {e}", input.display())))?;
     let input_json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| usage(format!("--input {}: not JSON: {e}", input.display())))?;
     let decision = match Policy::load(path) {
