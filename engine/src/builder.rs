@@ -708,11 +708,7 @@ impl Engine {
                 "outputs": req.outputs.iter().map(crate::gate::output_json).collect::<Vec<_>>(),
             });
             if let Err(denied) = g.export(&input) {
-                staged.file_hashes = ctx.file_hashes.take_learned();
-                if !staged.layers.is_empty() || !staged.unpacked.is_empty() {
-                    self.store.snapshots.sync()?;
-                }
-                self.store.meta.commit(&staged)?;
+                self.commit(&ctx, staged)?;
                 return Err(denied.into());
             }
             p.policy_decisions = g
@@ -816,12 +812,7 @@ impl Engine {
                 },
             );
         }
-        staged.file_hashes = ctx.file_hashes.take_learned();
-        // Records only ever point at durable layer directories.
-        if !staged.layers.is_empty() || !staged.unpacked.is_empty() {
-            self.store.snapshots.sync()?;
-        }
-        self.store.meta.commit(&staged)?;
+        self.commit(&ctx, staged)?;
         Ok(BuildResult {
             manifest_digest: assembled.manifest_descriptor.digest,
             config_digest: assembled.config_digest,
@@ -838,6 +829,19 @@ impl Engine {
             pushed,
             policy_decisions: gate.map(|g| g.decisions()).unwrap_or_default(),
         })
+    }
+}
+
+impl Engine {
+    /// Commits a build's staged records with the client file hashes it learned, after making
+    /// its layer directories durable (records only ever point at durable layers).
+    fn commit(&self, ctx: &OpContext, mut staged: StagedRecords) -> Result<(), BuildError> {
+        staged.file_hashes = ctx.file_hashes.take_learned();
+        if !staged.layers.is_empty() || !staged.unpacked.is_empty() {
+            self.store.snapshots.sync()?;
+        }
+        self.store.meta.commit(&staged)?;
+        Ok(())
     }
 }
 

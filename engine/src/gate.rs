@@ -119,6 +119,21 @@ impl Gatekeeper {
         r
     }
 
+    /// Keeps a source deny for the builder (the planner only passes a string on) and returns
+    /// that string.
+    fn source_deny(&self, messages: Vec<String>) -> String {
+        let denied = Denied {
+            gate: Gate::Source,
+            messages,
+        };
+        let text = denied.to_string();
+        *self
+            .source_denied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(denied);
+        text
+    }
+
     fn judge_source_image(&self, reference: &str) -> Result<String, String> {
         let input = json!({
             "tenant": self.tenant,
@@ -126,36 +141,19 @@ impl Gatekeeper {
         });
         let d = self.evaluate(Gate::Source, Some(reference), &input);
         if !d.allow {
-            let denied = Denied {
-                gate: Gate::Source,
-                messages: d
-                    .messages
+            return Err(self.source_deny(
+                d.messages
                     .iter()
                     .map(|m| format!("{reference}: {m}"))
                     .collect(),
-            };
-            let text = denied.to_string();
-            *self
-                .source_denied
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(denied);
-            return Err(text);
+            ));
         }
         match d.rewrite {
             Some(r) if r != reference => {
                 if let Err(e) = Reference::parse(&r) {
-                    let denied = Denied {
-                        gate: Gate::Source,
-                        messages: vec![format!(
-                            "{reference}: rewrite to {r:?} is not a reference: {e}"
-                        )],
-                    };
-                    let text = denied.to_string();
-                    *self
-                        .source_denied
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(denied);
-                    return Err(text);
+                    return Err(self.source_deny(vec![format!(
+                        "{reference}: rewrite to {r:?} is not a reference: {e}"
+                    )]));
                 }
                 self.progress.send(Event::Phase {
                     name: format!("policy: {reference} rewritten to {r}"),
