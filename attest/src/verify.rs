@@ -50,6 +50,31 @@ pub struct Policy {
     pub source_uri: Option<String>,
 }
 
+impl Policy {
+    /// What the statement must claim, without the key.
+    pub fn claims(&self) -> Claims<'_> {
+        Claims {
+            subject_digest: &self.subject_digest,
+            predicate_type: self.predicate_type.as_deref(),
+            builder_id: self.builder_id.as_deref(),
+            source_uri: self.source_uri.as_deref(),
+        }
+    }
+}
+
+/// What a statement must claim (checks 4 to 7 of the module docs), whoever signed it.
+#[derive(Debug, Clone, Copy)]
+pub struct Claims<'a> {
+    /// The digest a subject must carry: `sha256:<hex>`.
+    pub subject_digest: &'a str,
+    /// Required predicate type, if any.
+    pub predicate_type: Option<&'a str>,
+    /// Required `runDetails.builder.id` (implies SLSA Provenance v1).
+    pub builder_id: Option<&'a str>,
+    /// Required source URI (implies SLSA Provenance v1).
+    pub source_uri: Option<&'a str>,
+}
+
 /// A bundle that passed every check.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
@@ -134,6 +159,9 @@ pub enum Reason {
         /// Source URIs found.
         found: Vec<String>,
     },
+    /// A sigstore check failed (`kiln verify` with a trusted root: certificate chain,
+    /// identity, transparency log, timestamps, signature).
+    Sigstore(crate::sigstore::Failure),
     /// The policy itself is unusable (a subject digest that is not `sha256:<hex>`).
     InvalidPolicy {
         /// What is wrong.
@@ -157,6 +185,7 @@ impl Reason {
             Reason::PredicateTypeMismatch { .. } => "PredicateTypeMismatch",
             Reason::BuilderIdMismatch { .. } => "BuilderIdMismatch",
             Reason::SourceUriMismatch { .. } => "SourceUriMismatch",
+            Reason::Sigstore(f) => f.check.name(),
             Reason::InvalidPolicy { .. } => "InvalidPolicy",
         }
     }
@@ -233,6 +262,7 @@ impl fmt::Display for Reason {
                     found.join(", ")
                 }
             ),
+            Reason::Sigstore(failure) => write!(f, "sigstore {failure}"),
             Reason::InvalidPolicy { what } => write!(f, "invalid policy: {what}"),
         }
     }
@@ -304,7 +334,7 @@ pub fn verify_bundle_with_limit(
             return Err(reasons);
         }
     };
-    check_statement(&statement, policy, &mut reasons);
+    check_statement(&statement, &policy.claims(), &mut reasons);
 
     if signature_ok && reasons.is_empty() {
         Ok(Verified {
@@ -314,6 +344,106 @@ pub fn verify_bundle_with_limit(
     } else {
         Err(reasons)
     }
+}
+
+/// What [`verify_sigstore_bundle`] established.
+#[derive(Debug, Clone)]
+pub struct SigstoreVerified {
+    /// The signed in-toto statement (DSSE bundles); `None` for a message signature, which
+    /// signs the subject digest itself.
+    pub statement: Option<Statement>,
+    /// sha256 of the signer's SubjectPublicKeyInfo (the key's, or the certificate's).
+    pub key_id: String,
+    /// The certificate identity (SAN, issuer, Fulcio extensions) for certificate-signed
+    /// bundles: [`crate::sigstore::identity::summary`].
+    pub identity: Option<Value>,
+    /// Everything the sigstore verification established.
+    pub sigstore: crate::sigstore::Verified,
+}
+
+/// Verifies a sigstore bundle (any version, any content, with its transparency-log entries
+/// and timestamps: [`crate::sigstore::verify_bundle`]) whose artifact is `claims`'
+/// subject digest (SHA-256 only), then, for a DSSE bundle, checks 4 to 7 of the module docs
+/// on its in-toto statement. A message signature passes when it signs the subject digest and
+/// nothing in `claims` needs a statement (a predicate type, builder or source).
+pub fn verify_sigstore_bundle(
+    bytes: &[u8],
+    claims: &Claims<'_>,
+    root: &crate::sigstore::trust::TrustedRoot,
+    identity: crate::sigstore::Identity<'_>,
+) -> Result<SigstoreVerified, Vec<Reason>> {
+    use sha2::Digest as _;
+
+    let digest: [u8; 32] = match claims
+        .subject_digest
+        .strip_prefix("sha256:")
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|d| <[u8; 32]>::try_from(d).ok())
+    {
+        Some(d) => d,
+        None => {
+            return Err(vec![Reason::InvalidPolicy {
+                what: format!(
+                    "subject digest {:?} is not sha256:<64 hex>",
+                    claims.subject_digest
+                ),
+            }]);
+        }
+    };
+    let verified = crate::sigstore::verify_bundle(
+        bytes,
+        crate::sigstore::Artifact::Sha256(&digest),
+        root,
+        identity,
+    )
+    .map_err(|fs| fs.into_iter().map(Reason::Sigstore).collect::<Vec<_>>())?;
+    let spki: Vec<u8> = match (&verified.certificate, identity) {
+        (Some(info), _) => info.spki.clone(),
+        (None, crate::sigstore::Identity::KeyPub(spki)) => spki.to_vec(),
+        (None, _) => Vec::new(),
+    };
+    let mut reasons = Vec::new();
+    let statement = match &verified.bundle.content {
+        crate::sigstore::bundle::Content::DsseEnvelope(env) => {
+            match Statement::from_json(&env.payload) {
+                Ok(statement) => {
+                    check_statement(&statement, claims, &mut reasons);
+                    Some(statement)
+                }
+                Err(e) => {
+                    reasons.push(Reason::Malformed {
+                        what: format!("payload: {e}"),
+                    });
+                    None
+                }
+            }
+        }
+        crate::sigstore::bundle::Content::MessageSignature { .. } => {
+            let needs = claims
+                .predicate_type
+                .or(claims.builder_id.map(|_| SLSA_PROVENANCE_V1))
+                .or(claims.source_uri.map(|_| SLSA_PROVENANCE_V1));
+            if let Some(expected) = needs {
+                reasons.push(Reason::PredicateTypeMismatch {
+                    expected: expected.to_owned(),
+                    found: "(a message signature: no statement)".into(),
+                });
+            }
+            None
+        }
+    };
+    if !reasons.is_empty() {
+        return Err(reasons);
+    }
+    Ok(SigstoreVerified {
+        statement,
+        key_id: hex::encode(sha2::Sha256::digest(&spki)),
+        identity: verified
+            .certificate
+            .as_ref()
+            .map(crate::sigstore::identity::summary),
+        sigstore: verified,
+    })
 }
 
 fn bundle_reason(e: BundleError) -> Reason {
@@ -329,7 +459,7 @@ fn bundle_reason(e: BundleError) -> Reason {
     }
 }
 
-fn check_statement(statement: &Statement, policy: &Policy, reasons: &mut Vec<Reason>) {
+fn check_statement(statement: &Statement, policy: &Claims<'_>, reasons: &mut Vec<Reason>) {
     // 4. Subject.
     match policy.subject_digest.split_once(':') {
         Some((alg, hex)) if is_valid_digest(alg, hex) => {
@@ -344,7 +474,7 @@ fn check_statement(statement: &Statement, policy: &Policy, reasons: &mut Vec<Rea
                     .flat_map(|s| s.digest.iter().map(|(a, d)| format!("{a}:{d}")))
                     .collect();
                 reasons.push(Reason::SubjectMismatch {
-                    expected: policy.subject_digest.clone(),
+                    expected: policy.subject_digest.to_owned(),
                     found,
                 });
             }
@@ -361,7 +491,7 @@ fn check_statement(statement: &Statement, policy: &Policy, reasons: &mut Vec<Rea
     let needs_provenance = policy.builder_id.is_some() || policy.source_uri.is_some();
     let expected_type = policy
         .predicate_type
-        .clone()
+        .map(str::to_owned)
         .or_else(|| needs_provenance.then(|| SLSA_PROVENANCE_V1.to_owned()));
     if let Some(expected) = expected_type
         && statement.predicate_type != expected
@@ -378,22 +508,22 @@ fn check_statement(statement: &Statement, policy: &Policy, reasons: &mut Vec<Rea
     let p = &statement.predicate;
 
     // 6. Builder.
-    if let Some(expected) = &policy.builder_id {
+    if let Some(expected) = policy.builder_id {
         let found = p.pointer("/runDetails/builder/id").and_then(Value::as_str);
-        if found != Some(expected.as_str()) {
+        if found != Some(expected) {
             reasons.push(Reason::BuilderIdMismatch {
-                expected: expected.clone(),
+                expected: expected.to_owned(),
                 found: found.map(str::to_owned),
             });
         }
     }
 
     // 7. Source.
-    if let Some(expected) = &policy.source_uri {
+    if let Some(expected) = policy.source_uri {
         let found = source_uris(p);
         if !found.iter().any(|uri| uri_matches(uri, expected)) {
             reasons.push(Reason::SourceUriMismatch {
-                expected: expected.clone(),
+                expected: expected.to_owned(),
                 found,
             });
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand, ValueEnum};
 use kiln_attest::keys::{Algorithm, PublicKey, SigningKey};
 use kiln_attest::media as amedia;
-use kiln_attest::verify::{Policy, Reason};
+use kiln_attest::verify::{Claims, Policy, Reason};
 use kiln_engine::attest::locate::{self, ImageLocation, Located};
 use kiln_engine::attest::{AttestOptions, ProvenanceMode};
 use kiln_engine::store::Store;
@@ -209,11 +209,18 @@ pub fn key(cmd: KeyCommand) -> Result<(), Failure> {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The image: `oci-archive:PATH.tar[:REF]`, `oci:DIR[:REF]`, `docker://REF`, or a name in
-    /// kiln's local image store.
+    /// kiln's local image store. Or any artifact, `file:PATH` or `sha256:<64 hex>`, whose
+    /// bundles are given with --bundle (the subject is its SHA-256).
     image: String,
-    /// The builder's public key (PEM, from `kiln key generate`).
-    #[arg(long, value_name = "PUB.pem")]
-    key: PathBuf,
+    /// The builder's public key (PEM, from `kiln key generate`; with sigstore trust flags any
+    /// PEM SubjectPublicKeyInfo sigstore signs with). Or use --certificate-identity.
+    #[arg(long, value_name = "PUB.pem", required_unless_present_any = ["certificate_identity", "certificate_identity_regexp"], conflicts_with_all = ["certificate_identity", "certificate_identity_regexp"])]
+    key: Option<PathBuf>,
+    /// Sigstore verification (keyless Fulcio certificates, transparency logs, timestamps):
+    /// with any of these flags every bundle is checked as a sigstore bundle against the
+    /// trusted root, and must carry a verified log entry or timestamp.
+    #[command(flatten)]
+    trust: crate::sigstore::TrustArgs,
     /// Require this builder id in the provenance.
     #[arg(long, value_name = "ID")]
     builder_id: Option<String>,
@@ -288,6 +295,9 @@ pub enum OutputFormat {
 }
 
 fn find(root: &Path, image: &str, registry: &RegistryAccess) -> Result<Located, Failure> {
+    if let Some(artifact) = artifact_subject(image)? {
+        return Ok(artifact);
+    }
     let loc = ImageLocation::parse(image);
     let store = match &loc {
         ImageLocation::Local(_) => Some(Store::open(root)?),
@@ -299,12 +309,51 @@ fn find(root: &Path, image: &str, registry: &RegistryAccess) -> Result<Located, 
     )
 }
 
+/// A `file:PATH` or `sha256:<64 hex>` subject: an artifact with nothing attached (its bundles
+/// come from --bundle) and no image config.
+fn is_artifact_subject(subject: &str) -> bool {
+    subject.starts_with("file:") || (subject.starts_with("sha256:") && !Path::new(subject).exists())
+}
+
+fn artifact_subject(subject: &str) -> Result<Option<Located>, Failure> {
+    if !is_artifact_subject(subject) {
+        return Ok(None);
+    }
+    let (digest, size) = if let Some(path) = subject.strip_prefix("file:") {
+        let file = std::fs::File::open(path).map_err(|e| usage(format!("{subject}: {e}")))?;
+        let size = file
+            .metadata()
+            .map_err(|e| usage(format!("{subject}: {e}")))?
+            .len();
+        let digest = kiln_engine::Digest::of_reader(std::io::BufReader::new(file))
+            .map_err(|e| usage(format!("{subject}: {e}")))?;
+        (digest, size)
+    } else {
+        let digest = subject
+            .parse::<kiln_engine::Digest>()
+            .map_err(|e| usage(format!("{subject}: {e}")))?;
+        (digest, 0)
+    };
+    let mut image = kiln_engine::oci::types::Descriptor::of_bytes("application/octet-stream", b"");
+    image.digest = digest;
+    image.size = size;
+    Ok(Some(Located {
+        image,
+        bundles: Vec::new(),
+        statements: Vec::new(),
+        config: None,
+    }))
+}
+
 /// Runs `kiln verify`: exit 0 when every check holds, 1 with every reason otherwise.
 pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
-    let pem = std::fs::read_to_string(&a.key)
-        .map_err(|e| usage(format!("--key {}: {e}", a.key.display())))?;
-    let key =
-        PublicKey::from_pem(&pem).map_err(|e| usage(format!("--key {}: {e}", a.key.display())))?;
+    if a.bundles.is_empty() && is_artifact_subject(&a.image) {
+        return Err(usage(format!(
+            "{}: an artifact has nothing attached; pass its bundles with --bundle",
+            a.image
+        )));
+    }
+    let signer = Signer::from_args(&a)?;
     let gate = a.policy.as_deref().map(crate::policy::load).transpose()?;
     let vsa_key = match &a.vsa_key {
         Some(p) if a.vsa.is_some() => {
@@ -332,14 +381,17 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
             located.bundles.push((None, bytes));
         }
     }
-    let policy = Policy {
-        key,
-        subject_digest: located.image.digest.to_string(),
-        predicate_type: a.predicate_type.clone(),
-        builder_id: a.builder_id.clone(),
-        source_uri: a.source_uri.clone(),
+    let subject_digest = located.image.digest.to_string();
+    let claims = Claims {
+        subject_digest: &subject_digest,
+        predicate_type: a.predicate_type.as_deref(),
+        builder_id: a.builder_id.as_deref(),
+        source_uri: a.source_uri.as_deref(),
     };
     let mut verified = Vec::new();
+    // Sigstore message signatures over the image digest: (key id, identity).
+    let mut image_signatures: Vec<Checked> = Vec::new();
+    let mut identities = Vec::new();
     let mut failures: Vec<(Option<String>, Vec<Reason>)> = Vec::new();
     for (annotated, bytes) in &located.bundles {
         // The annotation is unsigned: it only selects what to check; the signed statement's
@@ -349,8 +401,18 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
         {
             continue;
         }
-        match check_bundle(bytes, &policy) {
-            Ok(v) => verified.push(v),
+        match check_bundle(&claims, |c| signer.check(bytes, c)) {
+            Ok(checked) => {
+                if let Some(id) = &checked.identity
+                    && !identities.contains(id)
+                {
+                    identities.push(id.clone());
+                }
+                match checked.statement {
+                    Some(v) => verified.push(v),
+                    None => image_signatures.push(checked),
+                }
+            }
             Err(reasons) => failures.push((annotated.clone(), reasons)),
         }
     }
@@ -361,7 +423,7 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
             reasons.iter().map(move |r| format!("{pt}: {r}"))
         })
         .collect();
-    if verified.is_empty() && failures.is_empty() {
+    if verified.is_empty() && image_signatures.is_empty() && failures.is_empty() {
         problems.push(match &a.predicate_type {
             Some(t) => format!("no signed attestation of type {t} is attached to the image"),
             None if located.statements.is_empty() => {
@@ -383,7 +445,13 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
     if let Some(g) = &gate
         && problems.is_empty()
     {
-        let input = verify_input(&a.image, &located, &verified);
+        let input = verify_input(
+            &a.image,
+            &located,
+            &verified,
+            &image_signatures,
+            &identities,
+        );
         let d = g.evaluate(kiln_policy::Gate::Verify, &input);
         problems.extend(
             d.messages
@@ -443,6 +511,11 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
                     "predicateType": v.statement.predicate_type,
                     "keyId": v.key_id,
                 })).collect::<Vec<_>>(),
+                "signatures": image_signatures.iter().map(|c| serde_json::json!({
+                    "keyId": c.key_id,
+                    "identity": c.identity,
+                })).collect::<Vec<_>>(),
+                "identities": identities,
                 "rejected": failures.iter().map(|(pt, reasons)| serde_json::json!({
                     "predicateType": pt,
                     "reasons": reasons.iter().map(|r| serde_json::json!({
@@ -463,6 +536,20 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
                     v.statement.predicate_type, v.key_id, located.image.digest
                 );
             }
+            for c in &image_signatures {
+                println!(
+                    "verified signature over {} by {}",
+                    located.image.digest,
+                    c.signer_text()
+                );
+            }
+            for id in &identities {
+                println!(
+                    "signer identity {} (issuer {})",
+                    id["san"].as_str().unwrap_or("?"),
+                    id["issuer"].as_str().unwrap_or("?")
+                );
+            }
             if let Some(d) = &decision {
                 println!(
                     "policy {}: kiln.verify {}",
@@ -481,7 +568,16 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
                 eprintln!("error: {p}");
             }
             if ok {
-                eprintln!("{}: {} attestation(s) verified", a.image, verified.len());
+                eprintln!(
+                    "{}: {} attestation(s){} verified",
+                    a.image,
+                    verified.len(),
+                    if image_signatures.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and {} signature(s)", image_signatures.len())
+                    }
+                );
             }
         }
     }
@@ -513,6 +609,8 @@ fn verify_input(
     reference: &str,
     located: &Located,
     verified: &[kiln_attest::verify::Verified],
+    image_signatures: &[Checked],
+    identities: &[serde_json::Value],
 ) -> serde_json::Value {
     let config = located
         .config
@@ -547,7 +645,11 @@ fn verify_input(
             find(amedia::CYCLONEDX_BOM)
                 .map(|v| kiln_attest::sbom::Summary::from_cyclonedx(&v.statement.predicate))
         });
-    let mut key_ids: Vec<&str> = verified.iter().map(|v| v.key_id.as_str()).collect();
+    let mut key_ids: Vec<&str> = verified
+        .iter()
+        .map(|v| v.key_id.as_str())
+        .chain(image_signatures.iter().map(|c| c.key_id.as_str()))
+        .collect();
     key_ids.sort_unstable();
     key_ids.dedup();
     serde_json::json!({
@@ -557,9 +659,9 @@ fn verify_input(
             "config": config,
         },
         "signature": {
-            "verified": !verified.is_empty(),
+            "verified": !verified.is_empty() || !image_signatures.is_empty(),
             "key_ids": key_ids,
-            "identities": [],
+            "identities": identities,
         },
         "provenance": find(amedia::SLSA_PROVENANCE_V1).map(|v| v.statement.predicate.clone()),
         "sbom": sbom,
@@ -570,30 +672,138 @@ fn verify_input(
     })
 }
 
-/// Verifies one bundle. `--builder-id` and `--source-uri` are claims of the provenance: an
-/// SBOM is checked for signature, subject and (if asked) predicate type only, and a bundle
-/// that turns out to hold provenance is checked again against the whole policy.
-fn check_bundle(
-    bytes: &[u8],
-    policy: &Policy,
-) -> Result<kiln_attest::verify::Verified, Vec<Reason>> {
-    let provenance_claims = policy.builder_id.is_some() || policy.source_uri.is_some();
-    if policy.predicate_type.is_some() || !provenance_claims {
-        return kiln_attest::verify::verify_bundle(bytes, policy);
+/// What one bundle established.
+#[derive(Debug, Clone)]
+struct Checked {
+    /// The signed statement (`None`: a sigstore message signature over the image digest).
+    statement: Option<kiln_attest::verify::Verified>,
+    /// sha256 of the signer's SubjectPublicKeyInfo.
+    key_id: String,
+    /// The certificate identity, for keyless (Fulcio) signers.
+    identity: Option<serde_json::Value>,
+}
+
+impl Checked {
+    fn signer_text(&self) -> String {
+        match &self.identity {
+            Some(id) => format!(
+                "{} (issuer {})",
+                id["san"].as_str().unwrap_or("?"),
+                id["issuer"].as_str().unwrap_or("?")
+            ),
+            None => format!("key {}", self.key_id),
+        }
     }
-    let relaxed = Policy {
-        key: policy.key.clone(),
-        subject_digest: policy.subject_digest.clone(),
+}
+
+/// Who must have signed, and how bundles are checked.
+enum Signer {
+    /// kiln's own offline bundles: a DSSE envelope signed by this key.
+    Key(PublicKey),
+    /// Sigstore bundles against a trusted root: a key (DER SubjectPublicKeyInfo) or a
+    /// certificate identity.
+    Sigstore {
+        root: Box<kiln_attest::sigstore::trust::TrustedRoot>,
+        key: Option<Vec<u8>>,
+        matchers: Option<(
+            kiln_attest::sigstore::Matcher,
+            kiln_attest::sigstore::Matcher,
+        )>,
+    },
+}
+
+impl Signer {
+    fn from_args(a: &VerifyArgs) -> Result<Signer, Failure> {
+        if a.trust.wants_certificate() || a.trust.trusted_root.is_some() {
+            return Ok(Signer::Sigstore {
+                root: Box::new(a.trust.root(false)?),
+                key: a
+                    .key
+                    .as_deref()
+                    .map(crate::sigstore::read_public_key)
+                    .transpose()?,
+                matchers: a.trust.matchers()?,
+            });
+        }
+        let path = a
+            .key
+            .as_deref()
+            .ok_or_else(|| usage("--key or --certificate-identity is required".into()))?;
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("--key {}: {e}", path.display())))?;
+        PublicKey::from_pem(&pem)
+            .map(Signer::Key)
+            .map_err(|e| usage(format!("--key {}: {e}", path.display())))
+    }
+
+    fn check(&self, bytes: &[u8], claims: &Claims<'_>) -> Result<Checked, Vec<Reason>> {
+        match self {
+            Signer::Key(key) => {
+                let policy = Policy {
+                    key: key.clone(),
+                    subject_digest: claims.subject_digest.to_owned(),
+                    predicate_type: claims.predicate_type.map(str::to_owned),
+                    builder_id: claims.builder_id.map(str::to_owned),
+                    source_uri: claims.source_uri.map(str::to_owned),
+                };
+                kiln_attest::verify::verify_bundle(bytes, &policy).map(|v| Checked {
+                    key_id: v.key_id.clone(),
+                    statement: Some(v),
+                    identity: None,
+                })
+            }
+            Signer::Sigstore {
+                root,
+                key,
+                matchers,
+            } => {
+                use kiln_attest::sigstore::Identity;
+                let identity = match (key, matchers) {
+                    (Some(spki), _) => Identity::KeyPub(spki),
+                    (None, Some((identity, issuer))) => Identity::CertMatching { identity, issuer },
+                    (None, None) => {
+                        return Err(vec![Reason::InvalidPolicy {
+                            what: "no key and no certificate identity".into(),
+                        }]);
+                    }
+                };
+                let v = kiln_attest::verify::verify_sigstore_bundle(bytes, claims, root, identity)?;
+                Ok(Checked {
+                    statement: v.statement.map(|statement| kiln_attest::verify::Verified {
+                        statement,
+                        key_id: v.key_id.clone(),
+                    }),
+                    key_id: v.key_id,
+                    identity: v.identity,
+                })
+            }
+        }
+    }
+}
+
+/// Verifies one bundle with `check`. `--builder-id` and `--source-uri` are claims of the
+/// provenance: an SBOM is checked for signature, subject and (if asked) predicate type only,
+/// and a bundle that turns out to hold provenance is checked again against every claim.
+fn check_bundle(
+    claims: &Claims<'_>,
+    check: impl Fn(&Claims<'_>) -> Result<Checked, Vec<Reason>>,
+) -> Result<Checked, Vec<Reason>> {
+    let provenance_claims = claims.builder_id.is_some() || claims.source_uri.is_some();
+    if claims.predicate_type.is_some() || !provenance_claims {
+        return check(claims);
+    }
+    let relaxed = Claims {
         predicate_type: None,
         builder_id: None,
         source_uri: None,
+        ..*claims
     };
-    let v = kiln_attest::verify::verify_bundle(bytes, &relaxed)?;
-    if v.statement.predicate_type == amedia::SLSA_PROVENANCE_V1 {
-        kiln_attest::verify::verify_bundle(bytes, policy)
-    } else {
-        Ok(v)
-    }
+    let v = check(&relaxed)?;
+    let is_provenance = v
+        .statement
+        .as_ref()
+        .is_some_and(|s| s.statement.predicate_type == amedia::SLSA_PROVENANCE_V1);
+    if is_provenance { check(claims) } else { Ok(v) }
 }
 
 /// `kiln inspect` flags.

@@ -58,9 +58,13 @@ enum Command {
     ///   kiln verify oci:layout:app --key builder.pub --builder-id https://ci.example/kiln
     ///   kiln verify app:1 --key builder.pub --predicate-type https://slsa.dev/provenance/v1
     #[command(verbatim_doc_comment)]
-    Verify(crate::attest::VerifyArgs),
+    Verify(Box<crate::attest::VerifyArgs>),
     /// Print summaries of an image's provenance and SBOMs (signed or not).
     Inspect(crate::attest::InspectArgs),
+    /// Sigstore bundles: verify one offline against an artifact (sigstore-conformance's
+    /// protocol).
+    #[command(subcommand)]
+    Sigstore(crate::sigstore::SigstoreCommand),
     /// Rego policies: evaluate a gate, run a policy's tests, print a gate's input schema.
     #[command(subcommand)]
     Policy(crate::policy::PolicyCommand),
@@ -419,9 +423,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Du => du(&cli.root),
         Command::Prune { all } => prune(&cli.root, all),
         Command::Key(k) => crate::attest::key(k),
-        Command::Verify(v) => crate::attest::verify(&cli.root, v),
+        Command::Verify(v) => crate::attest::verify(&cli.root, *v),
         Command::Inspect(i) => crate::attest::inspect(&cli.root, i),
         Command::Policy(p) => crate::policy::run(p),
+        Command::Sigstore(s) => crate::sigstore::run(s),
         Command::Debug(DebugCommand::DumpAst { file }) => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| usage(format!("{}: {e}", file.display())))?;

@@ -8,6 +8,7 @@ mod commands;
 mod policy;
 mod registry;
 mod secrets;
+mod sigstore;
 mod ssh;
 mod ui;
 

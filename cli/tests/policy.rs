@@ -8,6 +8,9 @@
 
 mod support;
 
+#[path = "support/schema.rs"]
+mod schema;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -693,26 +696,6 @@ fn captured_input(decisions: &[Value], gate: &str) -> Value {
     serde_json::from_str(d["messages"][0].as_str().unwrap()).unwrap()
 }
 
-fn assert_matches_schema(gate: &str, input: &Value) {
-    let schema: Value = serde_json::from_str(
-        &fs::read_to_string(format!(
-            "{}/../policy/schema/{gate}.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let v = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = v
-        .iter_errors(input)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{gate} input does not match policy/schema/{gate}.json: {errors:#?}\n{input:#}"
-    );
-}
-
 #[test]
 fn every_gate_input_is_what_its_schema_documents() {
     if !root_or_skip() {
@@ -760,7 +743,7 @@ fn every_gate_input_is_what_its_schema_documents() {
         );
         assert_eq!(r.code, 1, "{}", r.stderr);
         let input = captured_input(&policy_events(&r), gate);
-        assert_matches_schema(gate, &input);
+        schema::assert_matches_schema(gate, &input);
         assert!(
             !input.to_string().contains("s3cr3t"),
             "a secret value reached the {gate} input"
@@ -832,7 +815,7 @@ fn every_gate_input_is_what_its_schema_documents() {
     );
     assert_eq!(r.code, 1, "{}", r.stderr);
     let input = captured_input(&policy_events(&r), "exec");
-    assert_matches_schema("exec", &input);
+    schema::assert_matches_schema("exec", &input);
     let mut kinds: Vec<&str> = input["step"]["mounts"]
         .as_array()
         .unwrap()
@@ -902,7 +885,7 @@ fn every_gate_input_is_what_its_schema_documents() {
     let doc: Value = serde_json::from_str(&r.stdout).unwrap();
     let input: Value =
         serde_json::from_str(doc["policy"]["messages"][0].as_str().unwrap()).unwrap();
-    assert_matches_schema("verify", &input);
+    schema::assert_matches_schema("verify", &input);
     assert_eq!(input["image"]["config"]["user"], "1000");
     assert_eq!(input["signature"]["key_ids"].as_array().unwrap().len(), 1);
     assert!(input["sbom"]["package_count"].as_u64().is_some());

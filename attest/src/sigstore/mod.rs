@@ -38,7 +38,7 @@
 //!   to the authority's root. Certificates embedded in the token are ignored.
 //! - [`verify_bundle`]: all of the above for one bundle against an [`Artifact`] (bytes or
 //!   SHA-256) and an [`Identity`] policy (a public key, or a certificate SAN and OIDC issuer,
-//!   both exact): the signature over the artifact (prehashed when only the digest is known) or
+//!   each exact or an anchored regular expression, [`Matcher`]): the signature over the artifact (prehashed when only the digest is known) or
 //!   over the DSSE PAE (exactly one DSSE signature); the in-toto statement has a subject with
 //!   the artifact's SHA-256; every transparency-log entry verifies (at least one); the signing
 //!   times are the verified integrated times (signed entry timestamps) and the verified RFC
@@ -50,8 +50,8 @@
 //!
 //! - Embedded SCTs in the certificate against the trusted root's `ctlogs`
 //!   (sigstore-conformance `invalid-ct-key_fail` is accepted).
-//! - Identity by regular expression (exact match only); the other Fulcio extensions are read
-//!   ([`cert::CertInfo::fulcio`]) but no policy on them is applied here.
+//! - Policy on the other Fulcio extensions: they are read ([`cert::CertInfo::fulcio`]) and
+//!   handed to the caller ([`identity::summary`], the `kiln.verify` policy input).
 //! - RFC 3161: the signer info's `sid`, nonce, policy OID and `accuracy`; RSA-PSS signatures.
 //! - `dsse` `envelopeHash` / `intoto` `hash` (hashes of the log's re-serialised envelope).
 //! - Consistency proofs between checkpoints, witness cosignatures, and more than one log
@@ -63,6 +63,7 @@
 pub mod bundle;
 pub mod cert;
 pub mod checkpoint;
+pub mod identity;
 mod json;
 pub mod merkle;
 pub mod rekor;
@@ -76,7 +77,16 @@ mod tests;
 #[cfg(test)]
 mod tests_e2e;
 
+pub use identity::Matcher;
 pub use json::FieldError;
+
+/// The sigstore public-good instance's `trusted_root.json` as kiln ships it, for offline use
+/// when no `--trusted-root` is given: Fulcio's CAs, Rekor v1 and v2 logs, the CT logs and the
+/// timestamp authority, with their validity windows (from sigstore-conformance's
+/// `public-good-trusted_root.json`; the authoritative copy is distributed by sigstore's TUF
+/// repository, and deployments that must follow key rotations should pass a fresh one).
+pub const PUBLIC_GOOD_TRUSTED_ROOT: &[u8] =
+    include_bytes!("../../trust/public-good-trusted_root.json");
 pub use verify::{Artifact, Check, Failure, Identity, Verified, verify_bundle};
 
 use bundle::{Bundle, BundleVersion, Content, TlogEntry};

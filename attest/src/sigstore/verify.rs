@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::bundle::{self, Bundle, Content, Signer};
 use super::cert::{self, CertInfo, PublicKey};
+use super::identity::Matcher;
 use super::rekor::{Expected, VerifierRef};
 use super::trust::TrustedRoot;
 use super::tsa;
@@ -35,6 +36,20 @@ pub enum Identity<'a> {
         /// The expected OIDC issuer.
         issuer: &'a str,
     },
+    /// A Fulcio certificate whose SAN (URI or email) and OIDC issuer satisfy these matchers
+    /// (exact strings or anchored regular expressions).
+    CertMatching {
+        /// The SAN's matcher.
+        identity: &'a Matcher,
+        /// The OIDC issuer's matcher.
+        issuer: &'a Matcher,
+    },
+}
+
+impl Identity<'_> {
+    fn wants_certificate(&self) -> bool {
+        !matches!(self, Identity::KeyPub(_))
+    }
 }
 
 /// Which check failed.
@@ -59,6 +74,23 @@ pub enum Check {
     Tlog,
     /// The signing time: no verified time source, or one this verifier cannot verify yet.
     Timestamp,
+}
+
+impl Check {
+    /// A stable name (`"Chain"`), for machine-readable output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Bundle => "Bundle",
+            Check::Signer => "Signer",
+            Check::Chain => "Chain",
+            Check::Identity => "Identity",
+            Check::Issuer => "Issuer",
+            Check::Signature => "Signature",
+            Check::ArtifactDigest => "ArtifactDigest",
+            Check::Tlog => "Tlog",
+            Check::Timestamp => "Timestamp",
+        }
+    }
 }
 
 /// One failed check.
@@ -114,85 +146,101 @@ pub fn verify_bundle(
     // The signer: the policy's key, or the bundle's leaf certificate.
     let signer = &bundle.verification_material.signer;
     let mut certificate = None;
-    let (verifier, spki): (Option<VerifierRef<'_>>, Option<Vec<u8>>) = match (policy, signer) {
-        (Identity::KeyPub(key), Signer::PublicKeyHint(_)) => {
-            (Some(VerifierRef::PublicKey(key)), Some(key.to_vec()))
-        }
-        (Identity::KeyPub(_), _) => {
-            push(
-                &mut failures,
-                Check::Signer,
-                "policy expects a public key, bundle carries a certificate".into(),
+    let exact;
+    let matchers: Option<(&Matcher, &Matcher)> = match policy {
+        Identity::KeyPub(_) => None,
+        Identity::Cert { identity, issuer } => {
+            exact = (
+                Matcher::Exact(identity.to_owned()),
+                Matcher::Exact(issuer.to_owned()),
             );
-            (None, None)
+            Some((&exact.0, &exact.1))
         }
-        (Identity::Cert { .. }, Signer::PublicKeyHint(hint)) => {
-            push(
-                &mut failures,
-                Check::Signer,
-                format!("policy expects a certificate, bundle names a public key (hint {hint:?})"),
-            );
-            (None, None)
-        }
-        (Identity::Cert { identity, issuer }, _) => {
-            let chain: &[Vec<u8>] = match signer {
-                Signer::CertificateChain(c) => c,
-                Signer::Certificate(c) => std::slice::from_ref(c),
-                Signer::PublicKeyHint(_) => &[],
-            };
-            for (i, der) in chain.iter().enumerate() {
-                match cert::parse(der) {
-                    Ok(info) if i > 0 && info.self_issued() => push(
-                        &mut failures,
-                        Check::Signer,
-                        format!("bundle certificate chain carries a root (certificate {i})"),
-                    ),
-                    Ok(info) if i == 0 => certificate = Some(info),
-                    Ok(_) => {}
-                    Err(e) => push(
-                        &mut failures,
-                        Check::Signer,
-                        format!("certificate {i}: {e}"),
-                    ),
-                }
-            }
-            if let Some(info) = &certificate {
-                if !info
-                    .san_uris
-                    .iter()
-                    .chain(&info.san_emails)
-                    .any(|s| s == identity)
-                {
-                    push(
-                        &mut failures,
-                        Check::Identity,
-                        format!(
-                            "certificate SAN {:?} is not {identity:?}",
-                            info.san_uris
-                                .iter()
-                                .chain(&info.san_emails)
-                                .collect::<Vec<_>>()
-                        ),
-                    );
-                }
-                match info.oidc_issuer() {
-                    Some(i) if i == issuer => {}
-                    found => push(
-                        &mut failures,
-                        Check::Issuer,
-                        format!("certificate OIDC issuer {found:?} is not {issuer:?}"),
-                    ),
-                }
-            }
-            match (chain.first(), &certificate) {
-                (Some(leaf), Some(info)) => (
-                    Some(VerifierRef::Certificate(leaf)),
-                    Some(info.spki.clone()),
-                ),
-                _ => (None, None),
-            }
-        }
+        Identity::CertMatching { identity, issuer } => Some((identity, issuer)),
     };
+    let (verifier, spki): (Option<VerifierRef<'_>>, Option<Vec<u8>>) =
+        match (policy, matchers, signer) {
+            (Identity::KeyPub(key), _, Signer::PublicKeyHint(_)) => {
+                (Some(VerifierRef::PublicKey(key)), Some(key.to_vec()))
+            }
+            (Identity::KeyPub(_), _, _) => {
+                push(
+                    &mut failures,
+                    Check::Signer,
+                    "policy expects a public key, bundle carries a certificate".into(),
+                );
+                (None, None)
+            }
+            (_, _, Signer::PublicKeyHint(hint)) => {
+                push(
+                    &mut failures,
+                    Check::Signer,
+                    format!(
+                        "policy expects a certificate, bundle names a public key (hint {hint:?})"
+                    ),
+                );
+                (None, None)
+            }
+            (_, None, _) => (None, None),
+            (_, Some((identity, issuer)), _) => {
+                let chain: &[Vec<u8>] = match signer {
+                    Signer::CertificateChain(c) => c,
+                    Signer::Certificate(c) => std::slice::from_ref(c),
+                    Signer::PublicKeyHint(_) => &[],
+                };
+                for (i, der) in chain.iter().enumerate() {
+                    match cert::parse(der) {
+                        Ok(info) if i > 0 && info.self_issued() => push(
+                            &mut failures,
+                            Check::Signer,
+                            format!("bundle certificate chain carries a root (certificate {i})"),
+                        ),
+                        Ok(info) if i == 0 => certificate = Some(info),
+                        Ok(_) => {}
+                        Err(e) => push(
+                            &mut failures,
+                            Check::Signer,
+                            format!("certificate {i}: {e}"),
+                        ),
+                    }
+                }
+                if let Some(info) = &certificate {
+                    if !info
+                        .san_uris
+                        .iter()
+                        .chain(&info.san_emails)
+                        .any(|s| identity.matches(s))
+                    {
+                        push(
+                            &mut failures,
+                            Check::Identity,
+                            format!(
+                                "certificate SAN {:?} {identity}",
+                                info.san_uris
+                                    .iter()
+                                    .chain(&info.san_emails)
+                                    .collect::<Vec<_>>()
+                            ),
+                        );
+                    }
+                    match info.oidc_issuer() {
+                        Some(i) if issuer.matches(i) => {}
+                        found => push(
+                            &mut failures,
+                            Check::Issuer,
+                            format!("certificate OIDC issuer {found:?} {issuer}"),
+                        ),
+                    }
+                }
+                match (chain.first(), &certificate) {
+                    (Some(leaf), Some(info)) => (
+                        Some(VerifierRef::Certificate(leaf)),
+                        Some(info.spki.clone()),
+                    ),
+                    _ => (None, None),
+                }
+            }
+        };
 
     // The signature, with the key.
     if let Some(spki) = &spki {
@@ -285,7 +333,7 @@ pub fn verify_bundle(
     }
 
     // The certificate at every signing time.
-    if let (Identity::Cert { .. }, Some(leaf)) = (policy, signer.leaf_certificate())
+    if let (true, Some(leaf)) = (policy.wants_certificate(), signer.leaf_certificate())
         && certificate.is_some()
     {
         for &t in &signing_times {
