@@ -738,6 +738,26 @@ impl Signer {
 
     fn check(&self, bytes: &[u8], claims: &Claims<'_>) -> Result<Checked, Vec<Reason>> {
         match self {
+            // A sigstore bundle with log entries or timestamps (cosign's, say): those are
+            // verified too, against the shipped public-good root (pass --trusted-root for
+            // another instance), not ignored.
+            Signer::Key(key) if has_log_evidence(bytes) => {
+                let root = kiln_attest::sigstore::trust::parse(
+                    kiln_attest::sigstore::PUBLIC_GOOD_TRUSTED_ROOT,
+                )
+                .map_err(|e| {
+                    vec![Reason::InvalidPolicy {
+                        what: format!("shipped trusted root: {e}"),
+                    }]
+                })?;
+                let spki = key.to_spki_der();
+                Signer::Sigstore {
+                    root: Box::new(root),
+                    key: Some(spki),
+                    matchers: None,
+                }
+                .check(bytes, claims)
+            }
             Signer::Key(key) => {
                 let policy = Policy {
                     key: key.clone(),
@@ -779,6 +799,15 @@ impl Signer {
             }
         }
     }
+}
+
+/// Whether `bytes` parse as a sigstore bundle that carries transparency-log entries or RFC
+/// 3161 timestamps (kiln's own offline bundles carry neither).
+fn has_log_evidence(bytes: &[u8]) -> bool {
+    kiln_attest::sigstore::bundle::parse(bytes).is_ok_and(|b| {
+        !b.verification_material.tlog_entries.is_empty()
+            || !b.verification_material.rfc3161_timestamps.is_empty()
+    })
 }
 
 /// Verifies one bundle with `check`. `--builder-id` and `--source-uri` are claims of the

@@ -465,3 +465,50 @@ fn kiln_verify_gives_the_policy_the_certificate_identity() {
     let r = kiln(&["policy", "test", example].map(String::from));
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
+
+/// `kiln verify --key` on a key-signed sigstore bundle with a transparency-log entry (as cosign
+/// writes them): the entry is verified too, not ignored, so a forged one fails.
+#[test]
+fn kiln_verify_with_a_key_checks_the_bundles_log_entry() {
+    let s = suite();
+    let case = s.join("managed-key-happy-path");
+    let subject = format!("file:{}", s.join("a.txt").display());
+    let key = case.join("key.pub").display().to_string();
+    let verify = |bundle: &Path| {
+        kiln(
+            &[
+                "verify",
+                &subject,
+                "--key",
+                &key,
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--output",
+                "json",
+            ]
+            .map(String::from),
+        )
+    };
+    let original = case.join("bundle.sigstore.json");
+    let r = verify(&original);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["signatures"].as_array().unwrap().len(), 1, "{doc:#}");
+
+    // The same bundle with its log entry's integrated time moved: the signed entry timestamp
+    // no longer verifies.
+    let mut bundle: Value = serde_json::from_slice(&fs::read(&original).unwrap()).unwrap();
+    let entry = &mut bundle["verificationMaterial"]["tlogEntries"][0];
+    let t: u64 = entry["integratedTime"].as_str().unwrap().parse().unwrap();
+    entry["integratedTime"] = Value::String((t + 1).to_string());
+    let tmp = tempfile::tempdir().unwrap();
+    let forged = tmp.path().join("forged.json");
+    fs::write(&forged, serde_json::to_vec(&bundle).unwrap()).unwrap();
+    let r = verify(&forged);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        doc["rejected"].to_string().contains("\"kind\":\"Tlog\""),
+        "{doc:#}"
+    );
+}
