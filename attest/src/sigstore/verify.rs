@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use super::bundle::{self, Bundle, Content, Signer};
 use super::cert::{self, CertInfo, PublicKey};
 use super::rekor::{Expected, VerifierRef};
+use super::sct::{self, VerifiedSct};
 use super::trust::TrustedRoot;
 use super::tsa;
 use super::{TlogVerified, check_message_digest, verify_tlog_entry};
@@ -47,6 +48,9 @@ pub enum Check {
     Signer,
     /// The certificate chain or its validity at the signing time.
     Chain,
+    /// The certificate's embedded SCTs: missing, malformed, or none verifies against a
+    /// trusted CT log.
+    Sct,
     /// The certificate's SAN.
     Identity,
     /// The certificate's OIDC issuer.
@@ -87,6 +91,8 @@ pub struct Verified {
     pub tlog: Vec<TlogVerified>,
     /// The verified signing times (unix seconds), one per time source.
     pub signing_times: Vec<i64>,
+    /// The certificate's embedded SCTs that verified (none for public-key bundles).
+    pub scts: Vec<VerifiedSct>,
 }
 
 /// Verifies a sigstore bundle offline. See the module documentation of
@@ -295,12 +301,25 @@ pub fn verify_bundle(
         }
     }
 
+    // Certificate transparency: at least one embedded SCT from a trusted CT log, bound to the
+    // issuer the chain verified to.
+    let mut scts = Vec::new();
+    if let (Identity::Cert { .. }, Some(leaf)) = (policy, signer.leaf_certificate())
+        && certificate.is_some()
+    {
+        match sct::verify_embedded(leaf, root, &signing_times) {
+            Ok(verified) => scts = verified,
+            Err(e) => push(&mut failures, Check::Sct, e.to_string()),
+        }
+    }
+
     if failures.is_empty() {
         Ok(Verified {
             bundle,
             certificate,
             tlog,
             signing_times,
+            scts,
         })
     } else {
         Err(failures)
