@@ -25,10 +25,7 @@ const A_TXT: &str = "sha256:a0cfc71271d6e278e57cd332ff957c3f7043fdda354c4cbb190a
 
 /// Cases whose verdict is still wrong, and why: the test fails when one starts passing (remove
 /// it then) or an unlisted one fails.
-const KNOWN_GAPS: &[(&str, &str)] = &[(
-    "invalid-ct-key_fail",
-    "embedded SCTs are not verified against the trusted root's ctlogs",
-)];
+const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 fn suite() -> PathBuf {
     std::env::var_os("KILN_SHARED_VECTORS")

@@ -11,7 +11,7 @@ use std::time::Duration;
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use pki_types::{CertificateDer, UnixTime};
 
-use super::trust::{self, Timestamp, TrustedRoot};
+use super::trust::{self, CertificateAuthority, Timestamp, TrustedRoot};
 
 /// Why a certificate or a signature does not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +81,24 @@ pub(super) fn read_tlv(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), CertError> {
         },
         after,
     ))
+}
+
+/// Appends one DER element (`tag`, definite length in the shortest form, `content`) to `out`.
+pub(super) fn write_tlv(tag: u8, content: &[u8], out: &mut Vec<u8>) {
+    out.push(tag);
+    // The big-endian length without its leading zero bytes.
+    let bytes = content.len().to_be_bytes();
+    let significant = &bytes[bytes.iter().take_while(|&&b| b == 0).count()..];
+    match significant {
+        [] => out.push(0),
+        [short] if *short < 0x80 => out.push(*short),
+        long => {
+            // 1..=8 bytes (a `usize`), so the cast is exact.
+            out.push(0x80 | long.len() as u8);
+            out.extend_from_slice(long);
+        }
+    }
+    out.extend_from_slice(content);
 }
 
 /// Reads an element with the given tag.
@@ -326,6 +344,16 @@ fn read_extension(info: &mut CertInfo, oid: &[u8], value: &[u8]) -> Result<(), C
 /// the trust anchor, the others intermediates; the leaf must be valid at `time` and carry the
 /// code-signing extended key usage. The bundle's own intermediates are not used.
 pub fn verify_chain(leaf: &[u8], root: &TrustedRoot, time: i64) -> Result<(), CertError> {
+    verify_chain_to(leaf, root, time).map(|_| ())
+}
+
+/// [`verify_chain`], returning the certificate authority the leaf chains to (the first one,
+/// in trusted-root order, that is valid at `time` and accepts it).
+pub fn verify_chain_to<'r>(
+    leaf: &[u8],
+    root: &'r TrustedRoot,
+    time: i64,
+) -> Result<&'r CertificateAuthority, CertError> {
     let chain_err = |detail: String| CertError::Chain { time, detail };
     let when = unix_time(time);
     let leaf_der = CertificateDer::from(leaf);
@@ -347,7 +375,7 @@ pub fn verify_chain(leaf: &[u8], root: &TrustedRoot, time: i64) -> Result<(), Ce
             continue;
         };
         match webpki_verify(&ee, anchor_der, intermediates, when, OID_CODE_SIGNING) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(ca),
             Err(e) => reasons.push(format!("{name}: {e}")),
         }
     }
@@ -448,6 +476,28 @@ impl PublicKey {
             }
         };
         Ok(PublicKey { kind, key })
+    }
+
+    /// An RSA key from a DER PKCS#1 RSAPublicKey (trusted roots' `PKCS1_RSA_PKCS1V5` keys).
+    /// Only the outer SEQUENCE is checked here; aws-lc-rs checks the rest when it verifies.
+    pub fn from_pkcs1_rsa(der: &[u8]) -> Result<PublicKey, CertError> {
+        match expect(der, TAG_SEQUENCE, "RSAPublicKey")? {
+            (_, []) => Ok(PublicKey {
+                kind: KeyKind::Rsa,
+                key: der.to_vec(),
+            }),
+            _ => Err(CertError::Malformed("trailing data after RSAPublicKey")),
+        }
+    }
+
+    /// Whether it is an ECDSA (P-256 or P-384) key.
+    pub fn is_ecdsa(&self) -> bool {
+        matches!(self.kind, KeyKind::P256 | KeyKind::P384)
+    }
+
+    /// Whether it is an RSA key.
+    pub fn is_rsa(&self) -> bool {
+        self.kind == KeyKind::Rsa
     }
 
     /// The key type, for messages.

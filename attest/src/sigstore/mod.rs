@@ -31,6 +31,15 @@
 //!   rustls-webpki with id-kp-codeSigning, the leaf valid at that time (the bundle's own
 //!   intermediates are not used; a self-issued certificate in the bundle's chain is rejected);
 //!   signatures with aws-lc-rs (ECDSA P-256/SHA-256, P-384/SHA-384, Ed25519, RSA PKCS#1 v1.5).
+//! - [`sct`]: the SCTs embedded in the leaf (RFC 6962, extension 1.3.6.1.4.1.11129.2.4.2),
+//!   parsed strictly (v1 only, every TLS length checked, at most [`sct::MAX_SCTS`]); each
+//!   signs the precertificate (the leaf's TBSCertificate without that extension, re-encoded)
+//!   and the SHA-256 of the issuer's SubjectPublicKeyInfo, the issuer being the certificate
+//!   with the leaf's issuer name in the trusted authority the leaf chains to (at a signing
+//!   time, else at its `notBefore`); the log is looked up in `ctlogs` by `logId.keyId` and its
+//!   key must be valid (`validFor`, closed) at the SCT's timestamp; ECDSA and RSA PKCS#1 v1.5
+//!   with SHA-256/384 (SHA-512 for RSA). At least one SCT must verify; SCTs from unknown logs
+//!   are skipped.
 //! - [`tsa`]: RFC 3161 timestamps (a TimeStampResp or a bare token): CMS SignedData over a
 //!   TSTInfo, `messageImprint` = digest of the bundle's signature, the signed attributes'
 //!   `messageDigest`, the signature by the leaf of a trusted timestamp authority valid at
@@ -43,13 +52,13 @@
 //!   the artifact's SHA-256; every transparency-log entry verifies (at least one); the signing
 //!   times are the verified integrated times (signed entry timestamps) and the verified RFC
 //!   3161 `genTime`s (at least one); the certificate chains and is valid at every one of them;
-//!   Rekor v2 log keys are valid at the timestamps' times. Every failed check is reported
-//!   ([`Failure`]).
+//!   at least one of its embedded SCTs verifies; Rekor v2 log keys are valid at the
+//!   timestamps' times. Every failed check is reported ([`Failure`]).
 //!
 //! # Not verified here (yet)
 //!
-//! - Embedded SCTs in the certificate against the trusted root's `ctlogs`
-//!   (sigstore-conformance `invalid-ct-key_fail` is accepted).
+//! - SCTs delivered outside the certificate (TLS extension, OCSP), SCTs as a threshold (more
+//!   than one), and SCT timestamps against the certificate's or the log entry's times.
 //! - Policy on the other Fulcio extensions: they are read ([`cert::CertInfo::fulcio`]) and
 //!   handed to the caller ([`identity::summary`], the `kiln.verify` policy input).
 //! - RFC 3161: the signer info's `sid`, nonce, policy OID and `accuracy`; RSA-PSS signatures.
@@ -67,6 +76,7 @@ pub mod identity;
 mod json;
 pub mod merkle;
 pub mod rekor;
+pub mod sct;
 pub mod set;
 pub mod trust;
 pub mod tsa;
@@ -76,6 +86,8 @@ pub mod verify;
 mod tests;
 #[cfg(test)]
 mod tests_e2e;
+#[cfg(test)]
+mod tests_sct;
 
 pub use identity::Matcher;
 pub use json::FieldError;

@@ -16,10 +16,7 @@ const DEFAULT_ISSUER: &str = "https://token.actions.githubusercontent.com";
 /// Cases that still give the wrong verdict because a check is not written yet, and why. The
 /// test fails when a listed case starts giving the right verdict (remove it then) and when an
 /// unlisted case gives the wrong one.
-const KNOWN_GAPS: &[(&str, &str)] = &[(
-    "invalid-ct-key_fail",
-    "embedded SCTs are not verified against the trusted root's ctlogs",
-)];
+const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 fn suite() -> PathBuf {
     std::env::var_os("KILN_SHARED_VECTORS")

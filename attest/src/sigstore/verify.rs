@@ -9,6 +9,7 @@ use super::bundle::{self, Bundle, Content, Signer};
 use super::cert::{self, CertInfo, PublicKey};
 use super::identity::Matcher;
 use super::rekor::{Expected, VerifierRef};
+use super::sct::{self, VerifiedSct};
 use super::trust::TrustedRoot;
 use super::tsa;
 use super::{TlogVerified, check_message_digest, verify_tlog_entry};
@@ -62,6 +63,9 @@ pub enum Check {
     Signer,
     /// The certificate chain or its validity at the signing time.
     Chain,
+    /// The certificate's embedded SCTs: missing, malformed, or none verifies against a
+    /// trusted CT log.
+    Sct,
     /// The certificate's SAN.
     Identity,
     /// The certificate's OIDC issuer.
@@ -89,6 +93,7 @@ impl Check {
             Check::ArtifactDigest => "ArtifactDigest",
             Check::Tlog => "Tlog",
             Check::Timestamp => "Timestamp",
+            Check::Sct => "Sct",
         }
     }
 }
@@ -119,6 +124,8 @@ pub struct Verified {
     pub tlog: Vec<TlogVerified>,
     /// The verified signing times (unix seconds), one per time source.
     pub signing_times: Vec<i64>,
+    /// The certificate's embedded SCTs that verified (none for public-key bundles).
+    pub scts: Vec<VerifiedSct>,
 }
 
 /// Verifies a sigstore bundle offline. See the module documentation of
@@ -343,12 +350,25 @@ pub fn verify_bundle(
         }
     }
 
+    // Certificate transparency: at least one embedded SCT from a trusted CT log, bound to the
+    // issuer the chain verified to.
+    let mut scts = Vec::new();
+    if let (true, Some(leaf)) = (policy.wants_certificate(), signer.leaf_certificate())
+        && certificate.is_some()
+    {
+        match sct::verify_embedded(leaf, root, &signing_times) {
+            Ok(verified) => scts = verified,
+            Err(e) => push(&mut failures, Check::Sct, e.to_string()),
+        }
+    }
+
     if failures.is_empty() {
         Ok(Verified {
             bundle,
             certificate,
             tlog,
             signing_times,
+            scts,
         })
     } else {
         Err(failures)
