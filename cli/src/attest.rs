@@ -42,6 +42,27 @@ pub struct AttestArgs {
     attest_dest: Option<PathBuf>,
 }
 
+impl AttestArgs {
+    /// The flags given that a build through kilnd cannot honour: kilnd attests with its own
+    /// defaults and signs with its own key.
+    pub fn remote_unsupported(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.attest.is_empty() || self.sbom != "spdx,cyclonedx" {
+            out.push("--attest/--sbom");
+        }
+        if self.sign_key.is_some() {
+            out.push("--sign-key (kilnd signs with its own key)");
+        }
+        if self.builder_id.is_some() {
+            out.push("--builder-id (kilnd's config sets it)");
+        }
+        if self.attest_dest.is_some() {
+            out.push("--attest-dest");
+        }
+        out
+    }
+}
+
 fn passphrase(var: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
     std::env::var_os(var).map(|v| zeroize::Zeroizing::new(v.into_encoded_bytes()))
 }

@@ -65,6 +65,10 @@ enum Command {
     /// protocol).
     #[command(subcommand)]
     Sigstore(crate::sigstore::SigstoreCommand),
+    /// Talk to a kilnd: its info, your tenant's builds, cancel one (builds: `kiln build
+    /// --addr`).
+    #[command(subcommand)]
+    Remote(crate::remote::RemoteCommand),
     /// Rego policies: evaluate a gate, run a policy's tests, print a gate's input schema.
     #[command(subcommand)]
     Policy(crate::policy::PolicyCommand),
@@ -225,6 +229,8 @@ struct BuildArgs {
     /// every message; every decision is recorded in the provenance. See `kiln policy --help`.
     #[arg(long, value_name = "PATH", env = "KILN_POLICY")]
     policy: Option<PathBuf>,
+    #[command(flatten)]
+    remote: crate::remote::RemoteArgs,
 }
 
 /// `default` or `UID:GID:COUNT`.
@@ -427,6 +433,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Inspect(i) => crate::attest::inspect(&cli.root, i),
         Command::Policy(p) => crate::policy::run(p),
         Command::Sigstore(s) => crate::sigstore::run(s),
+        Command::Remote(r) => crate::remote::run(r),
         Command::Debug(DebugCommand::DumpAst { file }) => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| usage(format!("{}: {e}", file.display())))?;
@@ -500,6 +507,9 @@ fn open_engine(root: &std::path::Path) -> Result<Engine, Failure> {
 }
 
 fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
+    if let Some(remote) = b.remote.remote()? {
+        return remote_build(&remote, b);
+    }
     let mut req = request(&b.plan)?;
     req.tags = b.tags.clone();
     req.no_cache = b.no_cache;
@@ -655,6 +665,75 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         println!("{}", result.manifest_digest);
     }
     Ok(())
+}
+
+/// `kiln build --addr`: the same flags, run by kilnd for the tenant of the client
+/// certificate; the flags that belong to the daemon (its policy, keys, limits, registries)
+/// are refused by name.
+fn remote_build(remote: &kiln_daemon::client::Remote, b: BuildArgs) -> Result<(), Failure> {
+    let mut unsupported: Vec<&str> = Vec::new();
+    if !b.tags.is_empty() {
+        unsupported.push("-t (kilnd keeps no names for you: use -o)");
+    }
+    if !b.ssh.is_empty() {
+        unsupported.push("--ssh");
+    }
+    if b.policy.is_some() {
+        unsupported.push("--policy (kilnd applies your tenant's policy)");
+    }
+    if b.memory.is_some() || b.pids_limit.is_some() || b.cpus.is_some() {
+        unsupported.push("--memory/--pids-limit/--cpus (your tenant's limits apply)");
+    }
+    if b.userns_remap.is_some() || !matches!(b.snapshotter, SnapshotterArg::Auto) {
+        unsupported.push("--userns-remap/--snapshotter");
+    }
+    if !b.plan.build_contexts.is_empty() {
+        unsupported.push("--build-context");
+    }
+    unsupported.extend(b.attest.remote_unsupported());
+    unsupported.extend(crate::registry::remote_unsupported(&b.registry));
+    if !unsupported.is_empty() {
+        return Err(usage(format!(
+            "not available with --addr yet: {}",
+            unsupported.join(", ")
+        )));
+    }
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v.parse().map_err(|_| {
+            usage(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+            ))
+        })?,
+        _ => 0,
+    };
+    let header = kiln_daemon::proto::BuildHeader {
+        build_args: b.plan.build_args.iter().cloned().collect(),
+        target: b.plan.target.clone().unwrap_or_default(),
+        no_cache: b.no_cache,
+        entitlements: b.plan.allow.clone(),
+        max_parallelism: b
+            .max_parallelism
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            .unwrap_or(0),
+        source_date_epoch: epoch,
+        compression: match b.compression {
+            LayerCompression::Gzip => "gzip".into(),
+            LayerCompression::Zstd => "zstd".into(),
+        },
+        ..Default::default()
+    };
+    crate::remote::build(
+        remote,
+        crate::remote::RemoteBuild {
+            context: b.plan.context.clone(),
+            dockerfile: b.plan.file.clone(),
+            header,
+            outputs: b.outputs.clone(),
+            secrets: crate::secrets::values(&b.secrets).map_err(usage)?,
+            json: matches!(b.progress, ProgressMode::Json),
+            quiet: b.quiet,
+        },
+    )
 }
 
 fn images(root: &std::path::Path) -> Result<(), Failure> {

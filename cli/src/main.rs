@@ -7,6 +7,7 @@ mod attest;
 mod commands;
 mod policy;
 mod registry;
+mod remote;
 mod secrets;
 mod sigstore;
 mod ssh;

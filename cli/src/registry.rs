@@ -47,3 +47,19 @@ pub fn apply(a: &RegistryArgs, req: &mut BuildRequest) {
     req.cache_to = a.cache_to.clone();
     req.cache_from = a.cache_from.clone();
 }
+
+/// The flags given that a build through kilnd cannot honour yet (registry access is the
+/// daemon's).
+pub fn remote_unsupported(a: &RegistryArgs) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if a.pull {
+        out.push("--pull");
+    }
+    if !a.insecure_registry.is_empty() || a.registry_ca.is_some() {
+        out.push("--insecure-registry/--registry-ca");
+    }
+    if !a.cache_to.is_empty() || !a.cache_from.is_empty() {
+        out.push("--cache-to/--cache-from");
+    }
+    out
+}

@@ -72,6 +72,15 @@ pub const MAX_SECRET_SIZE: usize = 500 * 1024;
 /// message names the id and the source (never a value).
 pub fn load(specs: &[SecretSpec]) -> Result<Secrets, String> {
     let mut secrets = Secrets::new();
+    for (id, value) in values(specs)? {
+        secrets.insert(id, value);
+    }
+    Ok(secrets)
+}
+
+/// [`load`]'s values, by id (for `kiln build --addr`, which sends them when the daemon asks).
+pub fn values(specs: &[SecretSpec]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
     for s in specs {
         let value = match &s.source {
             SecretSource::File(p) => std::fs::read(p)
@@ -92,9 +101,9 @@ pub fn load(specs: &[SecretSpec]) -> Result<Secrets, String> {
                 value.len()
             ));
         }
-        secrets.insert(s.id.clone(), value);
+        out.push((s.id.clone(), value));
     }
-    Ok(secrets)
+    Ok(out)
 }
 
 #[cfg(test)]

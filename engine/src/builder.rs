@@ -971,7 +971,7 @@ fn unix_now() -> u64 {
 }
 
 /// `<Dockerfile>.dockerignore` next to the Dockerfile wins over `CONTEXT/.dockerignore`.
-fn load_dockerignore(context: &Path, dockerfile: &Path) -> Result<DockerIgnore, BuildError> {
+pub fn load_dockerignore(context: &Path, dockerfile: &Path) -> Result<DockerIgnore, BuildError> {
     let mut candidates = Vec::new();
     if let Some(name) = dockerfile.file_name() {
         let mut n = name.to_os_string();

@@ -209,6 +209,29 @@ impl CertInfo {
     pub fn self_issued(&self) -> bool {
         self.subject == self.issuer
     }
+
+    /// The subject's common name (OID 2.5.4.3; the first one, when it is a UTF-8, printable
+    /// or IA5 string), e.g. a client certificate's name when it has no SAN URI.
+    pub fn subject_common_name(&self) -> Option<String> {
+        const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+        let (name, _) = expect(&self.subject, TAG_SEQUENCE, "subject").ok()?;
+        let mut rdns = name.content;
+        while !rdns.is_empty() {
+            let (set, after) = read_tlv(rdns).ok()?;
+            rdns = after;
+            let mut atvs = set.content;
+            while !atvs.is_empty() {
+                let (atv, after) = read_tlv(atvs).ok()?;
+                atvs = after;
+                let (oid, value) = expect(atv.content, 0x06, "attribute type").ok()?;
+                let (value, _) = read_tlv(value).ok()?;
+                if oid.content == OID_CN && matches!(value.tag, 0x0c | 0x13 | 0x16) {
+                    return String::from_utf8(value.content.to_vec()).ok();
+                }
+            }
+        }
+        None
+    }
 }
 
 /// Parses an X.509 time (UTCTime or GeneralizedTime, `Z` form only) to unix seconds.
