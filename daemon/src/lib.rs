@@ -10,6 +10,7 @@
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod serve;
 pub mod server;
 pub mod tls;
 

@@ -1,62 +1,31 @@
-//! `kilnd --config kilnd.toml`: the build daemon. See the crate documentation of
-//! `kiln_daemon` and the README.
+//! Running kilnd: configuration, TLS, the store, the listener, graceful shutdown. The
+//! `kilnd` binary (in the `kiln` package, beside `kiln`) is a thin wrapper around [`run`].
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::Path;
 use std::sync::Arc;
 
-use clap::Parser;
-use kiln_daemon::config::Config;
-use kiln_daemon::proto::kiln_server::KilnServer;
-use kiln_daemon::server::Daemon;
+use crate::config::Config;
+use crate::proto::kiln_server::KilnServer;
+use crate::server::Daemon;
 
-/// kiln's multi-tenant build daemon: gRPC over mutual TLS 1.3, one tenant per client
-/// certificate identity (kilnd.toml maps SAN URIs or CNs to tenants, each with its own
-/// policy, cache namespace, limits and entitlements).
-///
-/// Example:
-///   kiln pki init --dir pki && kiln pki issue --dir pki server --name kilnd
-///   kilnd --config /etc/kilnd/kilnd.toml
-#[derive(Debug, Parser)]
-#[command(name = "kilnd", version, verbatim_doc_comment)]
-struct Args {
-    /// The configuration file.
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "KILND_CONFIG",
-        default_value = "/etc/kilnd/kilnd.toml"
-    )]
-    config: PathBuf,
-    /// Check the configuration (TLS material, tenants, policies) and exit.
-    #[arg(long)]
-    check: bool,
-}
-
-fn main() -> ExitCode {
-    // Before anything else, and before any thread exists: as a step's init this does not return.
-    kiln_sandbox::init_main_if_requested();
-    let args = Args::parse();
+/// Structured logs to stderr; the level from `KILND_LOG` (default `info`).
+pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KILND_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kilnd: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
-fn run(args: &Args) -> Result<(), String> {
-    let config = Config::load(&args.config).map_err(|e| e.to_string())?;
+/// Runs kilnd with the configuration at `config_path` until SIGTERM or SIGINT; with `check`,
+/// only loads and checks the configuration (TLS material, tenants, policies, signing key).
+pub fn run(config_path: &Path, check: bool) -> Result<(), String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
     let tenants = config.tenants()?;
-    let tls = kiln_daemon::tls::server_config(&config.tls)?;
+    let tls = crate::tls::server_config(&config.tls)?;
     let signer = match &config.signing {
         Some(s) => {
             let pem = std::fs::read_to_string(&s.key)
@@ -69,10 +38,10 @@ fn run(args: &Args) -> Result<(), String> {
         }
         None => None,
     };
-    if args.check {
+    if check {
         eprintln!(
             "kilnd: {} is valid ({} tenants)",
-            args.config.display(),
+            config_path.display(),
             tenants.all().len()
         );
         return Ok(());
@@ -99,13 +68,14 @@ fn run(args: &Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let grace = config.shutdown_grace_secs;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("listen {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%addr, tenants = daemon_tenants(&config), "kilnd listening (TLS 1.3, client certificates required)");
-        let incoming = kiln_daemon::tls::incoming(listener, tls);
+        let incoming = crate::tls::incoming(listener, tls);
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .map_err(|e| e.to_string())?;
@@ -124,16 +94,10 @@ fn run(args: &Args) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())
     })?;
-    rt.shutdown_timeout(std::time::Duration::from_secs(config_grace(args)));
+    rt.shutdown_timeout(std::time::Duration::from_secs(grace));
     Ok(())
 }
 
 fn daemon_tenants(config: &Config) -> usize {
     config.tenants.len()
-}
-
-fn config_grace(args: &Args) -> u64 {
-    Config::load(&args.config)
-        .map(|c| c.shutdown_grace_secs)
-        .unwrap_or(30)
 }
