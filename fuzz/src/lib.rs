@@ -2,17 +2,20 @@
 //! key that `seeds/bundle.sigstore.json` verifies against, so the fuzzer starts from a bundle
 //! that passes every check and mutates it from there.
 //!
-//! The seed material was made once with openssl (throwaway keys, private halves not kept): a
-//! P-256 log key, a self-signed CA and a leaf it issued (SAN `FUZZ_IDENTITY`, OIDC issuer
-//! extension `FUZZ_ISSUER`, code signing). Its validity starts 2026-11-29.
+//! The seed material was made once with Python's `cryptography` (throwaway keys, private
+//! halves not kept): a P-256 transparency-log key, a P-256 CT log key, a self-signed CA and a
+//! leaf it issued (SAN [`FUZZ_IDENTITY`], OIDC issuer extension [`FUZZ_ISSUER`], code signing,
+//! one embedded SCT), all valid from 2026-01-01; the bundle's entry is a `hashedrekord` 0.0.1
+//! with a signed entry timestamp at 1790000000 (2026-09-21), an inclusion proof (leaf 0 of 2)
+//! and a signed checkpoint.
 
 use std::sync::LazyLock;
 
 use kiln_attest::sigstore::cert;
 use kiln_attest::sigstore::trust::{self, TrustedRoot};
 
-/// The trusted root every target verifies against: one transparency log, one certificate
-/// authority, no CT log, no timestamp authority.
+/// The trusted root every target verifies against: one transparency log, one CT log, one
+/// certificate authority, no timestamp authority.
 pub const TRUSTED_ROOT_JSON: &[u8] = include_bytes!("../seeds/trusted_root.json");
 /// The seed bundle's leaf certificate (DER).
 pub const LEAF_DER: &[u8] = include_bytes!("../seeds/leaf.der");
