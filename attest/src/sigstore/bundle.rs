@@ -184,7 +184,12 @@ pub fn parse(bytes: &[u8]) -> Result<Bundle, BundleError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| BundleError::Json {
         reason: e.to_string(),
     })?;
-    let root = as_obj(&value, "")?;
+    // Top-level fields are named bare ("mediaType"), so the top level's own path is empty:
+    // name it in this one error.
+    let root = as_obj(&value, "").map_err(|_| FieldError::WrongType {
+        field: "(top level)".into(),
+        expected: "an object",
+    })?;
     let media_type = root.req_str("mediaType")?;
     let version = BundleVersion::from_media_type(media_type).ok_or_else(|| {
         BundleError::UnknownMediaType {

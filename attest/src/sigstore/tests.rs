@@ -417,6 +417,95 @@ fn int64_fields_and_encodings() {
     }
 }
 
+/// Issue 9's named malformed inputs (truncated bundle, huge inclusion proof, bad base64, wrong
+/// JSON types) are rejected with an error that names the field and the fault.
+#[test]
+fn malformed_bundles_are_rejected_with_a_clear_error() {
+    use serde_json::json;
+    const PROOF: &str = "/verificationMaterial/tlogEntries/0/inclusionProof";
+    const HASHES: &str = "verificationMaterial.tlogEntries[0].inclusionProof.hashes";
+    let set = |ptr: String, value: serde_json::Value| {
+        parse_edited(move |v| *v.pointer_mut(&ptr).unwrap() = value)
+    };
+
+    // Truncated anywhere before its closing brace: not JSON, and the message says so.
+    let original = load("happy-path-v0.3").bundle;
+    let end = original.iter().rposition(|&b| b == b'}').unwrap();
+    for cut in (0..end).step_by(61).chain([end - 1]) {
+        let err = bundle::parse(&original[..cut]).unwrap_err();
+        assert!(matches!(err, BundleError::Json { .. }), "cut {cut}: {err}");
+        assert!(
+            err.to_string()
+                .starts_with("bundle is not valid JSON: EOF while parsing"),
+            "cut {cut}: {err}"
+        );
+    }
+
+    // A multi-MB inclusion proof (200,000 hashes, about 9 MB): refused by count, not decoded.
+    let hashes = vec![json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="); 200_000];
+    let err = set(format!("{PROOF}/hashes"), json!(hashes)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("malformed bundle: {HASHES}: 200000 items, over the limit of 64")
+    );
+    // One multi-MB hash parses (the size is bounded by MAX_BUNDLE_SIZE) and fails the proof.
+    let huge = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        vec![0u8; 3 << 20],
+    );
+    let b = set(format!("{PROOF}/hashes/0"), json!(huge)).unwrap();
+    let case = load("happy-path-v0.3");
+    let err = verify_tlog_entries(&b, &case.root, &expected(&b, &case).unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "proof hash 0 is 3145728 bytes, expected 32"
+    );
+
+    // Bad base64 in a proof hash and in the signature.
+    let err = set(format!("{PROOF}/hashes/0"), json!("not base64!")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("malformed bundle: {HASHES}[0]: not base64: ")),
+        "{err}"
+    );
+    let err = set("/messageSignature/signature".into(), json!("@@@@")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("malformed bundle: messageSignature.signature: not base64: "),
+        "{err}"
+    );
+
+    // Wrong JSON types.
+    for (ptr, value, want) in [
+        (format!("{PROOF}/hashes/0"), json!(7), format!("{HASHES}[0]: expected a string")),
+        (format!("{PROOF}/hashes"), json!("AAAA"), format!("{HASHES}: expected an array")),
+        (
+            format!("{PROOF}/treeSize"),
+            json!([1]),
+            "verificationMaterial.tlogEntries[0].inclusionProof.treeSize: expected an int64 (string or number)"
+                .into(),
+        ),
+        (
+            "/verificationMaterial".into(),
+            json!("x"),
+            "verificationMaterial: expected an object".into(),
+        ),
+        (
+            "/messageSignature/signature".into(),
+            json!(null),
+            "messageSignature.signature: missing".into(),
+        ),
+    ] {
+        let err = set(ptr.clone(), value).unwrap_err();
+        assert_eq!(err.to_string(), format!("malformed bundle: {want}"), "{ptr}");
+    }
+    let err = bundle::parse(b"[]").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "malformed bundle: (top level): expected an object"
+    );
+}
+
 #[test]
 fn trusted_roots_and_log_lookup() {
     let mut roots = vec![suite().join("public-good-trusted_root.json")];
