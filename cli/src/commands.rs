@@ -72,6 +72,15 @@ enum Command {
     /// Rego policies: evaluate a gate, run a policy's tests, print a gate's input schema.
     #[command(subcommand)]
     Policy(crate::policy::PolicyCommand),
+    /// Development PKI for kilnd's mutual TLS: a CA, server and tenant client certificates.
+    /// Production: your own CA, SPIFFE, short-lived certificates (README).
+    ///
+    /// Examples:
+    ///   kiln pki init --dir pki
+    ///   kiln pki issue --dir pki server --name kilnd
+    ///   kiln pki issue --dir pki client --name alpha --uri spiffe://kiln.test/tenant/alpha
+    #[command(subcommand, verbatim_doc_comment)]
+    Pki(crate::pki::PkiCommand),
     /// Debugging aids, like `buildctl debug`.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -434,6 +443,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Policy(p) => crate::policy::run(p),
         Command::Sigstore(s) => crate::sigstore::run(s),
         Command::Remote(r) => crate::remote::run(r),
+        Command::Pki(p) => crate::pki::run(p),
         Command::Debug(DebugCommand::DumpAst { file }) => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| usage(format!("{}: {e}", file.display())))?;

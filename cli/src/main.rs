@@ -5,6 +5,7 @@
 
 mod attest;
 mod commands;
+mod pki;
 mod policy;
 mod registry;
 mod remote;
