@@ -616,7 +616,17 @@ fn remote_and_embedded_builds_of_the_e2e_vectors_match() {
         let mut remote_args: Vec<&str> = vec!["build", "-q"];
         remote_args.extend(args.iter().map(String::as_str));
         remote_args.push(ctx.to_str().unwrap());
-        let r = d.run(&pki, Some("alpha"), &remote_args);
+        // In the context directory, as the embedded build runs (`--file` is relative to it).
+        let out = d
+            .command(&pki, Some("alpha"), &remote_args)
+            .current_dir(&ctx)
+            .output()
+            .unwrap();
+        let r = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
         if e.code != 0 || r.code != 0 || e.stdout.trim() != r.stdout.trim() {
             mismatches.push(format!(
                 "{name}: embedded exit {} {:?}, remote exit {} {:?}\n{}\n{}",

@@ -91,22 +91,42 @@ fn connect_error(what: &str, e: &dyn std::error::Error) -> ClientError {
     }
 }
 
-/// The first I/O error a connection of this process saw (a TLS alert the daemon sent after
-/// the handshake, say), which HTTP/2 reports only as "connection closed".
-static CONNECTION_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+/// The I/O errors connections of this process saw (a TLS alert the daemon sent after the
+/// handshake, say), which HTTP/2 reports only as "connection closed".
+static CONNECTION_ERRORS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-/// A TLS stream that remembers its first read or write error in [`CONNECTION_ERROR`].
+/// The most telling connection error: a TLS alert if one was seen, else the first.
+fn connection_error() -> Option<String> {
+    let errors = CONNECTION_ERRORS.lock().ok()?;
+    errors
+        .iter()
+        .find(|e| e.contains("alert"))
+        .or(errors.first())
+        .cloned()
+}
+
+/// A TLS stream that records its read and write errors in [`CONNECTION_ERRORS`]. After a
+/// failed write (the daemon closed the connection) it polls one read, which yields the alert
+/// the daemon sent before closing, if any.
 struct Recording<T>(T);
 
-impl<T> Recording<T> {
-    fn record<R>(r: std::io::Result<R>) -> std::io::Result<R> {
-        if let Err(e) = &r
-            && let Ok(mut slot) = CONNECTION_ERROR.lock()
-            && slot.is_none()
-        {
-            *slot = Some(e.to_string());
+fn record<R>(r: std::io::Result<R>) -> std::io::Result<R> {
+    if let Err(e) = &r
+        && let Ok(mut errors) = CONNECTION_ERRORS.lock()
+        && errors.len() < 16
+    {
+        errors.push(e.to_string());
+    }
+    r
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> Recording<T> {
+    fn harvest_alert(&mut self, cx: &mut std::task::Context<'_>) {
+        let mut buf = [0u8; 512];
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut self.0).poll_read(cx, &mut rb) {
+            let _ = record(r);
         }
-        r
     }
 }
 
@@ -118,28 +138,34 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Recording<T> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.0)
             .poll_read(cx, buf)
-            .map(Self::record)
+            .map(record)
     }
 }
 
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Recording<T> {
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite
+    for Recording<T>
+{
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0)
-            .poll_write(cx, buf)
-            .map(Self::record)
+        let r = std::pin::Pin::new(&mut self.0).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Err(_))) {
+            self.harvest_alert(cx);
+        }
+        r.map(record)
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0)
-            .poll_flush(cx)
-            .map(Self::record)
+        let r = std::pin::Pin::new(&mut self.0).poll_flush(cx);
+        if matches!(r, std::task::Poll::Ready(Err(_))) {
+            self.harvest_alert(cx);
+        }
+        r.map(record)
     }
 
     fn poll_shutdown(
@@ -157,7 +183,7 @@ pub fn status_error(s: &tonic::Status) -> ClientError {
         detail = format!("{detail}: {}", chain(src));
     }
     if s.code() != tonic::Code::PermissionDenied
-        && let Some(io) = CONNECTION_ERROR.lock().ok().and_then(|e| e.clone())
+        && let Some(io) = connection_error()
     {
         detail = format!("{detail}: {io}");
     }
@@ -239,10 +265,7 @@ pub async fn connect(remote: &Remote) -> Result<KilnClient<Channel>, ClientError
         .await
         .map_err(|e| {
             let mut err = connect_error(&format!("connecting to {}", remote.addr), &e);
-            if let (ClientError::Connect(m), Some(io)) = (
-                &mut err,
-                CONNECTION_ERROR.lock().ok().and_then(|e| e.clone()),
-            ) {
+            if let (ClientError::Connect(m), Some(io)) = (&mut err, connection_error()) {
                 m.push_str(&format!(": {io}"));
             }
             err

@@ -124,6 +124,25 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// After a refused handshake (the alert is sent): half-close, and read what the client had
+/// already sent for a moment, so the kernel closes with FIN rather than RST and the client
+/// reads the alert (why it was refused) instead of "broken pipe".
+async fn linger(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = tcp.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0usize;
+        while let Ok(n) = tcp.read(&mut buf).await {
+            total += n;
+            if n == 0 || total > 1 << 20 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Accepts TCP connections on `listener`, completes TLS handshakes (each in its own task,
 /// bounded in time), and yields the connections whose client certificate verified. Failed
 /// handshakes are logged with the peer's address and the reason.
@@ -150,7 +169,9 @@ pub fn incoming(
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp).into_fallible())
+                    .await
+                {
                     Ok(Ok(tls)) => {
                         let identity = tls
                             .get_ref()
@@ -166,7 +187,10 @@ pub fn incoming(
                         tracing::debug!(%addr, identity = %peer.identity, "client connected");
                         let _ = tx.send(Ok(TlsConn { inner: tls, peer })).await;
                     }
-                    Ok(Err(e)) => tracing::warn!(%addr, error = %e, "TLS handshake refused"),
+                    Ok(Err((e, tcp))) => {
+                        tracing::warn!(%addr, error = %e, "TLS handshake refused");
+                        linger(tcp).await;
+                    }
                     Err(_) => tracing::warn!(%addr, "TLS handshake timed out"),
                 }
             });
