@@ -57,6 +57,10 @@ pub enum RemoteCommand {
     Info(RemoteArgs),
     /// List your tenant's builds (running, queued, recent).
     Ls(RemoteArgs),
+    /// Disk usage: your tenant's cache mounts and context copies, and the shared store.
+    Du(RemoteArgs),
+    /// Remove your tenant's cache mounts and context copies that no build is using.
+    Prune(RemoteArgs),
     /// Cancel one of your tenant's builds.
     Cancel {
         /// The build id (`kiln remote ls`).
@@ -147,6 +151,45 @@ pub fn run(cmd: RemoteCommand) -> Result<(), Failure> {
                         }
                     )?;
                 }
+                Ok(())
+            }
+            RemoteCommand::Du(args) => {
+                let mut c = client::connect(&need_remote(&args)?)
+                    .await
+                    .map_err(client_failure)?;
+                let u = c
+                    .disk_usage(proto::DiskUsageRequest {})
+                    .await
+                    .map_err(|s| client_failure(client::status_error(&s)))?
+                    .into_inner();
+                println!("{:<28} {:>14} {:>8}", "TYPE", "BYTES", "COUNT");
+                println!(
+                    "{:<28} {:>14} {:>8}",
+                    "cache mounts (yours)", u.cache_mount_bytes, u.cache_mounts
+                );
+                println!(
+                    "{:<28} {:>14} {:>8}",
+                    "context copies (yours)", u.context_bytes, u.context_copies
+                );
+                println!(
+                    "{:<28} {:>14} {:>8}",
+                    "layers and blobs (shared)", u.shared_bytes, "-"
+                );
+                Ok(())
+            }
+            RemoteCommand::Prune(args) => {
+                let mut c = client::connect(&need_remote(&args)?)
+                    .await
+                    .map_err(client_failure)?;
+                let p = c
+                    .prune(proto::PruneRequest {})
+                    .await
+                    .map_err(|s| client_failure(client::status_error(&s)))?
+                    .into_inner();
+                println!(
+                    "removed {} cache mounts and {} context copies; reclaimed {} bytes",
+                    p.cache_mounts, p.context_copies, p.bytes
+                );
                 Ok(())
             }
             RemoteCommand::Cancel { build_id, remote } => {

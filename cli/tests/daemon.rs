@@ -647,3 +647,174 @@ fn remote_and_embedded_builds_of_the_e2e_vectors_match() {
     assert!(compared >= 30, "only {compared} compared");
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
+
+/// Acceptance 3: 12 concurrent builds from 3 tenants (cached and uncached) all succeed with
+/// the right digests, and no tenant ever has more builds running than its limit — read from
+/// the daemon's own `build started … running=N limit=M` events.
+#[test]
+fn twelve_concurrent_builds_respect_each_tenants_limit() {
+    if !root_or_skip() {
+        return;
+    }
+    let pki = Pki::new();
+    let tenants = r#"
+[[tenant]]
+name = "alpha"
+identities = ["spiffe://kiln.test/tenant/alpha"]
+max_concurrent_builds = 1
+[[tenant]]
+name = "beta"
+identities = ["spiffe://kiln.test/tenant/beta"]
+max_concurrent_builds = 2
+[[tenant]]
+name = "gamma"
+identities = ["spiffe://kiln.test/tenant/gamma"]
+max_concurrent_builds = 3
+"#;
+    let d = Kilnd::start(&pki, tenants, |_| {});
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("load"),
+        &format!("FROM {BASE}\nARG V\nRUN sleep 1 && echo $V > /v\n"),
+    );
+    let build = |cert: &str, v: u32| {
+        d.command(
+            &pki,
+            Some(cert),
+            &[
+                "build",
+                "-q",
+                "--build-arg",
+                &format!("V={v}"),
+                ctx.to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    // V=0 built once per tenant first: the cached part of the mix.
+    let mut cached = Vec::new();
+    for cert in ["alpha", "beta", "gamma"] {
+        let out = build(cert, 0).wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cached.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    assert!(cached.iter().all(|d| d == &cached[0]), "{cached:?}");
+
+    // 12 at once: each tenant builds V = 0 (cached), 1, 2, 3 (cold).
+    let mut children = Vec::new();
+    for v in 0..4 {
+        for cert in ["alpha", "beta", "gamma"] {
+            children.push((cert, v, build(cert, v)));
+        }
+    }
+    let mut digests: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    for (cert, v, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cert} V={v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        digests
+            .entry(v)
+            .or_default()
+            .push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    for (v, ds) in &digests {
+        assert_eq!(ds.len(), 3);
+        assert!(
+            ds.iter().all(|d| d == &ds[0]),
+            "V={v}: tenants disagree: {ds:?}"
+        );
+    }
+    assert_eq!(digests[&0][0], cached[0], "the cached build's digest");
+    // The same inputs built in this process, embedded, give the same images.
+    let k = Kiln::with_base();
+    let e = k.build(&ctx, &["-q", "--build-arg", "V=3"]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    assert_eq!(e.stdout.trim(), digests[&3][0]);
+
+    // The daemon's events: running counts per tenant never exceed the limit, and the limits
+    // were reached (the builds did overlap).
+    let log = d.log();
+    let mut max: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
+    for line in log.lines().filter(|l| l.contains("build started")) {
+        let field = |k: &str| {
+            line.split(&format!(" {k}="))
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let running: u32 = field("running").parse().unwrap();
+        let limit: u32 = field("limit").parse().unwrap();
+        let e = max.entry(field("tenant")).or_default();
+        e.0 = e.0.max(running);
+        e.1 = limit;
+        assert!(running <= limit, "over the limit: {line}");
+    }
+    println!("max running per tenant (max, limit): {max:?}");
+    assert_eq!(max.len(), 3, "{log}");
+    assert_eq!(max["alpha"].0, 1);
+    assert!(
+        max["gamma"].0 >= 2,
+        "gamma's builds never overlapped: {max:?}"
+    );
+}
+
+#[test]
+fn disk_usage_and_prune_are_per_tenant() {
+    if !root_or_skip() {
+        return;
+    }
+    let pki = Pki::new();
+    let d = Kilnd::start(&pki, &TENANTS.replace("policy = \"POLICY\"\n", ""), |_| {});
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("cm"),
+        &format!("FROM {BASE}\nRUN --mount=type=cache,id=c,target=/c echo data > /c/f\n"),
+    );
+    for cert in ["alpha", "beta"] {
+        let r = d.run(&pki, Some(cert), &["build", "-q", ctx.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let du = |cert: &str| {
+        let r = d.run(&pki, Some(cert), &["remote", "du"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let row = |name: &str| -> (u64, u64) {
+            let line = r.stdout.lines().find(|l| l.starts_with(name)).unwrap();
+            let nums: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            (nums[0], nums[1])
+        };
+        (row("cache mounts"), row("context copies"))
+    };
+    let ((a_bytes, a_mounts), (_, a_copies)) = du("alpha");
+    assert_eq!((a_mounts, a_copies), (1, 1));
+    assert!(a_bytes > 0);
+    let p = d.run(&pki, Some("alpha"), &["remote", "prune"]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert!(
+        p.stdout
+            .contains("removed 1 cache mounts and 1 context copies"),
+        "{}",
+        p.stdout
+    );
+    let ((_, a_mounts), (_, a_copies)) = du("alpha");
+    assert_eq!((a_mounts, a_copies), (0, 0));
+    let ((_, b_mounts), (_, b_copies)) = du("beta");
+    assert_eq!(
+        (b_mounts, b_copies),
+        (1, 1),
+        "alpha's prune left beta's alone"
+    );
+}

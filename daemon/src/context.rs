@@ -174,6 +174,16 @@ impl Mirror {
         })
     }
 
+    /// Whether the copy already is exactly `files` (a valid manifest whose every entry the
+    /// index records as is, and nothing more): a build can read it without a sync.
+    pub fn is_current(&self, files: &[FileMeta]) -> bool {
+        files.len() == self.index.len()
+            && check_manifest(files).is_ok()
+            && files
+                .iter()
+                .all(|f| self.index.get(&f.path) == Some(&Recorded::of(f)))
+    }
+
     /// The directory a build reads (the context).
     pub fn tree(&self) -> &Path {
         &self.tree
@@ -559,6 +569,11 @@ mod tests {
         );
         // Reopened: nothing changed, nothing asked.
         let mut m = Mirror::open(dir.path()).unwrap();
+        assert!(m.is_current(&files));
+        let mut touched = files.clone();
+        touched[2].mtime_ns += 1;
+        assert!(!m.is_current(&touched));
+        assert!(!m.is_current(&files[..4]));
         assert!(sync(&mut m, files.clone(), &content).is_empty());
         // One file changed, one gone, one new.
         let mut changed = files.clone();

@@ -41,7 +41,7 @@ pub struct Daemon {
     signer: Option<(Arc<kiln_attest::keys::SigningKey>, String)>,
     builds: Mutex<HashMap<String, BuildRecord>>,
     slots: HashMap<String, Arc<Semaphore>>,
-    mirrors: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    mirrors: Mutex<HashMap<PathBuf, Arc<tokio::sync::RwLock<()>>>>,
     running: Mutex<HashMap<String, usize>>,
 }
 
@@ -107,8 +107,8 @@ impl Daemon {
         }
     }
 
-    /// The lock of one context copy (held for the sync and the build that reads it).
-    fn mirror_lock(&self, dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    /// The lock of one context copy: written by a sync, read by the builds that use it.
+    fn mirror_lock(&self, dir: &Path) -> Arc<tokio::sync::RwLock<()>> {
         let mut m = self.mirrors.lock().unwrap_or_else(|e| e.into_inner());
         m.entry(dir.to_owned()).or_default().clone()
     }
@@ -285,6 +285,87 @@ impl Kiln for Arc<Daemon> {
         builds.sort_by(|a, b| (a.created, &a.build_id).cmp(&(b.created, &b.build_id)));
         Ok(Response::new(proto::ListBuildsResponse { builds }))
     }
+
+    async fn disk_usage(
+        &self,
+        req: Request<proto::DiskUsageRequest>,
+    ) -> Result<Response<proto::DiskUsageResponse>, Status> {
+        let (tenant, _) = self.tenant(&req)?;
+        let daemon = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let store = daemon.engine.store();
+            let (cache_mounts, cache_mount_bytes) = store.cache_mounts.usage_for(Some(&tenant.id));
+            let copies = daemon.context_copies(&tenant);
+            let shared =
+                kiln_engine::gc::usage(store).map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(proto::DiskUsageResponse {
+                cache_mounts: cache_mounts as u64,
+                cache_mount_bytes,
+                context_copies: copies.len() as u64,
+                context_bytes: copies
+                    .iter()
+                    .map(|d| kiln_engine::store::tree_size(d.as_path()))
+                    .sum(),
+                shared_bytes: shared.snapshot_bytes + shared.blob_bytes,
+            }))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+
+    async fn prune(
+        &self,
+        req: Request<proto::PruneRequest>,
+    ) -> Result<Response<proto::PruneResponse>, Status> {
+        let (tenant, _) = self.tenant(&req)?;
+        // Context copies not in use: their lock is free; held while removing.
+        let mut removed = 0u64;
+        let mut bytes = 0u64;
+        for dir in self.context_copies(&tenant) {
+            let lock = self.mirror_lock(&dir);
+            let Ok(_guard) = lock.try_write() else {
+                continue;
+            };
+            bytes += kiln_engine::store::tree_size(&dir);
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                removed += 1;
+            }
+        }
+        let daemon = Arc::clone(self);
+        let caches = tokio::task::spawn_blocking(move || {
+            daemon
+                .engine
+                .store()
+                .cache_mounts
+                .prune_for(Some(&tenant.id))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(proto::PruneResponse {
+            cache_mounts: caches.caches as u64,
+            context_copies: removed,
+            bytes: bytes + caches.bytes,
+        }))
+    }
+}
+
+impl Daemon {
+    /// The tenant's context copies on disk.
+    fn context_copies(&self, tenant: &Tenant) -> Vec<PathBuf> {
+        let dir = self
+            .state_dir
+            .join("contexts")
+            .join(hex_sha256(tenant.id.as_str()));
+        std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl Daemon {
@@ -328,9 +409,6 @@ impl Daemon {
             .join("contexts")
             .join(hex_sha256(tenant.id.as_str()))
             .join(hex_sha256(&header.context_key));
-        let lock = self.mirror_lock(&mirror_dir);
-        let _guard = lock.lock().await;
-        let mut mirror = Mirror::open(&mirror_dir).map_err(|e| Status::internal(e.to_string()))?;
         let mut files = Vec::new();
         loop {
             match input.next().await {
@@ -350,29 +428,52 @@ impl Daemon {
             }
         }
         let total: u64 = files.iter().map(|f| f.size).sum();
-        let (need, reused) = mirror
-            .plan(files)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        tracing::info!(build = %id, files = need.len(), reused, total, "context sync");
-        send(
-            tx,
-            Msg::NeedFiles(proto::NeedFiles {
-                indexes: need,
-                reused_bytes: reused,
-            }),
-        )
-        .await?;
-        while !mirror.complete() {
-            match input.next().await {
-                Some(Ok(proto::BuildClientMessage {
-                    msg: Some(ClientMsg::File(c)),
-                })) => mirror
-                    .write_chunk(c.index, &c.data, c.eof)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-                Some(Err(e)) => return Err(e),
-                _ => return Err(Status::invalid_argument("expected context file content")),
+        // Builds of an unchanged copy share it (read lock); a sync that changes it waits for
+        // the builds reading it, and the build after it reads what it synced (downgrade).
+        let lock = self.mirror_lock(&mirror_dir);
+        let internal = |e: crate::context::SyncError| Status::internal(e.to_string());
+        let read = Arc::clone(&lock).read_owned().await;
+        let mut mirror = Mirror::open(&mirror_dir).map_err(internal)?;
+        let _context_guard = if mirror.is_current(&files) {
+            tracing::info!(build = %id, files = 0, reused = total, total, "context sync: unchanged");
+            send(
+                tx,
+                Msg::NeedFiles(proto::NeedFiles {
+                    indexes: Vec::new(),
+                    reused_bytes: total,
+                }),
+            )
+            .await?;
+            read
+        } else {
+            drop(read);
+            let write = Arc::clone(&lock).write_owned().await;
+            mirror = Mirror::open(&mirror_dir).map_err(internal)?;
+            let (need, reused) = mirror
+                .plan(files)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            tracing::info!(build = %id, files = need.len(), reused, total, "context sync");
+            send(
+                tx,
+                Msg::NeedFiles(proto::NeedFiles {
+                    indexes: need,
+                    reused_bytes: reused,
+                }),
+            )
+            .await?;
+            while !mirror.complete() {
+                match input.next().await {
+                    Some(Ok(proto::BuildClientMessage {
+                        msg: Some(ClientMsg::File(c)),
+                    })) => mirror
+                        .write_chunk(c.index, &c.data, c.eof)
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                    Some(Err(e)) => return Err(e),
+                    _ => return Err(Status::invalid_argument("expected context file content")),
+                }
             }
-        }
+            write.downgrade()
+        };
 
         // Secrets the client offered: asked for now, kept in memory for this build only.
         let mut secrets = kiln_engine::ops::secrets::Secrets::new();

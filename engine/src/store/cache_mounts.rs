@@ -242,15 +242,28 @@ impl CacheMounts {
 
     /// Number of cache ids (all tenants) and their size in bytes.
     pub fn usage(&self) -> (usize, u64) {
+        self.usage_for(None)
+    }
+
+    /// Number of cache ids of one tenant (all when `None`) and their size in bytes.
+    pub fn usage_for(&self, tenant: Option<&TenantId>) -> (usize, u64) {
         let mut count = 0;
         let mut bytes = 0;
-        for (_, ids) in self.tenant_dirs() {
+        for (_, ids) in self.tenant_dirs_for(tenant) {
             for id in ids {
                 count += 1;
                 bytes += super::tree_size(&id);
             }
         }
         (count, bytes)
+    }
+
+    fn tenant_dirs_for(&self, tenant: Option<&TenantId>) -> Vec<(PathBuf, Vec<PathBuf>)> {
+        let want = tenant.map(|t| self.id_dir(t, "").0);
+        self.tenant_dirs()
+            .into_iter()
+            .filter(|(dir, _)| want.as_ref().is_none_or(|w| file_name(dir) == *w))
+            .collect()
     }
 
     fn tenant_dirs(&self) -> Vec<(PathBuf, Vec<PathBuf>)> {
@@ -279,9 +292,14 @@ impl CacheMounts {
     /// Removes every cache instance that no step holds; returns how many cache ids are gone
     /// entirely and the bytes freed.
     pub fn prune(&self) -> Result<PrunedCaches, CacheMountError> {
+        self.prune_for(None)
+    }
+
+    /// [`Self::prune`] for one tenant's caches only (all when `None`).
+    pub fn prune_for(&self, tenant: Option<&TenantId>) -> Result<PrunedCaches, CacheMountError> {
         let mut p = PrunedCaches::default();
         let root = self.root_fd()?;
-        for (tdir, ids) in self.tenant_dirs() {
+        for (tdir, ids) in self.tenant_dirs_for(tenant) {
             let tname = file_name(&tdir);
             let Some(tfd) = open_dir(&root, &tname, &tdir)? else {
                 continue;

@@ -191,7 +191,7 @@ impl Store {
 }
 
 /// Total size in bytes of the regular files under `path` (not following symlinks).
-pub(crate) fn tree_size(path: &Path) -> u64 {
+pub fn tree_size(path: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
