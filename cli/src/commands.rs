@@ -697,8 +697,13 @@ fn remote_build(remote: &kiln_daemon::client::Remote, b: BuildArgs) -> Result<()
     if b.userns_remap.is_some() || !matches!(b.snapshotter, SnapshotterArg::Auto) {
         unsupported.push("--userns-remap/--snapshotter");
     }
-    if !b.plan.build_contexts.is_empty() {
-        unsupported.push("--build-context");
+    let mut named = Vec::new();
+    for (name, source) in &b.plan.build_contexts {
+        match source {
+            ContextSource::Dir(dir) => named.push((name.clone(), dir.clone())),
+            _ => unsupported
+                .push("--build-context NAME=oci-layout://|docker-archive:// (directories only)"),
+        }
     }
     unsupported.extend(b.attest.remote_unsupported());
     unsupported.extend(crate::registry::remote_unsupported(&b.registry));
@@ -740,6 +745,7 @@ fn remote_build(remote: &kiln_daemon::client::Remote, b: BuildArgs) -> Result<()
             header,
             outputs: b.outputs.clone(),
             secrets: crate::secrets::values(&b.secrets).map_err(usage)?,
+            named,
             json: matches!(b.progress, ProgressMode::Json),
             quiet: b.quiet,
         },

@@ -239,6 +239,8 @@ pub struct RemoteBuild {
     pub outputs: Vec<OutputSpec>,
     /// Secret values by id.
     pub secrets: Vec<(String, Vec<u8>)>,
+    /// `--build-context NAME=DIR`.
+    pub named: Vec<(String, PathBuf)>,
     /// Print JSON events instead of plain lines.
     pub json: bool,
     /// Print only the digest.
@@ -257,6 +259,7 @@ pub fn build(remote: &Remote, mut b: RemoteBuild) -> Result<(), Failure> {
         dockerfile: b.dockerfile.clone(),
         header: b.header.clone(),
         secrets: b.secrets,
+        named: b.named,
     };
     let rt = runtime()?;
     let (json, quiet) = (b.json, b.quiet);

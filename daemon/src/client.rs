@@ -286,6 +286,8 @@ pub struct BuildSpec {
     pub header: proto::BuildHeader,
     /// Secret values by id, sent when the daemon asks.
     pub secrets: Vec<(String, Vec<u8>)>,
+    /// `--build-context NAME=DIR` directories.
+    pub named: Vec<(String, PathBuf)>,
 }
 
 /// What the transfer cost.
@@ -349,14 +351,47 @@ pub async fn build(
 
     let ignore = kiln_engine::builder::load_dockerignore(&spec.context, &dockerfile)
         .map_err(|e| ClientError::Usage(e.to_string()))?;
-    let context = spec.context.clone();
-    let entries = tokio::task::spawn_blocking(move || crate::context::scan(&context, &ignore))
-        .await
-        .map_err(|e| ClientError::Io(e.to_string()))?
-        .map_err(|e| ClientError::Io(format!("reading the context: {e}")))?;
+    // Every context's entries: the main one (after .dockerignore) first, then the named
+    // directories in name order (sent whole), as the daemon reads them.
+    let mut named = spec.named.clone();
+    named.sort();
+    for (name, dir) in &named {
+        if !dir.is_dir() {
+            return Err(ClientError::Usage(format!(
+                "--build-context {name}={}: not a directory (only directories travel to kilnd)",
+                dir.display()
+            )));
+        }
+        header.named_contexts.insert(name.clone(), context_key(dir));
+    }
+    let mut contexts: Vec<(
+        String,
+        PathBuf,
+        kiln_engine::frontend::dockerignore::DockerIgnore,
+    )> = vec![(String::new(), spec.context.clone(), ignore)];
+    for (name, dir) in named {
+        let none = kiln_engine::frontend::dockerignore::DockerIgnore::parse("")
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        contexts.push((name, dir, none));
+    }
+    let scanned = tokio::task::spawn_blocking(move || {
+        contexts
+            .into_iter()
+            .map(|(name, dir, ignore)| {
+                crate::context::scan(&dir, &ignore)
+                    .map(|entries| (name, entries))
+                    .map_err(|e| ClientError::Io(format!("reading {}: {e}", dir.display())))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ClientError::Io(e.to_string()))??;
     let mut stats = TransferStats {
-        files: entries.len(),
-        context_bytes: entries.iter().map(|(m, _)| m.size).sum(),
+        files: scanned.iter().map(|(_, e)| e.len()).sum(),
+        context_bytes: scanned
+            .iter()
+            .flat_map(|(_, e)| e.iter().map(|(m, _)| m.size))
+            .sum(),
         ..Default::default()
     };
 
@@ -365,37 +400,48 @@ pub async fn build(
     tx.send(out(ClientMsg::Header(header)))
         .await
         .map_err(|_| ClientError::Io("request stream closed".into()))?;
-    let metas: Vec<proto::FileMeta> = entries.iter().map(|(m, _)| m.clone()).collect();
-    let paths: Vec<PathBuf> = entries.into_iter().map(|(_, p)| p).collect();
+    let mut manifests: Vec<(String, Vec<proto::FileMeta>)> = Vec::new();
+    let mut paths: std::collections::HashMap<String, Vec<PathBuf>> = Default::default();
+    for (name, entries) in scanned {
+        manifests.push((
+            name.clone(),
+            entries.iter().map(|(m, _)| m.clone()).collect(),
+        ));
+        paths.insert(name, entries.into_iter().map(|(_, p)| p).collect());
+    }
     let mut response = client
         .build(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .map_err(|s| status_error(&s))?
         .into_inner();
-    // The manifest, in messages of at most 4096 entries.
+    // The manifests, in messages of at most 4096 entries.
     {
         let tx = tx.clone();
         tokio::spawn(async move {
-            let mut chunks = metas.chunks(4096).peekable();
-            if chunks.peek().is_none() {
-                let _ = tx
-                    .send(out(ClientMsg::Manifest(proto::ContextManifest {
-                        files: Vec::new(),
-                        last: true,
-                    })))
-                    .await;
-            }
-            while let Some(c) = chunks.next() {
-                let last = chunks.peek().is_none();
-                if tx
-                    .send(out(ClientMsg::Manifest(proto::ContextManifest {
-                        files: c.to_vec(),
-                        last,
-                    })))
-                    .await
-                    .is_err()
-                {
-                    break;
+            for (context, metas) in manifests {
+                let mut chunks = metas.chunks(4096).peekable();
+                if chunks.peek().is_none() {
+                    let _ = tx
+                        .send(out(ClientMsg::Manifest(proto::ContextManifest {
+                            files: Vec::new(),
+                            last: true,
+                            context: context.clone(),
+                        })))
+                        .await;
+                }
+                while let Some(c) = chunks.next() {
+                    let last = chunks.peek().is_none();
+                    if tx
+                        .send(out(ClientMsg::Manifest(proto::ContextManifest {
+                            files: c.to_vec(),
+                            last,
+                            context: context.clone(),
+                        })))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
             }
         });
@@ -421,22 +467,32 @@ pub async fn build(
                 );
             }
             Some(Msg::NeedFiles(need)) => {
-                stats.reused_bytes = need.reused_bytes;
-                stats.files_sent = need.indexes.len();
+                stats.reused_bytes += need.reused_bytes;
+                stats.files_sent += need.indexes.len();
                 let tx = tx.clone();
-                let paths: Vec<(u32, PathBuf, u64)> = need
+                let Some(context_paths) = paths.get(&need.context) else {
+                    return Err(ClientError::Status(format!(
+                        "kilnd asked for files of unknown context {:?}",
+                        need.context
+                    )));
+                };
+                let wanted: Vec<(u32, PathBuf, u64)> = need
                     .indexes
                     .iter()
-                    .filter_map(|&i| {
-                        let p = paths.get(i as usize)?;
-                        Some((i, p.clone(), 0))
+                    .map(|&i| {
+                        context_paths
+                            .get(i as usize)
+                            .map(|p| (i, p.clone(), 0))
+                            .ok_or_else(|| {
+                                ClientError::Status(format!("kilnd asked for unknown file {i}"))
+                            })
                     })
-                    .collect();
+                    .collect::<Result<_, _>>()?;
                 // Sent from a blocking thread: reading files must not stall the stream.
-                let sent = tokio::task::spawn_blocking(move || send_files(&tx, paths))
+                let sent = tokio::task::spawn_blocking(move || send_files(&tx, wanted))
                     .await
                     .map_err(|e| ClientError::Io(e.to_string()))??;
-                stats.bytes_sent = sent;
+                stats.bytes_sent += sent;
                 on_event(
                     &serde_json::json!({
                         "event": "context",

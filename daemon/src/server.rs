@@ -369,6 +369,82 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Syncs one context (`name` "" = the main one) into the tenant's copy for `key`; returns
+    /// the copy's tree and the read guard the build holds.
+    async fn sync_context(
+        &self,
+        id: &str,
+        tenant: &Tenant,
+        (name, key): (&str, &str),
+        files: Vec<proto::FileMeta>,
+        input: &mut Streaming<proto::BuildClientMessage>,
+        tx: &Tx,
+    ) -> Result<(PathBuf, tokio::sync::OwnedRwLockReadGuard<()>), Status> {
+        if key.is_empty() || key.len() > 256 {
+            return Err(Status::invalid_argument("context key: 1 to 256 bytes"));
+        }
+        // Main and named copies live apart, so one directory is never both (lock order).
+        let dir = self
+            .state_dir
+            .join(if name.is_empty() {
+                "contexts"
+            } else {
+                "named-contexts"
+            })
+            .join(hex_sha256(tenant.id.as_str()))
+            .join(hex_sha256(key));
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        // Builds of an unchanged copy share it (read lock); a sync that changes it waits for
+        // the builds reading it, and the build after it reads what it synced (downgrade).
+        let lock = self.mirror_lock(&dir);
+        let internal = |e: crate::context::SyncError| Status::internal(e.to_string());
+        let read = Arc::clone(&lock).read_owned().await;
+        let mut mirror = Mirror::open(&dir).map_err(internal)?;
+        let guard = if mirror.is_current(&files) {
+            tracing::info!(build = %id, context = name, files = 0, reused = total, total, "context sync: unchanged");
+            send(
+                tx,
+                Msg::NeedFiles(proto::NeedFiles {
+                    indexes: Vec::new(),
+                    reused_bytes: total,
+                    context: name.into(),
+                }),
+            )
+            .await?;
+            read
+        } else {
+            drop(read);
+            let write = Arc::clone(&lock).write_owned().await;
+            mirror = Mirror::open(&dir).map_err(internal)?;
+            let (need, reused) = mirror
+                .plan(files)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            tracing::info!(build = %id, context = name, files = need.len(), reused, total, "context sync");
+            send(
+                tx,
+                Msg::NeedFiles(proto::NeedFiles {
+                    indexes: need,
+                    reused_bytes: reused,
+                    context: name.into(),
+                }),
+            )
+            .await?;
+            while !mirror.complete() {
+                match input.next().await {
+                    Some(Ok(proto::BuildClientMessage {
+                        msg: Some(ClientMsg::File(c)),
+                    })) => mirror
+                        .write_chunk(c.index, &c.data, c.eof)
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                    Some(Err(e)) => return Err(e),
+                    _ => return Err(Status::invalid_argument("expected context file content")),
+                }
+            }
+            write.downgrade()
+        };
+        Ok((mirror.tree().to_owned(), guard))
+    }
+
     async fn run_build(
         &self,
         id: &str,
@@ -403,77 +479,63 @@ impl Daemon {
             ));
         }
 
-        // The context: the tenant's copy for this key, locked for the sync and the build.
-        let mirror_dir = self
-            .state_dir
-            .join("contexts")
-            .join(hex_sha256(tenant.id.as_str()))
-            .join(hex_sha256(&header.context_key));
-        let mut files = Vec::new();
-        loop {
+        // The contexts: the main one, then each named one, each into the tenant's copy for
+        // its key, locked (shared while unchanged) until the build ends.
+        if header.named_contexts.len() > 64 {
+            return Err(Status::invalid_argument("at most 64 named contexts"));
+        }
+        // Every manifest comes first (main, then the named ones in name order); then each
+        // context is synced in turn.
+        let mut manifests: HashMap<String, (Vec<proto::FileMeta>, bool)> = HashMap::new();
+        manifests.insert(String::new(), (Vec::new(), false));
+        for name in header.named_contexts.keys() {
+            manifests.insert(name.clone(), (Vec::new(), false));
+        }
+        let mut entries = 0usize;
+        while manifests.values().any(|(_, done)| !done) {
             match input.next().await {
                 Some(Ok(proto::BuildClientMessage {
                     msg: Some(ClientMsg::Manifest(m)),
                 })) => {
-                    files.extend(m.files);
-                    if files.len() > crate::context::MAX_ENTRIES {
+                    let Some((files, done)) = manifests.get_mut(&m.context).filter(|e| !e.1) else {
+                        return Err(Status::invalid_argument(format!(
+                            "a manifest for context {:?}, which is not expected",
+                            m.context
+                        )));
+                    };
+                    entries += m.files.len();
+                    if entries > crate::context::MAX_ENTRIES {
                         return Err(Status::invalid_argument("context: too many entries"));
                     }
-                    if m.last {
-                        break;
-                    }
+                    files.extend(m.files);
+                    *done = m.last;
                 }
                 Some(Err(e)) => return Err(e),
-                _ => return Err(Status::invalid_argument("expected the context manifest")),
+                _ => return Err(Status::invalid_argument("expected the context manifests")),
             }
         }
-        let total: u64 = files.iter().map(|f| f.size).sum();
-        // Builds of an unchanged copy share it (read lock); a sync that changes it waits for
-        // the builds reading it, and the build after it reads what it synced (downgrade).
-        let lock = self.mirror_lock(&mirror_dir);
-        let internal = |e: crate::context::SyncError| Status::internal(e.to_string());
-        let read = Arc::clone(&lock).read_owned().await;
-        let mut mirror = Mirror::open(&mirror_dir).map_err(internal)?;
-        let _context_guard = if mirror.is_current(&files) {
-            tracing::info!(build = %id, files = 0, reused = total, total, "context sync: unchanged");
-            send(
-                tx,
-                Msg::NeedFiles(proto::NeedFiles {
-                    indexes: Vec::new(),
-                    reused_bytes: total,
-                }),
-            )
+        let mut take = |name: &str| manifests.remove(name).map(|(f, _)| f).unwrap_or_default();
+        let mut guards = Vec::new();
+        let main_files = take("");
+        let main = self
+            .sync_context(id, tenant, ("", &header.context_key), main_files, input, tx)
             .await?;
-            read
-        } else {
-            drop(read);
-            let write = Arc::clone(&lock).write_owned().await;
-            mirror = Mirror::open(&mirror_dir).map_err(internal)?;
-            let (need, reused) = mirror
-                .plan(files)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            tracing::info!(build = %id, files = need.len(), reused, total, "context sync");
-            send(
-                tx,
-                Msg::NeedFiles(proto::NeedFiles {
-                    indexes: need,
-                    reused_bytes: reused,
-                }),
-            )
-            .await?;
-            while !mirror.complete() {
-                match input.next().await {
-                    Some(Ok(proto::BuildClientMessage {
-                        msg: Some(ClientMsg::File(c)),
-                    })) => mirror
-                        .write_chunk(c.index, &c.data, c.eof)
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
-                    Some(Err(e)) => return Err(e),
-                    _ => return Err(Status::invalid_argument("expected context file content")),
-                }
+        let context_dir = main.0.clone();
+        guards.push(main.1);
+        let mut named = std::collections::BTreeMap::new();
+        let mut names: Vec<(&String, &String)> = header.named_contexts.iter().collect();
+        names.sort();
+        for (name, key) in names {
+            if name.is_empty() {
+                return Err(Status::invalid_argument("a named context needs a name"));
             }
-            write.downgrade()
-        };
+            let files = take(name);
+            let (dir, guard) = self
+                .sync_context(id, tenant, (name, key), files, input, tx)
+                .await?;
+            named.insert(name.clone(), kiln_engine::builder::ContextSource::Dir(dir));
+            guards.push(guard);
+        }
 
         // Secrets the client offered: asked for now, kept in memory for this build only.
         let mut secrets = kiln_engine::ops::secrets::Secrets::new();
@@ -531,7 +593,8 @@ impl Daemon {
             local_outputs.push((dest, is_dir));
         }
 
-        let mut req = BuildRequest::new(mirror.tree());
+        let mut req = BuildRequest::new(context_dir);
+        req.build_contexts = named;
         req.dockerfile = Some(dockerfile);
         req.build_args = header.build_args.into_iter().collect();
         req.target = (!header.target.is_empty()).then_some(header.target);
