@@ -814,3 +814,71 @@ fn disk_usage_and_prune_are_per_tenant() {
         "alpha's prune left beta's alone"
     );
 }
+
+/// `[gc]` in kilnd.toml: the daemon collects the build cache by policy on its own; records
+/// unused for longer than `keep_duration` go (and a rebuild runs the steps again), images stay.
+#[test]
+fn periodic_gc_drops_unused_cache_by_policy() {
+    if !root_or_skip() {
+        return;
+    }
+    let pki = Pki::new();
+    let tenants = format!(
+        "[gc]\ninterval = \"1s\"\nkeep_duration = \"1s\"\n{}",
+        TENANTS.replace("policy = \"POLICY\"\n", "")
+    );
+    let d = Kilnd::start(&pki, &tenants, |_| {});
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("gc"),
+        &format!("FROM {BASE}\nRUN echo one > /one\nRUN echo two > /two\n"),
+    );
+    let build = || {
+        d.run(
+            &pki,
+            Some("alpha"),
+            &["build", "--progress=plain", ctx.to_str().unwrap()],
+        )
+    };
+    let first = build();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let (ran, _) = counts(&first);
+    assert_eq!(ran, 2);
+    // The records are older than keep_duration after 2 s; the base image's layers are an
+    // image's, never collected: wait until the collections removed this build's 2 layers.
+    let removed_layers = |log: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains("gc: collected"))
+            .filter_map(|l| {
+                l.split(" layers=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while removed_layers(&d.log()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "gc did not collect:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let second = build();
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(
+        counts(&second).0,
+        2,
+        "the collected steps run again:\n{}",
+        second.stderr
+    );
+    assert_eq!(
+        first.stdout.trim(),
+        second.stdout.trim(),
+        "and give the same image"
+    );
+}

@@ -50,9 +50,81 @@ pub struct Config {
     /// Seconds a graceful shutdown waits for running builds before cancelling them.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+    /// Garbage collection of the build cache.
+    #[serde(default)]
+    pub gc: GcConfig,
     /// Tenants.
     #[serde(rename = "tenant", default)]
     pub tenants: Vec<TenantConfig>,
+}
+
+/// `[gc]`: what the build cache keeps, and how often kilnd collects (also on demand:
+/// `kiln admin gc`). Durations as `30s`, `10m`, `1h`, `7d`; sizes as `512m`, `50g`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// How often to collect; absent: only on demand.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Cache records unused for longer than this go.
+    #[serde(default)]
+    pub keep_duration: Option<String>,
+    /// The whole cache's layers may take this much.
+    #[serde(default)]
+    pub keep_bytes: Option<String>,
+    /// Each tenant's cache records may take this much.
+    #[serde(default)]
+    pub tenant_bytes: Option<String>,
+}
+
+impl GcConfig {
+    /// The interval and the engine's policy, checked.
+    pub fn policy(
+        &self,
+    ) -> Result<(Option<std::time::Duration>, kiln_engine::gc::GcPolicy), String> {
+        let dur = |v: &Option<String>, what: &str| -> Result<Option<u64>, String> {
+            v.as_deref()
+                .map(|s| {
+                    parse_duration(s).ok_or_else(|| {
+                        format!("gc.{what}: {s:?} is not a duration (30s, 10m, 1h, 7d)")
+                    })
+                })
+                .transpose()
+        };
+        let bytes = |v: &Option<String>, what: &str| -> Result<Option<u64>, String> {
+            v.as_deref()
+                .map(|s| {
+                    parse_bytes(s)
+                        .ok_or_else(|| format!("gc.{what}: {s:?} is not a size (512m, 50g)"))
+                })
+                .transpose()
+        };
+        let interval = dur(&self.interval, "interval")?;
+        if interval == Some(0) {
+            return Err("gc.interval: must be at least 1s".into());
+        }
+        Ok((
+            interval.map(std::time::Duration::from_secs),
+            kiln_engine::gc::GcPolicy {
+                keep_duration: dur(&self.keep_duration, "keep_duration")?,
+                keep_bytes: bytes(&self.keep_bytes, "keep_bytes")?,
+                tenant_bytes: bytes(&self.tenant_bytes, "tenant_bytes")?,
+            },
+        ))
+    }
+}
+
+/// `30s`, `10m`, `1h`, `7d`, or plain seconds.
+fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, mult) = match s.chars().last()? {
+        's' => (&s[..s.len() - 1], 1u64),
+        'm' => (&s[..s.len() - 1], 60),
+        'h' => (&s[..s.len() - 1], 3600),
+        'd' => (&s[..s.len() - 1], 86400),
+        _ => (s, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 fn default_shutdown_grace() -> u64 {
@@ -237,6 +309,7 @@ impl Config {
             path: path.to_owned(),
             message,
         };
+        config.gc.policy().map_err(&invalid)?;
         if config.tls.client_ca.is_empty() {
             return Err(invalid(
                 "tls.client_ca: at least one CA file: client certificates are required".into(),
@@ -419,6 +492,29 @@ identities = ["spiffe://t/beta"]
             .unwrap_err()
             .to_string()
             .contains("client certificates are required")
+        );
+    }
+
+    #[test]
+    fn gc_policy() {
+        let c = parse("[gc]\ninterval = \"1h\"\nkeep_duration = \"7d\"\ntenant_bytes = \"1g\"\n")
+            .unwrap();
+        let (interval, p) = c.gc.policy().unwrap();
+        assert_eq!(interval, Some(std::time::Duration::from_secs(3600)));
+        assert_eq!(p.keep_duration, Some(7 * 86400));
+        assert_eq!(p.tenant_bytes, Some(1 << 30));
+        assert_eq!(p.keep_bytes, None);
+        assert!(
+            parse("[gc]\ninterval = \"soon\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("gc.interval")
+        );
+        assert!(
+            parse("[gc]\nkeep_bytes = \"lots\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("gc.keep_bytes")
         );
     }
 

@@ -75,6 +75,7 @@ pub fn run(config_path: &Path, check: bool) -> Result<(), String> {
             .map_err(|e| format!("listen {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%addr, tenants = daemon_tenants(&config), "kilnd listening (TLS 1.3, client certificates required)");
+        daemon.spawn_gc();
         let incoming = crate::tls::incoming(listener, tls);
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

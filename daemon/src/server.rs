@@ -43,6 +43,11 @@ pub struct Daemon {
     slots: HashMap<String, Arc<Semaphore>>,
     mirrors: Mutex<HashMap<PathBuf, Arc<tokio::sync::RwLock<()>>>>,
     running: Mutex<HashMap<String, usize>>,
+    /// Builds hold it shared while the engine runs; garbage collection exclusively (a running
+    /// build's new layers are reachable from no record yet).
+    gc_lock: tokio::sync::RwLock<()>,
+    gc_interval: Option<std::time::Duration>,
+    gc_policy: kiln_engine::gc::GcPolicy,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -80,7 +85,54 @@ impl Daemon {
             slots,
             mirrors: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            gc_lock: tokio::sync::RwLock::new(()),
+            // Checked when the configuration was loaded.
+            gc_interval: config.gc.policy().map(|p| p.0).unwrap_or_default(),
+            gc_policy: config.gc.policy().map(|p| p.1).unwrap_or_default(),
         }
+    }
+
+    /// Collects the build cache by the configured policy, once no build runs (builds
+    /// waiting meanwhile). Logged.
+    pub async fn gc(self: &Arc<Self>) -> Result<kiln_engine::gc::Pruned, String> {
+        let _exclusive = self.gc_lock.write().await;
+        let daemon = Arc::clone(self);
+        let started = std::time::Instant::now();
+        let p = tokio::task::spawn_blocking(move || {
+            kiln_engine::gc::collect(
+                daemon.engine.store(),
+                &daemon.gc_policy,
+                kiln_engine::store::meta::unix_now(),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        tracing::info!(
+            cache_records = p.cache_records,
+            layers = p.snapshots,
+            blobs = p.blobs,
+            bytes = p.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "gc: collected"
+        );
+        Ok(p)
+    }
+
+    /// Runs [`Self::gc`] every configured interval (nothing without one).
+    pub fn spawn_gc(self: &Arc<Self>) {
+        let Some(every) = self.gc_interval else {
+            return;
+        };
+        let daemon = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = daemon.gc().await {
+                    tracing::warn!(error = %e, "gc failed");
+                }
+            }
+        });
     }
 
     /// The caller's tenant, or the reason there is none.
@@ -655,6 +707,7 @@ impl Daemon {
             })
         };
         let engine = Arc::clone(&self.engine);
+        let _no_gc = self.gc_lock.read().await;
         let result = tokio::select! {
             r = engine.build(&req, progress) => Some(r),
             _ = cancel.wait_for(|c| *c) => None,

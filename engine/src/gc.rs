@@ -55,9 +55,19 @@ struct Roots {
 }
 
 fn roots(store: &Store, include_images: bool) -> Result<Roots, StoreError> {
+    roots_keeping(store, include_images, &[])
+}
+
+/// [`roots`] plus the layer directories of cache records that stay (and the blobs of those
+/// layers).
+fn roots_keeping(
+    store: &Store,
+    include_images: bool,
+    kept: &[SnapshotId],
+) -> Result<Roots, StoreError> {
     let mut r = Roots {
         blobs: BTreeSet::new(),
-        snapshots: BTreeSet::new(),
+        snapshots: kept.iter().cloned().collect(),
     };
     if !include_images {
         return Ok(r);
@@ -170,7 +180,18 @@ pub fn prune(store: &Store, all: bool) -> Result<Pruned, StoreError> {
     // Records go first (one transaction), so no record ever points at a removed file.
     store.meta.remove(&cache, &[], &images, &[])?;
     store.meta.clear_file_hashes()?;
-    let keep = roots(store, true)?;
+    sweep(store, &[], &mut p)?;
+    // Cache mounts are build cache too; one a running step holds is kept.
+    let caches = store.cache_mounts.prune()?;
+    p.cache_mounts = caches.caches;
+    p.bytes += caches.bytes;
+    Ok(p)
+}
+
+/// Removes every layer directory, layer record and blob that neither an image nor a cache
+/// record in `kept` (their layer directories) reaches.
+fn sweep(store: &Store, kept: &[SnapshotId], p: &mut Pruned) -> Result<(), StoreError> {
+    let keep = roots_keeping(store, true, kept)?;
     let mut gone_layers = Vec::new();
     let mut gone_unpacked = Vec::new();
     for (blob, id) in store.meta.unpacked_records()? {
@@ -200,9 +221,189 @@ pub fn prune(store: &Store, all: bool) -> Result<Pruned, StoreError> {
         }
     }
     p.bytes += store.snapshots.clean_tmp()?;
-    // Cache mounts are build cache too; one a running step holds is kept.
-    let caches = store.cache_mounts.prune()?;
-    p.cache_mounts = caches.caches;
-    p.bytes += caches.bytes;
+    Ok(())
+}
+
+/// What the build cache may keep ([`collect`]); `None` is no bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcPolicy {
+    /// Cache records not used for longer than this (seconds) go.
+    pub keep_duration: Option<u64>,
+    /// The cache's layers may take this many bytes in all; the least recently used go first.
+    pub keep_bytes: Option<u64>,
+    /// Each tenant's cache records may take this many bytes; its least recently used go
+    /// first.
+    pub tenant_bytes: Option<u64>,
+}
+
+/// Garbage collection by policy: drops the cache records the policy does not keep (least
+/// recently used first; a layer's size counts for the record that made it), then removes
+/// every layer and blob nothing kept reaches. Images and cache mounts are not touched. The
+/// caller makes sure no build runs meanwhile (a running build's staged layers are reachable
+/// from nothing yet).
+pub fn collect(store: &Store, policy: &GcPolicy, now: u64) -> Result<Pruned, StoreError> {
+    let mut recs: Vec<(String, crate::store::meta::CacheRecord, u64)> = store
+        .meta
+        .cache_records()?
+        .into_iter()
+        .map(|(k, r)| {
+            let size = r
+                .layers
+                .last()
+                .map(|id| crate::store::tree_size(&store.snapshots.path(id)))
+                .unwrap_or(0);
+            (k, r, size)
+        })
+        .collect();
+    // Newest first.
+    recs.sort_by(|a, b| (b.1.last_used, &b.0).cmp(&(a.1.last_used, &a.0)));
+    let mut drop = BTreeSet::new();
+    if let Some(d) = policy.keep_duration {
+        for (k, r, _) in &recs {
+            if now.saturating_sub(r.last_used) > d {
+                drop.insert(k.clone());
+            }
+        }
+    }
+    if let Some(quota) = policy.tenant_bytes {
+        let mut used: std::collections::BTreeMap<&str, u64> = Default::default();
+        for (k, r, size) in &recs {
+            if drop.contains(k) {
+                continue;
+            }
+            let u = used.entry(r.tenant.as_str()).or_default();
+            *u += size;
+            if *u > quota {
+                drop.insert(k.clone());
+            }
+        }
+    }
+    if let Some(limit) = policy.keep_bytes {
+        let mut total = 0u64;
+        let mut counted = BTreeSet::new();
+        for (k, r, size) in &recs {
+            if drop.contains(k) {
+                continue;
+            }
+            if r.layers.last().is_some_and(|id| counted.insert(id.clone())) {
+                total += size;
+            }
+            if total > limit {
+                drop.insert(k.clone());
+            }
+        }
+    }
+    let gone: Vec<String> = drop.into_iter().collect();
+    let mut p = Pruned {
+        cache_records: gone.len(),
+        ..Pruned::default()
+    };
+    store.meta.remove(&gone, &[], &[], &[])?;
+    let kept: Vec<SnapshotId> = recs
+        .iter()
+        .filter(|(k, ..)| gone.binary_search(k).is_err())
+        .flat_map(|(_, r, _)| r.layers.iter().cloned())
+        .collect();
+    sweep(store, &kept, &mut p)?;
     Ok(p)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::{CacheRecord, StagedRecords};
+
+    /// A store with one cache record per (tenant, last_used, bytes), each with its own layer.
+    fn store_with(records: &[(&str, u64, usize)]) -> (tempfile::TempDir, Store, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut staged = StagedRecords::default();
+        let mut keys = Vec::new();
+        for (i, (tenant, last_used, bytes)) in records.iter().enumerate() {
+            let pending = store.snapshots.create().unwrap();
+            fs::write(pending.dir.join("f"), vec![0u8; *bytes]).unwrap();
+            let id = store.snapshots.commit(pending).unwrap();
+            let key = format!("{i:064x}");
+            staged.cache.insert(
+                key.clone(),
+                CacheRecord {
+                    layers: vec![id],
+                    last_used: *last_used,
+                    tenant: (*tenant).to_owned(),
+                },
+            );
+            keys.push(key);
+        }
+        store.meta.commit(&staged).unwrap();
+        (dir, store, keys)
+    }
+
+    fn left(store: &Store) -> Vec<String> {
+        let mut k: Vec<String> = store
+            .meta
+            .cache_records()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn collect_drops_what_the_policy_does_not_keep_least_recently_used_first() {
+        // keep_duration: records unused for more than 100 s go, with their layers.
+        let (_d, store, keys) = store_with(&[("a", 1000, 10), ("a", 850, 10), ("b", 950, 10)]);
+        let p = collect(
+            &store,
+            &GcPolicy {
+                keep_duration: Some(100),
+                ..GcPolicy::default()
+            },
+            1000,
+        )
+        .unwrap();
+        assert_eq!(p.cache_records, 1);
+        assert_eq!(p.snapshots, 1);
+        assert_eq!(left(&store), vec![keys[0].clone(), keys[2].clone()]);
+        assert_eq!(store.snapshots.list().unwrap().len(), 2);
+
+        // keep_bytes: the newest 25 bytes' worth stays.
+        let (_d, store, keys) = store_with(&[("a", 3, 10), ("a", 1, 10), ("b", 2, 10)]);
+        collect(
+            &store,
+            &GcPolicy {
+                keep_bytes: Some(25),
+                ..GcPolicy::default()
+            },
+            10,
+        )
+        .unwrap();
+        assert_eq!(left(&store), vec![keys[0].clone(), keys[2].clone()]);
+
+        // tenant_bytes: each tenant keeps its newest 15 bytes; another tenant's use does not
+        // count against it.
+        let (_d, store, keys) =
+            store_with(&[("a", 3, 10), ("a", 2, 10), ("b", 1, 10), ("b", 0, 4)]);
+        collect(
+            &store,
+            &GcPolicy {
+                tenant_bytes: Some(15),
+                ..GcPolicy::default()
+            },
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            left(&store),
+            vec![keys[0].clone(), keys[2].clone(), keys[3].clone()]
+        );
+
+        // No bound: nothing goes.
+        let (_d, store, _) = store_with(&[("a", 0, 10)]);
+        let p = collect(&store, &GcPolicy::default(), 1 << 40).unwrap();
+        assert_eq!(p.cache_records, 0);
+        assert_eq!(p.snapshots, 0);
+    }
 }

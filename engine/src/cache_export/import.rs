@@ -176,6 +176,8 @@ impl RemoteCaches {
                     key.to_owned(),
                     CacheRecord {
                         layers: chain.clone(),
+                        last_used: crate::store::meta::unix_now(),
+                        tenant: String::new(),
                     },
                 );
                 if let Some(x) = state.stats.get_mut(s) {

@@ -537,7 +537,22 @@ pub fn cached(
     let k = key.hex();
     let rec = match ctx.staged()?.cache.get(&k).cloned() {
         Some(r) => Some(r),
-        None => ctx.store.meta.cache(&k)?,
+        None => {
+            let rec = ctx.store.meta.cache(&k)?;
+            // Used again: marked (for GC) when this build commits, at most hourly.
+            if let Some(r) = &rec {
+                let now = crate::store::meta::unix_now();
+                if now.saturating_sub(r.last_used) >= crate::store::meta::TOUCH_INTERVAL {
+                    let mut touched = r.clone();
+                    touched.last_used = now;
+                    if touched.tenant.is_empty() {
+                        touched.tenant = ctx.tenant.as_str().to_owned();
+                    }
+                    ctx.staged()?.cache.insert(k.clone(), touched);
+                }
+            }
+            rec
+        }
     };
     let Some(rec) = rec else {
         // A shared cache may have it: fetched, verified and staged on demand.
@@ -638,6 +653,8 @@ fn finish(ctx: &OpContext, key: &Digest, chain: Vec<SnapshotId>) -> Result<Outpu
         key.hex(),
         CacheRecord {
             layers: chain.clone(),
+            last_used: crate::store::meta::unix_now(),
+            tenant: ctx.tenant.as_str().to_owned(),
         },
     );
     Ok(Output::Layers(Arc::new(chain)))

@@ -25,7 +25,30 @@ const SBOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("sbom_catalogs_
 pub struct CacheRecord {
     /// Layer directories, bottom first.
     pub layers: Vec<SnapshotId>,
+    /// When a build last made or used it (unix seconds; 0: before kiln kept this), for GC.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_used: u64,
+    /// The tenant whose build made it (its cache key includes the tenant too), for per-tenant
+    /// GC quotas.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant: String,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Seconds since the Unix epoch, now (cache records' `last_used`).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// A cache record is marked used again at most this often (seconds): a no-op rebuild does
+/// not write the database each time.
+pub const TOUCH_INTERVAL: u64 = 3600;
 
 /// A compressed, exported form of one layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,6 +355,8 @@ mod tests {
             "k".into(),
             CacheRecord {
                 layers: vec![id.clone()],
+                last_used: 0,
+                tenant: String::new(),
             },
         );
         s.layers.insert(
