@@ -116,10 +116,25 @@ impl Kilnd {
         let state = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(store.root(), state.path().join("store")).unwrap();
         let config = state.path().join("kilnd.toml");
+        // Top-level keys (before the first table) go before [tls].
+        let split = tenants
+            .lines()
+            .position(|l| l.trim_start().starts_with('['))
+            .unwrap_or(tenants.lines().count());
+        let top: String = tenants
+            .lines()
+            .take(split)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let tables: String = tenants
+            .lines()
+            .skip(split)
+            .map(|l| format!("{l}\n"))
+            .collect();
         fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = [\"{}\"]\n{tenants}",
+                "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n{top}[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = [\"{}\"]\n{tables}",
                 state.path().display(),
                 pki.path("kilnd.pem"),
                 pki.path("kilnd.key"),
@@ -881,4 +896,63 @@ fn periodic_gc_drops_unused_cache_by_policy() {
         second.stdout.trim(),
         "and give the same image"
     );
+}
+
+/// SIGTERM: no new connections; `on_shutdown = "finish"` lets a running build finish,
+/// `"cancel"` cancels it; kilnd then exits cleanly.
+#[test]
+fn graceful_shutdown_finishes_or_cancels_running_builds() {
+    if !root_or_skip() {
+        return;
+    }
+    let pki = Pki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("slow"),
+        &format!("FROM {BASE}\nARG V\nRUN sleep 3 && echo $V > /v\n"),
+    );
+    for (mode, v) in [("finish", "1"), ("cancel", "2")] {
+        let tenants = format!(
+            "on_shutdown = \"{mode}\"\nshutdown_grace_secs = 60\n{}",
+            TENANTS.replace("policy = \"POLICY\"\n", "")
+        );
+        let mut d = Kilnd::start(&pki, &tenants, |_| {});
+        let build = d
+            .command(
+                &pki,
+                Some("alpha"),
+                &[
+                    "build",
+                    "-q",
+                    "--build-arg",
+                    &format!("V={v}"),
+                    ctx.to_str().unwrap(),
+                ],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.log().contains("build started") {
+            assert!(Instant::now() < deadline, "{}", d.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let st = Command::new("kill")
+            .args(["-TERM", &d.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = build.wait_with_output().unwrap();
+        let status = d.child.wait().unwrap();
+        assert!(status.success(), "kilnd exit: {status:?}\n{}", d.log());
+        let err = String::from_utf8_lossy(&out.stderr);
+        match mode {
+            "finish" => assert!(out.status.success(), "{mode}: {err}\n{}", d.log()),
+            _ => {
+                assert!(!out.status.success(), "{mode}: the build must be cancelled");
+                assert!(err.contains("cancel"), "{err}");
+            }
+        }
+    }
 }

@@ -3,6 +3,14 @@
 //! ```toml
 //! listen = "127.0.0.1:7443"
 //! state_dir = "/var/lib/kilnd"
+//! on_shutdown = "finish"          # or "cancel": what SIGTERM does to running builds
+//! shutdown_grace_secs = 30        # "finish" waits this long, then cancels
+//!
+//! [gc]                            # the build cache, collected every interval
+//! interval = "1h"
+//! keep_duration = "7d"            # records unused for longer go
+//! keep_bytes = "50g"              # all layers, least recently used go first
+//! tenant_bytes = "10g"            # each tenant's records
 //!
 //! [tls]
 //! cert = "/etc/kilnd/server.pem"
@@ -50,6 +58,10 @@ pub struct Config {
     /// Seconds a graceful shutdown waits for running builds before cancelling them.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+    /// On SIGTERM/SIGINT, after new connections stop: `finish` lets running builds finish
+    /// (up to `shutdown_grace_secs`, then cancels them), `cancel` cancels them at once.
+    #[serde(default)]
+    pub on_shutdown: OnShutdown,
     /// Garbage collection of the build cache.
     #[serde(default)]
     pub gc: GcConfig,
@@ -125,6 +137,17 @@ fn parse_duration(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// What a graceful shutdown does with running builds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnShutdown {
+    /// Let them finish, up to the grace period.
+    #[default]
+    Finish,
+    /// Cancel them.
+    Cancel,
 }
 
 fn default_shutdown_grace() -> u64 {

@@ -77,14 +77,17 @@ pub fn run(config_path: &Path, check: bool) -> Result<(), String> {
         tracing::info!(%addr, tenants = daemon_tenants(&config), "kilnd listening (TLS 1.3, client certificates required)");
         daemon.spawn_gc();
         let incoming = crate::tls::incoming(listener, tls);
-        let shutdown = async {
+        let on_shutdown = config.on_shutdown;
+        let stopping = Arc::clone(&daemon);
+        let shutdown = async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .map_err(|e| e.to_string())?;
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
-            tracing::info!("shutting down: no new connections");
+            tracing::info!(?on_shutdown, grace_secs = grace, "shutting down: no new connections");
+            stopping.begin_shutdown(on_shutdown, std::time::Duration::from_secs(grace));
             Ok::<(), String>(())
         };
         tonic::transport::Server::builder()
@@ -95,7 +98,7 @@ pub fn run(config_path: &Path, check: bool) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())
     })?;
-    rt.shutdown_timeout(std::time::Duration::from_secs(grace));
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(())
 }
 

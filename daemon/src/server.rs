@@ -119,6 +119,33 @@ impl Daemon {
         Ok(p)
     }
 
+    /// Cancels every build (all tenants); returns how many were asked to stop.
+    pub fn cancel_all(&self) -> usize {
+        let b = self.builds.lock().unwrap_or_else(|e| e.into_inner());
+        b.values()
+            .filter(|r| matches!(r.state, "syncing" | "queued" | "running"))
+            .map(|r| r.cancel.send(true))
+            .filter(Result::is_ok)
+            .count()
+    }
+
+    /// A graceful shutdown began (no new connections): cancel the builds now, or after the
+    /// grace period if they have not finished.
+    pub fn begin_shutdown(
+        self: &Arc<Self>,
+        on: crate::config::OnShutdown,
+        grace: std::time::Duration,
+    ) {
+        let daemon = Arc::clone(self);
+        tokio::spawn(async move {
+            if on == crate::config::OnShutdown::Finish {
+                tokio::time::sleep(grace).await;
+            }
+            let n = daemon.cancel_all();
+            tracing::info!(cancelled = n, "shutdown: running builds cancelled");
+        });
+    }
+
     /// Runs [`Self::gc`] every configured interval (nothing without one).
     pub fn spawn_gc(self: &Arc<Self>) {
         let Some(every) = self.gc_interval else {
