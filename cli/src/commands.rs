@@ -685,9 +685,6 @@ fn remote_build(remote: &kiln_daemon::client::Remote, b: BuildArgs) -> Result<()
     if !b.tags.is_empty() {
         unsupported.push("-t (kilnd keeps no names for you: use -o)");
     }
-    if !b.ssh.is_empty() {
-        unsupported.push("--ssh");
-    }
     if b.policy.is_some() {
         unsupported.push("--policy (kilnd applies your tenant's policy)");
     }
@@ -746,6 +743,13 @@ fn remote_build(remote: &kiln_daemon::client::Remote, b: BuildArgs) -> Result<()
             outputs: b.outputs.clone(),
             secrets: crate::secrets::values(&b.secrets).map_err(usage)?,
             named,
+            ssh: {
+                let agents = crate::ssh::load(&b.ssh).map_err(usage)?;
+                agents
+                    .ids()
+                    .filter_map(|id| Some((id.to_owned(), agents.get(id)?.to_path_buf())))
+                    .collect()
+            },
             json: matches!(b.progress, ProgressMode::Json),
             quiet: b.quiet,
         },

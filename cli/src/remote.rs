@@ -241,6 +241,8 @@ pub struct RemoteBuild {
     pub secrets: Vec<(String, Vec<u8>)>,
     /// `--build-context NAME=DIR`.
     pub named: Vec<(String, PathBuf)>,
+    /// `--ssh`: agent sockets by id.
+    pub ssh: Vec<(String, PathBuf)>,
     /// Print JSON events instead of plain lines.
     pub json: bool,
     /// Print only the digest.
@@ -260,6 +262,7 @@ pub fn build(remote: &Remote, mut b: RemoteBuild) -> Result<(), Failure> {
         header: b.header.clone(),
         secrets: b.secrets,
         named: b.named,
+        ssh: b.ssh,
     };
     let rt = runtime()?;
     let (json, quiet) = (b.json, b.quiet);

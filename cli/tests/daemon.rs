@@ -12,6 +12,9 @@
 
 mod support;
 
+#[path = "../../sandbox/probe/compile.rs"]
+mod compile;
+
 use std::fs;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -955,4 +958,90 @@ fn graceful_shutdown_finishes_or_cancels_running_builds() {
             }
         }
     }
+}
+
+/// `--ssh` through kilnd: the step's agent client lists the key of the agent on the client's
+/// side, relayed over the build's stream (the daemon never holds the key).
+#[test]
+fn ssh_agent_is_relayed_from_the_client() {
+    if !root_or_skip() {
+        return;
+    }
+    for tool in ["ssh-agent", "ssh-add", "ssh-keygen"] {
+        if !which(tool) {
+            println!("skipped: {tool} is not installed (Debian openssh-client)");
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let key = tmp.path().join("id");
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "relayed-key", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("ssh-add")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &sock)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let pki = Pki::new();
+    let d = Kilnd::start(&pki, &TENANTS.replace("policy = \"POLICY\"\n", ""), |_| {});
+    let ctx = context(
+        &tmp.path().join("ctx"),
+        &format!(
+            "FROM {BASE}\nCOPY probe /probe\nRUN --mount=type=ssh /probe ssh-identities > /keys\n"
+        ),
+    );
+    let probe =
+        compile::compile_probe(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-daemon-probe"))
+            .unwrap();
+    fs::copy(probe, ctx.join("probe")).unwrap();
+    let out = tmp.path().join("out");
+    let r = d.run(
+        &pki,
+        Some("alpha"),
+        &[
+            "build",
+            "--progress=plain",
+            "--ssh",
+            &format!("default={}", sock.display()),
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let keys = fs::read_to_string(out.join("keys")).unwrap();
+    assert!(
+        keys.lines()
+            .any(|l| l.starts_with("kiln-probe: ssh key ") && l.ends_with(" relayed-key")),
+        "{keys}"
+    );
+    let private = fs::read_to_string(&key).unwrap();
+    assert!(!d.log().contains(private.lines().nth(1).unwrap()));
 }

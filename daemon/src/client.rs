@@ -288,6 +288,8 @@ pub struct BuildSpec {
     pub secrets: Vec<(String, Vec<u8>)>,
     /// `--build-context NAME=DIR` directories.
     pub named: Vec<(String, PathBuf)>,
+    /// `--ssh ID=SOCKET`: agents the build's ssh mounts reach, relayed over the stream.
+    pub ssh: Vec<(String, PathBuf)>,
 }
 
 /// What the transfer cost.
@@ -343,6 +345,7 @@ pub async fn build(
     header.dockerfile_ignore = std::fs::read(&ignore_file).ok();
     header.context_key = context_key(&spec.context);
     header.secret_ids = spec.secrets.iter().map(|(id, _)| id.clone()).collect();
+    header.ssh_ids = spec.ssh.iter().map(|(id, _)| id.clone()).collect();
     let outputs: Vec<OutputSpec> = header
         .outputs
         .iter()
@@ -447,6 +450,8 @@ pub async fn build(
         });
     }
 
+    let mut agents: std::collections::HashMap<u32, tokio::net::unix::OwnedWriteHalf> =
+        Default::default();
     let mut files: Vec<Option<std::fs::File>> = (0..outputs.len()).map(|_| None).collect();
     let mut dir_bufs: Vec<Vec<u8>> = vec![Vec::new(); outputs.len()];
     loop {
@@ -555,6 +560,67 @@ pub async fn build(
                         }
                     }
                     _ => {}
+                }
+            }
+            Some(Msg::Ssh(d)) => {
+                let reply = |data: Vec<u8>, close: bool| proto::BuildClientMessage {
+                    msg: Some(ClientMsg::Ssh(proto::SshData {
+                        id: d.id.clone(),
+                        conn: d.conn,
+                        data,
+                        open: false,
+                        close,
+                    })),
+                };
+                if d.open {
+                    let Some((_, socket)) = spec.ssh.iter().find(|(id, _)| *id == d.id) else {
+                        let _ = tx.send(reply(Vec::new(), true)).await;
+                        continue;
+                    };
+                    match tokio::net::UnixStream::connect(socket).await {
+                        Ok(stream) => {
+                            let (mut rd, wr) = stream.into_split();
+                            agents.insert(d.conn, wr);
+                            let tx = tx.clone();
+                            let (id, conn) = (d.id.clone(), d.conn);
+                            tokio::spawn(async move {
+                                use tokio::io::AsyncReadExt as _;
+                                let mut buf = vec![0u8; 16 * 1024];
+                                loop {
+                                    let (data, close) = match rd.read(&mut buf).await {
+                                        Ok(0) | Err(_) => (Vec::new(), true),
+                                        Ok(n) => (buf[..n].to_vec(), false),
+                                    };
+                                    let m = proto::BuildClientMessage {
+                                        msg: Some(ClientMsg::Ssh(proto::SshData {
+                                            id: id.clone(),
+                                            conn,
+                                            data,
+                                            open: false,
+                                            close,
+                                        })),
+                                    };
+                                    if tx.send(m).await.is_err() || close {
+                                        return;
+                                    }
+                                }
+                            });
+                        }
+                        Err(_) => {
+                            let _ = tx.send(reply(Vec::new(), true)).await;
+                        }
+                    }
+                } else if d.close {
+                    if let Some(mut w) = agents.remove(&d.conn) {
+                        use tokio::io::AsyncWriteExt as _;
+                        let _ = w.shutdown().await;
+                    }
+                } else if let Some(w) = agents.get_mut(&d.conn) {
+                    use tokio::io::AsyncWriteExt as _;
+                    if w.write_all(&d.data).await.is_err() {
+                        agents.remove(&d.conn);
+                        let _ = tx.send(reply(Vec::new(), true)).await;
+                    }
                 }
             }
             Some(Msg::Result(r)) => return Ok((r, stats)),

@@ -12,6 +12,7 @@ pub mod config;
 pub mod context;
 pub mod serve;
 pub mod server;
+pub mod ssh;
 pub mod tls;
 
 /// The generated protobuf messages and gRPC stubs.

@@ -672,7 +672,23 @@ impl Daemon {
             local_outputs.push((dest, is_dir));
         }
 
+        // ssh agents: a socket per id, relayed to the client's agent.
+        let relay = crate::ssh::Relay::default();
+        let mut ssh = kiln_engine::ops::ssh::SshAgents::new();
+        let mut ssh_tasks = Vec::new();
+        if header.ssh_ids.len() > 16 {
+            return Err(Status::invalid_argument("at most 16 --ssh ids"));
+        }
+        for (n, id) in header.ssh_ids.iter().enumerate() {
+            let (path, task) = relay
+                .listen(work.path(), n, id, tx.clone())
+                .map_err(|e| Status::internal(format!("ssh socket: {e}")))?;
+            ssh.insert(id.clone(), path);
+            ssh_tasks.push(task);
+        }
+
         let mut req = BuildRequest::new(context_dir);
+        req.ssh = ssh;
         req.build_contexts = named;
         req.dockerfile = Some(dockerfile);
         req.build_args = header.build_args.into_iter().collect();
@@ -735,11 +751,24 @@ impl Daemon {
         };
         let engine = Arc::clone(&self.engine);
         let _no_gc = self.gc_lock.read().await;
+        // While the build runs, the client sends only ssh-agent traffic; its stream ending
+        // means it went away.
+        let pump = async {
+            while let Some(Ok(m)) = input.next().await {
+                if let Some(ClientMsg::Ssh(d)) = m.msg {
+                    relay.from_client(d);
+                }
+            }
+        };
         let result = tokio::select! {
             r = engine.build(&req, progress) => Some(r),
             _ = cancel.wait_for(|c| *c) => None,
             _ = tx.closed() => None,
+            _ = pump => None,
         };
+        for t in &ssh_tasks {
+            t.abort();
+        }
         {
             let mut r = self.running.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = r.get_mut(tenant.id.as_str()) {
