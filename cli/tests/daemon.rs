@@ -1045,3 +1045,46 @@ fn ssh_agent_is_relayed_from_the_client() {
     let private = fs::read_to_string(&key).unwrap();
     assert!(!d.log().contains(private.lines().nth(1).unwrap()));
 }
+
+/// Secrets through kilnd: the daemon asks only for the offered secrets the build's steps
+/// mount, and the step gets the value.
+#[test]
+fn the_daemon_asks_only_for_the_secrets_the_build_uses() {
+    if !root_or_skip() {
+        return;
+    }
+    let pki = Pki::new();
+    let d = Kilnd::start(&pki, &TENANTS.replace("policy = \"POLICY\"\n", ""), |_| {});
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("sec"),
+        &format!("FROM {BASE}\nRUN --mount=type=secret,id=used cat /run/secrets/used > /got\n"),
+    );
+    let out = tmp.path().join("out");
+    let r = d
+        .command(
+            &pki,
+            Some("alpha"),
+            &[
+                "build",
+                "--progress=plain",
+                "--secret",
+                "id=used,env=KILN_TEST_USED",
+                "--secret",
+                "id=unused,env=KILN_TEST_UNUSED",
+                "-o",
+                &format!("type=local,dest={}", out.display()),
+                ctx.to_str().unwrap(),
+            ],
+        )
+        .env("KILN_TEST_USED", "used-value")
+        .env("KILN_TEST_UNUSED", "never-sent")
+        .output()
+        .unwrap();
+    assert!(out.exists() || !r.status.success());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(fs::read_to_string(out.join("got")).unwrap(), "used-value");
+    let log = d.log();
+    assert!(log.contains("offered=2 asked=1"), "{log}");
+    assert!(!log.contains("never-sent") && !log.contains("used-value"));
+}

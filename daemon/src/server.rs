@@ -616,27 +616,6 @@ impl Daemon {
             guards.push(guard);
         }
 
-        // Secrets the client offered: asked for now, kept in memory for this build only.
-        let mut secrets = kiln_engine::ops::secrets::Secrets::new();
-        if !header.secret_ids.is_empty() {
-            send(
-                tx,
-                Msg::NeedSecrets(proto::NeedSecrets {
-                    ids: header.secret_ids.clone(),
-                }),
-            )
-            .await?;
-            for _ in 0..header.secret_ids.len() {
-                match input.next().await {
-                    Some(Ok(proto::BuildClientMessage {
-                        msg: Some(ClientMsg::Secret(s)),
-                    })) if header.secret_ids.contains(&s.id) => secrets.insert(s.id, s.value),
-                    Some(Err(e)) => return Err(e),
-                    _ => return Err(Status::invalid_argument("expected an offered secret")),
-                }
-            }
-        }
-
         // A per-build directory: the Dockerfile and the outputs before they go back.
         let work = tempfile::Builder::new()
             .prefix("build-")
@@ -700,6 +679,55 @@ impl Daemon {
         req.tenant = tenant.id.clone();
         req.policy = tenant.policy.clone();
         req.step_limits = tenant.limits.clone();
+        // Secrets: of those the client offered, the ones this build's steps mount (read from
+        // its plan; all offered if it does not plan, and the build reports why), asked for
+        // now and kept in memory for this build only.
+        let offered: std::collections::BTreeSet<String> =
+            header.secret_ids.iter().cloned().collect();
+        let wanted: Vec<String> = if offered.is_empty() {
+            Vec::new()
+        } else {
+            match self.engine.plan(&req) {
+                Ok(planned) => planned
+                    .graph
+                    .vertices()
+                    .iter()
+                    .filter_map(|v| match &v.op {
+                        kiln_engine::graph::Op::Exec(e) => Some(e.mounts.iter()),
+                        _ => None,
+                    })
+                    .flatten()
+                    .filter_map(|m| match &m.kind {
+                        kiln_engine::graph::ExecMountKind::Secret { id, .. } => Some(id.clone()),
+                        _ => None,
+                    })
+                    .filter(|id| offered.contains(id))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                Err(_) => offered.iter().cloned().collect(),
+            }
+        };
+        let mut secrets = kiln_engine::ops::secrets::Secrets::new();
+        if !wanted.is_empty() {
+            send(
+                tx,
+                Msg::NeedSecrets(proto::NeedSecrets {
+                    ids: wanted.clone(),
+                }),
+            )
+            .await?;
+            for _ in 0..wanted.len() {
+                match input.next().await {
+                    Some(Ok(proto::BuildClientMessage {
+                        msg: Some(ClientMsg::Secret(s)),
+                    })) if wanted.contains(&s.id) => secrets.insert(s.id, s.value),
+                    Some(Err(e)) => return Err(e),
+                    _ => return Err(Status::invalid_argument("expected an asked-for secret")),
+                }
+            }
+        }
+        tracing::info!(build = %id, offered = offered.len(), asked = wanted.len(), "secrets");
         req.secrets = secrets;
         req.epoch = header.source_date_epoch;
         if header.max_parallelism > 0 {
