@@ -60,10 +60,12 @@ pub struct AdminRequest {
 /// Binds the socket at `path` (replacing a stale socket a crash left), mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-    let err = |op| move |source| AdminError::Io {
-        op,
-        path: path.to_owned(),
-        source,
+    let err = |op| {
+        move |source| AdminError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
     };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(err("create parent"))?;
@@ -79,8 +81,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
     let listener = UnixListener::bind(path).map_err(err("bind"))?;
     // Between bind and chmod the socket has the umask's mode; the peer check below refuses
     // anyone who connects in that window.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(err("chmod"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err("chmod"))?;
     Ok(listener)
 }
 
@@ -119,15 +120,23 @@ async fn handle(
     let cred = rustix::net::sockopt::socket_peercred(&stream).map_err(std::io::Error::from)?;
     let uid = cred.uid.as_raw();
     let (read, mut write) = stream.into_split();
+    // The request line is read (bounded, with a deadline) even from a peer about to be
+    // refused: closing with it unread would make the client's write fail (EPIPE, or a reset
+    // that discards the answer) instead of showing it why.
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST);
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
     let answer = if !allowed(uid, me) {
-        tracing::warn!(uid, pid = cred.pid.as_raw_nonzero().get(), "admin socket: peer refused");
+        tracing::warn!(
+            uid,
+            pid = cred.pid.as_raw_nonzero().get(),
+            "admin socket: peer refused"
+        );
         refusal(format!(
             "uid {uid} may not use kilnd's admin socket (only root and uid {me})"
         ))
     } else {
-        let mut line = String::new();
-        let mut reader = BufReader::new(read).take(MAX_REQUEST);
-        match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        match read {
             Err(_) => refusal("no request line within 10 s".into()),
             Ok(Err(e)) => refusal(format!("reading the request: {e}")),
             Ok(Ok(_)) => match serde_json::from_str::<AdminRequest>(line.trim_end()) {
@@ -199,9 +208,7 @@ async fn answer(command: &str, daemon: &Arc<Daemon>, started: Instant) -> serde_
                 Err(e) => refusal(format!("fsck: {e}")),
             }
         }
-        other => refusal(format!(
-            "unknown command {other:?} (health, fsck, builds)"
-        )),
+        other => refusal(format!("unknown command {other:?} (health, fsck, builds)")),
     }
 }
 
@@ -219,12 +226,18 @@ pub fn request(socket: &Path, command: &str) -> Result<serde_json::Value, String
     })
     .map_err(|e| e.to_string())?;
     line.push(b'\n');
-    s.write_all(&line)
-        .map_err(|e| format!("admin socket {}: {e}", socket.display()))?;
+    // A daemon that refuses this peer answers anyway; read that answer even if the write
+    // failed.
+    let wrote = s.write_all(&line);
     let mut answer = String::new();
-    std::io::BufReader::new(s.take(64 << 20))
-        .read_line(&mut answer)
-        .map_err(|e| format!("admin socket {}: {e}", socket.display()))?;
+    let read = std::io::BufReader::new(s.take(64 << 20)).read_line(&mut answer);
+    if answer.is_empty() {
+        let e = wrote.err().or(read.err()).map_or_else(
+            || "kilnd closed the connection without an answer".to_owned(),
+            |e| e.to_string(),
+        );
+        return Err(format!("admin socket {}: {e}", socket.display()));
+    }
     serde_json::from_str(&answer).map_err(|e| {
         format!(
             "admin socket {}: not an answer ({e}): {:?}",
