@@ -49,16 +49,16 @@ pub fn run(cmd: AdminCommand) -> Result<(), Failure> {
     };
     let answer = kiln_daemon::admin::request(&args.socket, command).map_err(anyhow::Error::msg)?;
     if answer["ok"] != serde_json::Value::Bool(true) {
-        let error = answer["error"].as_str().unwrap_or("kilnd refused the request");
+        let error = answer["error"]
+            .as_str()
+            .unwrap_or("kilnd refused the request");
         return Err(anyhow::anyhow!("kilnd: {error}").into());
     }
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{answer}")?;
         return match command {
-            "fsck" if answer["clean"] != serde_json::Value::Bool(true) => {
-                Err(Failure::silent(1))
-            }
+            "fsck" if answer["clean"] != serde_json::Value::Bool(true) => Err(Failure::silent(1)),
             _ => Ok(()),
         };
     }

@@ -136,9 +136,7 @@ impl Records {
             };
             let rec = fs::read(e.path())
                 .map_err(|e| e.to_string())
-                .and_then(|b| {
-                    serde_json::from_slice::<StoredBuild>(&b).map_err(|e| e.to_string())
-                });
+                .and_then(|b| serde_json::from_slice::<StoredBuild>(&b).map_err(|e| e.to_string()));
             let mut rec = match rec {
                 Ok(r) if r.id == id => r,
                 Ok(r) => {

@@ -63,14 +63,17 @@ pub fn run(config_path: &Path, check: bool) -> Result<(), String> {
         .map_err(|e| format!("store: {e}"))?;
     // What builds a crash interrupted left in the store's temp areas: unreferenced (records
     // are committed last), and nothing runs yet. Their build records are failed below.
-    let freed =
-        kiln_engine::gc::reclaim_interrupted(&store).map_err(|e| format!("store: {e}"))?;
+    let freed = kiln_engine::gc::reclaim_interrupted(&store).map_err(|e| format!("store: {e}"))?;
     if freed > 0 {
-        tracing::info!(bytes = freed, "reclaimed what interrupted builds left in the store");
+        tracing::info!(
+            bytes = freed,
+            "reclaimed what interrupted builds left in the store"
+        );
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let engine = kiln_engine::builder::Engine::new(store, exe);
-    let daemon = Arc::new(Daemon::new(engine, &config, tenants, signer).map_err(|e| e.to_string())?);
+    let daemon =
+        Arc::new(Daemon::new(engine, &config, tenants, signer).map_err(|e| e.to_string())?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -53,7 +53,10 @@ impl BuildRecord {
             "succeeded" => ("succeeded", b.error),
             "cancelled" => ("cancelled", b.error),
             "failed" => ("failed", b.error),
-            other => ("failed", format!("unknown state {other:?} in the build record")),
+            other => (
+                "failed",
+                format!("unknown state {other:?} in the build record"),
+            ),
         };
         Self {
             tenant: b.tenant,

@@ -92,7 +92,10 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::CorruptBlob { digest, actual } => {
-                write!(f, "blob {digest} is corrupt: its content hashes to {actual}")
+                write!(
+                    f,
+                    "blob {digest} is corrupt: its content hashes to {actual}"
+                )
             }
             Self::UnreadableBlob { digest, error } => {
                 write!(f, "blob {digest} can not be read: {error}")
@@ -413,8 +416,9 @@ fn document<T>(
     };
     match store.content.size(&digest) {
         Ok(n) if n > MAX_DOCUMENT => {
-            r.problems
-                .push(bad(format!("{n} bytes, over the {MAX_DOCUMENT}-byte limit")));
+            r.problems.push(bad(format!(
+                "{n} bytes, over the {MAX_DOCUMENT}-byte limit"
+            )));
             return None;
         }
         Ok(_) => {}
@@ -510,7 +514,10 @@ mod tests {
         fs::write(store.root().join("content/ingest/abc.tmp"), b"half").unwrap();
         let pending = store.snapshots.create().unwrap();
         std::mem::forget(pending);
-        let orphan = store.snapshots.commit(store.snapshots.create().unwrap()).unwrap();
+        let orphan = store
+            .snapshots
+            .commit(store.snapshots.create().unwrap())
+            .unwrap();
         let blob = store.content.write_bytes(b"not yet named").unwrap();
         let r = fsck(&store).unwrap();
         assert!(r.is_clean(), "{:?}", r.problems);
