@@ -69,6 +69,15 @@ enum Command {
     /// --addr`).
     #[command(subcommand)]
     Remote(crate::remote::RemoteCommand),
+    /// Operate a kilnd on this host through its admin socket (root or kilnd's user):
+    /// health, a store integrity check, every tenant's builds.
+    ///
+    /// Examples:
+    ///   kiln admin health --socket /var/lib/kilnd/admin.sock
+    ///   kiln admin fsck          # exit 1 and each problem printed if the store is damaged
+    ///   kiln admin builds --json
+    #[command(subcommand, verbatim_doc_comment)]
+    Admin(crate::admin::AdminCommand),
     /// Rego policies: evaluate a gate, run a policy's tests, print a gate's input schema.
     #[command(subcommand)]
     Policy(crate::policy::PolicyCommand),
@@ -443,6 +452,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Policy(p) => crate::policy::run(p),
         Command::Sigstore(s) => crate::sigstore::run(s),
         Command::Remote(r) => crate::remote::run(r),
+        Command::Admin(a) => crate::admin::run(a),
         Command::Pki(p) => crate::pki::run(p),
         Command::Debug(DebugCommand::DumpAst { file }) => {
             let text = std::fs::read_to_string(&file)

@@ -3,6 +3,7 @@
 //! The engine runs in this process (no daemon). The same binary is the sandbox's init: when
 //! re-executed with the hidden init argument it becomes the step's init and never returns.
 
+mod admin;
 mod attest;
 mod commands;
 mod pki;

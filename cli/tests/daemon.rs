@@ -101,7 +101,7 @@ struct Kilnd {
     log: PathBuf,
     addr: String,
     _store: Kiln,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
 }
 
 impl Drop for Kilnd {
@@ -173,8 +173,13 @@ impl Kilnd {
             log,
             addr: format!("https://{addr}"),
             _store: store,
-            _state: state,
+            state,
         }
+    }
+
+    fn admin(&self, command: &str) -> Run {
+        let sock = self.state.path().join("admin.sock");
+        kiln(&["admin", command, "--socket", sock.to_str().unwrap()])
     }
 
     fn log(&self) -> String {
@@ -899,6 +904,13 @@ fn periodic_gc_drops_unused_cache_by_policy() {
         second.stdout.trim(),
         "and give the same image"
     );
+
+    // On demand, over the admin socket; the store stays consistent.
+    let gc = d.admin("gc");
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert!(gc.stdout.starts_with("gc: removed "), "{}", gc.stdout);
+    let fsck = d.admin("fsck");
+    assert_eq!(fsck.code, 0, "{}{}", fsck.stdout, fsck.stderr);
 }
 
 /// SIGTERM: no new connections; `on_shutdown = "finish"` lets a running build finish,

@@ -3,6 +3,7 @@
 //! ```toml
 //! listen = "127.0.0.1:7443"
 //! state_dir = "/var/lib/kilnd"
+//! admin_socket = "/run/kilnd/admin.sock"   # optional; default state_dir/admin.sock
 //! on_shutdown = "finish"          # or "cancel": what SIGTERM does to running builds
 //! shutdown_grace_secs = 30        # "finish" waits this long, then cancels
 //!
@@ -55,6 +56,10 @@ pub struct Config {
     /// The signing key for attestations, if builds are signed.
     #[serde(default)]
     pub signing: Option<SigningConfig>,
+    /// The local admin socket (`kiln admin`): unix-domain, mode 0600, only root and kilnd's
+    /// own user may use it (peer credentials are checked). Default `state_dir/admin.sock`.
+    #[serde(default)]
+    pub admin_socket: Option<PathBuf>,
     /// Seconds a graceful shutdown waits for running builds before cancelling them.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
@@ -305,6 +310,13 @@ impl std::fmt::Display for ClientIdentity {
 }
 
 impl Config {
+    /// Where the admin socket is: `admin_socket`, or `state_dir/admin.sock`.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("admin.sock"))
+    }
+
     /// Reads and checks `kilnd.toml` (at most 1 MiB).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let read = |source| ConfigError::Read {

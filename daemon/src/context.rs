@@ -593,6 +593,46 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_interrupted_by_a_crash_leaves_a_copy_that_resyncs_correctly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mirror::open(dir.path()).unwrap();
+        let files = vec![
+            meta("a", Kind::File, 3, 1),
+            meta("d", Kind::Dir, 0, 2),
+            meta("d/b", Kind::File, 3, 3),
+        ];
+        sync(&mut m, files.clone(), &|p| p.as_bytes()[..1].repeat(3));
+        // The next sync changes both files; the daemon is killed after the first arrived
+        // whole and the second only in part (no Drop runs after SIGKILL: forget the copy).
+        let mut changed = files.clone();
+        changed[0].mtime_ns = 10;
+        changed[2].mtime_ns = 30;
+        changed[2].size = 6;
+        let (need, _) = m.plan(changed.clone()).unwrap();
+        assert_eq!(need, vec![0, 2]);
+        m.write_chunk(0, b"NEW", true).unwrap();
+        m.write_chunk(2, b"HAL", false).unwrap();
+        std::mem::forget(m);
+
+        // Restarted: the saved index claims neither changed file, so both are asked again
+        // (the one that arrived whole too: nothing saved says it did), and the copy ends
+        // right.
+        let mut m = Mirror::open(dir.path()).unwrap();
+        let need = sync(&mut m, changed.clone(), &|p| match p {
+            "a" => b"NEW".to_vec(),
+            _ => b"WHOLE!".to_vec(),
+        });
+        assert_eq!(need, vec![0, 2]);
+        assert_eq!(std::fs::read(m.tree().join("a")).unwrap(), b"NEW");
+        assert_eq!(std::fs::read(m.tree().join("d/b")).unwrap(), b"WHOLE!");
+        // And a client that went back to the old files gets them back whole.
+        let mut m = Mirror::open(dir.path()).unwrap();
+        let need = sync(&mut m, files, &|p| p.as_bytes()[..1].repeat(3));
+        assert_eq!(need, vec![0, 2]);
+        assert_eq!(std::fs::read(m.tree().join("d/b")).unwrap(), b"ddd");
+    }
+
+    #[test]
     fn hostile_manifests_are_refused() {
         let bad = |files: Vec<FileMeta>| check_manifest(&files).unwrap_err().to_string();
         assert!(bad(vec![meta("../x", Kind::File, 0, 0)]).contains("normalized"));

@@ -7,9 +7,11 @@
 //! ([`context`]): the daemon keeps a copy per tenant and context, and asks only for the files
 //! that changed. [`client`] is the other end, used by `kiln build --addr`.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod records;
 pub mod serve;
 pub mod server;
 pub mod ssh;

@@ -61,15 +61,30 @@ pub fn run(config_path: &Path, check: bool) -> Result<(), String> {
     std::fs::create_dir_all(&builds).map_err(|e| format!("{}: {e}", builds.display()))?;
     let store = kiln_engine::store::Store::open(&config.state_dir.join("store"))
         .map_err(|e| format!("store: {e}"))?;
+    // What builds a crash interrupted left in the store's temp areas: unreferenced (records
+    // are committed last), and nothing runs yet. Their build records are failed below.
+    let freed = kiln_engine::gc::reclaim_interrupted(&store).map_err(|e| format!("store: {e}"))?;
+    if freed > 0 {
+        tracing::info!(
+            bytes = freed,
+            "reclaimed what interrupted builds left in the store"
+        );
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let engine = kiln_engine::builder::Engine::new(store, exe);
-    let daemon = Arc::new(Daemon::new(engine, &config, tenants, signer));
+    let daemon =
+        Arc::new(Daemon::new(engine, &config, tenants, signer).map_err(|e| e.to_string())?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let grace = config.shutdown_grace_secs;
+    let started = std::time::Instant::now();
+    let admin_path = config.admin_socket_path();
     rt.block_on(async move {
+        let admin = crate::admin::bind(&admin_path).map_err(|e| e.to_string())?;
+        tracing::info!(socket = %admin_path.display(), "admin socket listening (root and kilnd's user only)");
+        tokio::spawn(crate::admin::serve(admin, Arc::clone(&daemon), started));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("listen {}: {e}", config.listen))?;

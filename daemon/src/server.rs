@@ -17,12 +17,13 @@ use crate::config::{Config, Tenant, Tenants};
 use crate::context::Mirror;
 use crate::proto::kiln_server::Kiln;
 use crate::proto::{self, build_client_message::Msg as ClientMsg, build_server_message::Msg};
+use crate::records::{Records, RecordsError, StoredBuild};
 use crate::tls::Peer;
 
 /// Bytes per output chunk sent back.
 const CHUNK: usize = 1 << 20;
 
-/// One build, as `ListBuilds` shows it.
+/// One build, as `ListBuilds` shows it; kept on disk too ([`Records`]).
 #[derive(Debug, Clone)]
 struct BuildRecord {
     tenant: String,
@@ -33,6 +34,41 @@ struct BuildRecord {
     cancel: watch::Sender<bool>,
 }
 
+impl BuildRecord {
+    fn stored(&self, id: &str) -> StoredBuild {
+        StoredBuild {
+            id: id.to_owned(),
+            tenant: self.tenant.clone(),
+            state: self.state.to_owned(),
+            created: self.created,
+            manifest_digest: self.manifest_digest.clone(),
+            error: self.error.clone(),
+        }
+    }
+
+    /// A record read back at start (its build is over: [`Records::load`] failed the
+    /// interrupted ones).
+    fn loaded(b: StoredBuild) -> Self {
+        let (state, error) = match b.state.as_str() {
+            "succeeded" => ("succeeded", b.error),
+            "cancelled" => ("cancelled", b.error),
+            "failed" => ("failed", b.error),
+            other => (
+                "failed",
+                format!("unknown state {other:?} in the build record"),
+            ),
+        };
+        Self {
+            tenant: b.tenant,
+            state,
+            created: b.created,
+            manifest_digest: b.manifest_digest,
+            error,
+            cancel: watch::channel(false).0,
+        }
+    }
+}
+
 /// The daemon's shared state.
 pub struct Daemon {
     engine: Arc<Engine>,
@@ -40,6 +76,7 @@ pub struct Daemon {
     state_dir: PathBuf,
     signer: Option<(Arc<kiln_attest::keys::SigningKey>, String)>,
     builds: Mutex<HashMap<String, BuildRecord>>,
+    records: Records,
     slots: HashMap<String, Arc<Semaphore>>,
     mirrors: Mutex<HashMap<PathBuf, Arc<tokio::sync::RwLock<()>>>>,
     running: Mutex<HashMap<String, usize>>,
@@ -59,13 +96,20 @@ impl std::fmt::Debug for Daemon {
 }
 
 impl Daemon {
-    /// A daemon over `engine` for `config`'s tenants.
+    /// A daemon over `engine` for `config`'s tenants, with the build records of earlier runs
+    /// (builds a crash interrupted are marked failed).
     pub fn new(
         engine: Engine,
         config: &Config,
         tenants: Tenants,
         signer: Option<(kiln_attest::keys::SigningKey, String)>,
-    ) -> Self {
+    ) -> Result<Self, RecordsError> {
+        let records = Records::open(&config.state_dir)?;
+        let builds = records
+            .load()?
+            .into_iter()
+            .map(|b| (b.id.clone(), BuildRecord::loaded(b)))
+            .collect();
         let slots = tenants
             .all()
             .iter()
@@ -76,12 +120,13 @@ impl Daemon {
                 )
             })
             .collect();
-        Self {
+        Ok(Self {
             engine: Arc::new(engine),
             tenants,
             state_dir: config.state_dir.clone(),
             signer: signer.map(|(k, id)| (Arc::new(k), id)),
-            builds: Mutex::new(HashMap::new()),
+            builds: Mutex::new(builds),
+            records,
             slots,
             mirrors: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
@@ -89,7 +134,7 @@ impl Daemon {
             // Checked when the configuration was loaded.
             gc_interval: config.gc.policy().map(|p| p.0).unwrap_or_default(),
             gc_policy: config.gc.policy().map(|p| p.1).unwrap_or_default(),
-        }
+        })
     }
 
     /// Collects the build cache by the configured policy, once no build runs (builds
@@ -146,6 +191,12 @@ impl Daemon {
         });
     }
 
+    /// Held shared, keeps garbage collection out (an `fsck` meanwhile sees no half-done
+    /// collection).
+    pub async fn hold_off_gc(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gc_lock.read().await
+    }
+
     /// Runs [`Self::gc`] every configured interval (nothing without one).
     pub fn spawn_gc(self: &Arc<Self>) {
         let Some(every) = self.gc_interval else {
@@ -178,12 +229,41 @@ impl Daemon {
         Ok((tenant.clone(), peer.identity.to_string()))
     }
 
+    /// Changes a build's record and saves it (under the lock, so saves keep their order).
     fn set_state(&self, id: &str, f: impl FnOnce(&mut BuildRecord)) {
         if let Ok(mut b) = self.builds.lock()
             && let Some(r) = b.get_mut(id)
         {
             f(r);
+            self.persist(id, r);
         }
+    }
+
+    /// Saves one record; a failure is logged (the build goes on; after a crash its record
+    /// may show an older state).
+    fn persist(&self, id: &str, r: &BuildRecord) {
+        if let Err(e) = self.records.save(&r.stored(id)) {
+            tracing::error!(build = %id, error = %e, "build record not saved");
+        }
+    }
+
+    /// The store the builds use (for the admin socket's `fsck`).
+    pub fn store(&self) -> &kiln_engine::store::Store {
+        self.engine.store()
+    }
+
+    /// Every tenant's builds, oldest first (for the admin socket).
+    pub fn all_builds(&self) -> Vec<StoredBuild> {
+        let b = self.builds.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<StoredBuild> = b.iter().map(|(id, r)| r.stored(id)).collect();
+        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        out
+    }
+
+    /// Builds running now, all tenants.
+    pub fn running_builds(&self) -> usize {
+        let r = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        r.values().sum()
     }
 
     /// The lock of one context copy: written by a sync, read by the builds that use it.
@@ -283,17 +363,16 @@ impl Kiln for Arc<Daemon> {
         let id = new_build_id();
         let (cancel_tx, cancel_rx) = watch::channel(false);
         if let Ok(mut b) = self.builds.lock() {
-            b.insert(
-                id.clone(),
-                BuildRecord {
-                    tenant: tenant.id.as_str().into(),
-                    state: "syncing",
-                    created: unix_now(),
-                    manifest_digest: String::new(),
-                    error: String::new(),
-                    cancel: cancel_tx,
-                },
-            );
+            let r = BuildRecord {
+                tenant: tenant.id.as_str().into(),
+                state: "syncing",
+                created: unix_now(),
+                manifest_digest: String::new(),
+                error: String::new(),
+                cancel: cancel_tx,
+            };
+            self.persist(&id, &r);
+            b.insert(id.clone(), r);
         }
         tracing::info!(build = %id, tenant = %tenant.id, %identity, "build accepted");
         let daemon = Arc::clone(self);

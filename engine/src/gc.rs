@@ -308,6 +308,24 @@ pub fn collect(store: &Store, policy: &GcPolicy, now: u64) -> Result<Pruned, Sto
     Ok(p)
 }
 
+/// Removes what interrupted builds left in the store's temp areas (`content/ingest/` blobs
+/// being written, `snapshots/.tmp/` layers of unfinished steps); returns the bytes freed.
+/// No record names these. Only for a store no build is using (kilnd calls it at start,
+/// before it serves); removal is best effort, as a step orphaned by a killed daemon may still
+/// be writing into its layer.
+pub fn reclaim_interrupted(store: &Store) -> Result<u64, StoreError> {
+    let ingest = store.root().join("content/ingest");
+    let mut bytes = crate::store::tree_size(&ingest);
+    for e in fs::read_dir(&ingest)
+        .map_err(crate::store::io_err("read", &ingest))?
+        .flatten()
+    {
+        let _ = fs::remove_file(e.path());
+    }
+    bytes += store.snapshots.clean_tmp()?;
+    Ok(bytes)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -21,6 +21,7 @@
 
 pub mod cache_mounts;
 pub mod content;
+pub mod fsck;
 pub mod meta;
 pub mod snapshot;
 
