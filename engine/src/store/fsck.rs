@@ -472,6 +472,8 @@ mod tests {
             "k".into(),
             CacheRecord {
                 layers: vec![id.clone()],
+                last_used: 0,
+                tenant: String::new(),
             },
         );
         s.layers.insert(
