@@ -143,6 +143,9 @@ pub struct Mirror {
     receiving: Option<(usize, File, u64)>,
     /// Indexes still expected, in order.
     pending: std::collections::VecDeque<usize>,
+    /// Whether this sync changed the copy (an entry forgotten, removed, created or written):
+    /// an unchanged copy needs neither its directories' times reset nor its index saved.
+    changed: bool,
 }
 
 impl Mirror {
@@ -171,6 +174,7 @@ impl Mirror {
             files: Vec::new(),
             receiving: None,
             pending: Default::default(),
+            changed: false,
         })
     }
 
@@ -244,14 +248,21 @@ impl Mirror {
         // Forget (and later replace) every entry that changed; the index saved now claims
         // only entries that are already right, so a crash mid-sync leaves a correct index.
         let mut unchanged = BTreeMap::new();
+        let before = self.index.len();
         for (path, rec) in std::mem::take(&mut self.index) {
             if wanted.get(path.as_str()) == Some(&rec) {
                 unchanged.insert(path, rec);
             }
         }
         self.index = unchanged;
-        self.save_index()?;
-        self.remove_unknown(&wanted)?;
+        // A no-op rebuild forgets nothing: no write, no fsync.
+        self.changed = self.index.len() != before;
+        if self.changed {
+            self.save_index()?;
+        }
+        if self.remove_unknown(&wanted)? {
+            self.changed = true;
+        }
 
         let mut need = Vec::new();
         let mut reused = 0u64;
@@ -262,6 +273,7 @@ impl Mirror {
                 }
                 continue;
             }
+            self.changed = true;
             match Kind::try_from(f.kind) {
                 Ok(Kind::Dir) => {
                     let (parent, name) = self.parent(&f.path)?;
@@ -313,8 +325,10 @@ impl Mirror {
         Ok((need, reused))
     }
 
-    /// Removes every entry of the copy that is not in `wanted` with the same record.
-    fn remove_unknown(&self, wanted: &BTreeMap<&str, Recorded>) -> Result<(), SyncError> {
+    /// Removes every entry of the copy that is not in `wanted` with the same record; returns
+    /// whether it removed anything.
+    fn remove_unknown(&self, wanted: &BTreeMap<&str, Recorded>) -> Result<bool, SyncError> {
+        let mut removed = false;
         let mut stack = vec![String::new()];
         while let Some(rel) = stack.pop() {
             let dir = if rel.is_empty() {
@@ -350,12 +364,14 @@ impl Mirror {
                     }
                 } else if ft.is_dir() {
                     std::fs::remove_dir_all(e.path()).map_err(io(&path))?;
+                    removed = true;
                 } else {
                     std::fs::remove_file(e.path()).map_err(io(&path))?;
+                    removed = true;
                 }
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Takes one chunk of file content. Files arrive whole, in the order asked for.
@@ -418,8 +434,12 @@ impl Mirror {
         self.pending.is_empty() && self.receiving.is_none()
     }
 
-    /// Sets directory modes and times (children first) and saves the index.
+    /// Sets directory modes and times (children first) and saves the index, unless the sync
+    /// changed nothing (then every directory is already as listed and recorded).
     fn finish(&mut self) -> Result<(), SyncError> {
+        if !self.changed {
+            return Ok(());
+        }
         for f in self.files.iter().rev() {
             if f.kind != Kind::Dir as i32 {
                 continue;
@@ -630,6 +650,38 @@ mod tests {
         let need = sync(&mut m, files, &|p| p.as_bytes()[..1].repeat(3));
         assert_eq!(need, vec![0, 2]);
         assert_eq!(std::fs::read(m.tree().join("d/b")).unwrap(), b"ddd");
+    }
+
+    #[test]
+    fn a_no_op_sync_writes_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let files = vec![
+            meta("d", Kind::Dir, 0, 2),
+            meta("d/b", Kind::File, 2, 3),
+            meta("e", Kind::File, 0, 5),
+        ];
+        let mut m = Mirror::open(dir.path()).unwrap();
+        sync(&mut m, files.clone(), &|_| b"BB".to_vec());
+        let index = dir.path().join("index.json");
+        let ino = std::fs::metadata(&index).unwrap().ino();
+        // Nothing changed: the index is not rewritten (it is replaced by rename when it is).
+        let mut m = Mirror::open(dir.path()).unwrap();
+        assert!(sync(&mut m, files.clone(), &|_| Vec::new()).is_empty());
+        assert_eq!(std::fs::metadata(&index).unwrap().ino(), ino);
+        // A stray file in the copy is removed, and the sync then counts as a change.
+        std::fs::write(m.tree().join("stray"), b"x").unwrap();
+        assert!(sync(&mut m, files.clone(), &|_| Vec::new()).is_empty());
+        assert!(!m.tree().join("stray").exists());
+        assert_ne!(std::fs::metadata(&index).unwrap().ino(), ino);
+        // One entry gone: forgotten, and the saved index says so.
+        let mut fewer = files.clone();
+        fewer.pop();
+        sync(&mut m, fewer, &|_| Vec::new());
+        let saved: BTreeMap<String, Recorded> =
+            serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+        assert!(!saved.contains_key("e") && saved.contains_key("d/b"));
+        assert!(!m.tree().join("e").exists());
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! of `kilnd.toml` ([`config`]), whose policy, cache namespace, limits and entitlements every
 //! build of that connection gets ([`server`]). Build contexts travel incrementally
 //! ([`context`]): the daemon keeps a copy per tenant and context, and asks only for the files
-//! that changed. [`client`] is the other end, used by `kiln build --addr`.
+//! that changed. [`client`] is the other end, used by `kiln build --addr`. [`confine`] is the
+//! landlock domain kilnd puts itself in, and why it has no file-system rule.
 
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod confine;
 pub mod context;
 pub mod records;
 pub mod serve;

@@ -51,6 +51,7 @@ pub fn run(config_path: &Path, check: bool) -> Result<(), String> {
             "kilnd needs root in this version (steps run in new namespaces on overlayfs)".into(),
         );
     }
+    crate::confine::restrict_self().map_err(|e| e.to_string())?; // before any thread exists
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| format!("state_dir {}: {e}", config.state_dir.display()))?;
     // Per-build directories left by a crash: nothing in them is referenced; reclaim them.
