@@ -526,6 +526,23 @@ fn open_engine(root: &std::path::Path) -> Result<Engine, Failure> {
     Ok(Engine::new(store, exe))
 }
 
+/// The progress view for `--progress` and `-q` (embedded and remote builds alike).
+fn progress_mode(progress: ProgressMode, quiet: bool) -> crate::ui::Mode {
+    match progress {
+        _ if quiet => crate::ui::Mode::Quiet,
+        ProgressMode::Auto => {
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                crate::ui::Mode::Tty
+            } else {
+                crate::ui::Mode::Plain
+            }
+        }
+        ProgressMode::Tty => crate::ui::Mode::Tty,
+        ProgressMode::Plain => crate::ui::Mode::Plain,
+        ProgressMode::Json => crate::ui::Mode::Json,
+    }
+}
+
 fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
     if let Some(remote) = b.remote.remote()? {
         return remote_build(&remote, b);
@@ -603,19 +620,7 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         .worker_threads(req.max_parallelism.clamp(1, 64))
         .build()?;
     let (progress, rx) = Progress::channel();
-    let mode = match b.progress {
-        _ if b.quiet => crate::ui::Mode::Quiet,
-        ProgressMode::Auto => {
-            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                crate::ui::Mode::Tty
-            } else {
-                crate::ui::Mode::Plain
-            }
-        }
-        ProgressMode::Tty => crate::ui::Mode::Tty,
-        ProgressMode::Plain => crate::ui::Mode::Plain,
-        ProgressMode::Json => crate::ui::Mode::Json,
-    };
+    let mode = progress_mode(b.progress, b.quiet);
     let result = rt.block_on(async {
         let ui = tokio::spawn(crate::ui::render(rx, mode));
         let r = engine.build(&req, progress).await;
@@ -760,7 +765,7 @@ fn remote_build(remote: &kiln_daemon::client::Remote, b: BuildArgs) -> Result<()
                     .filter_map(|id| Some((id.to_owned(), agents.get(id)?.to_path_buf())))
                     .collect()
             },
-            json: matches!(b.progress, ProgressMode::Json),
+            mode: progress_mode(b.progress, b.quiet),
             quiet: b.quiet,
         },
     )

@@ -243,8 +243,8 @@ pub struct RemoteBuild {
     pub named: Vec<(String, PathBuf)>,
     /// `--ssh`: agent sockets by id.
     pub ssh: Vec<(String, PathBuf)>,
-    /// Print JSON events instead of plain lines.
-    pub json: bool,
+    /// The progress view (the same as an embedded build's).
+    pub mode: crate::ui::Mode,
     /// Print only the digest.
     pub quiet: bool,
 }
@@ -265,11 +265,29 @@ pub fn build(remote: &Remote, mut b: RemoteBuild) -> Result<(), Failure> {
         ssh: b.ssh,
     };
     let rt = runtime()?;
-    let (json, quiet) = (b.json, b.quiet);
+    let (mode, quiet) = (b.mode, b.quiet);
     let (result, stats) = rt
         .block_on(async {
-            let mut c = client::connect(remote).await?;
-            client::build(&mut c, spec, |e| print_event(e, json, quiet)).await
+            // kilnd's events go to the same view an embedded build uses; the client's own
+            // (accepted, context) are printed beside them.
+            let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+            let ui = tokio::spawn(crate::ui::render(rx, mode));
+            let r = async {
+                let mut c = client::connect(remote).await?;
+                client::build(&mut c, spec, |e| {
+                    match serde_json::from_str::<kiln_engine::progress::Event>(e) {
+                        Ok(event) => {
+                            let _ = events.send(event);
+                        }
+                        Err(_) => print_event(e, mode),
+                    }
+                })
+                .await
+            }
+            .await;
+            drop(events);
+            let _ = ui.await;
+            r
         })
         .map_err(client_failure)?;
     if !quiet {
@@ -311,14 +329,16 @@ pub fn build(remote: &Remote, mut b: RemoteBuild) -> Result<(), Failure> {
     Ok(())
 }
 
-/// One progress event as a plain line (`#N …` as `kiln build --progress plain`), or as is.
-fn print_event(json: &str, as_json: bool, quiet: bool) {
-    if quiet {
-        return;
-    }
-    if as_json {
-        println!("{json}");
-        return;
+/// One of the client's own events (accepted, context; kilnd's go to the view): as is in JSON
+/// mode, else a plain line.
+fn print_event(json: &str, mode: crate::ui::Mode) {
+    match mode {
+        crate::ui::Mode::Quiet => return,
+        crate::ui::Mode::Json => {
+            println!("{json}");
+            return;
+        }
+        _ => {}
     }
     let Ok(e) = serde_json::from_str::<serde_json::Value>(json) else {
         return;

@@ -538,6 +538,15 @@ fn a_rebuild_sends_only_the_changed_file() {
     let (sent1, total) = sent(&first);
     assert!(total > 20_000 * 90, "{total}");
     assert_eq!(sent1, total, "the first build sends everything");
+    // kilnd's progress events render in the same view as an embedded build's.
+    assert!(
+        first
+            .stderr
+            .lines()
+            .any(|l| l.starts_with('#') && l.contains("COPY . /ctx")),
+        "{}",
+        first.stderr
+    );
     fs::write(ctx.join("d042/f017"), "changed\n").unwrap();
     let second = build();
     assert_eq!(second.code, 0, "{}", second.stderr);

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-/// A progress event.
-#[derive(Debug, Clone, Serialize)]
+/// A progress event. Deserializable too: `kiln build --addr` renders the events kilnd sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {
@@ -39,7 +39,7 @@ pub enum Event {
         /// Vertex index.
         vertex: usize,
         /// Wall time.
-        #[serde(serialize_with = "secs")]
+        #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
         duration: Duration,
     },
     /// A vertex failed.
@@ -71,6 +71,11 @@ pub enum Event {
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+fn from_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let secs = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
 }
 
 /// Sending side; cloning is cheap. Sending never blocks and never fails the build.
