@@ -1109,3 +1109,49 @@ fn the_daemon_asks_only_for_the_secrets_the_build_uses() {
     assert!(log.contains("offered=2 asked=1"), "{log}");
     assert!(!log.contains("never-sent") && !log.contains("used-value"));
 }
+
+/// Sharing by explicit config: tenants given the same `cache_namespace` get each other's
+/// cache hits (the isolation test shows that by default they do not).
+#[test]
+fn a_shared_cache_namespace_shares_cached_results() {
+    if !root_or_skip() {
+        return;
+    }
+    let pki = Pki::new();
+    let tenants = r#"
+[[tenant]]
+name = "alpha"
+identities = ["spiffe://kiln.test/tenant/alpha"]
+cache_namespace = "team"
+[[tenant]]
+name = "beta"
+identities = ["spiffe://kiln.test/tenant/beta"]
+cache_namespace = "team"
+"#;
+    let d = Kilnd::start(&pki, tenants, |_| {});
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("shared"),
+        &format!("FROM {BASE}\nRUN echo shared > /s\n"),
+    );
+    let a = d.run(
+        &pki,
+        Some("alpha"),
+        &["build", "--progress=plain", ctx.to_str().unwrap()],
+    );
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    assert_eq!(counts(&a).0, 1);
+    let b = d.run(
+        &pki,
+        Some("beta"),
+        &["build", "--progress=plain", ctx.to_str().unwrap()],
+    );
+    assert_eq!(b.code, 0, "{}", b.stderr);
+    assert_eq!(
+        counts(&b).0,
+        0,
+        "beta shares alpha's namespace:\n{}",
+        b.stderr
+    );
+    assert_eq!(a.stdout.trim(), b.stdout.trim());
+}

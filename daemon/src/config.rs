@@ -23,7 +23,7 @@
 //! builder_id = "https://kilnd.example/builders/prod"
 //!
 //! [[tenant]]
-//! name = "alpha"                  # also the cache namespace
+//! name = "alpha"                  # also the cache namespace, unless cache_namespace says
 //! identities = ["spiffe://example.org/tenant/alpha", "cn:alpha-ci"]
 //! policy = "/etc/kilnd/policies/alpha"
 //! max_concurrent_builds = 2
@@ -189,6 +189,11 @@ pub struct TenantConfig {
     pub name: String,
     /// Client identities that are this tenant: SAN URIs, or `cn:NAME`.
     pub identities: Vec<String>,
+    /// The cache namespace (cache keys and cache mounts); default: the tenant's own name.
+    /// Tenants given the same namespace share their cached results and cache mounts — only
+    /// for tenants that trust each other's builds.
+    #[serde(default)]
+    pub cache_namespace: Option<String>,
     /// A Rego policy (file or directory) gating this tenant's builds.
     #[serde(default)]
     pub policy: Option<PathBuf>,
@@ -256,6 +261,8 @@ pub struct Tenant {
     pub policy: Option<std::sync::Arc<kiln_policy::Policy>>,
     /// Per-step limits.
     pub limits: kiln_sandbox::Limits,
+    /// Its cache namespace, when shared with others (`cache_namespace`).
+    pub cache_namespace: Option<TenantId>,
 }
 
 impl Tenant {
@@ -421,11 +428,18 @@ impl Config {
             for identity in &t.identities {
                 out.by_identity.insert(identity.clone(), i);
             }
+            let cache_namespace = t
+                .cache_namespace
+                .as_deref()
+                .map(TenantId::new)
+                .transpose()
+                .map_err(|e| format!("tenant {}: cache_namespace: {e}", t.name))?;
             out.tenants.push(Tenant {
                 id,
                 config: t.clone(),
                 policy,
                 limits,
+                cache_namespace,
             });
         }
         Ok(out)

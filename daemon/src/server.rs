@@ -452,7 +452,9 @@ impl Kiln for Arc<Daemon> {
         let daemon = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let store = daemon.engine.store();
-            let (cache_mounts, cache_mount_bytes) = store.cache_mounts.usage_for(Some(&tenant.id));
+            let (cache_mounts, cache_mount_bytes) = store
+                .cache_mounts
+                .usage_for(Some(tenant.cache_namespace.as_ref().unwrap_or(&tenant.id)));
             let copies = daemon.context_copies(&tenant);
             let shared =
                 kiln_engine::gc::usage(store).map_err(|e| Status::internal(e.to_string()))?;
@@ -495,7 +497,7 @@ impl Kiln for Arc<Daemon> {
                 .engine
                 .store()
                 .cache_mounts
-                .prune_for(Some(&tenant.id))
+                .prune_for(Some(tenant.cache_namespace.as_ref().unwrap_or(&tenant.id)))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -756,6 +758,7 @@ impl Daemon {
         req.allow_host_network = header.entitlements.iter().any(|e| e == "network.host");
         req.allow_insecure = header.entitlements.iter().any(|e| e == "security.insecure");
         req.tenant = tenant.id.clone();
+        req.cache_namespace = tenant.cache_namespace.clone();
         req.policy = tenant.policy.clone();
         req.step_limits = tenant.limits.clone();
         // Secrets: of those the client offered, the ones this build's steps mount (read from

@@ -133,6 +133,10 @@ pub struct BuildRequest {
     pub epoch: u64,
     /// Whose build this is.
     pub tenant: crate::TenantId,
+    /// The cache namespace (cache keys, cache mounts) when it is not the tenant's own:
+    /// tenants an operator configured to share content-addressed results (kilnd.toml
+    /// `cache_namespace`). `None`: the tenant's.
+    pub cache_namespace: Option<crate::TenantId>,
     /// How RUN steps get their root file system.
     pub snapshotter: crate::ops::Snapshotter,
     /// Overall time limit for one `ADD <url>` download.
@@ -178,6 +182,7 @@ impl BuildRequest {
             compression: Compression::Gzip,
             epoch: 0,
             tenant: crate::TenantId::local(),
+            cache_namespace: None,
             snapshotter: crate::ops::Snapshotter::Auto,
             fetch_timeout: crate::ops::DEFAULT_FETCH_TIMEOUT,
             secrets: crate::ops::secrets::Secrets::new(),
@@ -487,7 +492,11 @@ impl Engine {
             planned.contexts,
             progress.clone(),
             req.no_cache,
-            req.tenant.clone(),
+            // Cache keys and cache mounts: the tenant's own namespace unless the operator
+            // made tenants share one.
+            req.cache_namespace
+                .clone()
+                .unwrap_or_else(|| req.tenant.clone()),
             req.snapshotter.resolve(),
         );
         ctx.fetch_timeout = req.fetch_timeout;
