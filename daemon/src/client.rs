@@ -453,7 +453,9 @@ pub async fn build(
     let mut agents: std::collections::HashMap<u32, tokio::net::unix::OwnedWriteHalf> =
         Default::default();
     let mut files: Vec<Option<std::fs::File>> = (0..outputs.len()).map(|_| None).collect();
-    let mut dir_bufs: Vec<Vec<u8>> = vec![Vec::new(); outputs.len()];
+    // Directory outputs arrive as a tar, spooled to a temporary file and then unpacked.
+    let mut dir_tars: Vec<Option<tempfile::NamedTempFile>> =
+        (0..outputs.len()).map(|_| None).collect();
     loop {
         let msg = match response.message().await {
             Ok(Some(m)) => m,
@@ -536,10 +538,20 @@ pub async fn build(
                 stats.output_bytes += chunk.data.len() as u64;
                 match spec {
                     OutputSpec::Local { dest } | OutputSpec::OciDir { dest } => {
-                        dir_bufs[i].extend_from_slice(&chunk.data);
-                        if chunk.eof {
-                            unpack(&dir_bufs[i], dest)?;
-                            dir_bufs[i] = Vec::new();
+                        let io = |e: std::io::Error| {
+                            ClientError::Io(format!("output {}: {e}", dest.display()))
+                        };
+                        if dir_tars[i].is_none() {
+                            dir_tars[i] = Some(tempfile::NamedTempFile::new().map_err(io)?);
+                        }
+                        if let Some(t) = dir_tars[i].as_mut() {
+                            t.write_all(&chunk.data).map_err(io)?;
+                        }
+                        if chunk.eof
+                            && let Some(t) = dir_tars[i].take()
+                        {
+                            let f = t.reopen().map_err(io)?;
+                            unpack(f, dest)?;
                         }
                     }
                     OutputSpec::Oci { dest }
@@ -666,10 +678,10 @@ fn send_files(
 
 /// Unpacks a directory output's tar into `dest` (created), refusing entries that would land
 /// outside it.
-fn unpack(tar_bytes: &[u8], dest: &Path) -> Result<(), ClientError> {
+fn unpack(tar: std::fs::File, dest: &Path) -> Result<(), ClientError> {
     std::fs::create_dir_all(dest)
         .map_err(|e| ClientError::Io(format!("output {}: {e}", dest.display())))?;
-    let mut a = tar::Archive::new(tar_bytes);
+    let mut a = tar::Archive::new(std::io::BufReader::new(tar));
     a.set_preserve_permissions(true);
     a.set_overwrite(true);
     a.unpack(dest)

@@ -896,36 +896,54 @@ impl Daemon {
             r.manifest_digest = result.manifest_digest.to_string()
         });
 
-        // Outputs back to the client.
+        // Outputs back to the client, streamed from disk in chunks (a directory as a tar
+        // written next to it first): an output is never held in memory whole.
         for (i, (path, is_dir)) in local_outputs.iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
-            let bytes = if *is_dir {
-                tar_dir(path).map_err(|e| Status::internal(format!("output {i}: {e}")))?
+            let io = |e: std::io::Error| Status::internal(format!("output {i}: {e}"));
+            let file = if *is_dir {
+                let tar = path.with_extension("tar");
+                let (dir, dest) = (path.clone(), tar.clone());
+                tokio::task::spawn_blocking(move || tar_dir(&dir, &dest))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(io)?;
+                tar
             } else {
-                std::fs::read(path).map_err(|e| Status::internal(format!("output {i}: {e}")))?
+                path.clone()
             };
-            let mut chunks = bytes.chunks(CHUNK).peekable();
-            if chunks.peek().is_none() {
-                send(
-                    tx,
-                    Msg::Output(proto::OutputChunk {
-                        index,
-                        data: Vec::new(),
-                        eof: true,
-                    }),
-                )
-                .await?;
-            }
-            while let Some(c) = chunks.next() {
-                send(
-                    tx,
-                    Msg::Output(proto::OutputChunk {
-                        index,
-                        data: c.to_vec(),
-                        eof: chunks.peek().is_none(),
-                    }),
-                )
-                .await?;
+            let mut f = tokio::fs::File::open(&file).await.map_err(io)?;
+            let mut buf = vec![0u8; CHUNK];
+            let mut pending: Option<Vec<u8>> = None;
+            loop {
+                use tokio::io::AsyncReadExt as _;
+                let n = f.read(&mut buf).await.map_err(io)?;
+                // Each chunk is sent once the next read tells whether it is the last.
+                if let Some(data) = pending.take() {
+                    send(
+                        tx,
+                        Msg::Output(proto::OutputChunk {
+                            index,
+                            data,
+                            eof: n == 0,
+                        }),
+                    )
+                    .await?;
+                } else if n == 0 {
+                    send(
+                        tx,
+                        Msg::Output(proto::OutputChunk {
+                            index,
+                            data: Vec::new(),
+                            eof: true,
+                        }),
+                    )
+                    .await?;
+                }
+                if n == 0 {
+                    break;
+                }
+                pending = Some(buf[..n].to_vec());
             }
         }
         send(
@@ -958,9 +976,9 @@ impl Daemon {
 }
 
 /// A directory output as a tar stream (the client unpacks it where it asked).
-fn tar_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
-    let mut b = tar::Builder::new(Vec::new());
+fn tar_dir(dir: &Path, dest: &Path) -> std::io::Result<()> {
+    let mut b = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(dest)?));
     b.follow_symlinks(false);
     b.append_dir_all(".", dir)?;
-    b.into_inner()
+    std::io::Write::flush(&mut b.into_inner()?)
 }
