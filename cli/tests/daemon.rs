@@ -36,11 +36,7 @@ fn kiln(args: &[&str]) -> Run {
         .env_remove("KILN_ADDR")
         .output()
         .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(out)
 }
 
 /// A CA and certificates made with `kiln pki`.
@@ -204,11 +200,7 @@ impl Kilnd {
 
     fn run(&self, pki: &Pki, cert: Option<&str>, args: &[&str]) -> Run {
         let out = self.command(pki, cert, args).output().unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from(out)
     }
 }
 
@@ -650,11 +642,7 @@ fn remote_and_embedded_builds_of_the_e2e_vectors_match() {
             .current_dir(&ctx)
             .output()
             .unwrap();
-        let r = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
+        let r = Run::from(out);
         if e.code != 0 || r.code != 0 || e.stdout.trim() != r.stdout.trim() {
             mismatches.push(format!(
                 "{name}: embedded exit {} {:?}, remote exit {} {:?}\n{}\n{}",

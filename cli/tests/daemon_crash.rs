@@ -25,11 +25,7 @@ const EPOCH: &str = "1700000000";
 
 fn run(cmd: &mut Command) -> Run {
     let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(out)
 }
 
 /// xorshift64*: a replayable stream of choices without a dependency.

@@ -68,7 +68,8 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(o: Output) -> Self {
+    /// What a finished command produced.
+    pub fn from(o: Output) -> Self {
         Self {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
