@@ -603,10 +603,17 @@ impl Engine {
             epoch: req.epoch,
             compression: req.compression,
             parallelism: req.max_parallelism,
+            block_namespace: req
+                .cache_namespace
+                .as_ref()
+                .unwrap_or(&req.tenant)
+                .as_str()
+                .to_owned(),
         };
+        let assemble_opts = opts.clone();
         let (assembled, staged) = tokio::task::spawn_blocking(
             move || -> Result<(Assembled, StagedRecords), BuildError> {
-                let a = image::assemble(&store, &chain, &state, &opts, &mut staged)?;
+                let a = image::assemble(&store, &chain, &state, &assemble_opts, &mut staged)?;
                 Ok((a, staged))
             },
         )
@@ -631,9 +638,15 @@ impl Engine {
             )
             .map_err(Box::new)?;
         }
+        let (reused, blocks) = assembled.gzip_blocks_reused;
+        let reused = if reused > 0 {
+            format!(", {reused} of {blocks} gzip blocks reused")
+        } else {
+            String::new()
+        };
         progress.send(Event::Phase {
             name: format!(
-                "exporting manifest {} ({:.1}s)",
+                "exporting manifest {} ({:.1}s{reused})",
                 assembled.manifest_descriptor.digest,
                 start.elapsed().as_secs_f64()
             ),

@@ -220,6 +220,8 @@ fn sweep(store: &Store, kept: &[SnapshotId], p: &mut Pruned) -> Result<(), Store
             p.bytes += size;
         }
     }
+    // Reusable gzip blocks live in blobs: forget those of the blobs that went.
+    store.meta.retain_gzip_blocks(|b| keep.blobs.contains(b))?;
     p.bytes += store.snapshots.clean_tmp()?;
     Ok(())
 }

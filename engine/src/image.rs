@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::Digest;
 use crate::frontend::convert::ImageState;
-use crate::oci::compress::{BlobWriter, Compression};
+use crate::oci::compress::{BlobWriter, BlockCache, BlockRef, BlockReuse, Compression};
 use crate::oci::layer::{LayerOptions, write_layer};
 use crate::oci::media;
 use crate::oci::types::{
@@ -94,10 +94,12 @@ pub struct Assembled {
     pub config: ImageConfig,
     /// The layer directories of the image's file system, bottom first (empty ones included).
     pub chain: Vec<SnapshotId>,
+    /// gzip blocks of the new layer blobs: (copied from earlier blobs, all).
+    pub gzip_blocks_reused: (usize, usize),
 }
 
 /// How to assemble.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AssembleOptions {
     /// `SOURCE_DATE_EPOCH`.
     pub epoch: u64,
@@ -105,6 +107,9 @@ pub struct AssembleOptions {
     pub compression: Compression,
     /// Threads for compressing layers.
     pub parallelism: usize,
+    /// Namespace of the gzip blocks this build may reuse and records (the cache namespace:
+    /// tenants that do not share cache records do not share blocks either).
+    pub block_namespace: String,
 }
 
 /// Assembles the image for `chain` with metadata `state`: writes missing layer blobs, the
@@ -169,8 +174,18 @@ pub fn assemble(
         id: SnapshotId::new_random(),
         message: "layer writer panicked".into(),
     })?;
+    let mut gzip_blocks_reused = (0, 0);
     for (i, r) in results {
-        let (diff_id, blob, empty) = r?;
+        let WrittenBlob {
+            diff_id,
+            blob,
+            empty,
+            blocks,
+            reused,
+        } = r?;
+        gzip_blocks_reused.0 += reused;
+        gzip_blocks_reused.1 += blocks.len();
+        staged.gzip_blocks.extend(blocks);
         let rec = &mut records[i];
         rec.diff_id = Some(diff_id);
         rec.empty = empty;
@@ -309,6 +324,7 @@ pub fn assemble(
         config_digest,
         config,
         chain: chain.to_vec(),
+        gzip_blocks_reused,
     })
 }
 
@@ -334,33 +350,93 @@ fn container_config(s: &ImageState) -> ContainerConfig {
     }
 }
 
-/// Writes one layer directory as a compressed blob; returns (diff id, blob, empty).
+/// The store's gzip blocks, for [`BlobWriter::with_reuse`]: the index says which blob holds a
+/// block, the bytes are read from that blob (the writer checks them before use).
+struct StoreBlocks {
+    index: crate::store::meta::GzipBlocks,
+    content: crate::store::content::ContentStore,
+}
+
+impl BlockCache for StoreBlocks {
+    fn get(&self, key: &Digest) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let loc = self.index.get(key)?;
+        // A block's deflate bytes are never much larger than the block.
+        let max = 2 * crate::oci::compress::GZIP_BLOCK_MAX as u64;
+        if loc.len > max {
+            return None;
+        }
+        let f = std::fs::File::open(self.content.path(&loc.blob)).ok()?;
+        let mut buf = vec![0; usize::try_from(loc.len).ok()?];
+        f.read_exact_at(&mut buf, loc.offset).ok()?;
+        Some(buf)
+    }
+}
+
+/// A layer blob [`write_blob`] wrote.
+#[derive(Debug)]
+pub(crate) struct WrittenBlob {
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// The blob.
+    pub blob: LayerBlob,
+    /// The layer has no entries.
+    pub empty: bool,
+    /// gzip block index entries to record (key → where this blob holds the block).
+    pub blocks: Vec<(Digest, crate::store::meta::BlockLoc)>,
+    /// gzip blocks copied from earlier blobs rather than compressed.
+    pub reused: usize,
+}
+
+/// Writes one layer directory as a compressed blob.
 pub(crate) fn write_blob(
     store: &Store,
     id: &SnapshotId,
     opts: &AssembleOptions,
-) -> Result<(Digest, LayerBlob, bool), ImageError> {
+) -> Result<WrittenBlob, ImageError> {
     let err = |m: String| ImageError::Layer {
         id: id.clone(),
         message: m,
     };
     let dir: PathBuf = store.snapshots.path(id);
     let sink = store.content.writer()?;
-    let mut bw = BlobWriter::new(sink, opts.compression).map_err(|e| err(e.to_string()))?;
+    let reuse = BlockReuse {
+        cache: std::sync::Arc::new(StoreBlocks {
+            index: store.meta.gzip_blocks(),
+            content: store.content.clone(),
+        }),
+        namespace: std::sync::Arc::from(opts.block_namespace.as_bytes()),
+    };
+    let mut bw = BlobWriter::with_reuse(sink, opts.compression, Some(reuse))
+        .map_err(|e| err(e.to_string()))?;
     let stats = write_layer(&dir, &mut bw, &LayerOptions { epoch: opts.epoch })
         .map_err(|e| err(e.to_string()))?;
     let (sink, info) = bw.finish().map_err(|e| err(e.to_string()))?;
     let digest = sink.commit(Some(info.digest))?;
-    Ok((
-        stats.diff_id,
-        LayerBlob {
+    let blocks = info
+        .blocks
+        .iter()
+        .map(|BlockRef { key, offset, len }| {
+            let loc = crate::store::meta::BlockLoc {
+                blob: digest,
+                offset: *offset,
+                len: *len,
+            };
+            (*key, loc)
+        })
+        .collect();
+    Ok(WrittenBlob {
+        diff_id: stats.diff_id,
+        blob: LayerBlob {
             media_type: info.media_type.to_owned(),
             digest,
             size: info.size,
             epoch: Some(opts.epoch),
         },
-        stats.entries == 0,
-    ))
+        empty: stats.entries == 0,
+        blocks,
+        reused: info.reused_blocks,
+    })
 }
 
 /// Normalises an image name for the local store: `busybox` → `busybox:latest`,
@@ -382,6 +458,83 @@ pub fn normalize_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A layer directory of `files` files of 5,000 pseudo-random text bytes each.
+    #[allow(clippy::unwrap_used)]
+    fn layer_of(store: &Store, files: usize, changed: Option<(usize, &[u8])>) -> SnapshotId {
+        let pending = store.snapshots.create().unwrap();
+        let mut x: u32 = 99;
+        for i in 0..files {
+            let random: Vec<u8> = (0..5000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    b'a' + (x % 26) as u8
+                })
+                .collect();
+            let data = match changed {
+                Some((j, d)) if i == j => d.to_vec(),
+                _ => random,
+            };
+            std::fs::write(pending.dir.join(format!("f{i:04}")), data).unwrap();
+        }
+        store.snapshots.commit(pending).unwrap()
+    }
+
+    fn opts() -> AssembleOptions {
+        AssembleOptions {
+            epoch: 0,
+            compression: Compression::Gzip,
+            parallelism: 2,
+            block_namespace: "tenant".into(),
+        }
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_changed_file_reuses_the_other_blocks_and_gc_forgets_them_with_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = write_blob(&store, &layer_of(&store, 1200, None), &opts()).unwrap();
+        assert_eq!(first.reused, 0);
+        assert!(first.blocks.len() >= 4, "{} blocks", first.blocks.len());
+        let mut staged = StagedRecords::default();
+        staged.gzip_blocks.extend(first.blocks.iter().cloned());
+        store.meta.commit(&staged).unwrap();
+
+        let changed = layer_of(&store, 1200, Some((600, b"one changed file")));
+        let warm = write_blob(&store, &changed, &opts()).unwrap();
+        assert!(
+            warm.reused + 2 >= warm.blocks.len(),
+            "{} of {} blocks reused",
+            warm.reused,
+            warm.blocks.len()
+        );
+        // A store that never saw the first layer writes the same bytes.
+        let cold_dir = tempfile::tempdir().unwrap();
+        let cold_store = Store::open(cold_dir.path()).unwrap();
+        let cold_layer = layer_of(&cold_store, 1200, Some((600, b"one changed file")));
+        let cold = write_blob(&cold_store, &cold_layer, &opts()).unwrap();
+        assert_eq!(cold.reused, 0);
+        assert_eq!(warm.blob.digest, cold.blob.digest);
+        assert_eq!(warm.diff_id, cold.diff_id);
+
+        // Another namespace (tenant) reuses nothing.
+        let other = AssembleOptions {
+            block_namespace: "other".into(),
+            ..opts()
+        };
+        let apart = write_blob(&store, &changed, &other).unwrap();
+        assert_eq!((apart.reused, apart.blob.digest), (0, cold.blob.digest));
+
+        // GC removes the unreferenced blobs, and the index entries that point into them.
+        let index = store.meta.gzip_blocks();
+        assert!(index.get(&first.blocks[0].0).is_some());
+        crate::gc::prune(&store, true).unwrap();
+        assert!(!store.content.contains(&first.blob.digest));
+        assert!(index.get(&first.blocks[0].0).is_none());
+    }
 
     #[test]
     fn names_normalise_like_docker() {

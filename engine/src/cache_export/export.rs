@@ -99,7 +99,14 @@ pub fn export(
                     epoch: None,
                 },
                 None => {
-                    let (diff_id, blob, empty) = crate::image::write_blob(store, id, assemble)?;
+                    let crate::image::WrittenBlob {
+                        diff_id,
+                        blob,
+                        empty,
+                        blocks,
+                        ..
+                    } = crate::image::write_blob(store, id, assemble)?;
+                    staged.gzip_blocks.extend(blocks);
                     let mut rec: LayerRecord = rec.clone();
                     rec.diff_id = Some(diff_id);
                     rec.empty = empty;

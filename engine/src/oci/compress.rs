@@ -6,12 +6,22 @@
 //! name, OS byte 255 ("unknown", as Go writes it); zstd level 3, single-threaded, with the frame
 //! checksum (deterministic).
 //!
-//! gzip is compressed in parallel like `pigz --independent`: the stream is cut into fixed
-//! 1 MiB blocks, each deflated on its own (ending in a sync flush, the last one finishing the
-//! stream) on as many threads as there are CPUs, and the pieces are written in order into one
-//! gzip member. The bytes depend only on the block size and level, never on the thread count,
-//! so they are as reproducible as a single-threaded stream (and any gzip reader reads them). Compressed bytes still depend on the compressor implementation
-//! (zlib-rs, libzstd 1.5.x): a compressor upgrade can change blob digests, never `diff_id`s.
+//! gzip is compressed in parallel, like `pigz --independent`, while the layer is still being
+//! written: the stream is cut into content-defined blocks (a gear hash picks the cuts; blocks
+//! are 256 KiB to 2 MiB, about 768 KiB on average), each deflated on its own by a worker thread
+//! and ended with a sync flush, and the pieces are written in order into one gzip member that
+//! ends with an empty final block. The bytes depend only on the data, the cut rule and the
+//! level, never on the thread count or on timing, so they are as reproducible as a
+//! single-threaded stream (and any gzip reader reads them). Compressed bytes still depend on
+//! the compressor implementation (zlib-rs, libzstd 1.5.x): a compressor upgrade can change
+//! blob digests, never `diff_id`s.
+//!
+//! Because each block is deflated alone and its cuts depend only on nearby bytes, a block with
+//! the same bytes as a block of an earlier layer has the same deflate bytes. With a
+//! [`BlockCache`] ([`BlobWriter::with_reuse`]) those are copied from the earlier blob instead of
+//! compressed again, after checking that they inflate to the block: a layer with one changed
+//! file costs the compression of one or two blocks. The result is byte-identical to a cold
+//! compression.
 
 use std::io::{self, Read, Write};
 
@@ -60,6 +70,11 @@ pub struct BlobInfo {
     pub size: u64,
     /// Media type of the blob.
     pub media_type: &'static str,
+    /// The gzip blocks of the blob that a [`BlockCache`] can reuse (with
+    /// [`BlobWriter::with_reuse`] only).
+    pub blocks: Vec<BlockRef>,
+    /// How many of those were copied from the [`BlockCache`] rather than compressed.
+    pub reused_blocks: usize,
 }
 
 /// A writer that hashes everything passed through to `inner`.
@@ -95,12 +110,22 @@ pub struct BlobWriter<W: Write> {
 impl<W: Write> BlobWriter<W> {
     /// Starts a blob written to `inner` with `compression`.
     pub fn new(inner: W, compression: Compression) -> io::Result<Self> {
+        Self::with_reuse(inner, compression, None)
+    }
+
+    /// [`BlobWriter::new`], reusing gzip blocks from `reuse` and listing the blob's blocks in
+    /// [`BlobInfo::blocks`] (other compressions ignore it).
+    pub fn with_reuse(
+        inner: W,
+        compression: Compression,
+        reuse: Option<BlockReuse>,
+    ) -> io::Result<Self> {
         let hw = HashingWriter {
             inner,
             hasher: Hasher::new(),
         };
         let encoder = match compression {
-            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(hw)?),
+            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(hw, reuse)?),
             Compression::Zstd => {
                 let mut enc = zstd::Encoder::new(hw, ZSTD_LEVEL)?;
                 enc.include_checksum(true)?;
@@ -117,10 +142,10 @@ impl<W: Write> BlobWriter<W> {
 
     /// Finishes compression and returns the inner writer and the blob's digests.
     pub fn finish(self) -> io::Result<(W, BlobInfo)> {
-        let mut hw = match self.encoder {
+        let (mut hw, blocks, reused_blocks) = match self.encoder {
             Encoder::Gzip(e) => e.finish()?,
-            Encoder::Zstd(e) => e.finish()?,
-            Encoder::Plain(w) => w,
+            Encoder::Zstd(e) => (e.finish()?, Vec::new(), 0),
+            Encoder::Plain(w) => (w, Vec::new(), 0),
         };
         hw.flush()?;
         let size = hw.hasher.len();
@@ -129,6 +154,8 @@ impl<W: Write> BlobWriter<W> {
             digest: hw.hasher.finish(),
             size,
             media_type: self.compression.media_type(),
+            blocks,
+            reused_blocks,
         };
         Ok((hw.inner, info))
     }
@@ -153,74 +180,273 @@ impl<W: Write> Write for BlobWriter<W> {
     }
 }
 
-/// Size of the independently deflated gzip blocks (fixed: it shapes the output bytes).
-pub const GZIP_BLOCK: usize = 1 << 20;
+/// Smallest gzip block (bytes of tar) before a content-defined cut may end it.
+pub const GZIP_BLOCK_MIN: usize = 256 << 10;
+/// Largest gzip block: a block is cut here if no content-defined cut came first.
+pub const GZIP_BLOCK_MAX: usize = 2 << 20;
+/// A cut falls where the gear hash of the last 64 bytes has this many leading zero bits:
+/// on average every 2^19 bytes (512 KiB) after [`GZIP_BLOCK_MIN`].
+const GZIP_CUT_BITS: u32 = 19;
+/// The final deflate block every gzip stream ends with: fixed Huffman, `BFINAL`, empty.
+const DEFLATE_EMPTY_FINAL: [u8; 2] = [0x03, 0x00];
+/// Blocks shorter than this are never recorded for reuse (not worth an index entry).
+const GZIP_BLOCK_RECORD_MIN: usize = 64 << 10;
 
-/// A gzip writer that deflates fixed-size blocks in parallel (see the module docs).
+/// The gear table of the content-defined cuts: 256 pseudo-random words from splitmix64 with
+/// a fixed seed. It shapes the output bytes (where blocks end), so it never changes.
+const GEAR: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut x: u64 = 0x6b69_6c6e_677a_6970; // "kilngzip"
+    let mut i = 0;
+    while i < 256 {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        t[i] = z ^ (z >> 31);
+        i += 1;
+    }
+    t
+};
+
+/// Where a block ends: content-defined, like FastCDC's gear hash. Bytes before
+/// `GZIP_BLOCK_MIN - 64` of a block are not hashed; from then on the hash depends only on the
+/// last 64 bytes (each step shifts one bit out), so a cut depends on the bytes around it and
+/// on the block being at least [`GZIP_BLOCK_MIN`] long, never on where the stream began. An
+/// insertion or deletion earlier in a layer moves the cuts after it only until the next
+/// content-defined cut, so most blocks of a slightly changed layer have the same bytes as
+/// before.
+#[derive(Debug, Default)]
+struct Chunker {
+    hash: u64,
+}
+
+impl Chunker {
+    /// How many bytes of `data` to take into a block that holds `len` bytes already before it
+    /// must end; `None` when all of `data` fits and the block goes on.
+    fn cut(&mut self, len: usize, data: &[u8]) -> Option<usize> {
+        let room = GZIP_BLOCK_MAX - len;
+        let end = data.len().min(room);
+        let from = (GZIP_BLOCK_MIN - 64).saturating_sub(len).min(end);
+        let threshold = 1u64 << (64 - GZIP_CUT_BITS);
+        let mut h = self.hash;
+        for (i, &b) in data[from..end].iter().enumerate() {
+            h = (h << 1).wrapping_add(GEAR[usize::from(b)]);
+            if h < threshold && len + from + i + 1 >= GZIP_BLOCK_MIN {
+                self.hash = 0;
+                return Some(from + i + 1);
+            }
+        }
+        if end == room {
+            self.hash = 0;
+            return Some(end);
+        }
+        self.hash = h;
+        None
+    }
+}
+
+/// Deflated blocks kept from earlier layers, by [`block_key`]: a block of a new layer whose
+/// bytes were compressed before is copied instead of compressed again. The bytes handed back
+/// are checked (they must inflate to exactly the block) before they are used, so a wrong or
+/// damaged entry costs a compression, never a wrong layer.
+pub trait BlockCache: Send + Sync {
+    /// The raw deflate bytes of the block with this key (ending in a sync flush), if known.
+    fn get(&self, key: &Digest) -> Option<Vec<u8>>;
+}
+
+/// Where one block of a finished gzip blob lies, for a [`BlockCache`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRef {
+    /// [`block_key`] of the block's uncompressed bytes.
+    pub key: Digest,
+    /// Offset of its deflate bytes in the blob.
+    pub offset: u64,
+    /// Length of its deflate bytes.
+    pub len: u64,
+}
+
+/// A fingerprint of the deflate implementation and level: the compression of a fixed probe.
+/// It is part of every block key, so blocks deflated by another compressor (a kiln built with
+/// another zlib-rs, another level) are never mixed into a blob: a cached block must be the
+/// exact bytes this compressor would write, or a warm store would give other digests than a
+/// cold one.
+fn compressor_tag() -> &'static Digest {
+    static TAG: std::sync::OnceLock<Digest> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let mut x: u32 = 0x2545_f491;
+        let probe: Vec<u8> = (0..96 * 1024)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                // Text with repeats: exercises matching, lazy evaluation and dynamic trees.
+                if i % 5 == 0 {
+                    (x >> 24) as u8
+                } else {
+                    b"kiln layer "[i % 11]
+                }
+            })
+            .collect();
+        let mut h = Hasher::new();
+        h.update(b"kiln gzip block v1\0");
+        h.update(&GZIP_LEVEL.to_le_bytes());
+        h.update(&deflate_block(&probe, false).unwrap_or_default());
+        h.finish()
+    })
+}
+
+/// The cache key of a block: its bytes, the compressor's fingerprint and a namespace (kilnd
+/// keeps tenants' blocks apart, as it keeps their cache records apart).
+pub fn block_key(namespace: &[u8], data: &[u8]) -> Digest {
+    let mut h = Hasher::new();
+    h.update(compressor_tag().as_bytes());
+    h.update(&(namespace.len() as u64).to_le_bytes());
+    h.update(namespace);
+    h.update(data);
+    h.finish()
+}
+
+/// What [`ParallelGzip`] reuses blocks from, and records them for.
+#[derive(Clone)]
+pub struct BlockReuse {
+    /// Where known blocks are looked up.
+    pub cache: std::sync::Arc<dyn BlockCache>,
+    /// The namespace of the keys (see [`block_key`]).
+    pub namespace: std::sync::Arc<[u8]>,
+}
+
+/// One compressed block, as a worker hands it back.
+struct Piece {
+    key: Option<Digest>,
+    /// The bytes came from the cache.
+    reused: bool,
+    raw_len: usize,
+    bytes: Vec<u8>,
+    /// The block's buffer, handed back for the next block (fresh 2 MiB buffers cost page
+    /// faults).
+    spare: Vec<u8>,
+}
+
+/// A gzip writer that cuts its input into content-defined blocks and deflates them in
+/// parallel, while the caller goes on writing (see the module docs).
 struct ParallelGzip<W: Write> {
     inner: W,
-    /// Full blocks waiting to be compressed, plus the block being filled (last).
-    pending: Vec<Vec<u8>>,
+    /// The block being filled.
+    cur: Vec<u8>,
+    chunker: Chunker,
     crc: flate2::Crc,
+    /// Blocks being compressed, in stream order.
+    inflight: std::collections::VecDeque<std::thread::JoinHandle<io::Result<Piece>>>,
     threads: usize,
+    reuse: Option<BlockReuse>,
+    /// Block buffers to fill again.
+    spare: Vec<Vec<u8>>,
+    /// Bytes written to `inner` so far.
+    written: u64,
+    blocks: Vec<BlockRef>,
+    reused: usize,
 }
 
 impl<W: Write> ParallelGzip<W> {
-    fn new(mut inner: W) -> io::Result<Self> {
+    fn new(mut inner: W, reuse: Option<BlockReuse>) -> io::Result<Self> {
         // ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=unknown.
-        inner.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, GZIP_OS_UNKNOWN])?;
+        let header = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, GZIP_OS_UNKNOWN];
+        inner.write_all(&header)?;
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 16);
         Ok(Self {
             inner,
-            pending: vec![Vec::with_capacity(GZIP_BLOCK)],
+            cur: Vec::with_capacity(GZIP_BLOCK_MAX),
+            chunker: Chunker::default(),
             crc: flate2::Crc::new(),
+            inflight: std::collections::VecDeque::new(),
             threads,
+            reuse,
+            spare: Vec::new(),
+            written: header.len() as u64,
+            blocks: Vec::new(),
+            reused: 0,
         })
     }
 
-    /// Compresses and writes every full block.
-    fn drain_full(&mut self) -> io::Result<()> {
-        let full = self.pending.len() - 1;
-        if full == 0 {
+    /// Hands the current block to a worker; writes finished blocks while too many are queued.
+    fn submit(&mut self) -> io::Result<()> {
+        if self.cur.is_empty() {
             return Ok(());
         }
-        let blocks: Vec<Vec<u8>> = self.pending.drain(..full).collect();
-        let compressed = deflate_all(&blocks, false, self.threads)?;
-        for c in compressed {
-            self.inner.write_all(&c)?;
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(GZIP_BLOCK_MAX));
+        let data = std::mem::replace(&mut self.cur, next);
+        let reuse = self.reuse.clone();
+        let job = move || compress_piece(data, reuse.as_ref());
+        let handle = std::thread::Builder::new()
+            .name("kiln-gzip".into())
+            .spawn(job)?;
+        self.inflight.push_back(handle);
+        while self.inflight.len() > self.threads {
+            self.write_oldest()?;
         }
         Ok(())
     }
 
-    fn finish(mut self) -> io::Result<W> {
-        self.drain_full()?;
-        let last = self.pending.pop().unwrap_or_default();
-        let tail = deflate_block(&last, true)?;
-        self.inner.write_all(&tail)?;
+    fn write_oldest(&mut self) -> io::Result<()> {
+        let Some(h) = self.inflight.pop_front() else {
+            return Ok(());
+        };
+        let piece = h
+            .join()
+            .map_err(|_| io::Error::other("gzip worker panicked"))??;
+        self.inner.write_all(&piece.bytes)?;
+        self.reused += usize::from(piece.reused);
+        let mut spare = piece.spare;
+        spare.clear();
+        self.spare.push(spare);
+        if let Some(key) = piece.key.filter(|_| piece.raw_len >= GZIP_BLOCK_RECORD_MIN) {
+            self.blocks.push(BlockRef {
+                key,
+                offset: self.written,
+                len: piece.bytes.len() as u64,
+            });
+        }
+        self.written += piece.bytes.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<(W, Vec<BlockRef>, usize)> {
+        self.submit()?;
+        while !self.inflight.is_empty() {
+            self.write_oldest()?;
+        }
+        self.inner.write_all(&DEFLATE_EMPTY_FINAL)?;
         self.inner.write_all(&self.crc.sum().to_le_bytes())?;
         self.inner.write_all(&self.crc.amount().to_le_bytes())?;
-        Ok(self.inner)
+        Ok((self.inner, self.blocks, self.reused))
     }
 }
 
 impl<W: Write> Write for ParallelGzip<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let cur = self
-            .pending
-            .last_mut()
-            .ok_or_else(|| io::Error::other("gzip writer finished"))?;
-        let n = buf.len().min(GZIP_BLOCK - cur.len());
-        cur.extend_from_slice(&buf[..n]);
-        self.crc.update(&buf[..n]);
-        if cur.len() == GZIP_BLOCK {
-            self.pending.push(Vec::with_capacity(GZIP_BLOCK));
-            if self.pending.len() > self.threads {
-                self.drain_full()?;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            match self.chunker.cut(self.cur.len(), rest) {
+                Some(n) => {
+                    self.cur.extend_from_slice(&rest[..n]);
+                    self.crc.update(&rest[..n]);
+                    rest = &rest[n..];
+                    self.submit()?;
+                }
+                None => {
+                    self.cur.extend_from_slice(rest);
+                    self.crc.update(rest);
+                    rest = &[];
+                }
             }
         }
-        Ok(n)
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -228,24 +454,75 @@ impl<W: Write> Write for ParallelGzip<W> {
     }
 }
 
-/// Deflates blocks on up to `threads` threads, results in input order.
-fn deflate_all(blocks: &[Vec<u8>], last: bool, threads: usize) -> io::Result<Vec<Vec<u8>>> {
-    if threads <= 1 || blocks.len() <= 1 {
-        return blocks.iter().map(|b| deflate_block(b, last)).collect();
+/// A worker's job: the block's deflate bytes, from the cache when they are there and check
+/// out, else compressed.
+fn compress_piece(data: Vec<u8>, reuse: Option<&BlockReuse>) -> io::Result<Piece> {
+    let key = reuse.map(|r| block_key(&r.namespace, &data));
+    if let (Some(r), Some(k)) = (reuse, &key)
+        && let Some(bytes) = r.cache.get(k).filter(|b| inflates_to(b, &data))
+    {
+        return Ok(Piece {
+            key,
+            reused: true,
+            raw_len: data.len(),
+            bytes,
+            spare: data,
+        });
     }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = blocks
-            .iter()
-            .map(|b| s.spawn(move || deflate_block(b, last)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .map_err(|_| io::Error::other("gzip worker panicked"))?
-            })
-            .collect()
+    Ok(Piece {
+        key,
+        reused: false,
+        raw_len: data.len(),
+        bytes: deflate_block(&data, false)?,
+        spare: data,
     })
+}
+
+/// True when the raw deflate `bytes` inflate to exactly `data` and end on a block boundary
+/// without ending the stream (as a sync-flushed piece does), so another piece can follow.
+/// Inflates through a small window and compares as it goes; the boundary is checked by
+/// appending the empty final block, which must end the stream and add nothing.
+fn inflates_to(bytes: &[u8], data: &[u8]) -> bool {
+    use flate2::{Decompress, FlushDecompress, Status};
+    let mut d = Decompress::new(false);
+    let mut window = vec![0u8; 64 << 10];
+    let mut matched = 0usize;
+    let total = bytes.len() + DEFLATE_EMPTY_FINAL.len();
+    let mut input = bytes.to_vec();
+    input.extend_from_slice(&DEFLATE_EMPTY_FINAL);
+    loop {
+        let (Ok(consumed), Ok(before)) = (
+            usize::try_from(d.total_in()),
+            usize::try_from(d.total_out()),
+        ) else {
+            return false;
+        };
+        let Some(rest) = input.get(consumed..) else {
+            return false;
+        };
+        // Only the appended final block may end the stream.
+        let status = match d.decompress(rest, &mut window, FlushDecompress::None) {
+            Ok(s) => s,
+            Err(_) => return false,
+        };
+        let (Ok(now_in), Ok(after)) = (
+            usize::try_from(d.total_in()),
+            usize::try_from(d.total_out()),
+        ) else {
+            return false;
+        };
+        let out = &window[..after - before];
+        if data.get(matched..matched + out.len()) != Some(out) {
+            return false;
+        }
+        matched += out.len();
+        if status == Status::StreamEnd {
+            return now_in == total && matched == data.len();
+        }
+        if now_in == consumed && out.is_empty() {
+            return false; // no progress before the end of the stream: malformed
+        }
+    }
 }
 
 /// Raw-deflates one block: a sync flush at its end (byte-aligned, not final), or, for the
@@ -320,10 +597,10 @@ pub fn decompress<'a, R: Read + Send + 'a>(mut reader: R) -> io::Result<Box<dyn 
 mod tests {
     use super::*;
 
-    /// 3.5 blocks of mildly compressible bytes.
+    /// About 6 MiB of mildly compressible bytes (several content-defined blocks).
     fn multi_block_data() -> Vec<u8> {
         let mut x: u32 = 7;
-        (0..GZIP_BLOCK * 7 / 2)
+        (0..6 * (1 << 20))
             .map(|i| {
                 x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
                 if i % 3 == 0 {
@@ -335,29 +612,64 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn parallel_gzip_is_one_valid_member_and_independent_of_threads() {
-        let data = multi_block_data();
-        let mut w = BlobWriter::new(Vec::new(), Compression::Gzip).unwrap();
+    fn gzip(data: &[u8], reuse: Option<BlockReuse>) -> (Vec<u8>, BlobInfo) {
+        let mut w = BlobWriter::with_reuse(Vec::new(), Compression::Gzip, reuse).unwrap();
         // Odd write sizes cross block boundaries.
         for chunk in data.chunks(123_457) {
             w.write_all(chunk).unwrap();
         }
-        let (blob, info) = w.finish().unwrap();
+        w.finish().unwrap()
+    }
+
+    /// The blocks the chunker cuts `data` into, cut sequentially in one call per byte run.
+    fn blocks_of(data: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        let mut c = Chunker::default();
+        let (mut start, mut len) = (0, 0);
+        let mut pos = 0;
+        while pos < data.len() {
+            match c.cut(len, &data[pos..]) {
+                Some(n) => {
+                    out.push(&data[start..pos + n]);
+                    pos += n;
+                    start = pos;
+                    len = 0;
+                }
+                None => {
+                    len += data.len() - pos;
+                    pos = data.len();
+                }
+            }
+        }
+        if start < data.len() {
+            out.push(&data[start..]);
+        }
+        out
+    }
+
+    #[test]
+    fn parallel_gzip_is_one_valid_member_and_independent_of_threads() {
+        let data = multi_block_data();
+        let (blob, info) = gzip(&data, None);
         assert_eq!(info.diff_id, Digest::of(&data));
         let mut back = Vec::new();
         flate2::read::GzDecoder::new(&blob[..])
             .read_to_end(&mut back)
             .unwrap();
         assert_eq!(back, data);
-        // The same blocks deflated on one thread give the same bytes.
-        let blocks: Vec<Vec<u8>> = data.chunks(GZIP_BLOCK).map(<[u8]>::to_vec).collect();
-        let (full, last) = blocks.split_at(blocks.len() - 1);
+        // The same blocks deflated one after another on this thread give the same bytes.
+        let blocks = blocks_of(&data);
+        assert!(blocks.len() >= 4, "{} blocks", blocks.len());
+        assert!(
+            blocks
+                .iter()
+                .all(|b| b.len() <= GZIP_BLOCK_MAX && !b.is_empty())
+        );
         let mut one = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-        for b in deflate_all(full, false, 1).unwrap() {
-            one.extend(b);
+        for b in &blocks {
+            one.extend(deflate_block(b, false).unwrap());
         }
-        one.extend(deflate_block(&last[0], true).unwrap());
+        one.extend(DEFLATE_EMPTY_FINAL);
         let mut crc = flate2::Crc::new();
         crc.update(&data);
         one.extend(crc.sum().to_le_bytes());
@@ -377,6 +689,168 @@ mod tests {
                 assert_eq!(out.stdout, data);
             }
             Err(_) => println!("skipped: gzip not installed (GNU gzip cross-check)"),
+        }
+    }
+
+    #[test]
+    fn cuts_depend_on_nearby_bytes_only() {
+        let data = multi_block_data();
+        // 1,000 bytes inserted near the start move every byte after them.
+        let mut changed = data[..100_000].to_vec();
+        changed.extend(std::iter::repeat_n(b'#', 1000));
+        changed.extend_from_slice(&data[100_000..]);
+        let a: std::collections::HashSet<&[u8]> = blocks_of(&data).into_iter().collect();
+        let b = blocks_of(&changed);
+        let shared = b.iter().filter(|x| a.contains(*x)).count();
+        assert!(
+            shared + 2 >= b.len(),
+            "only {shared} of {} blocks survive an insertion",
+            b.len()
+        );
+    }
+
+    /// An in-memory block cache that counts hits.
+    #[derive(Default)]
+    struct Memory {
+        blocks: std::sync::Mutex<std::collections::HashMap<Digest, Vec<u8>>>,
+        hits: std::sync::atomic::AtomicUsize,
+    }
+
+    impl BlockCache for Memory {
+        fn get(&self, key: &Digest) -> Option<Vec<u8>> {
+            let b = self.blocks.lock().unwrap().get(key).cloned();
+            if b.is_some() {
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            b
+        }
+    }
+
+    impl Memory {
+        fn learn(&self, blob: &[u8], info: &BlobInfo) {
+            for r in &info.blocks {
+                let range = r.offset as usize..(r.offset + r.len) as usize;
+                self.blocks
+                    .lock()
+                    .unwrap()
+                    .insert(r.key, blob[range].to_vec());
+            }
+        }
+        fn hits(&self) -> usize {
+            self.hits.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn reused_blocks_give_the_same_bytes_as_a_cold_compression() {
+        let data = multi_block_data();
+        let mem = std::sync::Arc::new(Memory::default());
+        let reuse = BlockReuse {
+            cache: mem.clone(),
+            namespace: std::sync::Arc::from(&b"tenant-a"[..]),
+        };
+        let (first, info) = gzip(&data, Some(reuse.clone()));
+        assert_eq!(first, gzip(&data, None).0, "recording changes nothing");
+        assert!(info.blocks.len() >= 4);
+        mem.learn(&first, &info);
+
+        // One "file" in the middle changes size.
+        let mut changed = data[..3_000_000].to_vec();
+        changed.extend_from_slice(b"a changed file");
+        changed.extend_from_slice(&data[3_000_100..]);
+        let (warm, winfo) = gzip(&changed, Some(reuse.clone()));
+        let cold = gzip(&changed, None).0;
+        assert_eq!(
+            warm, cold,
+            "a warm store must write the same bytes as a cold one"
+        );
+        assert_eq!(winfo.reused_blocks, mem.hits());
+        assert!(
+            mem.hits() + 2 >= winfo.blocks.len(),
+            "{} of {} blocks reused",
+            mem.hits(),
+            winfo.blocks.len()
+        );
+
+        // Another namespace shares nothing.
+        let before = mem.hits();
+        let other = BlockReuse {
+            cache: mem.clone(),
+            namespace: std::sync::Arc::from(&b"tenant-b"[..]),
+        };
+        assert_eq!(gzip(&data, Some(other)).0, first);
+        assert_eq!(mem.hits(), before, "namespaces keep blocks apart");
+    }
+
+    #[test]
+    fn a_damaged_cache_entry_is_compressed_again() {
+        let data = multi_block_data();
+        let mem = std::sync::Arc::new(Memory::default());
+        let reuse = BlockReuse {
+            cache: mem.clone(),
+            namespace: std::sync::Arc::from(&b""[..]),
+        };
+        let (first, info) = gzip(&data, Some(reuse.clone()));
+        mem.learn(&first, &info);
+        // Damage every entry a different way: a flipped byte, a truncation, the bytes of
+        // another block, and a final block (a piece must not end the stream).
+        let keys: Vec<Digest> = info.blocks.iter().map(|b| b.key).collect();
+        {
+            let mut m = mem.blocks.lock().unwrap();
+            let other = m[&keys[1]].clone();
+            for (i, k) in keys.iter().enumerate() {
+                let e = m.get_mut(k).unwrap();
+                match i % 4 {
+                    0 => {
+                        let mid = e.len() / 2;
+                        e[mid] ^= 0x40;
+                    }
+                    1 => e.truncate(e.len() / 2),
+                    2 => *e = other.clone(),
+                    _ => *e = deflate_block(&data[..1000], true).unwrap(),
+                }
+            }
+        }
+        let (again, _) = gzip(&data, Some(reuse));
+        assert_eq!(again, first);
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&again[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn a_piece_is_checked_exactly() {
+        let data = multi_block_data();
+        // Sizes around the 64 KiB inflate window, and nothing at all.
+        for n in [
+            0,
+            1,
+            (64 << 10) - 1,
+            64 << 10,
+            (64 << 10) + 1,
+            128 << 10,
+            300_001,
+        ] {
+            let block = &data[..n];
+            let piece = deflate_block(block, false).unwrap();
+            assert!(inflates_to(&piece, block), "{n} bytes");
+            if n > 0 {
+                assert!(!inflates_to(&piece, &data[..n - 1]), "{n}: output too long");
+                for cut in 1..5 {
+                    let short = &piece[..piece.len() - cut];
+                    assert!(!inflates_to(short, block), "{n}: {cut} bytes cut off");
+                }
+            }
+            assert!(
+                !inflates_to(&piece, &data[..n + 1]),
+                "{n}: output too short"
+            );
+            assert!(
+                !inflates_to(&deflate_block(block, true).unwrap(), block),
+                "{n}: final"
+            );
         }
     }
 

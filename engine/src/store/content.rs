@@ -8,7 +8,7 @@ use super::{StoreError, io_err};
 use crate::digest::{Digest, Hasher};
 
 /// Blobs by digest under `ROOT/content`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ContentStore {
     blobs: PathBuf,
     ingest: PathBuf,

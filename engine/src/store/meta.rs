@@ -19,6 +19,41 @@ const UNPACKED: TableDefinition<&str, &[u8]> = TableDefinition::new("unpacked");
 const FILE_HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("file_hashes_v2");
 /// The SBOM catalog of a final file system (JSON), by the digest of its layer chain.
 const SBOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("sbom_catalogs_v1");
+/// Where a gzip block's deflate bytes lie in a layer blob, by the block's key
+/// ([`crate::oci::compress::block_key`]): 32 bytes of blob digest, offset and length (u64 LE).
+const GZIP_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gzip_blocks_v1");
+
+/// Where one reusable gzip block lies: in blob `blob`, `len` bytes at `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLoc {
+    /// The layer blob holding the block.
+    pub blob: Digest,
+    /// Offset of the block's deflate bytes in the blob.
+    pub offset: u64,
+    /// Length of the block's deflate bytes.
+    pub len: u64,
+}
+
+impl BlockLoc {
+    fn encode(&self) -> [u8; 48] {
+        let mut v = [0u8; 48];
+        v[..32].copy_from_slice(self.blob.as_bytes());
+        v[32..40].copy_from_slice(&self.offset.to_le_bytes());
+        v[40..].copy_from_slice(&self.len.to_le_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Self> {
+        let v: &[u8; 48] = v.try_into().ok()?;
+        let (blob, rest) = v.split_at(32);
+        let (offset, len) = rest.split_at(8);
+        Some(Self {
+            blob: Digest::from_bytes(blob.try_into().ok()?),
+            offset: u64::from_le_bytes(offset.try_into().ok()?),
+            len: u64::from_le_bytes(len.try_into().ok()?),
+        })
+    }
+}
 
 /// A cached step result: the full chain of layers (bottom → top) of its file system.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +148,8 @@ pub struct StagedRecords {
     pub file_hashes: BTreeMap<crate::fileop::FileKey, Digest>,
     /// Layer chain key → the SBOM catalog of that file system (JSON).
     pub sboms: BTreeMap<String, Vec<u8>>,
+    /// gzip block key → where a new blob holds it.
+    pub gzip_blocks: BTreeMap<Digest, BlockLoc>,
 }
 
 impl StagedRecords {
@@ -124,13 +161,14 @@ impl StagedRecords {
             && self.unpacked.is_empty()
             && self.file_hashes.is_empty()
             && self.sboms.is_empty()
+            && self.gzip_blocks.is_empty()
     }
 }
 
 /// The metadata database.
 #[derive(Debug)]
 pub struct MetaStore {
-    db: Database,
+    db: std::sync::Arc<Database>,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -150,13 +188,14 @@ fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
 impl MetaStore {
     /// Opens or creates the database and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        let db = std::sync::Arc::new(Database::create(path)?);
         let tx = db.begin_write()?;
         for t in [CACHE, LAYERS, IMAGES, UNPACKED] {
             tx.open_table(t)?;
         }
         tx.open_table(FILE_HASHES)?;
         tx.open_table(SBOMS)?;
+        tx.open_table(GZIP_BLOCKS)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -266,6 +305,24 @@ impl MetaStore {
         Ok(t.get(key)?.map(|v| v.value().to_vec()))
     }
 
+    /// A handle on the gzip block index that worker threads can own.
+    pub fn gzip_blocks(&self) -> GzipBlocks {
+        GzipBlocks {
+            db: self.db.clone(),
+        }
+    }
+
+    /// Drops the gzip block entries whose blob `keep` rejects (GC, after blobs went).
+    pub fn retain_gzip_blocks(&self, keep: impl Fn(&Digest) -> bool) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(GZIP_BLOCKS)?;
+            t.retain(|_, v| BlockLoc::decode(v).is_some_and(|l| keep(&l.blob)))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Commits staged records in one transaction. Callers make every referenced file durable
     /// first.
     pub fn commit(&self, staged: &StagedRecords) -> Result<(), StoreError> {
@@ -308,6 +365,10 @@ impl MetaStore {
             for (k, v) in &staged.sboms {
                 t.insert(k.as_str(), v.as_slice())?;
             }
+            let mut t = tx.open_table(GZIP_BLOCKS)?;
+            for (k, v) in &staged.gzip_blocks {
+                t.insert(k.as_bytes().as_slice(), v.encode().as_slice())?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -337,6 +398,28 @@ impl MetaStore {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// The gzip block index, shareable with threads ([`MetaStore::gzip_blocks`]).
+#[derive(Clone)]
+pub struct GzipBlocks {
+    db: std::sync::Arc<Database>,
+}
+
+impl std::fmt::Debug for GzipBlocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GzipBlocks")
+    }
+}
+
+impl GzipBlocks {
+    /// Where the block with `key` lies, if an earlier blob holds it.
+    pub fn get(&self, key: &Digest) -> Option<BlockLoc> {
+        let tx = self.db.begin_read().ok()?;
+        let t = tx.open_table(GZIP_BLOCKS).ok()?;
+        let v = t.get(key.as_bytes().as_slice()).ok()??;
+        BlockLoc::decode(v.value())
     }
 }
 
