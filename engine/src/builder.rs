@@ -555,7 +555,7 @@ impl Engine {
         // chain and reuses the catalog instead of reading (and hashing) every file again.
         let catalog_key =
             (req.attest.spdx || req.attest.cyclonedx).then(|| crate::attest::catalog_key(&chain));
-        let catalog = (req.attest.spdx || req.attest.cyclonedx).then(|| {
+        let catalog_job = (req.attest.spdx || req.attest.cyclonedx).then(|| {
             let layers: Vec<PathBuf> = chain
                 .iter()
                 .map(|id| self.store.snapshots.path(id))
@@ -567,10 +567,17 @@ impl Engine {
                 .keys()
                 .map(|id| id.as_str().to_owned())
                 .collect();
-            tokio::task::spawn_blocking(move || {
-                crate::attest::catalog_cached(&store, &key, layers, made_now)
-            })
+            move || crate::attest::catalog_cached(&store, &key, layers, made_now)
         });
+        // A build that made layers catalogs them now, beside the compression. One whose every
+        // step hit the cache (a no-op rebuild) usually has its SBOM statements cached too, so
+        // it loads the catalog only if something needs it (below).
+        let (catalog, mut catalog_job) = match catalog_job {
+            Some(job) if !staged.layers.is_empty() => {
+                (Some(tokio::task::spawn_blocking(job)), None)
+            }
+            job => (None, job),
+        };
 
         // The content digests of the build context and of named directory contexts (for the
         // provenance), meanwhile too.
@@ -578,13 +585,9 @@ impl Engine {
             let c = ctx.clone();
             tokio::task::spawn_blocking(move || {
                 let mut out = std::collections::BTreeMap::new();
-                for (name, d) in &c.contexts {
-                    let view = crate::fsview::context_view(&d.dir, &d.ignore);
-                    if let Ok(digest) = crate::fileop::content_digest_cached(
-                        &view,
-                        &[".".to_owned()],
-                        Some(&c.file_hashes),
-                    ) {
+                for name in c.contexts.keys() {
+                    // Usually known already: a `COPY . …` step's key walked the same tree.
+                    if let Ok(digest) = c.context_digest(name, &[".".to_owned()]) {
                         out.insert(name.clone(), digest);
                     }
                 }
@@ -695,6 +698,25 @@ impl Engine {
             None
         };
         let waited = Instant::now();
+        let sbom_name = names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| assembled.manifest_descriptor.digest.to_string());
+        let catalog = match (catalog, catalog_job.take()) {
+            (Some(task), _) => Some(task),
+            (None, Some(job)) => {
+                let statements_cached = crate::attest::sbom_statements_cached(
+                    &self.store,
+                    &req.attest,
+                    &assembled.manifest_descriptor.digest,
+                    &sbom_name,
+                    req.epoch,
+                    catalog_key.as_deref(),
+                );
+                (gate.is_some() || !statements_cached).then(|| tokio::task::spawn_blocking(job))
+            }
+            (None, None) => None,
+        };
         let sbom = match catalog {
             Some(task) => {
                 let (sbom, fresh) = task.await.map_err(|e| BuildError::Context {
@@ -746,10 +768,7 @@ impl Engine {
             let store = self.store.clone();
             let opts = req.attest.clone();
             let a = assembled.clone();
-            let name = names
-                .first()
-                .cloned()
-                .unwrap_or_else(|| a.manifest_descriptor.digest.to_string());
+            let name = sbom_name;
             let epoch = req.epoch;
             let done = tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
                 let inputs = crate::attest::Inputs {

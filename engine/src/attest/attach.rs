@@ -43,6 +43,43 @@ pub struct Attestation {
     pub statement: Vec<u8>,
     /// The sigstore bundle holding the signed DSSE envelope of `statement`.
     pub bundle: Option<Vec<u8>>,
+    /// sha256 of `statement` and of `bundle` ([`Attestation::new`] computes them; SBOM
+    /// documents are megabytes, so they are hashed once).
+    digests: (Digest, Option<Digest>),
+}
+
+impl Attestation {
+    /// An attestation of `statement` (and its signed `bundle`).
+    pub fn new(predicate_type: String, statement: Vec<u8>, bundle: Option<Vec<u8>>) -> Self {
+        let digests = (Digest::of(&statement), bundle.as_deref().map(Digest::of));
+        Self {
+            predicate_type,
+            statement,
+            bundle,
+            digests,
+        }
+    }
+
+    /// An attestation whose statement and bundle blobs the content store holds under
+    /// `digests` (checked by the content store's digest-named files; `fsck` verifies them).
+    pub(crate) fn stored(
+        predicate_type: String,
+        statement: Vec<u8>,
+        bundle: Option<Vec<u8>>,
+        digests: (Digest, Option<Digest>),
+    ) -> Self {
+        Self {
+            predicate_type,
+            statement,
+            bundle,
+            digests,
+        }
+    }
+
+    /// sha256 of the statement and of the bundle.
+    pub fn digests(&self) -> (Digest, Option<Digest>) {
+        self.digests
+    }
 }
 
 /// The image's index with its attestations, every blob of it already in the content store.
@@ -75,14 +112,20 @@ struct AttestationConfig<'a> {
     rootfs: RootFs<'a>,
 }
 
-/// Blobs to store, written together at the end ([`crate::store::content::ContentStore::write_batch`]).
+/// Blobs to store, written together at the end ([`crate::store::content::ContentStore::write_batch_hashed`]).
 #[derive(Default)]
-struct Pending(Vec<Vec<u8>>);
+struct Pending(Vec<(Vec<u8>, Digest)>);
 
 impl Pending {
     fn put(&mut self, media_type: &str, bytes: Vec<u8>) -> Descriptor {
-        let d = Descriptor::of_bytes(media_type, &bytes);
-        self.0.push(bytes);
+        let digest = Digest::of(&bytes);
+        self.put_hashed(media_type, bytes, digest)
+    }
+
+    /// [`Pending::put`] of bytes whose sha256 is `digest`.
+    fn put_hashed(&mut self, media_type: &str, bytes: Vec<u8>, digest: Digest) -> Descriptor {
+        let d = Descriptor::new(media_type, digest, bytes.len() as u64);
+        self.0.push((bytes, digest));
         d
     }
 }
@@ -106,7 +149,7 @@ pub fn attach(
     if !attestations.is_empty() {
         let mut layers = Vec::new();
         for a in attestations {
-            let mut d = pending.put(amedia::INTOTO_LAYER, a.statement.clone());
+            let mut d = pending.put_hashed(amedia::INTOTO_LAYER, a.statement.clone(), a.digests.0);
             d.annotations.insert(
                 amedia::ANNOTATION_PREDICATE_TYPE.into(),
                 a.predicate_type.clone(),
@@ -150,8 +193,10 @@ pub fn attach(
         let empty = pending.put(media::OCI_EMPTY_JSON, EMPTY_JSON.to_vec());
         blobs.push(empty.clone());
         for a in signed {
-            let Some(bundle) = &a.bundle else { continue };
-            let layer = pending.put(amedia::SIGSTORE_BUNDLE_V03, bundle.clone());
+            let (Some(bundle), Some(digest)) = (&a.bundle, a.digests.1) else {
+                continue;
+            };
+            let layer = pending.put_hashed(amedia::SIGSTORE_BUNDLE_V03, bundle.clone(), digest);
             blobs.push(layer.clone());
             let mut m = Manifest::new(empty.clone(), vec![layer]);
             m.artifact_type = Some(amedia::SIGSTORE_BUNDLE_V03.into());
@@ -174,8 +219,8 @@ pub fn attach(
     let index = Index::new(all);
     let index_bytes = json(&index)?;
     let index_d = pending.put(media::OCI_INDEX, index_bytes.clone());
-    let refs: Vec<&[u8]> = pending.0.iter().map(Vec::as_slice).collect();
-    store.content.write_batch(&refs)?;
+    let refs: Vec<(&[u8], Digest)> = pending.0.iter().map(|(b, d)| (b.as_slice(), *d)).collect();
+    store.content.write_batch_hashed(&refs)?;
     blobs.sort_by_key(|d| d.digest);
     blobs.dedup_by(|a, b| a.digest == b.digest);
     Ok(Attached {

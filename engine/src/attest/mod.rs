@@ -187,11 +187,8 @@ pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestat
             }
             .to_json()
         });
-        Some(Attestation {
-            predicate_type: kind.to_owned(),
-            statement,
-            bundle,
-        })
+        // Hashed here, on this statement's thread.
+        Some(Attestation::new(kind.to_owned(), statement, bundle))
     };
     let made: Vec<Option<Option<Attestation>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = kinds
@@ -210,61 +207,129 @@ pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestat
 /// A record for the store's SBOM cache: (key, bytes).
 pub type CacheRecord = (String, Vec<u8>);
 
-/// A signed SBOM statement as the store caches it (both are UTF-8 JSON).
+/// A signed SBOM statement as the store caches it: the content store blobs of the statement
+/// and of its bundle (the attestation manifest's layers), which are read back from there. A
+/// blob GC removed makes the record a miss.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CachedStatement {
-    statement: String,
-    bundle: Option<String>,
+    statement: Digest,
+    bundle: Option<Digest>,
+}
+
+impl CachedStatement {
+    /// The attestation, if the content store still holds its blobs.
+    fn load(&self, store: &crate::store::Store, kind: &str) -> Option<Attestation> {
+        let statement = store.content.read_blob(&self.statement).ok()?;
+        let bundle = match &self.bundle {
+            Some(d) => Some(store.content.read_blob(d).ok()?),
+            None => None,
+        };
+        Some(Attestation::stored(
+            kind.to_owned(),
+            statement,
+            bundle,
+            (self.statement, self.bundle),
+        ))
+    }
+}
+
+/// The store key of a cached SBOM statement of `kind` (see [`produce_cached`]).
+fn statement_key(
+    opts: &AttestOptions,
+    manifest: &Digest,
+    name: &str,
+    epoch: u64,
+    catalog_key: Option<&str>,
+    kind: &str,
+) -> Option<String> {
+    let signer = opts
+        .signer
+        .as_ref()
+        .map_or_else(|| "unsigned".to_owned(), |k| k.public_key().key_id());
+    catalog_key.map(|ck| {
+        let text = format!(
+            "kiln-sbom-statement v2 {}\n{kind}\n{ck}\n{manifest}\n{name}\n{epoch}\n{signer}\n",
+            env!("CARGO_PKG_VERSION"),
+        );
+        Digest::of(text.as_bytes()).hex()
+    })
+}
+
+/// The SBOM kinds `opts` asks for.
+fn sbom_kinds(opts: &AttestOptions) -> impl Iterator<Item = &'static str> {
+    [
+        (opts.spdx, amedia::SPDX_DOCUMENT),
+        (opts.cyclonedx, amedia::CYCLONEDX_BOM),
+    ]
+    .into_iter()
+    .filter_map(|(on, kind)| on.then_some(kind))
+}
+
+/// True when every SBOM statement `opts` asks for is cached for these inputs (and its blobs
+/// are in the content store): [`produce_cached`] will not need the catalog.
+pub fn sbom_statements_cached(
+    store: &crate::store::Store,
+    opts: &AttestOptions,
+    manifest: &Digest,
+    name: &str,
+    epoch: u64,
+    catalog_key: Option<&str>,
+) -> bool {
+    sbom_kinds(opts).all(|kind| {
+        statement_key(opts, manifest, name, epoch, catalog_key, kind)
+            .and_then(|key| store.meta.sbom(&key).ok().flatten())
+            .and_then(|bytes| serde_json::from_slice::<CachedStatement>(&bytes).ok())
+            .is_some_and(|c| {
+                store.content.contains(&c.statement)
+                    && c.bundle.is_none_or(|b| store.content.contains(&b))
+            })
+    })
 }
 
 /// Like [`produce`], but SBOM statements (deterministic: the same catalog, image, name, epoch
 /// and key give the same bytes, RFC 6979 / Ed25519 signatures included) come from the store
 /// when a build with the same inputs made them before. `catalog_key` is the chain's
-/// [`catalog_key`]. Returns the attestations and the fresh (key, record) pairs to stage.
+/// [`catalog_key`]. `inputs.sbom` may be `None` only when [`sbom_statements_cached`] said
+/// every SBOM statement is cached; an SBOM statement that can be neither loaded nor made fails.
+/// Returns the attestations and the fresh (key, record) pairs to stage.
 pub fn produce_cached(
     store: &crate::store::Store,
     opts: &AttestOptions,
     inputs: &Inputs<'_>,
     catalog_key: Option<&str>,
 ) -> Result<(Vec<Attestation>, Vec<CacheRecord>), AttestError> {
-    let signer = opts
-        .signer
-        .as_ref()
-        .map_or_else(|| "unsigned".to_owned(), |k| k.public_key().key_id());
     let key_of = |kind: &str| {
-        catalog_key.map(|ck| {
-            let text = format!(
-                "kiln-sbom-statement {}\n{kind}\n{ck}\n{}\n{}\n{}\n{signer}\n",
-                env!("CARGO_PKG_VERSION"),
-                inputs.manifest,
-                inputs.name,
-                inputs.epoch
-            );
-            Digest::of(text.as_bytes()).hex()
-        })
+        statement_key(
+            opts,
+            &inputs.manifest,
+            &inputs.name,
+            inputs.epoch,
+            catalog_key,
+            kind,
+        )
     };
     let mut rest = opts.clone();
     let mut cached = Vec::new();
-    for kind in [amedia::SPDX_DOCUMENT, amedia::CYCLONEDX_BOM] {
+    for kind in sbom_kinds(opts) {
         let wanted = if kind == amedia::SPDX_DOCUMENT {
             &mut rest.spdx
         } else {
             &mut rest.cyclonedx
         };
-        if !*wanted || inputs.sbom.is_none() {
-            continue;
-        }
         let Some(key) = key_of(kind) else { continue };
         if let Some(bytes) = store.meta.sbom(&key)?
             && let Ok(c) = serde_json::from_slice::<CachedStatement>(&bytes)
+            && let Some(a) = c.load(store, kind)
         {
-            cached.push(Attestation {
-                predicate_type: kind.to_owned(),
-                statement: c.statement.into_bytes(),
-                bundle: c.bundle.map(String::into_bytes),
-            });
+            cached.push(a);
             *wanted = false;
         }
+    }
+    // Fail closed: an SBOM asked for, not cached, and no catalog to make it from.
+    if inputs.sbom.is_none()
+        && let Some(kind) = sbom_kinds(&rest).next()
+    {
+        return Err(AttestError::NotMade(kind));
     }
     let mut made = produce(&rest, inputs)?;
     let mut fresh = Vec::new();
@@ -272,13 +337,11 @@ pub fn produce_cached(
         if a.predicate_type == amedia::SLSA_PROVENANCE_V1 {
             continue;
         }
-        let (Some(key), Ok(statement)) = (
-            key_of(&a.predicate_type),
-            String::from_utf8(a.statement.clone()),
-        ) else {
+        let Some(key) = key_of(&a.predicate_type) else {
             continue;
         };
-        let bundle = a.bundle.clone().and_then(|b| String::from_utf8(b).ok());
+        // The blobs themselves are written by `attach`, before these records are committed.
+        let (statement, bundle) = a.digests();
         if let Ok(bytes) = serde_json::to_vec(&CachedStatement { statement, bundle }) {
             fresh.push((key, bytes));
         }
@@ -401,6 +464,74 @@ pub fn write_dest(dir: &Path, attestations: &[Attestation]) -> Result<Vec<PathBu
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_sbom_statements_need_no_catalog_and_a_missing_blob_is_a_miss() {
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&root.path().join("store")).unwrap();
+        let layer = root.path().join("layer");
+        std::fs::create_dir_all(&layer).unwrap();
+        std::fs::write(layer.join("app"), b"hello").unwrap();
+        let (sbom, _) =
+            catalog_cached(&store, &"c".repeat(64), vec![layer], Default::default()).unwrap();
+        let key = SigningKey::generate(kiln_attest::keys::Algorithm::EcdsaP256);
+        let opts = AttestOptions {
+            provenance: None,
+            signer: Some(Arc::new(key)),
+            ..AttestOptions::default()
+        };
+        fn inputs(sbom: Option<&sbom::Sbom>) -> Inputs<'_> {
+            Inputs {
+                manifest: Digest::of(b"manifest"),
+                name: "app:1".into(),
+                sbom,
+                epoch: 0,
+                provenance: ProvenanceInput::default(),
+            }
+        }
+        let ck = Some("chain");
+        let cached = |store: &crate::store::Store| {
+            sbom_statements_cached(store, &opts, &Digest::of(b"manifest"), "app:1", 0, ck)
+        };
+        assert!(!cached(&store));
+        let (made, fresh) = produce_cached(&store, &opts, &inputs(Some(&sbom)), ck).unwrap();
+        assert_eq!(made.len(), 2);
+        assert_eq!(fresh.len(), 2, "both SBOM statements to cache");
+        // What `attach` does before the records are committed: the blobs are stored.
+        attach::attach(
+            &store,
+            &crate::oci::types::Descriptor::of_bytes(crate::oci::media::OCI_MANIFEST, b"m"),
+            &made,
+        )
+        .unwrap();
+        let mut staged = crate::store::StagedRecords::default();
+        staged.sboms.extend(fresh);
+        store.meta.commit(&staged).unwrap();
+        assert!(cached(&store));
+
+        // Without a catalog, from the cache: the same bytes, signatures included.
+        let (again, fresh) = produce_cached(&store, &opts, &inputs(None), ck).unwrap();
+        assert!(fresh.is_empty());
+        for (a, b) in made.iter().zip(&again) {
+            assert_eq!(a.predicate_type, b.predicate_type);
+            assert_eq!(a.statement, b.statement);
+            assert_eq!(a.bundle, b.bundle);
+            assert_eq!(a.digests(), b.digests());
+            assert_eq!(a.digests().0, Digest::of(&b.statement));
+        }
+
+        // A statement blob GC removed: not cached any more, and without a catalog the SBOM
+        // fails rather than going missing.
+        let gone = made[0].digests().0;
+        std::fs::remove_file(store.content.path(&gone)).unwrap();
+        assert!(!cached(&store));
+        assert!(matches!(
+            produce_cached(&store, &opts, &inputs(None), ck),
+            Err(AttestError::NotMade(_))
+        ));
+        let (remade, _) = produce_cached(&store, &opts, &inputs(Some(&sbom)), ck).unwrap();
+        assert_eq!(remade[0].statement, made[0].statement);
+    }
 
     #[test]
     fn a_cached_catalog_is_the_catalog() {

@@ -290,6 +290,9 @@ pub struct OpContext {
     pub snapshotter: Snapshotter,
     /// Hashes of client files, remembered across builds.
     pub file_hashes: FileHashes,
+    /// Content digests of client paths computed in this build, by (context, paths): a
+    /// `COPY . /x` key and the provenance's context digest walk the context once.
+    context_digests: Mutex<HashMap<(String, Vec<String>), Digest>>,
     /// Records to commit when the build succeeds.
     pub staged: Mutex<StagedRecords>,
     /// Overall time limit for one `ADD <url>` download (connecting is limited to
@@ -351,6 +354,7 @@ impl OpContext {
     ) -> Self {
         Self {
             file_hashes: FileHashes::new(store.clone()),
+            context_digests: Mutex::default(),
             store,
             sandbox,
             contexts,
@@ -423,6 +427,26 @@ impl OpContext {
             .collect()
     }
 
+    /// The content digest of `paths` of the client context `name` (blocking), computed once
+    /// per build.
+    pub fn context_digest(&self, name: &str, paths: &[String]) -> Result<Digest, OpError> {
+        let key = (name.to_owned(), paths.to_vec());
+        if let Some(d) = self
+            .context_digests
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied())
+        {
+            return Ok(d);
+        }
+        let view = self.view(&Output::Context(name.to_owned()))?;
+        let d = fileop::content_digest_cached(&view, paths, Some(&self.file_hashes))?;
+        if let Ok(mut m) = self.context_digests.lock() {
+            m.insert(key, d);
+        }
+        Ok(d)
+    }
+
     /// A read view of an output.
     fn view(&self, out: &Output) -> Result<LayerView, OpError> {
         match out {
@@ -491,22 +515,13 @@ pub async fn content_digest(
     }
     let mut parts = Vec::new();
     for (input, paths) in reads {
-        let Some(Output::Context(_)) = inputs.get(input) else {
+        let Some(Output::Context(name)) = inputs.get(input).cloned() else {
             continue;
         };
-        let out = inputs.get(input).cloned();
         let c = ctx.clone();
-        let d = tokio::task::spawn_blocking(move || -> Result<Digest, OpError> {
-            let out = out.ok_or_else(|| OpError::Internal("missing input".into()))?;
-            let view = c.view(&out)?;
-            Ok(fileop::content_digest_cached(
-                &view,
-                &paths,
-                Some(&c.file_hashes),
-            )?)
-        })
-        .await
-        .map_err(|e| OpError::Internal(e.to_string()))??;
+        let d = tokio::task::spawn_blocking(move || c.context_digest(&name, &paths))
+            .await
+            .map_err(|e| OpError::Internal(e.to_string()))??;
         parts.push(d);
     }
     if parts.is_empty() {

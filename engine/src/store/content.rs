@@ -81,12 +81,17 @@ impl ContentStore {
     /// of the file system, such as the layers the build just wrote.) A blob the store has is
     /// not written again. Returns the digests in order.
     pub fn write_batch(&self, blobs: &[&[u8]]) -> Result<Vec<Digest>, StoreError> {
-        let mut digests = Vec::with_capacity(blobs.len());
+        let hashed: Vec<(&[u8], Digest)> = blobs.iter().map(|b| (*b, Digest::of(b))).collect();
+        self.write_batch_hashed(&hashed)?;
+        Ok(hashed.into_iter().map(|(_, d)| d).collect())
+    }
+
+    /// [`ContentStore::write_batch`] of blobs whose sha256 the caller computed from the same
+    /// bytes (large attestation documents are hashed once).
+    pub(crate) fn write_batch_hashed(&self, blobs: &[(&[u8], Digest)]) -> Result<(), StoreError> {
         let mut pending: Vec<(PathBuf, Digest)> = Vec::new();
         let result = (|| {
-            for bytes in blobs {
-                let digest = Digest::of(bytes);
-                digests.push(digest);
+            for &(bytes, digest) in blobs {
                 if self.contains(&digest) || pending.iter().any(|(_, d)| *d == digest) {
                     continue;
                 }
@@ -112,7 +117,7 @@ impl ContentStore {
         for (tmp, _) in pending {
             let _ = fs::remove_file(tmp);
         }
-        result.map(|()| digests)
+        result
     }
 
     /// Starts a streaming write; call [`BlobWriter::commit`] to make it durable.
