@@ -15,7 +15,10 @@ pub(super) fn unpack_image(
     let mut chain = Vec::new();
     for (i, layer) in img.manifest.layers.iter().enumerate() {
         ctx.check_cancelled()?;
-        let known = match ctx.staged()?.unpacked.get(&layer.digest).cloned() {
+        // The guard is dropped before the fallback (a match scrutinee's guard would live
+        // through the arms).
+        let staged = ctx.staged()?.unpacked.get(&layer.digest).cloned();
+        let known = match staged {
             Some(id) => Some(id),
             None => ctx.store.meta.unpacked(&layer.digest)?,
         };

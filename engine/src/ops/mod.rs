@@ -550,7 +550,10 @@ pub fn cached(
         _ => {}
     }
     let k = key.hex();
-    let rec = match ctx.staged()?.cache.get(&k).cloned() {
+    // Bound first: in a match scrutinee the staged-records guard would live through the
+    // arms, and the arm that marks the record used locks it again (a self-deadlock).
+    let staged = ctx.staged()?.cache.get(&k).cloned();
+    let rec = match staged {
         Some(r) => Some(r),
         None => {
             let rec = ctx.store.meta.cache(&k)?;
@@ -595,7 +598,10 @@ fn unpacked_image(ctx: &OpContext, manifest: &Digest) -> Result<Option<Output>, 
     };
     let mut chain = Vec::with_capacity(img.manifest.layers.len());
     for layer in &img.manifest.layers {
-        let known = match ctx.staged()?.unpacked.get(&layer.digest).cloned() {
+        // The guard is dropped before the fallback (a match scrutinee's guard would live
+        // through the arms).
+        let staged = ctx.staged()?.unpacked.get(&layer.digest).cloned();
+        let known = match staged {
             Some(id) => Some(id),
             None => ctx.store.meta.unpacked(&layer.digest)?,
         };
@@ -695,4 +701,61 @@ fn commit_layer(
         },
     );
     Ok(id)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A cache record last used long ago is marked used again while it is looked up; the
+    /// lookup must not hold the staged records' lock when it does (it deadlocked once).
+    #[test]
+    fn a_cache_hit_on_an_old_record_is_marked_used_without_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let pending = store.snapshots.create().unwrap();
+        let id = store.snapshots.commit(pending).unwrap();
+        let key = Digest::of(b"a step");
+        let mut staged = StagedRecords::default();
+        staged.cache.insert(
+            key.hex(),
+            crate::store::CacheRecord {
+                layers: vec![id.clone()],
+                last_used: 0,
+                tenant: String::new(),
+            },
+        );
+        store.meta.commit(&staged).unwrap();
+        let ctx = OpContext::new(
+            store,
+            sandbox::Sandbox::new(PathBuf::from("/nonexistent")),
+            HashMap::new(),
+            Progress::discard(),
+            false,
+            crate::TenantId::new("t").unwrap(),
+            Snapshotter::Copy,
+        );
+        let op = Op::File(crate::graph::FileOp::Mkfiles {
+            files: vec![("f".into(), "x".into())],
+            mode: None,
+        });
+        // On a thread, so a deadlock fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let out = cached(&ctx, &op, &key, &[]).map(|o| o.is_some());
+            let touched = ctx
+                .staged()
+                .unwrap()
+                .cache
+                .get(&key.hex())
+                .map(|r| r.last_used);
+            let _ = tx.send((out.unwrap(), touched));
+        });
+        let (hit, touched) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the cache lookup deadlocked");
+        assert!(hit);
+        assert!(touched.is_some_and(|t| t > 0), "marked used: {touched:?}");
+    }
 }
