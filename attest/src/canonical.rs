@@ -6,23 +6,27 @@
 use serde_json::Value;
 
 /// Serialises `value` canonically.
+#[cfg(test)]
 pub(crate) fn to_vec(value: &Value) -> Vec<u8> {
     let mut out = Vec::new();
     write(value, &mut out);
     out
 }
 
-fn write(value: &Value, out: &mut Vec<u8>) {
+pub(crate) fn write(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            // Already in order unless `preserve_order` is on somewhere in the build.
+            if !entries.is_sorted_by(|a, b| a.0.as_bytes() <= b.0.as_bytes()) {
+                entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            }
             out.push(b'{');
             for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_scalar(&Value::String(k.clone()), out);
+                write_str(k, out);
                 out.push(b':');
                 write(v, out);
             }
@@ -38,7 +42,15 @@ fn write(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
+        Value::String(s) => write_str(s, out),
         scalar => write_scalar(scalar, out),
+    }
+}
+
+pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
+    // Serialising a string into a Vec cannot fail.
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"null");
     }
 }
 

@@ -100,17 +100,21 @@ impl Statement {
                 Value::Object(m)
             })
             .collect();
-        let mut m = Map::new();
-        m.insert("_type".into(), Value::String(STATEMENT_V1.into()));
-        m.insert("subject".into(), Value::Array(subjects));
-        m.insert(
-            "predicateType".into(),
-            Value::String(self.predicate_type.clone()),
-        );
+        // The keys in canonical (byte) order, written directly: the predicate can be megabytes
+        // of SBOM and is not copied into a new object.
+        let mut out = Vec::new();
+        out.extend_from_slice(b"{\"_type\":");
+        canonical::write_str(STATEMENT_V1, &mut out);
         if !self.predicate.is_null() {
-            m.insert("predicate".into(), self.predicate.clone());
+            out.extend_from_slice(b",\"predicate\":");
+            canonical::write(&self.predicate, &mut out);
         }
-        canonical::to_vec(&Value::Object(m))
+        out.extend_from_slice(b",\"predicateType\":");
+        canonical::write_str(&self.predicate_type, &mut out);
+        out.extend_from_slice(b",\"subject\":");
+        canonical::write(&Value::Array(subjects), &mut out);
+        out.push(b'}');
+        out
     }
 
     /// Parses a Statement v1. Rejects a wrong or missing `_type`, a missing or empty `subject`,
@@ -235,6 +239,29 @@ mod tests {
             crate::media::SLSA_PROVENANCE_V1,
             serde_json::json!({"z": 1, "a": {"y": 2, "b": 3}}),
         )
+    }
+
+    #[test]
+    fn to_json_is_the_canonical_form_of_the_statement_object() {
+        for predicate in [
+            serde_json::json!({"z": [1, {"b": 2, "a": "x"}], "a": null}),
+            Value::Null,
+        ] {
+            let s = Statement::new(sample().subject, "https://example.com/p", predicate.clone());
+            let mut m = Map::new();
+            m.insert("_type".into(), Value::String(STATEMENT_V1.into()));
+            let subject: Value =
+                serde_json::from_slice::<Value>(&s.to_json()).unwrap()["subject"].clone();
+            m.insert("subject".into(), subject);
+            m.insert(
+                "predicateType".into(),
+                Value::String("https://example.com/p".into()),
+            );
+            if !predicate.is_null() {
+                m.insert("predicate".into(), predicate);
+            }
+            assert_eq!(s.to_json(), canonical::to_vec(&Value::Object(m)));
+        }
     }
 
     #[test]

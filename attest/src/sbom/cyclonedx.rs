@@ -72,14 +72,16 @@ pub fn to_cyclonedx(sbom: &Sbom, info: &DocumentInfo) -> Value {
             .map(|n| json!({ "name": "kiln:sbom:note", "value": n }))
             .collect();
     }
-    json!({
+    let mut bom = json!({
         "bomFormat": "CycloneDX",
         "specVersion": CYCLONEDX_SPEC_VERSION,
         "serialNumber": serial_number(&info.subject_digest),
         "version": 1,
-        "metadata": metadata,
-        "components": components,
-    })
+    });
+    // Moved in, not through `json!` (which would serialise a copy of every component).
+    bom["metadata"] = metadata;
+    bom["components"] = Value::Array(components);
+    bom
 }
 
 fn package(p: &Package) -> Value {

@@ -146,10 +146,11 @@ pub fn to_spdx(sbom: &Sbom, info: &DocumentInfo) -> Value {
             "created": rfc3339(info.created_epoch),
             "creators": [tool],
         },
-        "packages": packages,
-        "files": files,
-        "relationships": relationships,
     });
+    // Moved in, not through `json!` (which would serialise a copy of every file).
+    doc["packages"] = Value::Array(packages);
+    doc["files"] = Value::Array(files);
+    doc["relationships"] = Value::Array(relationships);
     if !sbom.notes.is_empty() {
         doc["comment"] = json!(sbom.notes.join("\n"));
     }
