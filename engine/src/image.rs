@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::Digest;
 use crate::frontend::convert::ImageState;
 use crate::oci::compress::{BlobWriter, BlockCache, BlockRef, BlockReuse, Compression};
-use crate::oci::layer::{LayerOptions, write_layer};
+use crate::oci::layer::{LayerOptions, write_layer_unhashed};
 use crate::oci::media;
 use crate::oci::types::{
     ContainerConfig, Descriptor, Empty, History, ImageConfig, Manifest, Platform, RootFs,
@@ -409,7 +409,7 @@ pub(crate) fn write_blob(
     };
     let mut bw = BlobWriter::with_reuse(sink, opts.compression, Some(reuse))
         .map_err(|e| err(e.to_string()))?;
-    let stats = write_layer(&dir, &mut bw, &LayerOptions { epoch: opts.epoch })
+    let entries = write_layer_unhashed(&dir, &mut bw, &LayerOptions { epoch: opts.epoch })
         .map_err(|e| err(e.to_string()))?;
     let (sink, info) = bw.finish().map_err(|e| err(e.to_string()))?;
     let digest = sink.commit(Some(info.digest))?;
@@ -426,14 +426,14 @@ pub(crate) fn write_blob(
         })
         .collect();
     Ok(WrittenBlob {
-        diff_id: stats.diff_id,
+        diff_id: info.diff_id,
         blob: LayerBlob {
             media_type: info.media_type.to_owned(),
             digest,
             size: info.size,
             epoch: Some(opts.epoch),
         },
-        empty: stats.entries == 0,
+        empty: entries == 0,
         blocks,
         reused: info.reused_blocks,
     })

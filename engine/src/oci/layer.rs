@@ -83,7 +83,8 @@ const USTAR_MAX_SIZE: u64 = 0o77_777_777_777;
 
 /// Writes the upper directory `upper` as a deterministic uncompressed tar into `out`.
 ///
-/// Wrap `out` in a [`super::compress::BlobWriter`] to compress and hash in the same pass.
+/// Wrap `out` in a [`super::compress::BlobWriter`] to compress and hash in the same pass (or
+/// use [`write_layer_unhashed`], as the blob writer hashes the tar itself).
 pub fn write_layer(
     upper: &Path,
     out: impl Write,
@@ -93,6 +94,24 @@ pub fn write_layer(
         inner: out,
         hasher: Hasher::new(),
     };
+    let (sink, entries) = walk(upper, sink, opts)?;
+    Ok(LayerStats {
+        diff_id: sink.hasher.finish(),
+        entries,
+    })
+}
+
+/// [`write_layer`] into a writer that hashes the tar itself (a
+/// [`super::compress::BlobWriter`]: its `diff_id` is the layer's): the number of entries.
+pub fn write_layer_unhashed(
+    upper: &Path,
+    out: impl Write,
+    opts: &LayerOptions,
+) -> Result<u64, LayerError> {
+    Ok(walk(upper, out, opts)?.1)
+}
+
+fn walk<W: Write>(upper: &Path, sink: W, opts: &LayerOptions) -> Result<(W, u64), LayerError> {
     let mut w = Walker {
         tar: tar::Builder::new(sink),
         epoch: opts.epoch,
@@ -100,18 +119,16 @@ pub fn write_layer(
         entries: 0,
     };
     w.dir(upper, b"")?;
+    let entries = w.entries;
     let sink = w
         .tar
         .into_inner()
         .map_err(|source| LayerError::Write { source })?;
-    Ok(LayerStats {
-        diff_id: sink.hasher.finish(),
-        entries: w.entries,
-    })
+    Ok((sink, entries))
 }
 
 struct Walker<W: Write> {
-    tar: tar::Builder<super::compress::HashingWriter<W>>,
+    tar: tar::Builder<W>,
     epoch: u64,
     links: HashMap<(u64, u64), Vec<u8>>,
     entries: u64,
@@ -162,8 +179,17 @@ impl<W: Write> Walker<W> {
         };
         let md = fs::symlink_metadata(abs).map_err(read)?;
         let ft = md.file_type();
+        // One listing per entry; most entries have no xattrs, and then none is read.
+        let xattrs = XattrNames::of(abs).map_err(read)?;
+        let read_xattr = |path: &Path, name: &str| -> io::Result<Option<Vec<u8>>> {
+            if xattrs.has(name) {
+                get_xattr(path, name)
+            } else {
+                Ok(None)
+            }
+        };
         for xattr in [media::XATTR_OVERLAY_REDIRECT, media::XATTR_OVERLAY_METACOPY] {
-            if get_xattr(abs, xattr).map_err(read)?.is_some() {
+            if read_xattr(abs, xattr).map_err(read)?.is_some() {
                 return Err(LayerError::UnsupportedOverlay {
                     path: abs.to_owned(),
                     xattr,
@@ -186,7 +212,7 @@ impl<W: Write> Walker<W> {
         let is_whiteout = (ft.is_char_device() && md.rdev() == 0)
             || (ft.is_file()
                 && md.len() == 0
-                && get_xattr(abs, media::XATTR_OVERLAY_WHITEOUT)
+                && read_xattr(abs, media::XATTR_OVERLAY_WHITEOUT)
                     .map_err(read)?
                     .is_some());
         if is_whiteout {
@@ -201,12 +227,12 @@ impl<W: Write> Walker<W> {
             return Ok(());
         }
         if !ft.is_symlink() {
-            meta.capability = get_xattr(abs, media::XATTR_SECURITY_CAPABILITY).map_err(read)?;
+            meta.capability = read_xattr(abs, media::XATTR_SECURITY_CAPABILITY).map_err(read)?;
         }
         if ft.is_dir() {
             meta.kind = tar::EntryType::Directory;
             meta.path.push(b'/');
-            let opaque = is_opaque(abs).map_err(read)?;
+            let opaque = xattrs.has(media::XATTR_OVERLAY_OPAQUE) && is_opaque(abs).map_err(read)?;
             let (mode, uid, gid) = (meta.mode, meta.uid, meta.gid);
             self.emit(meta, None)?;
             if opaque {
@@ -422,6 +448,36 @@ fn is_opaque(abs: &Path) -> io::Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// The names of the xattrs of an entry (not following a symlink), NUL-separated as
+/// `llistxattr` gives them; empty where xattrs are unsupported.
+struct XattrNames(Vec<u8>);
+
+impl XattrNames {
+    fn of(path: &Path) -> io::Result<Self> {
+        let mut buf = vec![0u8; 256];
+        loop {
+            match rustix::fs::llistxattr(path, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(Self(buf));
+                }
+                Err(rustix::io::Errno::RANGE) if buf.len() < (1 << 20) => {
+                    let len = buf.len() * 4;
+                    buf.resize(len, 0);
+                }
+                Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::PERM) => {
+                    return Ok(Self(Vec::new()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.split(|&b| b == 0).any(|n| n == name.as_bytes())
+    }
 }
 
 /// Reads xattr `name` of `path` without following a symlink; `None` when absent or unsupported.
