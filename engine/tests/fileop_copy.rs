@@ -349,3 +349,61 @@ fn symlinks_never_reach_the_host() {
     assert_eq!(fx.read("tmp/kiln-escape/a.txt"), "A");
     assert!(!Path::new("/tmp/kiln-escape").exists());
 }
+
+#[test]
+fn a_large_directory_is_copied_whole_with_each_files_metadata() {
+    // Enough plain files in one directory to be copied on several threads, mixed with a
+    // hard-linked pair, a symlink, a subdirectory and an excluded file, which are not.
+    let fx = Fx::new();
+    let dir = fx.ctx.path().join("big");
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    for i in 0..300 {
+        let p = dir.join(format!("f{i:03}"));
+        fs::write(&p, format!("content {i}").repeat(i % 7 + 1)).unwrap();
+        fs::set_permissions(
+            &p,
+            fs::Permissions::from_mode(0o600 + (i as u32 % 3) * 0o11),
+        )
+        .unwrap();
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i as u64);
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+    fs::hard_link(dir.join("f000"), dir.join("link-to-f000")).unwrap();
+    symlink("f001", dir.join("sym")).unwrap();
+    write(&dir, "sub/inner", "inner");
+    write(&dir, "skip.log", "excluded");
+    let mut r = req(&["big"], "/dst/");
+    r.chown = Some((1000, 1000));
+    r.excludes = vec!["*.log".into()];
+    let stats = fx.run(&r).unwrap();
+    assert_eq!(
+        stats.files,
+        299 + 1 + 1,
+        "299 plain, one of the linked pair, sub/inner"
+    );
+    assert_eq!(stats.hardlinks, 1);
+    assert_eq!(stats.symlinks, 1);
+    for i in 0..300 {
+        let rel = format!("dst/f{i:03}");
+        assert_eq!(fx.read(&rel), format!("content {i}").repeat(i % 7 + 1));
+        let m = fs::symlink_metadata(fx.up(&rel)).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o600 + (i as u32 % 3) * 0o11, "{rel}");
+        assert_eq!((m.uid(), m.gid()), (1000, 1000), "{rel}");
+        assert_eq!(m.mtime(), 1_000_000 + i as i64, "{rel}");
+    }
+    assert_eq!(
+        fs::metadata(fx.up("dst/f000")).unwrap().ino(),
+        fs::metadata(fx.up("dst/link-to-f000")).unwrap().ino()
+    );
+    assert_eq!(
+        fs::read_link(fx.up("dst/sym")).unwrap().to_str(),
+        Some("f001")
+    );
+    assert_eq!(fx.read("dst/sub/inner"), "inner");
+    assert!(!fx.up("dst/skip.log").exists());
+}

@@ -139,6 +139,38 @@ pub(crate) fn select(
     Ok(out)
 }
 
+/// A directory with at least this many plain files copies them on several threads.
+const PARALLEL_COPY_MIN_FILES: usize = 64;
+
+/// Copies the regular file `e` (in `src_parent`, if open) to `target` in the upper directory
+/// `parent` with `attrs` and the source's xattrs: the bytes copied.
+fn copy_file(
+    src: &LayerView,
+    src_parent: Option<&DirHandle>,
+    e: &Entry,
+    parent: &OwnedFd,
+    target: &[String],
+    attrs: Attrs,
+) -> Result<u64, FileOpError> {
+    let mut input = match src_parent {
+        Some(p) => src.open_entry_in(p, e)?,
+        None => src.open_entry(e)?,
+    };
+    let mut out = Upper::create_file(parent, target)?;
+    let n = io::copy(&mut input, &mut out).map_err(|err| FileOpError::ReadSource {
+        path: e.path(),
+        source: err,
+    })?;
+    let fd = OwnedFd::from(out);
+    set_attrs_fd(&fd, attrs).map_err(|err| upper_err(target, err))?;
+    // After the chown: the kernel drops `security.capability` on chown.
+    for (k, v) in src.xattrs_of(e, &input)? {
+        // Best effort, like fsutil: some namespaces need privileges.
+        let _ = rustix::fs::fsetxattr(&fd, k.as_str(), &v, rustix::fs::XattrFlags::empty());
+    }
+    Ok(n)
+}
+
 struct Copier<'a> {
     req: &'a CopyRequest,
     src: &'a LayerView,
@@ -251,6 +283,9 @@ impl Copier<'_> {
         comps: &[String],
         rel: &str,
     ) -> Result<(), FileOpError> {
+        // Plain files (one link, so no hard link to keep) are copied together afterwards, on
+        // several threads; everything else in order, here.
+        let mut plain: Vec<(Entry, Vec<String>, Attrs)> = Vec::new();
         for child in self.src.read_dir_handle(dir)? {
             let child_rel = if rel.is_empty() {
                 child.name().to_owned()
@@ -265,8 +300,44 @@ impl Copier<'_> {
             }
             let mut target = comps.to_vec();
             target.push(child.name().to_owned());
+            if child.metadata().kind == FileKind::File && child.metadata().nlink <= 1 {
+                let attrs = self.attrs(&child);
+                plain.push((child, target, attrs));
+                continue;
+            }
             self.write(&child, Some(dir), fd, &target, &child_rel)?;
         }
+        let src = self.src;
+        let copy_one = |(e, target, attrs): &(Entry, Vec<String>, Attrs)| {
+            copy_file(src, Some(dir), e, fd, target, *attrs)
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4);
+        let bytes: Vec<u64> = if threads < 2 || plain.len() < PARALLEL_COPY_MIN_FILES {
+            plain.iter().map(copy_one).collect::<Result<_, _>>()?
+        } else {
+            let chunk = plain.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = plain
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter().map(copy_one).collect::<Result<Vec<u64>, _>>()
+                        })
+                    })
+                    .collect();
+                let mut all = Vec::with_capacity(plain.len());
+                for w in workers {
+                    // A worker's panic is a bug: passed on as it is.
+                    let part = w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+                    all.extend(part);
+                }
+                Ok::<_, FileOpError>(all)
+            })?
+        };
+        self.stats.files += bytes.len() as u64;
+        self.stats.bytes += bytes.iter().sum::<u64>();
         Ok(())
     }
 
@@ -306,23 +377,7 @@ impl Copier<'_> {
                     self.stats.hardlinks += 1;
                     return Ok(());
                 }
-                let mut input = match src_parent {
-                    Some(p) => self.src.open_entry_in(p, e)?,
-                    None => self.src.open_entry(e)?,
-                };
-                let mut out = Upper::create_file(parent, target)?;
-                let n = io::copy(&mut input, &mut out).map_err(|err| FileOpError::ReadSource {
-                    path: e.path(),
-                    source: err,
-                })?;
-                let fd = OwnedFd::from(out);
-                set_attrs_fd(&fd, attrs).map_err(|err| upper_err(target, err))?;
-                // After the chown: the kernel drops `security.capability` on chown.
-                for (k, v) in self.src.xattrs_of(e, &input)? {
-                    // Best effort, like fsutil: some namespaces need privileges.
-                    let _ =
-                        rustix::fs::fsetxattr(&fd, k.as_str(), &v, rustix::fs::XattrFlags::empty());
-                }
+                let n = copy_file(self.src, src_parent, e, parent, target, attrs)?;
                 self.stats.files += 1;
                 self.stats.bytes += n;
                 if m.nlink > 1 {
