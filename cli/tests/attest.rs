@@ -503,6 +503,51 @@ fn identical_builds_give_identical_attestations_but_for_three_fields() {
     assert_eq!(without_run_metadata(pa), without_run_metadata(pb));
 }
 
+/// A no-op rebuild takes its SBOM statements from the store's cache without cataloguing the
+/// file system. When a cached statement's blob is damaged, the build catalogs after all and
+/// makes the same statement instead of failing or leaving the SBOM out.
+#[test]
+fn a_no_op_rebuild_remakes_an_sbom_statement_it_cannot_read_back() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let k = Kiln::with_base();
+    let ctx = tmp.path().join("app");
+    app_context(&ctx);
+    let dest = |n: u32| tmp.path().join(format!("dest{n}"));
+    let build = |n: u32| {
+        k.build(&ctx, &["--attest-dest", dest(n).to_str().unwrap()])
+            .ok()
+            .digest()
+    };
+    let first = build(1);
+    let spdx = fs::read(dest(1).join("sbom.spdx.statement.json")).unwrap();
+    let cdx = fs::read(dest(1).join("sbom.cdx.statement.json")).unwrap();
+    assert_eq!(build(2), first);
+    assert_eq!(
+        fs::read(dest(2).join("sbom.spdx.statement.json")).unwrap(),
+        spdx
+    );
+
+    // Damage the SPDX statement's blob in the content store.
+    let blob = k
+        .root()
+        .join("content/blobs/sha256")
+        .join(hex(&Sha256::digest(&spdx)));
+    assert!(blob.is_file(), "the statement is a blob of the store");
+    fs::write(&blob, b"damaged").unwrap();
+    assert_eq!(build(3), first);
+    assert_eq!(
+        fs::read(dest(3).join("sbom.spdx.statement.json")).unwrap(),
+        spdx
+    );
+    assert_eq!(
+        fs::read(dest(3).join("sbom.cdx.statement.json")).unwrap(),
+        cdx
+    );
+}
+
 /// Each bundle of `vectors/attest/` attached, as cosign attaches bundles, to the layout of the
 /// image the vectors are about (`image-manifest.json`): `kiln verify` rejects every tampered
 /// one with the reasons `expected.json` names, and passes the valid one.

@@ -587,7 +587,7 @@ impl Engine {
                 let mut out = std::collections::BTreeMap::new();
                 for name in c.contexts.keys() {
                     // Usually known already: a `COPY . …` step's key walked the same tree.
-                    if let Ok(digest) = c.context_digest(name, &[".".to_owned()]) {
+                    if let Ok(digest) = c.context_digest(name, &[".".to_owned()], false) {
                         out.insert(name.clone(), digest);
                     }
                 }
@@ -702,6 +702,8 @@ impl Engine {
             .first()
             .cloned()
             .unwrap_or_else(|| assembled.manifest_descriptor.digest.to_string());
+        // Kept when the statements are cached, in case one cannot be read back after all.
+        let mut catalog_fallback = None;
         let catalog = match (catalog, catalog_job.take()) {
             (Some(task), _) => Some(task),
             (None, Some(job)) => {
@@ -713,7 +715,12 @@ impl Engine {
                     req.epoch,
                     catalog_key.as_deref(),
                 );
-                (gate.is_some() || !statements_cached).then(|| tokio::task::spawn_blocking(job))
+                if gate.is_some() || !statements_cached {
+                    Some(tokio::task::spawn_blocking(job))
+                } else {
+                    catalog_fallback = Some(job);
+                    None
+                }
             }
             (None, None) => None,
         };
@@ -762,55 +769,71 @@ impl Engine {
                 .collect();
         }
 
-        let (attached, attestations, attest_files) = if let (true, Some(prov)) =
-            (req.attest.any(), prov)
-        {
-            let store = self.store.clone();
-            let opts = req.attest.clone();
-            let a = assembled.clone();
-            let name = sbom_name;
-            let epoch = req.epoch;
-            let done = tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
-                let inputs = crate::attest::Inputs {
-                    manifest: a.manifest_descriptor.digest,
-                    name,
-                    sbom: sbom.as_ref(),
-                    epoch,
-                    provenance: prov,
-                };
-                let (made, fresh) =
-                    crate::attest::produce_cached(&store, &opts, &inputs, catalog_key.as_deref())?;
-                let files = match &opts.dest {
-                    Some(dir) => crate::attest::write_dest(dir, &made)?,
-                    None => Vec::new(),
-                };
-                let attached =
-                    crate::attest::attach::attach(&store, &a.manifest_descriptor, &made)?;
-                Ok((attached, made, files, fresh))
-            })
-            .await
-            .map_err(|e| BuildError::Context {
-                name: "attest".into(),
-                message: e.to_string(),
-            })??;
-            staged.sboms.extend(done.3);
-            progress.send(Event::Phase {
-                name: format!(
-                    "attested: index {} ({} ms, of which {} ms waiting for the SBOM catalog)",
-                    done.0.index.digest,
-                    attest_start.elapsed().as_millis(),
-                    catalog_wait.as_millis()
-                ),
-            });
-            let list: Vec<(String, bool)> = done
-                .1
-                .iter()
-                .map(|a| (a.predicate_type.clone(), a.bundle.is_some()))
-                .collect();
-            (Some(done.0), list, done.2)
-        } else {
-            (None, Vec::new(), Vec::new())
-        };
+        let (attached, attestations, attest_files) =
+            if let (true, Some(prov)) = (req.attest.any(), prov) {
+                let store = self.store.clone();
+                let opts = req.attest.clone();
+                let a = assembled.clone();
+                let name = sbom_name;
+                let epoch = req.epoch;
+                let done = tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
+                    let late_sbom;
+                    let mut inputs = crate::attest::Inputs {
+                        manifest: a.manifest_descriptor.digest,
+                        name,
+                        sbom: sbom.as_ref(),
+                        epoch,
+                        provenance: prov,
+                    };
+                    let ck = catalog_key.as_deref();
+                    let first = crate::attest::produce_cached(&store, &opts, &inputs, ck);
+                    let (made, fresh) = match (first, catalog_fallback) {
+                        // A cached statement could not be read back (its blob removed or damaged
+                        // since the check): catalog now and make it.
+                        (Err(crate::attest::AttestError::NotMade(_)), Some(job))
+                            if inputs.sbom.is_none() =>
+                        {
+                            let (s, fresh_catalog) = job()?;
+                            late_sbom = s;
+                            inputs.sbom = Some(&late_sbom);
+                            let (made, mut fresh) =
+                                crate::attest::produce_cached(&store, &opts, &inputs, ck)?;
+                            fresh.extend(fresh_catalog);
+                            (made, fresh)
+                        }
+                        (first, _) => first?,
+                    };
+                    let files = match &opts.dest {
+                        Some(dir) => crate::attest::write_dest(dir, &made)?,
+                        None => Vec::new(),
+                    };
+                    let attached =
+                        crate::attest::attach::attach(&store, &a.manifest_descriptor, &made)?;
+                    Ok((attached, made, files, fresh))
+                })
+                .await
+                .map_err(|e| BuildError::Context {
+                    name: "attest".into(),
+                    message: e.to_string(),
+                })??;
+                staged.sboms.extend(done.3);
+                progress.send(Event::Phase {
+                    name: format!(
+                        "attested: index {} ({} ms, of which {} ms waiting for the SBOM catalog)",
+                        done.0.index.digest,
+                        attest_start.elapsed().as_millis(),
+                        catalog_wait.as_millis()
+                    ),
+                });
+                let list: Vec<(String, bool)> = done
+                    .1
+                    .iter()
+                    .map(|a| (a.predicate_type.clone(), a.bundle.is_some()))
+                    .collect();
+                (Some(done.0), list, done.2)
+            } else {
+                (None, Vec::new(), Vec::new())
+            };
 
         // Emit outputs, then commit.
         let store = self.store.clone();

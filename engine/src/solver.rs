@@ -188,7 +188,7 @@ async fn run_one(
     let v = graph
         .get(i)
         .ok_or_else(|| OpError::Internal(format!("no vertex {i}")))?;
-    let content = crate::ops::content_digest(ctx, &v.op, &inputs).await?;
+    let content = crate::ops::content_digest(ctx, &v.op, &inputs, false).await?;
     let mut enc = Vec::with_capacity(64 * (2 + input_keys.len()));
     enc.extend_from_slice(b"kiln.cachekey.v1\0");
     enc.extend_from_slice(ctx.tenant.as_str().as_bytes());
@@ -236,7 +236,7 @@ async fn run_one(
     // The op read the client's files after they were hashed for the key. If they changed in
     // between, the result does not belong to that key: fail rather than cache it.
     if let Some(inputs) = recheck
-        && crate::ops::content_digest(ctx, &v.op, &inputs).await? != content
+        && crate::ops::content_digest(ctx, &v.op, &inputs, true).await? != content
     {
         return Err(OpError::ContextChanged);
     }

@@ -428,14 +428,21 @@ impl OpContext {
     }
 
     /// The content digest of `paths` of the client context `name` (blocking), computed once
-    /// per build.
-    pub fn context_digest(&self, name: &str, paths: &[String]) -> Result<Digest, OpError> {
+    /// per build unless `fresh` asks to read the files again (the check after a step that
+    /// read them: the memo would hide a change).
+    pub fn context_digest(
+        &self,
+        name: &str,
+        paths: &[String],
+        fresh: bool,
+    ) -> Result<Digest, OpError> {
         let key = (name.to_owned(), paths.to_vec());
-        if let Some(d) = self
-            .context_digests
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).copied())
+        if !fresh
+            && let Some(d) = self
+                .context_digests
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&key).copied())
         {
             return Ok(d);
         }
@@ -488,11 +495,13 @@ pub fn cache_identity(op: &Op) -> Option<Digest> {
     }
 }
 
-/// The digest of client content an op reads, which joins its cache key.
+/// The digest of client content an op reads, which joins its cache key. `fresh` reads the
+/// files again instead of taking this build's earlier digest of the same paths.
 pub async fn content_digest(
     ctx: &Arc<OpContext>,
     op: &Op,
     inputs: &[Output],
+    fresh: bool,
 ) -> Result<Option<Digest>, OpError> {
     let mut reads: Vec<(usize, Vec<String>)> = Vec::new();
     match op {
@@ -519,7 +528,7 @@ pub async fn content_digest(
             continue;
         };
         let c = ctx.clone();
-        let d = tokio::task::spawn_blocking(move || c.context_digest(&name, &paths))
+        let d = tokio::task::spawn_blocking(move || c.context_digest(&name, &paths, fresh))
             .await
             .map_err(|e| OpError::Internal(e.to_string()))??;
         parts.push(d);
