@@ -31,3 +31,10 @@ pub mod tenant;
 
 pub use digest::Digest;
 pub use tenant::TenantId;
+
+/// The CPUs this process may use, read once (`available_parallelism` reads the cgroup's CPU
+/// quota files on every call; layer writers and COPY ask per layer and per directory).
+pub(crate) fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

@@ -311,9 +311,7 @@ impl Copier<'_> {
         let copy_one = |(e, target, attrs): &(Entry, Vec<String>, Attrs)| {
             copy_file(src, Some(dir), e, fd, target, *attrs)
         };
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(4);
+        let threads = crate::cpus().min(4);
         let bytes: Vec<u64> = if threads < 2 || plain.len() < PARALLEL_COPY_MIN_FILES {
             plain.iter().map(copy_one).collect::<Result<_, _>>()?
         } else {

@@ -353,9 +353,7 @@ impl<W: Write> ParallelGzip<W> {
         // ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=unknown.
         let header = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, GZIP_OS_UNKNOWN];
         inner.write_all(&header)?;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 16);
+        let threads = crate::cpus().clamp(1, 16);
         Ok(Self {
             inner,
             cur: Vec::with_capacity(GZIP_BLOCK_MAX),
