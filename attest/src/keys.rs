@@ -194,10 +194,13 @@ impl SigningKey {
                     .map_err(|e| malformed_private(&e))?;
                 // pkcs5 0.7.1 reports bad CBC padding (the usual symptom of a wrong
                 // passphrase) as `EncryptFailed`; both mean the passphrase did not decrypt.
+                // `decrypt` also parses the plaintext: when the padding checks out by chance
+                // under a wrong passphrase, that parse fails (an ASN.1 error).
                 let plain = encrypted.decrypt(passphrase).map_err(|e| match e {
                     pkcs8::Error::EncryptedPrivateKey(
                         pkcs8::pkcs5::Error::DecryptFailed | pkcs8::pkcs5::Error::EncryptFailed,
-                    ) => KeyError::WrongPassphrase,
+                    )
+                    | pkcs8::Error::Asn1(_) => KeyError::WrongPassphrase,
                     other => KeyError::Decrypt {
                         reason: other.to_string(),
                     },
