@@ -158,12 +158,13 @@ impl Kilnd {
         };
     }
 
-    /// SIGKILL, as an OOM killer or `kill -9` would.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
+    /// SIGKILL, as an OOM killer or `kill -9` would. Returns the dead kilnd's pid.
+    fn kill9(&mut self) -> Option<u32> {
+        let mut c = self.child.take()?;
+        let pid = c.id();
+        c.kill().unwrap();
+        c.wait().unwrap();
+        Some(pid)
     }
 
     fn client(&self, pki: &Pki, args: &[&str]) -> Command {
@@ -308,6 +309,30 @@ fn seen(log: &str) -> Seen {
     s
 }
 
+/// Live (not zombie) processes in the step cgroups of the kiln process `owner`
+/// (`kiln/step-<owner>-…`).
+fn steps_of(owner: u32) -> Vec<String> {
+    let needle = format!("/kiln/step-{owner}-");
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| {
+            fs::read_to_string(e.path().join("cgroup")).is_ok_and(|c| c.contains(&needle))
+                && fs::read_to_string(e.path().join("stat"))
+                    .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.starts_with(" Z")))
+        })
+        .map(|e| {
+            let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            format!(
+                "{}: {}",
+                e.file_name().to_string_lossy(),
+                String::from_utf8_lossy(&cmd).replace('\0', " ")
+            )
+        })
+        .collect()
+}
+
 /// Step inits (the sandbox's re-executed init) still alive: a killed daemon's steps.
 fn step_inits() -> usize {
     let Ok(rd) = fs::read_dir("/proc") else {
@@ -407,7 +432,7 @@ fn kilnd_survives_kill_9_during_builds() {
             rng.below(1501)
         };
         std::thread::sleep(Duration::from_millis(wait));
-        d.kill9();
+        let dead = d.kill9().expect("kilnd was running");
         // Read after the kill: whatever the log says last is what the killed daemon did.
         let log = d.log();
         for mut c in clients {
@@ -450,6 +475,13 @@ fn kilnd_survives_kill_9_during_builds() {
         interrupted_total += interrupted.len();
 
         d.start();
+        // The new kilnd killed the dead one's steps before it listened.
+        let left = steps_of(dead);
+        assert!(
+            left.is_empty(),
+            "round {round}: steps of the killed kilnd still run after the restart:\n{}",
+            left.join("\n")
+        );
         let t = Instant::now();
         let fsck = d.admin("fsck");
         max_fsck = max_fsck.max(t.elapsed());

@@ -71,6 +71,16 @@ pub fn run(config_path: &Path, check: bool) -> Result<(), String> {
             "reclaimed what interrupted builds left in the store"
         );
     }
+    // Steps of a kilnd (or kiln) that was killed outright still run, reparented, with no
+    // timeout: kill them and remove their cgroups before anything new starts.
+    match kiln_sandbox::remove_orphaned_cgroups() {
+        Ok(removed) if !removed.is_empty() => tracing::warn!(
+            cgroups = removed.len(),
+            "killed the steps of a kiln process that is gone (crash or kill -9) and removed their cgroups"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not look for steps left by a dead kiln process: {e}"),
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let engine = kiln_engine::builder::Engine::new(store, exe);
     let daemon =

@@ -49,7 +49,8 @@ mod user;
 pub use caps::{Cap, DEFAULT_CAPS};
 pub use cgroup::{
     CgroupError, Controller, CpuLimit, KILL_TIMEOUT, KILN_PARENT, Limits, MAX_NAME_LEN, Outcome,
-    StepCgroup, join_cgroups, kiln_cgroups, move_into_cgroups, remove_stale_cgroups,
+    StepCgroup, join_cgroups, kiln_cgroups, move_into_cgroups, remove_orphaned_cgroups,
+    remove_stale_cgroups,
 };
 pub use init::{Confinement, InitError, InitFailure, Step};
 pub use landlock::{Enforcement, LandlockRecord};

@@ -276,7 +276,7 @@ impl Killer {
 
 /// A cgroup name unique on this host: this process's pid, a random tag (a recycled pid of a
 /// dead kiln whose cgroups were left behind can not collide) and a counter.
-fn next_cgroup_name() -> String {
+pub(crate) fn next_cgroup_name() -> String {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     static TAG: OnceLock<u32> = OnceLock::new();

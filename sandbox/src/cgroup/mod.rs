@@ -434,14 +434,43 @@ pub fn remove_stale_cgroups(prefix: &str) -> Result<Vec<PathBuf>, CgroupError> {
             reason,
         });
     }
-    let h = Hierarchies::detect()?;
+    remove_cgroups_where(&Hierarchies::detect()?, |name| name.starts_with(prefix))
+}
+
+/// Kill the processes of, and remove, the step cgroups of kiln processes that are gone:
+/// every `kiln/step-<pid>-…` (the names the sandbox gives) whose `<pid>` is no live process.
+/// A kiln or kilnd killed with SIGKILL leaves its steps running, reparented, with nothing to
+/// time them out; kilnd calls this at start. Safe beside live builds of other kiln processes:
+/// a live pid keeps its cgroups, even one recycled by an unrelated program (they then stay,
+/// the safe way round). Returns the directories removed.
+pub fn remove_orphaned_cgroups() -> Result<Vec<PathBuf>, CgroupError> {
+    remove_cgroups_where(&Hierarchies::detect()?, |name| {
+        step_owner(name).is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
+    })
+}
+
+/// The pid in a step cgroup name `step-<pid>-<tag>-<n>`.
+pub(crate) fn step_owner(name: &str) -> Option<u32> {
+    name.strip_prefix("step-")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+        .filter(|pid| *pid > 0)
+}
+
+/// Kill the processes of, and remove, every `kiln/<name>` for which `matches(name)`.
+fn remove_cgroups_where(
+    h: &Hierarchies,
+    matches: impl Fn(&str) -> bool,
+) -> Result<Vec<PathBuf>, CgroupError> {
     let mut by_name: BTreeMap<String, Vec<StepDir>> = BTreeMap::new();
     for hier in h.all() {
         for path in children(&hier.mount.join(KILN_PARENT)) {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if name.starts_with(prefix) {
+            if matches(name) {
                 let freezer = hier.version == Version::V1 && hier.has(Controller::Freezer);
                 by_name.entry(name.to_owned()).or_default().push(StepDir {
                     version: hier.version,

@@ -482,3 +482,59 @@ fn stale_cgroups_of_a_dead_build_are_killed_and_removed() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn step_cgroup_names_carry_their_owners_pid() {
+    let name = crate::sandbox::next_cgroup_name();
+    assert_eq!(step_owner(&name), Some(std::process::id()), "{name}");
+    assert_eq!(step_owner("step-0-ab-1"), None);
+    assert_eq!(step_owner("step-x-ab-1"), None);
+    assert_eq!(step_owner("test-12-ab"), None);
+}
+
+#[test]
+fn orphaned_step_cgroups_are_killed_and_removed_and_live_ones_kept() -> TestResult {
+    let Some(h) = host(&[]) else {
+        return Ok(());
+    };
+    // A pid that was a process and is no more: what a SIGKILLed kiln's pid becomes.
+    let mut gone = Command::new("/bin/true").spawn()?;
+    let dead = gone.id();
+    gone.wait()?;
+    if Path::new("/proc").join(dead.to_string()).exists() {
+        eprintln!("skipped: pid {dead} was reused at once");
+        return Ok(());
+    }
+    let orphan = StepCgroup::create_with(
+        &h,
+        &format!("step-{dead}-0rphan00-0"),
+        &Limits::defaults(),
+        KillVia::Auto,
+    )?;
+    let live = StepCgroup::create_with(
+        &h,
+        &format!("step-{}-11ve0000-0", std::process::id()),
+        &Limits::defaults(),
+        KillVia::Auto,
+    )?;
+    let mut step = spawn_in(&orphan, Command::new("/bin/sleep").arg("60"))?;
+    let mut kept_step = spawn_in(&live, Command::new("/bin/sleep").arg("60"))?;
+    let mut orphan_paths: Vec<PathBuf> = orphan.paths().into_iter().map(Path::to_owned).collect();
+    std::mem::forget(orphan);
+
+    let mut removed = remove_orphaned_cgroups()?;
+    removed.retain(|p| orphan_paths.contains(p) || live.paths().contains(&p.as_path()));
+    removed.sort();
+    orphan_paths.sort();
+    assert_eq!(removed, orphan_paths, "only the dead owner's cgroup goes");
+    assert!(orphan_paths.iter().all(|p| !p.exists()));
+    assert_eq!(wait_for(&mut step, 10)?.signal(), Some(libc::SIGKILL));
+    assert!(live.paths().iter().all(|p| p.exists()));
+    assert!(
+        kept_step.try_wait()?.is_none(),
+        "a live build's step was killed"
+    );
+    live.remove()?;
+    assert_eq!(wait_for(&mut kept_step, 10)?.signal(), Some(libc::SIGKILL));
+    Ok(())
+}
