@@ -104,6 +104,10 @@ impl Drop for Kilnd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what kilnd said: its side of a failure is often the reason.
+        if std::thread::panicking() {
+            eprintln!("--- kilnd log ({}) ---\n{}", self.log.display(), self.log());
+        }
     }
 }
 

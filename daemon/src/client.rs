@@ -456,13 +456,16 @@ pub async fn build(
     // Directory outputs arrive as a tar, spooled to a temporary file and then unpacked.
     let mut dir_tars: Vec<Option<tempfile::NamedTempFile>> =
         (0..outputs.len()).map(|_| None).collect();
+    // An upload that failed because kilnd stopped reading: kilnd's own reason (a result or a
+    // status) usually follows on the response stream, and says more than "closed".
+    let mut upload_failed: Option<ClientError> = None;
     loop {
         let msg = match response.message().await {
             Ok(Some(m)) => m,
             Ok(None) => {
-                return Err(ClientError::Status(
-                    "kilnd closed the build stream without a result".into(),
-                ));
+                return Err(upload_failed.unwrap_or_else(|| {
+                    ClientError::Status("kilnd closed the build stream without a result".into())
+                }));
             }
             Err(s) => return Err(status_error(&s)),
         };
@@ -496,9 +499,19 @@ pub async fn build(
                     })
                     .collect::<Result<_, _>>()?;
                 // Sent from a blocking thread: reading files must not stall the stream.
-                let sent = tokio::task::spawn_blocking(move || send_files(&tx, wanted))
+                let sent = match tokio::task::spawn_blocking(move || send_files(&tx, wanted))
                     .await
-                    .map_err(|e| ClientError::Io(e.to_string()))??;
+                    .map_err(|e| ClientError::Io(e.to_string()))?
+                {
+                    Ok(sent) => sent,
+                    Err(SendFailure::Closed) => {
+                        upload_failed = Some(ClientError::Io(
+                            "kilnd closed the build stream during the context upload".into(),
+                        ));
+                        continue;
+                    }
+                    Err(SendFailure::Local(e)) => return Err(e),
+                };
                 stats.bytes_sent += sent;
                 on_event(
                     &serde_json::json!({
@@ -641,20 +654,28 @@ pub async fn build(
     }
 }
 
+/// Why [`send_files`] stopped.
+enum SendFailure {
+    /// kilnd stopped reading the request stream (its reason follows on the response stream).
+    Closed,
+    /// A file could not be read here.
+    Local(ClientError),
+}
+
 /// Sends the asked-for files, in order, in 1 MiB chunks; returns the bytes sent.
 fn send_files(
     tx: &mpsc::Sender<proto::BuildClientMessage>,
     files: Vec<(u32, PathBuf, u64)>,
-) -> Result<u64, ClientError> {
+) -> Result<u64, SendFailure> {
     let mut sent = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     for (index, path, _) in files {
-        let mut f = std::fs::File::open(&path)
-            .map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
+        let local = |e: std::io::Error| {
+            SendFailure::Local(ClientError::Io(format!("{}: {e}", path.display())))
+        };
+        let mut f = std::fs::File::open(&path).map_err(local)?;
         loop {
-            let n = f
-                .read(&mut buf)
-                .map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
+            let n = f.read(&mut buf).map_err(local)?;
             // One read past the end tells eof; a file that grew is caught by the daemon.
             let eof = n == 0;
             sent += n as u64;
@@ -666,7 +687,7 @@ fn send_files(
                 })),
             };
             if tx.blocking_send(msg).is_err() {
-                return Err(ClientError::Io("kilnd closed the build stream".into()));
+                return Err(SendFailure::Closed);
             }
             if eof {
                 break;
