@@ -1147,3 +1147,49 @@ cache_namespace = "team"
     );
     assert_eq!(a.stdout.trim(), b.stdout.trim());
 }
+
+#[test]
+fn finished_builds_beyond_the_history_limit_are_forgotten() {
+    if !root_or_skip() {
+        return;
+    }
+    let pki = Pki::new();
+    let tenants = format!(
+        "{}[history]\nmax_entries = 2\n",
+        TENANTS.replace("policy = \"POLICY\"\n", "")
+    );
+    let d = Kilnd::start(&pki, &tenants, |_| {});
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &tmp.path().join("c"),
+        &format!("FROM {BASE}\nRUN echo hi > /hi\n"),
+    );
+    for _ in 0..3 {
+        let r = d.run(&pki, Some("alpha"), &["build", ctx.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let ls = d.run(&pki, Some("alpha"), &["remote", "ls"]);
+    assert_eq!(ls.code, 0, "{}", ls.stderr);
+    let listed = ls
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" succeeded "))
+        .count();
+    assert_eq!(listed, 2, "kiln remote ls:\n{}", ls.stdout);
+    let on_disk = fs::read_dir(d.state.path().join("records"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert_eq!(on_disk, 2, "records on disk");
+    assert!(
+        d.log().contains("pruned the records of finished builds"),
+        "{}",
+        d.log()
+    );
+}

@@ -13,6 +13,10 @@
 //! keep_bytes = "50g"              # all layers, least recently used go first
 //! tenant_bytes = "10g"            # each tenant's records
 //!
+//! [history]                       # finished builds' records (kiln remote ls)
+//! max_age = "7d"                  # default 7d
+//! max_entries = 1000              # per tenant; default 1000
+//!
 //! [tls]
 //! cert = "/etc/kilnd/server.pem"
 //! key = "/etc/kilnd/server.key"
@@ -70,6 +74,9 @@ pub struct Config {
     /// Garbage collection of the build cache.
     #[serde(default)]
     pub gc: GcConfig,
+    /// How long finished builds' records are kept (`kiln remote ls`, `kiln admin builds`).
+    #[serde(default)]
+    pub history: HistoryConfig,
     /// Tenants.
     #[serde(rename = "tenant", default)]
     pub tenants: Vec<TenantConfig>,
@@ -142,6 +149,41 @@ fn parse_duration(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// `[history]`: the records of finished builds (as BuildKit's `[history]`): those older than
+/// `max_age`, and those beyond each tenant's newest `max_entries`, are deleted when kilnd
+/// starts and whenever a build finishes. A build in progress is never deleted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Finished builds older than this go; default `7d`.
+    #[serde(default)]
+    pub max_age: Option<String>,
+    /// Each tenant keeps at most this many finished builds; default 1000.
+    #[serde(default)]
+    pub max_entries: Option<usize>,
+}
+
+impl HistoryConfig {
+    /// The retention, checked.
+    pub fn retention(&self) -> Result<crate::records::Retention, String> {
+        let default = crate::records::Retention::default();
+        let max_age_secs = match self.max_age.as_deref() {
+            None => default.max_age_secs,
+            Some(s) => parse_duration(s).ok_or_else(|| {
+                format!("history.max_age: {s:?} is not a duration (30s, 10m, 1h, 7d)")
+            })?,
+        };
+        let max_entries = self.max_entries.unwrap_or(default.max_entries);
+        if max_entries == 0 {
+            return Err("history.max_entries: must be at least 1".into());
+        }
+        Ok(crate::records::Retention {
+            max_age_secs,
+            max_entries,
+        })
+    }
 }
 
 /// What a graceful shutdown does with running builds.
@@ -352,6 +394,7 @@ impl Config {
             message,
         };
         config.gc.policy().map_err(&invalid)?;
+        config.history.retention().map_err(&invalid)?;
         if config.tls.client_ca.is_empty() {
             return Err(invalid(
                 "tls.client_ca: at least one CA file: client certificates are required".into(),
@@ -542,6 +585,31 @@ identities = ["spiffe://t/beta"]
             .to_string()
             .contains("client certificates are required")
         );
+    }
+
+    #[test]
+    fn history_retention() {
+        let r = parse("").unwrap().history.retention().unwrap();
+        assert_eq!(r, crate::records::Retention::default());
+        assert_eq!((r.max_age_secs, r.max_entries), (7 * 86400, 1000));
+        let c = parse("[history]\nmax_age = \"2h\"\nmax_entries = 5\n").unwrap();
+        assert_eq!(
+            c.history.retention().unwrap(),
+            crate::records::Retention {
+                max_age_secs: 7200,
+                max_entries: 5
+            }
+        );
+        for (bad, says) in [
+            ("max_age = \"forever\"", "history.max_age"),
+            ("max_entries = 0", "history.max_entries"),
+            ("keep = 3", "unknown field"),
+        ] {
+            let err = parse(&format!("[history]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -73,6 +73,54 @@ pub struct StoredBuild {
     pub error: String,
 }
 
+/// How long finished builds' records are kept (`[history]` in kilnd.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Finished builds created longer ago than this (seconds) go.
+    pub max_age_secs: u64,
+    /// Each tenant keeps at most this many finished builds, the newest.
+    pub max_entries: usize,
+}
+
+impl Default for Retention {
+    /// 7 days, 1000 finished builds per tenant.
+    fn default() -> Self {
+        Self {
+            max_age_secs: 7 * 86400,
+            max_entries: 1000,
+        }
+    }
+}
+
+impl Retention {
+    /// The ids of the finished builds of `builds` this retention no longer keeps at `now`
+    /// (seconds since the Unix epoch). Builds in progress are always kept.
+    pub fn expired<'a>(
+        &self,
+        builds: impl IntoIterator<Item = (&'a str, &'a str, &'a str, u64)>,
+        now: u64,
+    ) -> Vec<String> {
+        // (tenant) -> finished builds, newest first.
+        let mut by_tenant: std::collections::BTreeMap<&str, Vec<(u64, &str)>> = Default::default();
+        for (id, tenant, state, created) in builds {
+            if !IN_PROGRESS.contains(&state) {
+                by_tenant.entry(tenant).or_default().push((created, id));
+            }
+        }
+        let mut out = Vec::new();
+        for mut finished in by_tenant.into_values() {
+            finished.sort_by(|a, b| b.cmp(a));
+            for (i, (created, id)) in finished.into_iter().enumerate() {
+                if i >= self.max_entries || now.saturating_sub(created) > self.max_age_secs {
+                    out.push(id.to_owned());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
 /// The records directory.
 #[derive(Debug)]
 pub struct Records {
@@ -121,6 +169,19 @@ impl Records {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("fsync", &self.dir))
+    }
+
+    /// Deletes a build's record (one that is not there is not an error). Not synced: a
+    /// crash may bring it back, and the next pruning deletes it again.
+    pub fn remove(&self, id: &str) -> Result<(), RecordsError> {
+        if !valid_id(id) {
+            return Ok(());
+        }
+        let path = self.dir.join(format!("{id}.json"));
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &path)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Every record, oldest first. Builds left in progress by the previous run are marked
@@ -241,5 +302,38 @@ mod tests {
         let r = Records::open(dir.path()).unwrap();
         assert!(r.save(&rec("../x", "running")).is_err());
         assert!(!dir.path().join("x.json").exists());
+    }
+
+    #[test]
+    fn retention_drops_old_and_excess_finished_builds_per_tenant_never_running_ones() {
+        let keep = Retention {
+            max_age_secs: 100,
+            max_entries: 2,
+        };
+        let now = 1000;
+        let builds = [
+            ("a1", "alpha", "succeeded", 999),
+            ("a2", "alpha", "failed", 998),
+            ("a3", "alpha", "cancelled", 997), // third newest of alpha: over max_entries
+            ("a4", "alpha", "running", 10),    // in progress: kept, however old
+            ("a5", "alpha", "queued", 11),
+            ("b1", "beta", "succeeded", 950),
+            ("b2", "beta", "succeeded", 899), // 101 s old: over max_age
+            ("b3", "beta", "syncing", 1),
+        ];
+        assert_eq!(keep.expired(builds, now), ["a3", "b2"]);
+        // Exactly max_age old is kept.
+        assert!(
+            keep.expired([("c1", "gamma", "failed", 900)], now)
+                .is_empty()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let r = Records::open(dir.path()).unwrap();
+        r.save(&rec("a3", "cancelled")).unwrap();
+        r.remove("a3").unwrap();
+        r.remove("a3").unwrap();
+        r.remove("../x").unwrap();
+        assert!(r.load().unwrap().is_empty());
     }
 }

@@ -85,6 +85,7 @@ pub struct Daemon {
     gc_lock: tokio::sync::RwLock<()>,
     gc_interval: Option<std::time::Duration>,
     gc_policy: kiln_engine::gc::GcPolicy,
+    history: crate::records::Retention,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -120,7 +121,7 @@ impl Daemon {
                 )
             })
             .collect();
-        Ok(Self {
+        let daemon = Self {
             engine: Arc::new(engine),
             tenants,
             state_dir: config.state_dir.clone(),
@@ -134,7 +135,10 @@ impl Daemon {
             // Checked when the configuration was loaded.
             gc_interval: config.gc.policy().map(|p| p.0).unwrap_or_default(),
             gc_policy: config.gc.policy().map(|p| p.1).unwrap_or_default(),
-        })
+            history: config.history.retention().unwrap_or_default(),
+        };
+        daemon.prune_history();
+        Ok(daemon)
     }
 
     /// Collects the build cache by the configured policy, once no build runs (builds
@@ -237,6 +241,30 @@ impl Daemon {
             f(r);
             self.persist(id, r);
         }
+    }
+
+    /// Deletes the records of finished builds `[history]` no longer keeps.
+    fn prune_history(&self) {
+        let mut b = self.builds.lock().unwrap_or_else(|e| e.into_inner());
+        let expired = self.history.expired(
+            b.iter()
+                .map(|(id, r)| (id.as_str(), r.tenant.as_str(), r.state, r.created)),
+            unix_now(),
+        );
+        if expired.is_empty() {
+            return;
+        }
+        for id in &expired {
+            b.remove(id);
+            if let Err(e) = self.records.remove(id) {
+                tracing::warn!(build = %id, error = %e, "expired build record not deleted");
+            }
+        }
+        tracing::info!(
+            removed = expired.len(),
+            kept = b.len(),
+            "pruned the records of finished builds ([history])"
+        );
     }
 
     /// Saves one record; a failure is logged (the build goes on; after a crash its record
@@ -390,6 +418,7 @@ impl Kiln for Arc<Daemon> {
                 r.error = error.clone();
             });
             tracing::info!(build = %id, tenant = %tenant.id, state, error = %error, "build finished");
+            daemon.prune_history();
             if let Err(s) = result {
                 let _ = tx.send(Err(s)).await;
             }
