@@ -70,9 +70,8 @@ fn passphrase(var: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
 /// The build's attestation options from its flags.
 pub fn options(a: &AttestArgs) -> Result<AttestOptions, Failure> {
     let mut opts = AttestOptions::default();
-    for spec in &a.attest {
-        apply_attest(&mut opts, spec).map_err(usage)?;
-    }
+    // `--sbom` picks the formats first; an `--attest sbom=false` then turns them all off
+    // (the other way round, `--sbom`'s default list would turn them back on).
     match a.sbom.as_str() {
         "none" | "false" => {
             opts.spdx = false;
@@ -93,6 +92,9 @@ pub fn options(a: &AttestArgs) -> Result<AttestOptions, Failure> {
                 }
             }
         }
+    }
+    for spec in &a.attest {
+        apply_attest(&mut opts, spec).map_err(usage)?;
     }
     if a.attest.iter().any(|s| s == "none") {
         opts.spdx = false;
@@ -976,4 +978,52 @@ fn summary(pt: &str, p: &serde_json::Value, signed: bool) -> serde_json::Value {
         _ => serde_json::json!({}),
     };
     serde_json::json!({"predicateType": pt, "signed": signed, "summary": s})
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        attest: AttestArgs,
+    }
+
+    /// (provenance on, spdx, cyclonedx) for these flags.
+    fn made(flags: &[&str]) -> (bool, bool, bool) {
+        let f =
+            Flags::try_parse_from(std::iter::once("kiln").chain(flags.iter().copied())).unwrap();
+        let o = options(&f.attest).unwrap();
+        (o.provenance.is_some(), o.spdx, o.cyclonedx)
+    }
+
+    #[test]
+    fn attest_and_sbom_flags_combine_as_buildx_does() {
+        assert_eq!(made(&[]), (true, true, true));
+        assert_eq!(made(&["--attest", "sbom=false"]), (true, false, false));
+        assert_eq!(
+            made(&["--attest", "type=sbom,disabled=true"]),
+            (true, false, false)
+        );
+        assert_eq!(made(&["--attest", "provenance=false"]), (false, true, true));
+        assert_eq!(made(&["--attest", "none"]), (false, false, false));
+        assert_eq!(made(&["--sbom", "spdx"]), (true, true, false));
+        assert_eq!(made(&["--sbom", "none"]), (true, false, false));
+        assert_eq!(
+            made(&["--sbom", "cyclonedx", "--attest", "sbom=false"]),
+            (true, false, false)
+        );
+        assert_eq!(
+            made(&["--sbom", "none", "--attest", "sbom=true"]),
+            (true, false, false)
+        );
+        assert_eq!(
+            made(&["--attest", "provenance=mode=max", "--attest", "sbom=false"]),
+            (true, false, false)
+        );
+    }
 }
