@@ -156,6 +156,23 @@ impl Metadata {
         }
     }
 
+    /// Metadata of an entry not read from disk: owned by root, times and ids zero.
+    pub(crate) fn synthetic(kind: FileKind, mode: u32, size: u64) -> Self {
+        Self {
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            rdev: 0,
+            nlink: 1,
+            dev_ino: (0, 0),
+            ctime: (0, 0),
+        }
+    }
+
     // `Stat` field types differ between architectures; the conversions are no-ops on some.
     #[allow(clippy::useless_conversion)]
     pub(crate) fn from_stat(st: &Stat) -> Self {
@@ -208,6 +225,17 @@ impl Entry {
     /// Index (bottom = 0) of the layer the entry comes from.
     pub fn layer(&self) -> usize {
         self.layer
+    }
+
+    /// The regular file at `path` (absolute) of layer `layer`, as a merge of per-layer
+    /// listings found it (only what opening it needs: kind, size and mode).
+    pub(crate) fn file_in_layer(path: &str, layer: usize, size: u64, mode: u32) -> Entry {
+        Entry {
+            components: split(path),
+            layer,
+            meta: Metadata::synthetic(FileKind::File, mode, size),
+            dir_layers: Vec::new(),
+        }
     }
 }
 
@@ -542,22 +570,7 @@ impl LayerView {
             }
         }
         // An empty view (scratch) is an empty root directory, like an image with no layers.
-        let (layer, meta) = meta.unwrap_or((
-            0,
-            Metadata {
-                kind: FileKind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                size: 0,
-                mtime_sec: 0,
-                mtime_nsec: 0,
-                rdev: 0,
-                nlink: 1,
-                dev_ino: (0, 0),
-                ctime: (0, 0),
-            },
-        ));
+        let (layer, meta) = meta.unwrap_or((0, Metadata::synthetic(FileKind::Dir, 0o755, 0)));
         let entry = Entry {
             components: Vec::new(),
             layer,
@@ -766,7 +779,7 @@ fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-fn is_opaque(fd: &OwnedFd) -> bool {
+pub(crate) fn is_opaque(fd: &OwnedFd) -> bool {
     ["trusted.overlay.opaque"]
         .iter()
         .any(|n| get_xattr(fd.as_fd(), n).is_some_and(|v| v == b"y"))
@@ -777,7 +790,7 @@ fn dir_is_opaque(parent: &OwnedFd, name: &str) -> bool {
 }
 
 /// A char device 0/0, or an empty regular file carrying the overlay whiteout xattr.
-fn is_whiteout(parent: &OwnedFd, name: &str, meta: &Metadata) -> bool {
+pub(crate) fn is_whiteout(parent: &OwnedFd, name: &str, meta: &Metadata) -> bool {
     match meta.kind {
         FileKind::CharDevice => meta.rdev == 0,
         FileKind::File if meta.size == 0 => {

@@ -6,6 +6,7 @@
 //! for the SBOM catalogers ([`tree::LayerTree`]), signs, and attaches ([`attach`]).
 
 pub mod attach;
+pub mod listing;
 pub mod locate;
 pub mod provenance;
 pub mod tree;
@@ -413,12 +414,44 @@ fn catalog_with_facts(
                 .unwrap_or_default()
         })
         .collect();
-    let tree = tree::LayerTree::new(crate::fsview::LayerView::new(layers));
+    // Each layer's own listing: kept in the store for layers the store keeps, made now for
+    // the others (and for this build's layers, which are likely never seen again).
+    let mut listings = Vec::with_capacity(layers.len());
+    let mut fresh_listings = Vec::new();
+    for (path, id) in layers.iter().zip(&ids) {
+        let transient = made_now.contains(id);
+        let kept = store
+            .filter(|_| !transient)
+            .and_then(|s| s.meta.sbom(&listing::listing_key(id)).ok().flatten())
+            .and_then(|json| serde_json::from_slice::<listing::Listing>(&json).ok());
+        let l = match kept {
+            Some(l) => l,
+            None => {
+                let l = listing::list(path).map_err(|e| sbom::SbomError::Entries {
+                    source: std::io::Error::other(e),
+                })?;
+                if store.is_some()
+                    && !transient
+                    && let Ok(json) = serde_json::to_vec(&l)
+                {
+                    fresh_listings.push((listing::listing_key(id), json));
+                }
+                l
+            }
+        };
+        listings.push(l);
+    }
+    let refs: Vec<&listing::Listing> = listings.iter().collect();
+    let tree = tree::LayerTree::from_listings(crate::fsview::LayerView::new(layers), &refs);
+    drop(refs);
+    drop(listings);
     let mut facts = tree::LayerFacts::new(&tree, ids, made_now, |id| {
         store.and_then(|s| s.meta.sbom(&tree::facts_key(id)).ok().flatten())
     });
     let sbom = sbom::catalog_with(&tree, &mut facts)?;
-    Ok((sbom, facts.fresh()))
+    let mut fresh = facts.fresh();
+    fresh.extend(fresh_listings);
+    Ok((sbom, fresh))
 }
 
 /// The file name stem of an attestation in `--attest-dest`.
@@ -594,7 +627,7 @@ mod tests {
             catalog_with_facts(Some(&store), layers.clone(), made_now.clone()).unwrap();
         assert_eq!(plain, learned, "facts change nothing in the result");
         let keys: Vec<&str> = fresh.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["facts:0123abcd"]);
+        assert_eq!(keys, ["facts:0123abcd", "listing:0123abcd"]);
         let mut staged = crate::store::StagedRecords::default();
         staged.sboms.extend(fresh);
         store.meta.commit(&staged).unwrap();
@@ -603,6 +636,8 @@ mod tests {
         // facts still reports what the layer held (it did not read the file again), which is
         // how a layer that really never changes is served.
         std::fs::write(base.join("base.txt"), b"tampered").unwrap();
+        // The same for its listing: a file added behind the cache's back is not walked.
+        std::fs::write(base.join("added.txt"), b"added").unwrap();
         let (reused, fresh) = catalog_with_facts(Some(&store), layers.clone(), made_now).unwrap();
         assert_eq!(reused, plain);
         assert!(fresh.is_empty(), "nothing new was learned");

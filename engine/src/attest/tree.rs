@@ -16,6 +16,10 @@ pub struct LayerTree {
     /// The regular files the last [`FileTree::entries`] walk found, by path: opening one then
     /// starts from the layer that holds it instead of resolving the path through every layer.
     files: Mutex<HashMap<String, Entry>>,
+    /// The entries, when they came from per-layer listings ([`LayerTree::from_listings`])
+    /// instead of a walk of the merged view; taken by the first [`FileTree::entries`] (a later
+    /// call walks).
+    listed: Mutex<Option<Vec<FileEntry>>>,
 }
 
 impl LayerTree {
@@ -24,6 +28,41 @@ impl LayerTree {
         Self {
             view,
             files: Mutex::new(HashMap::new()),
+            listed: Mutex::new(None),
+        }
+    }
+
+    /// The tree of `view`'s layers from their listings (one per layer, bottom first; see
+    /// [`super::listing`]): the same entries a walk of the merged view finds, without it.
+    pub fn from_listings(view: LayerView, listings: &[&super::listing::Listing]) -> Self {
+        use super::listing::Kind;
+        let merged = super::listing::merge(listings);
+        let mut files = HashMap::new();
+        let mut listed = Vec::with_capacity(merged.len());
+        for (path, (e, layer)) in merged {
+            let kind = match e.kind {
+                Kind::File => EntryKind::Regular,
+                Kind::Dir | Kind::OpaqueDir => EntryKind::Directory,
+                Kind::Symlink => EntryKind::Symlink,
+                Kind::Other | Kind::Whiteout => EntryKind::Other,
+            };
+            if kind == EntryKind::Regular {
+                files.insert(
+                    path.clone(),
+                    Entry::file_in_layer(&path, layer, e.size, e.mode),
+                );
+            }
+            listed.push(FileEntry {
+                path,
+                kind,
+                mode: e.mode,
+                size: e.size,
+            });
+        }
+        Self {
+            view,
+            files: Mutex::new(files),
+            listed: Mutex::new(Some(listed)),
         }
     }
 
@@ -159,6 +198,9 @@ fn to_io(e: FsViewError) -> io::Error {
 
 impl FileTree for LayerTree {
     fn entries(&self) -> io::Result<Vec<FileEntry>> {
+        if let Some(listed) = self.listed.lock().ok().and_then(|mut l| l.take()) {
+            return Ok(listed);
+        }
         let mut out = Vec::new();
         let mut files = HashMap::new();
         self.walk("/", &mut out, &mut files).map_err(to_io)?;
@@ -251,5 +293,132 @@ mod tests {
             tree.open("/nope").err().map(|e| e.kind()),
             Some(io::ErrorKind::NotFound)
         );
+    }
+
+    /// Random stacks of layers (files, directories, opaque directories, symlinks, fifos and
+    /// whiteouts over a small set of paths, so that layers overwrite, delete and hide each
+    /// other's entries): the tree from per-layer listings equals the walk of the merged view,
+    /// entry for entry and layer for layer.
+    #[test]
+    fn listings_merge_to_the_merged_view() {
+        let root = rustix::process::geteuid().is_root();
+        if !root {
+            println!(
+                "note: not root: no whiteout devices or trusted.* opaque markers; those cases are not covered"
+            );
+        }
+        const PATHS: [&str; 10] = [
+            "a", "a/x", "a/x/1", "a/x/2", "a/y", "b", "b/z", "b/z/3", "c", "a-b",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut checked = 0;
+        let (mut whiteouts, mut opaque) = (0, 0);
+        for _case in 0..150 {
+            let dirs: Vec<tempfile::TempDir> =
+                (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+            for layer in &dirs {
+                for path in PATHS {
+                    if next(3) != 0 {
+                        continue;
+                    }
+                    let full = layer.path().join(path);
+                    // The parents, as plain directories of this layer.
+                    let parent = full.parent().unwrap();
+                    if std::fs::create_dir_all(parent).is_err()
+                        || std::fs::symlink_metadata(&full).is_ok()
+                    {
+                        continue;
+                    }
+                    match next(6) {
+                        0 => std::fs::write(&full, path.as_bytes()).unwrap(),
+                        1 => std::fs::create_dir(&full).unwrap(),
+                        2 => {
+                            std::fs::create_dir(&full).unwrap();
+                            if root {
+                                rustix::fs::setxattr(
+                                    &full,
+                                    "trusted.overlay.opaque",
+                                    b"y",
+                                    rustix::fs::XattrFlags::empty(),
+                                )
+                                .unwrap();
+                            }
+                        }
+                        3 => std::os::unix::fs::symlink("/a/x", &full).unwrap(),
+                        4 if root => rustix::fs::mknodat(
+                            rustix::fs::CWD,
+                            &full,
+                            rustix::fs::FileType::CharacterDevice,
+                            rustix::fs::Mode::from_raw_mode(0o600),
+                            0,
+                        )
+                        .unwrap(),
+                        _ => rustix::fs::mknodat(
+                            rustix::fs::CWD,
+                            &full,
+                            rustix::fs::FileType::Fifo,
+                            rustix::fs::Mode::from_raw_mode(0o644),
+                            0,
+                        )
+                        .unwrap(),
+                    }
+                }
+            }
+            let layers: Vec<std::path::PathBuf> =
+                dirs.iter().map(|d| d.path().to_owned()).collect();
+            let walked = LayerTree::new(LayerView::new(layers.clone()));
+            let want = walked.entries().unwrap();
+            let listings: Vec<super::super::listing::Listing> = layers
+                .iter()
+                .map(|l| super::super::listing::list(l).unwrap())
+                .collect();
+            for l in &listings {
+                for e in &l.entries {
+                    match e.kind {
+                        super::super::listing::Kind::Whiteout => whiteouts += 1,
+                        super::super::listing::Kind::OpaqueDir => opaque += 1,
+                        _ => {}
+                    }
+                }
+            }
+            let refs: Vec<&super::super::listing::Listing> = listings.iter().collect();
+            let merged = LayerTree::from_listings(LayerView::new(layers.clone()), &refs);
+            let got = merged.entries().unwrap();
+            let show = |v: &[FileEntry]| {
+                v.iter()
+                    .map(|e| format!("{} {:?} {:o} {}", e.path, e.kind, e.mode, e.size))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(show(&got), show(&want), "listings: {listings:#?}");
+            for e in want.iter().filter(|e| e.kind == EntryKind::Regular) {
+                assert_eq!(
+                    merged.layer_of(&e.path),
+                    walked.layer_of(&e.path),
+                    "{}",
+                    e.path
+                );
+                let mut s = String::new();
+                merged
+                    .open(&e.path)
+                    .unwrap()
+                    .read_to_string(&mut s)
+                    .unwrap();
+                assert_eq!(s, e.path.trim_start_matches('/'));
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "only {checked} files compared");
+        if root {
+            assert!(
+                whiteouts > 20 && opaque > 20,
+                "{whiteouts} whiteouts, {opaque} opaque"
+            );
+        }
     }
 }
