@@ -147,8 +147,31 @@ impl FromStr for Algorithm {
 }
 
 enum SecretInner {
-    P256(p256::ecdsa::SigningKey),
+    P256(LazyP256),
     Ed25519(ed25519_dalek::SigningKey),
+}
+
+/// A P-256 secret whose signing key (which holds the public point, one scalar multiplication
+/// to compute) is made on first use: reading a key file checks it at once, and the caller
+/// may make the rest on another thread ([`SigningKey::public_key`] forces it) while it does
+/// other work. Both halves wipe their secret on drop.
+struct LazyP256 {
+    secret: p256::SecretKey,
+    key: std::sync::OnceLock<p256::ecdsa::SigningKey>,
+}
+
+impl LazyP256 {
+    fn new(secret: p256::SecretKey) -> Self {
+        Self {
+            secret,
+            key: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> &p256::ecdsa::SigningKey {
+        self.key
+            .get_or_init(|| p256::ecdsa::SigningKey::from(&self.secret))
+    }
 }
 
 /// A private signing key. Its secret is zeroized on drop, and `Debug` prints only the algorithm
@@ -170,7 +193,9 @@ impl SigningKey {
     /// A fresh key from the operating system's random source.
     pub fn generate(algorithm: Algorithm) -> SigningKey {
         let inner = match algorithm {
-            Algorithm::EcdsaP256 => SecretInner::P256(p256::ecdsa::SigningKey::random(&mut OsRng)),
+            Algorithm::EcdsaP256 => {
+                SecretInner::P256(LazyP256::new(p256::SecretKey::random(&mut OsRng)))
+            }
             Algorithm::Ed25519 => {
                 SecretInner::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng))
             }
@@ -233,10 +258,9 @@ impl SigningKey {
                     ),
                 });
             }
-            let key =
-                p256::ecdsa::SigningKey::from_pkcs8_der(der).map_err(|e| malformed_private(&e))?;
+            let key = p256::SecretKey::from_pkcs8_der(der).map_err(|e| malformed_private(&e))?;
             Ok(SigningKey {
-                inner: SecretInner::P256(key),
+                inner: SecretInner::P256(LazyP256::new(key)),
             })
         } else if alg.oid == OID_ED25519 {
             let key = ed25519_dalek::SigningKey::from_pkcs8_der(der)
@@ -255,7 +279,7 @@ impl SigningKey {
     /// KEY` (PBES2: PBKDF2-HMAC-SHA256, 600 000 iterations, random salt; AES-256-CBC) with one.
     pub fn to_pkcs8_pem(&self, passphrase: Option<&[u8]>) -> Result<Zeroizing<String>, KeyError> {
         let der = match &self.inner {
-            SecretInner::P256(k) => k.to_pkcs8_der(),
+            SecretInner::P256(k) => k.secret.to_pkcs8_der(),
             SecretInner::Ed25519(k) => {
                 // PKCS#8 v1 (RFC 8410 without the optional public key), as OpenSSL writes it:
                 // Python's `cryptography` rejects the v2 form ed25519-dalek writes by default.
@@ -300,10 +324,12 @@ impl SigningKey {
             })
     }
 
-    /// The matching public key.
+    /// The matching public key. For P-256 the first call computes it (one scalar
+    /// multiplication); a caller may make that call on another thread right after loading the
+    /// key, so that signing later does not wait for it.
     pub fn public_key(&self) -> PublicKey {
         let inner = match &self.inner {
-            SecretInner::P256(k) => PublicInner::P256(*k.verifying_key()),
+            SecretInner::P256(k) => PublicInner::P256(*k.get().verifying_key()),
             SecretInner::Ed25519(k) => PublicInner::Ed25519(k.verifying_key()),
         };
         PublicKey { inner }
@@ -322,7 +348,7 @@ impl SigningKey {
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         match &self.inner {
             SecretInner::P256(k) => {
-                let sig: p256::ecdsa::Signature = k.sign(message);
+                let sig: p256::ecdsa::Signature = k.get().sign(message);
                 sig.to_der().as_bytes().to_vec()
             }
             SecretInner::Ed25519(k) => {

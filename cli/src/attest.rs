@@ -106,7 +106,12 @@ pub fn options(a: &AttestArgs) -> Result<AttestOptions, Failure> {
     }
     opts.dest = a.attest_dest.clone();
     if let Some(path) = &a.sign_key {
-        opts.signer = Some(Arc::new(load_signing_key(path)?));
+        let key = Arc::new(load_signing_key(path)?);
+        // Checked now; its public point (P-256: a scalar multiplication signing needs) is
+        // made on another thread while the build runs.
+        let warm = Arc::clone(&key);
+        std::thread::spawn(move || warm.public_key());
+        opts.signer = Some(key);
     }
     Ok(opts)
 }
