@@ -322,6 +322,45 @@ fn unsigned_builds_say_so_and_verify_refuses_them() {
 }
 
 #[test]
+fn an_archive_started_beside_failed_attestations_is_not_left_behind() {
+    if !root_or_skip() {
+        return;
+    }
+    let k = Kiln::with_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("app");
+    app_context(&ctx);
+    // The OCI archive is written while the attestations are made; writing them to
+    // --attest-dest fails (a file where the directory should be), so the build fails.
+    fs::write(tmp.path().join("file"), b"").unwrap();
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let r = k.build(
+        &ctx,
+        &[
+            "--attest-dest",
+            tmp.path().join("file/sub").to_str().unwrap(),
+            "-o",
+            &format!("type=oci,dest={}", out.join("image.tar").display()),
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("writing attestation"), "{}", r.stderr);
+    let left: Vec<_> = fs::read_dir(&out).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The same build with attestations that can be written gives the archive.
+    let ok = k.build(
+        &ctx,
+        &[
+            "-o",
+            &format!("type=oci,dest={}", out.join("image.tar").display()),
+        ],
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(out.join("image.tar").is_file());
+}
+
+#[test]
 fn attaching_attestations_leaves_the_image_digest_unchanged() {
     if !root_or_skip() {
         return;

@@ -769,6 +769,40 @@ impl Engine {
                 .collect();
         }
 
+        // OCI archive outputs of an attested image start now, beside the attestations: the
+        // image's own blobs are written while the statements are made and signed; their
+        // blobs, the index and `index.json` follow (`export_oci_tar_staged`). If the
+        // attestations fail, the outputs are abandoned and nothing is left at their paths.
+        let mut early: Vec<EarlyOutput> = Vec::new();
+        if req.attest.any() && prov.is_some() {
+            for (i, o) in req.outputs.iter().enumerate() {
+                let OutputSpec::Oci { dest } = o else {
+                    continue;
+                };
+                let (tx, rx) = std::sync::mpsc::channel::<crate::attest::Attached>();
+                let (store, a, names, dest, epoch) = (
+                    self.store.clone(),
+                    assembled.clone(),
+                    names.clone(),
+                    dest.clone(),
+                    req.epoch,
+                );
+                let task = tokio::task::spawn_blocking(move || {
+                    output::write_oci_staged(&store, &a, &names, &dest, epoch, move || {
+                        rx.recv()
+                            .map_err(|_| "the attestations were not made".to_owned())
+                    })
+                });
+                early.push((i, tx, task));
+            }
+        }
+        let abandon = |early: Vec<EarlyOutput>| async move {
+            for (_, tx, task) in early {
+                drop(tx);
+                let _ = task.await;
+            }
+        };
+
         let (attached, attestations, attest_files) =
             if let (true, Some(prov)) = (req.attest.any(), prov) {
                 let store = self.store.clone();
@@ -815,7 +849,18 @@ impl Engine {
                 .map_err(|e| BuildError::Context {
                     name: "attest".into(),
                     message: e.to_string(),
-                })??;
+                })
+                .and_then(|r| r);
+                let done = match done {
+                    Ok(done) => done,
+                    Err(e) => {
+                        abandon(early).await;
+                        return Err(e);
+                    }
+                };
+                for (_, tx, _) in &early {
+                    let _ = tx.send(done.0.clone());
+                }
                 staged.sboms.extend(done.3);
                 progress.send(Event::Phase {
                     name: format!(
@@ -848,9 +893,14 @@ impl Engine {
             &planned.base_images,
             progress.clone(),
         );
+        let started: Vec<usize> = early.iter().map(|(i, ..)| *i).collect();
         let pushed = tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
             let mut pushed = Vec::new();
-            for o in &outputs {
+            for (_, o) in outputs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !started.contains(i))
+            {
                 if let OutputSpec::Registry { reference } = o {
                     pushed.push(push.push(&store, &a2, reference, attached2.as_ref())?);
                     continue;
@@ -863,7 +913,24 @@ impl Engine {
         .map_err(|e| BuildError::Context {
             name: "output".into(),
             message: e.to_string(),
-        })??;
+        })
+        .and_then(|r| r);
+        // The other outputs' error first, else the first of these.
+        let mut pushed = pushed;
+        for (_, tx, task) in early {
+            drop(tx);
+            let r = task
+                .await
+                .map_err(|e| BuildError::Context {
+                    name: "output".into(),
+                    message: e.to_string(),
+                })
+                .and_then(|r| r.map_err(BuildError::from));
+            if let (Err(e), Ok(_)) = (r, &pushed) {
+                pushed = Err(e);
+            }
+        }
+        let pushed = pushed?;
         for n in &names {
             staged.images.insert(
                 n.clone(),
@@ -895,6 +962,14 @@ impl Engine {
         })
     }
 }
+
+/// An output started before the attestations exist: its index among the outputs, the sender
+/// of the attachments it waits for (dropped: abandon it), and its task.
+type EarlyOutput = (
+    usize,
+    std::sync::mpsc::Sender<crate::attest::Attached>,
+    tokio::task::JoinHandle<Result<(), output::OutputError>>,
+);
 
 impl Engine {
     /// Commits a build's staged records with the client file hashes it learned, after making

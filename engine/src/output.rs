@@ -8,6 +8,7 @@ use crate::oci::apply::{ApplyMode, apply_layer};
 use crate::oci::compress::decompress;
 use crate::oci::export::{
     ExportOptions, ImageRef, export_docker_archive, export_oci_dir, export_oci_tar,
+    export_oci_tar_staged,
 };
 use crate::oci::layer::{LayerOptions, write_layer};
 use crate::store::Store;
@@ -234,6 +235,33 @@ pub fn write(
             r
         }
     }
+}
+
+/// Writes an OCI archive output (`type=oci`) of an image whose attestations are being made:
+/// its own blobs now, the rest once `attached` gives the attachments (see
+/// [`crate::oci::export::export_oci_tar_staged`]); an `Err` from it leaves nothing at `dest`.
+/// The archive is the one [`write`] makes with the same attachments.
+pub fn write_oci_staged(
+    store: &Store,
+    img: &Assembled,
+    names: &[String],
+    dest: &Path,
+    epoch: u64,
+    attached: impl FnOnce() -> Result<crate::attest::Attached, String>,
+) -> Result<(), OutputError> {
+    let image = ImageRef::load(&store.content, img.manifest_descriptor.clone(), names)
+        .map_err(|e| oerr(dest)(e.to_string()))?;
+    let rest = {
+        let image = image.clone();
+        move || {
+            let a = attached()?;
+            let mut blobs = a.manifests.clone();
+            blobs.extend(a.blobs.iter().cloned());
+            Ok(image.with_attachments(a.index.clone(), a.index_bytes.clone(), blobs))
+        }
+    };
+    export_oci_tar_staged(&store.content, &image, dest, &ExportOptions { epoch }, rest)
+        .map_err(|e| oerr(dest)(e.to_string()))
 }
 
 /// Applies the image's layers, bottom first, onto `dest` (whiteouts remove files).

@@ -53,6 +53,15 @@ pub enum ExportError {
         /// Layers given.
         layers: usize,
     },
+    /// The rest of a staged export never came (what it waited for failed); nothing is left
+    /// at the destination.
+    #[error("export of {path} abandoned: {reason}")]
+    Abandoned {
+        /// The output path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// An image name is not a valid reference.
     #[error("invalid image name {name:?}: {reason}")]
     InvalidName {
@@ -217,6 +226,16 @@ impl ImageRef {
             .collect()
     }
 
+    /// The image's own blobs: config and layers, without duplicates.
+    fn own_blobs(&self) -> Vec<Descriptor> {
+        let mut seen = BTreeSet::new();
+        std::iter::once(&self.manifest.config)
+            .chain(&self.manifest.layers)
+            .filter(|d| d.digest != self.descriptor.digest && seen.insert(d.digest))
+            .cloned()
+            .collect()
+    }
+
     /// The attachments' index as a blob to write, if any.
     fn index_blob(&self) -> Option<(&Digest, &[u8])> {
         self.attached
@@ -296,6 +315,27 @@ pub fn export_oci_tar(
     write_layout_tar(source, image, dest, opts, false)
 }
 
+/// [`export_oci_tar`] of an image whose attestations are made meanwhile: the image's own
+/// blobs (manifest, config, layers) are written at once; then `rest` is called (it may wait
+/// for the attestations) and gives the image to finish with, normally `image` with its
+/// attachments, whose other blobs, index and `index.json` follow. An `Err` from `rest`
+/// abandons the export: nothing is left at `dest`. The file is the same as
+/// [`export_oci_tar`] of the finished image writes.
+pub fn export_oci_tar_staged(
+    source: &dyn BlobSource,
+    image: &ImageRef,
+    dest: &Path,
+    opts: &ExportOptions,
+    rest: impl FnOnce() -> std::result::Result<ImageRef, String>,
+) -> Result<()> {
+    write_layout_tar_staged(source, image, dest, opts, false, || {
+        rest().map_err(|reason| ExportError::Abandoned {
+            path: dest.to_owned(),
+            reason,
+        })
+    })
+}
+
 /// Writes `image` as a docker-archive at `dest` for `docker load` (`type=docker`): the legacy
 /// `manifest.json` (read by docker 20.10, which decompresses gzip layers) plus an OCI layout
 /// (`index.json`, `oci-layout`) over the same blobs, which newer docker reads.
@@ -344,91 +384,128 @@ fn write_layout_tar(
     opts: &ExportOptions,
     docker: bool,
 ) -> Result<()> {
+    write_layout_tar_staged(source, image, dest, opts, docker, || Ok(image.clone()))
+}
+
+/// The layout tar in two parts, each in path order: the directories and the image's own
+/// blobs; then (from the image `rest` gives) the other blobs its attachments reach, their
+/// index, and the layout files. Without attachments that is one sorted run of entries.
+fn write_layout_tar_staged(
+    source: &dyn BlobSource,
+    image: &ImageRef,
+    dest: &Path,
+    opts: &ExportOptions,
+    docker: bool,
+    rest: impl FnOnce() -> Result<ImageRef>,
+) -> Result<()> {
     let werr = |source| ExportError::Write {
         path: dest.to_owned(),
         source,
     };
-    let mut entries: BTreeMap<String, Content> = BTreeMap::new();
-    entries.insert("blobs/".into(), Content::Dir);
-    entries.insert(format!("{}/", media::BLOBS_SHA256_DIR), Content::Dir);
-    entries.insert(
+    let mut first: BTreeMap<String, Content> = BTreeMap::new();
+    first.insert("blobs/".into(), Content::Dir);
+    first.insert(format!("{}/", media::BLOBS_SHA256_DIR), Content::Dir);
+    first.insert(
         blob_path(&image.descriptor.digest),
         Content::Bytes(image.manifest_bytes.clone()),
     );
-    for d in image.blobs() {
-        entries.insert(blob_path(&d.digest), Content::Blob(Box::new(d)));
-    }
-    if let Some((digest, bytes)) = image.index_blob() {
-        entries.insert(blob_path(digest), Content::Bytes(bytes.to_vec()));
-    }
-    entries.insert(
-        media::OCI_LAYOUT_FILE.into(),
-        Content::Bytes(layout_file()?),
-    );
-    let index = Index::new(image.index_entries());
-    entries.insert(
-        media::INDEX_FILE.into(),
-        Content::Bytes(canonical_json(&index)?),
-    );
-    if docker {
-        let m = [DockerManifestEntry {
-            config: blob_path(&image.manifest.config.digest),
-            repo_tags: image.names.iter().map(|n| n.familiar.clone()).collect(),
-            layers: image
-                .manifest
-                .layers
-                .iter()
-                .map(|d| blob_path(&d.digest))
-                .collect(),
-        }];
-        let bytes = serde_json::to_vec(&m).map_err(|source| TypesError::Serialize {
-            what: "docker manifest.json",
-            source,
-        })?;
-        entries.insert(media::DOCKER_MANIFEST_FILE.into(), Content::Bytes(bytes));
+    for d in image.own_blobs() {
+        first.insert(blob_path(&d.digest), Content::Blob(Box::new(d)));
     }
 
     let mut out = AtomicFile::create(dest).map_err(werr)?;
     {
         let file = out.file().map_err(werr)?;
         let mut tar = tar::Builder::new(io::BufWriter::new(&mut *file));
-        for (path, content) in entries {
-            let mut h = tar::Header::new_ustar();
-            h.set_path(&path).map_err(werr)?;
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(opts.epoch);
-            h.set_device_major(0).map_err(werr)?;
-            h.set_device_minor(0).map_err(werr)?;
-            match content {
-                Content::Dir => {
-                    h.set_entry_type(tar::EntryType::Directory);
-                    h.set_mode(0o755);
-                    h.set_size(0);
-                    h.set_cksum();
-                    tar.append(&h, io::empty()).map_err(werr)?;
-                }
-                Content::Bytes(b) => {
-                    h.set_entry_type(tar::EntryType::Regular);
-                    h.set_mode(0o644);
-                    h.set_size(b.len() as u64);
-                    h.set_cksum();
-                    tar.append(&h, &b[..]).map_err(werr)?;
-                }
-                Content::Blob(d) => {
-                    h.set_entry_type(tar::EntryType::Regular);
-                    h.set_mode(0o644);
-                    h.set_size(d.size);
-                    h.set_cksum();
-                    let mut r = open_verified(source, &d)?;
-                    tar.append(&h, &mut r).map_err(|e| blob_or(e, werr))?;
-                }
+        let written: BTreeSet<String> = first.keys().cloned().collect();
+        append_entries(&mut tar, first, source, opts, &werr)?;
+
+        let image = rest()?;
+        let mut entries: BTreeMap<String, Content> = BTreeMap::new();
+        for d in image.blobs() {
+            let path = blob_path(&d.digest);
+            if !written.contains(&path) {
+                entries.insert(path, Content::Blob(Box::new(d)));
             }
         }
+        if let Some((digest, bytes)) = image.index_blob() {
+            entries.insert(blob_path(digest), Content::Bytes(bytes.to_vec()));
+        }
+        append_entries(&mut tar, std::mem::take(&mut entries), source, opts, &werr)?;
+        entries.insert(
+            media::OCI_LAYOUT_FILE.into(),
+            Content::Bytes(layout_file()?),
+        );
+        let index = Index::new(image.index_entries());
+        entries.insert(
+            media::INDEX_FILE.into(),
+            Content::Bytes(canonical_json(&index)?),
+        );
+        if docker {
+            let m = [DockerManifestEntry {
+                config: blob_path(&image.manifest.config.digest),
+                repo_tags: image.names.iter().map(|n| n.familiar.clone()).collect(),
+                layers: image
+                    .manifest
+                    .layers
+                    .iter()
+                    .map(|d| blob_path(&d.digest))
+                    .collect(),
+            }];
+            let bytes = serde_json::to_vec(&m).map_err(|source| TypesError::Serialize {
+                what: "docker manifest.json",
+                source,
+            })?;
+            entries.insert(media::DOCKER_MANIFEST_FILE.into(), Content::Bytes(bytes));
+        }
+        append_entries(&mut tar, entries, source, opts, &werr)?;
         let mut buf = tar.into_inner().map_err(werr)?;
         buf.flush().map_err(werr)?;
     }
     out.commit().map_err(werr)
+}
+
+fn append_entries<W: Write>(
+    tar: &mut tar::Builder<W>,
+    entries: BTreeMap<String, Content>,
+    source: &dyn BlobSource,
+    opts: &ExportOptions,
+    werr: &dyn Fn(io::Error) -> ExportError,
+) -> Result<()> {
+    for (path, content) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(&path).map_err(werr)?;
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(opts.epoch);
+        h.set_device_major(0).map_err(werr)?;
+        h.set_device_minor(0).map_err(werr)?;
+        match content {
+            Content::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                h.set_cksum();
+                tar.append(&h, io::empty()).map_err(werr)?;
+            }
+            Content::Bytes(b) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(b.len() as u64);
+                h.set_cksum();
+                tar.append(&h, &b[..]).map_err(werr)?;
+            }
+            Content::Blob(d) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(d.size);
+                h.set_cksum();
+                let mut r = open_verified(source, &d)?;
+                tar.append(&h, &mut r).map_err(|e| blob_or(e, werr))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open_verified(
@@ -540,5 +617,63 @@ mod tests {
         );
         assert!(ImageName::parse("a b").is_err());
         assert!(ImageName::parse("x@sha256:00").is_err());
+    }
+
+    #[test]
+    fn a_staged_export_writes_the_same_archive_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = crate::store::content::ContentStore::open(&dir.path().join("cs")).unwrap();
+        let put = |media: &str, bytes: &[u8]| {
+            Descriptor::new(media, cs.write_bytes(bytes).unwrap(), bytes.len() as u64)
+        };
+        let config = put(
+            media::OCI_CONFIG,
+            br#"{"architecture":"amd64","os":"linux"}"#,
+        );
+        let layer = put(media::OCI_LAYER_TAR, b"not really a tar");
+        let manifest = Manifest::new(config, vec![layer]);
+        let image = put(media::OCI_MANIFEST, &canonical_json(&manifest).unwrap());
+        // What attestations add: a blob, and an index over the image.
+        let extra = put("application/vnd.in-toto+json", b"{\"statement\":1}");
+        let index = Index::new(vec![image.clone(), extra.clone()]);
+        let index_bytes = canonical_json(&index).unwrap();
+        let index_d = put(media::OCI_INDEX, &index_bytes);
+        let names = ["kiln.test/app:1".to_owned()];
+        let plain = ImageRef::load(&cs, image, &names).unwrap();
+        let attached = plain
+            .clone()
+            .with_attachments(index_d, index_bytes, vec![extra]);
+        let opts = ExportOptions { epoch: 7 };
+
+        let whole = dir.path().join("whole.tar");
+        export_oci_tar(&cs, &attached, &whole, &opts).unwrap();
+        let staged = dir.path().join("staged.tar");
+        export_oci_tar_staged(&cs, &plain, &staged, &opts, || Ok(attached.clone())).unwrap();
+        assert_eq!(fs::read(&whole).unwrap(), fs::read(&staged).unwrap());
+        // Without attachments: one sorted run of entries, as always.
+        let bare = dir.path().join("bare.tar");
+        export_oci_tar(&cs, &plain, &bare, &opts).unwrap();
+        let mut a = tar::Archive::new(fs::File::open(&bare).unwrap());
+        let paths: Vec<String> = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let mut sorted = paths.clone();
+        sorted.sort();
+        assert_eq!(paths, sorted);
+
+        let abandoned = dir.path().join("abandoned.tar");
+        let err = export_oci_tar_staged(&cs, &plain, &abandoned, &opts, || {
+            Err("the attestations were not made".to_owned())
+        })
+        .unwrap_err();
+        assert!(matches!(err, ExportError::Abandoned { .. }), "{err}");
+        let left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("abandoned"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
