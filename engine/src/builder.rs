@@ -779,6 +779,16 @@ impl Engine {
                 let OutputSpec::Oci { dest } = o else {
                     continue;
                 };
+                // Two outputs to one path are written one after the other, as before.
+                let same_path = req.outputs.iter().filter(|other| {
+                    matches!(other,
+                        OutputSpec::Oci { dest: d } | OutputSpec::OciDir { dest: d }
+                        | OutputSpec::Docker { dest: d } | OutputSpec::Local { dest: d }
+                        | OutputSpec::Tar { dest: d } if d == dest)
+                });
+                if same_path.count() > 1 {
+                    continue;
+                }
                 let (tx, rx) = std::sync::mpsc::channel::<crate::attest::Attached>();
                 let (store, a, names, dest, epoch) = (
                     self.store.clone(),

@@ -134,7 +134,12 @@ impl AtomicFile {
         })?;
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(name);
-        tmp_name.push(format!(".kiln-tmp-{}", std::process::id()));
+        // Unique per write: two outputs of one build may be written at once, even to one path.
+        tmp_name.push(format!(
+            ".kiln-tmp-{}-{}",
+            std::process::id(),
+            crate::store::content::random_hex()
+        ));
         let tmp = dest.with_file_name(tmp_name);
         let _ = fs::remove_file(&tmp);
         let file = File::options().write(true).create_new(true).open(&tmp)?;
