@@ -614,6 +614,16 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
         )
         .into());
     }
+    // Steps a kiln process killed outright (SIGKILL, OOM) left running, with nothing to time
+    // them out: their owner's pid is gone. End them before this build adds its own.
+    if let Ok(removed) = kiln_sandbox::remove_orphaned_cgroups()
+        && !removed.is_empty()
+    {
+        eprintln!(
+            "kiln: killed the steps a kiln process that is gone left running ({} cgroup directories removed)",
+            removed.len()
+        );
+    }
     let engine = open_engine(root)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -205,3 +205,64 @@ fn local_output_refuses_a_non_empty_directory() {
     .ok();
     assert!(fresh.join("bin/busybox").is_file());
 }
+
+#[test]
+fn a_build_ends_the_steps_a_killed_kiln_left_running() {
+    if !root_or_skip() {
+        return;
+    }
+    // Made first: making the base image is a kiln build too.
+    let k = Kiln::with_base();
+    // What a SIGKILLed kiln leaves: a step cgroup named for its pid, now gone, with the step
+    // still running in it. The "kiln" here is a process that lives until the step is in
+    // place (other tests' builds may sweep at any moment once it is gone).
+    let mut owner = std::process::Command::new("/bin/sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let cg = match kiln_sandbox::StepCgroup::create(
+        &format!("step-{}-0rphan22-0", owner.id()),
+        &kiln_sandbox::Limits::defaults(),
+    ) {
+        Ok(cg) => cg,
+        Err(e) => {
+            let _ = owner.kill();
+            let _ = owner.wait();
+            eprintln!("skipped: no step cgroup can be made here: {e}");
+            return;
+        }
+    };
+    let mut step = std::process::Command::new("/bin/sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    for procs in cg.procs_files() {
+        std::fs::write(procs, step.id().to_string()).unwrap();
+    }
+    let paths: Vec<std::path::PathBuf> = cg.paths().into_iter().map(Into::into).collect();
+    std::mem::forget(cg);
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {BASE}\nRUN true\n"),
+    )
+    .unwrap();
+    let r = k.build(ctx.path(), &[]).ok();
+    // Another test's build, running beside this one, may be the one that ends it.
+    if !r
+        .stderr
+        .contains("killed the steps a kiln process that is gone left running")
+    {
+        println!("note: another kiln build ended the orphaned step first");
+    }
+    let status = step.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status:?}"
+    );
+    assert!(paths.iter().all(|p| !p.exists()), "{paths:?}");
+}
