@@ -172,7 +172,7 @@ mod tests {
     #[test]
     fn bundle_json_has_the_v03_shape_and_round_trips() {
         let key = SigningKey::generate(Algorithm::EcdsaP256);
-        let bundle = Bundle::new(sign("application/vnd.in-toto+json", b"{}", &key));
+        let bundle = Bundle::new(sign("application/vnd.in-toto+json", b"{}", &key).unwrap());
         let v: serde_json::Value = serde_json::from_slice(&bundle.to_json()).unwrap();
         assert_eq!(v["mediaType"], SIGSTORE_BUNDLE_V03);
         assert_eq!(
@@ -202,8 +202,8 @@ mod tests {
     #[test]
     fn jsonl_is_one_envelope_per_line() {
         let key = SigningKey::generate(Algorithm::Ed25519);
-        let a = sign("t", b"a", &key);
-        let b = sign("t", b"b", &key);
+        let a = sign("t", b"a", &key).unwrap();
+        let b = sign("t", b"b", &key).unwrap();
         let out = to_intoto_jsonl(&[a.clone(), b.clone()]);
         let lines: Vec<&[u8]> = out.split(|c| *c == b'\n').collect();
         assert_eq!(lines.len(), 3);

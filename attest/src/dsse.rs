@@ -5,7 +5,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::keys::{PublicKey, SigningKey};
+use crate::keys::{KeyError, PublicKey, SigningKey};
 use crate::statement::Statement;
 
 /// Why an envelope does not verify, or does not parse.
@@ -84,21 +84,27 @@ impl Envelope {
 }
 
 /// Signs `payload` as a one-signature envelope; `keyid` is the key's [`PublicKey::key_id`].
-pub fn sign(payload_type: &str, payload: &[u8], key: &SigningKey) -> Envelope {
-    let sig = key.sign(&pae(payload_type, payload));
-    Envelope {
+///
+/// # Errors
+/// The key's, from [`SigningKey::sign`].
+pub fn sign(payload_type: &str, payload: &[u8], key: &SigningKey) -> Result<Envelope, KeyError> {
+    let sig = key.sign(&pae(payload_type, payload))?;
+    Ok(Envelope {
         payload: payload.to_vec(),
         payload_type: payload_type.to_owned(),
         signatures: vec![Signature {
             keyid: key.public_key().key_id(),
             sig,
         }],
-    }
+    })
 }
 
 /// Signs an in-toto statement: its canonical JSON as the payload, `payloadType`
 /// [`DSSE_PAYLOAD_TYPE`](crate::media::DSSE_PAYLOAD_TYPE).
-pub fn sign_statement(statement: &Statement, key: &SigningKey) -> Envelope {
+///
+/// # Errors
+/// The key's, from [`SigningKey::sign`].
+pub fn sign_statement(statement: &Statement, key: &SigningKey) -> Result<Envelope, KeyError> {
     sign(crate::media::DSSE_PAYLOAD_TYPE, &statement.to_json(), key)
 }
 
@@ -194,7 +200,7 @@ mod tests {
             crate::media::SPDX_DOCUMENT,
             serde_json::json!({"b": 1, "a": 2}),
         );
-        let env = sign_statement(&st, &key);
+        let env = sign_statement(&st, &key).unwrap();
         assert_eq!(env.payload_type, crate::media::DSSE_PAYLOAD_TYPE);
         assert_eq!(env.payload, st.to_json());
         verify(&env, &key.public_key()).unwrap();
@@ -204,7 +210,7 @@ mod tests {
     fn sign_then_verify_and_any_change_fails() {
         for alg in [Algorithm::EcdsaP256, Algorithm::Ed25519] {
             let key = SigningKey::generate(alg);
-            let env = sign("application/x", b"payload", &key);
+            let env = sign("application/x", b"payload", &key).unwrap();
             assert_eq!(env.signatures[0].keyid, key.public_key().key_id());
             verify(&env, &key.public_key()).unwrap();
             let mut t = env.clone();

@@ -152,25 +152,55 @@ enum SecretInner {
 }
 
 /// A P-256 secret whose signing key (which holds the public point, one scalar multiplication
-/// to compute) is made on first use: reading a key file checks it at once, and the caller
-/// may make the rest on another thread ([`SigningKey::public_key`] forces it) while it does
-/// other work. Both halves wipe their secret on drop.
+/// to compute) is made on first use: reading a key file parses it at once, and the caller
+/// may make the rest on another thread ([`SigningKey::check`]) while it does other work. The
+/// public key a key file carries beside its secret is checked then, with the point made anyway
+/// (checking it while reading would cost the same multiplication twice, once on the caller's
+/// path). Both halves wipe their secret on drop.
 struct LazyP256 {
     secret: p256::SecretKey,
-    key: std::sync::OnceLock<p256::ecdsa::SigningKey>,
+    /// The public key the key file carries (SEC1's optional `publicKey`).
+    embedded: Option<p256::EncodedPoint>,
+    /// The signing key, and whether `embedded` (when there is one) is its public key.
+    key: std::sync::OnceLock<(p256::ecdsa::SigningKey, bool)>,
 }
 
 impl LazyP256 {
-    fn new(secret: p256::SecretKey) -> Self {
+    fn new(secret: p256::SecretKey, embedded: Option<p256::EncodedPoint>) -> Self {
         Self {
             secret,
+            embedded,
             key: std::sync::OnceLock::new(),
         }
     }
 
-    fn get(&self) -> &p256::ecdsa::SigningKey {
-        self.key
-            .get_or_init(|| p256::ecdsa::SigningKey::from(&self.secret))
+    /// The signing key made from the secret, whatever the file's public key says.
+    fn key(&self) -> &p256::ecdsa::SigningKey {
+        &self.made().0
+    }
+
+    fn made(&self) -> &(p256::ecdsa::SigningKey, bool) {
+        self.key.get_or_init(|| {
+            let key = p256::ecdsa::SigningKey::from(&self.secret);
+            let matches = self
+                .embedded
+                .as_ref()
+                .is_none_or(|e| *e == key.verifying_key().to_encoded_point(e.is_compressed()));
+            (key, matches)
+        })
+    }
+
+    /// The signing key, if the file's public key (when it carries one) is the secret's.
+    fn checked(&self) -> Result<&p256::ecdsa::SigningKey, KeyError> {
+        match self.made() {
+            (key, true) => Ok(key),
+            (_, false) => Err(KeyError::Malformed {
+                what: "private key",
+                reason: "the public key it carries is not its secret's (the file is damaged, \
+                         or was put together from two keys)"
+                    .to_owned(),
+            }),
+        }
     }
 }
 
@@ -194,7 +224,7 @@ impl SigningKey {
     pub fn generate(algorithm: Algorithm) -> SigningKey {
         let inner = match algorithm {
             Algorithm::EcdsaP256 => {
-                SecretInner::P256(LazyP256::new(p256::SecretKey::random(&mut OsRng)))
+                SecretInner::P256(LazyP256::new(p256::SecretKey::random(&mut OsRng), None))
             }
             Algorithm::Ed25519 => {
                 SecretInner::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng))
@@ -258,9 +288,27 @@ impl SigningKey {
                     ),
                 });
             }
-            let key = p256::SecretKey::from_pkcs8_der(der).map_err(|e| malformed_private(&e))?;
+            // RFC 5915 inside RFC 5208. Parsed here, as `p256::SecretKey::from_pkcs8_der`
+            // does, except that the public key beside the secret is checked when the signing
+            // key is made ([`LazyP256`]), not now.
+            let ec = sec1::EcPrivateKey::from_der(info.private_key)
+                .map_err(|e| malformed_private(&e))?;
+            if let Some(curve) = ec.parameters.and_then(|p| p.named_curve())
+                && curve != OID_P256
+            {
+                return Err(KeyError::UnsupportedAlgorithm {
+                    oid: format!("{} ({curve})", alg.oid),
+                });
+            }
+            let secret = p256::SecretKey::from_slice(ec.private_key)
+                .map_err(|_| malformed_private(&"the secret is not a P-256 scalar"))?;
+            let embedded = ec
+                .public_key
+                .map(p256::EncodedPoint::from_bytes)
+                .transpose()
+                .map_err(|e| malformed_private(&format!("its public key: {e}")))?;
             Ok(SigningKey {
-                inner: SecretInner::P256(LazyP256::new(key)),
+                inner: SecretInner::P256(LazyP256::new(secret, embedded)),
             })
         } else if alg.oid == OID_ED25519 {
             let key = ed25519_dalek::SigningKey::from_pkcs8_der(der)
@@ -324,12 +372,12 @@ impl SigningKey {
             })
     }
 
-    /// The matching public key. For P-256 the first call computes it (one scalar
-    /// multiplication); a caller may make that call on another thread right after loading the
-    /// key, so that signing later does not wait for it.
+    /// The secret's public key. For P-256 the first call computes it (one scalar
+    /// multiplication). A key file's own copy of it is not consulted here: [`SigningKey::check`]
+    /// compares the two, and [`SigningKey::sign`] refuses to sign when they differ.
     pub fn public_key(&self) -> PublicKey {
         let inner = match &self.inner {
-            SecretInner::P256(k) => PublicInner::P256(*k.get().verifying_key()),
+            SecretInner::P256(k) => PublicInner::P256(*k.key().verifying_key()),
             SecretInner::Ed25519(k) => PublicInner::Ed25519(k.verifying_key()),
         };
         PublicKey { inner }
@@ -343,19 +391,36 @@ impl SigningKey {
         }
     }
 
+    /// Checks what reading the key left for later: that the public key a P-256 key file
+    /// carries beside its secret is the secret's. Makes the signing key on the way (one scalar
+    /// multiplication), so a caller may call it on another thread right after loading the key,
+    /// and signing later does not wait for it. Ed25519 keys have nothing left to check.
+    ///
+    /// # Errors
+    /// [`KeyError::Malformed`] when the two differ.
+    pub fn check(&self) -> Result<(), KeyError> {
+        match &self.inner {
+            SecretInner::P256(k) => k.checked().map(|_| ()),
+            SecretInner::Ed25519(_) => Ok(()),
+        }
+    }
+
     /// Signs `message`: P-256 hashes with SHA-256, uses an RFC 6979 nonce and returns the ASN.1
     /// DER signature (as cosign and securesystemslib do); Ed25519 returns the 64-byte signature.
-    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        match &self.inner {
+    ///
+    /// # Errors
+    /// What [`SigningKey::check`] finds: a key that fails it never signs.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        Ok(match &self.inner {
             SecretInner::P256(k) => {
-                let sig: p256::ecdsa::Signature = k.get().sign(message);
+                let sig: p256::ecdsa::Signature = k.checked()?.sign(message);
                 sig.to_der().as_bytes().to_vec()
             }
             SecretInner::Ed25519(k) => {
                 let sig: ed25519_dalek::Signature = k.sign(message);
                 sig.to_bytes().to_vec()
             }
-        }
+        })
     }
 }
 
@@ -593,7 +658,7 @@ mod tests {
     fn sign_verify_both_algorithms_and_reject_other_messages() {
         for alg in [Algorithm::EcdsaP256, Algorithm::Ed25519] {
             let key = SigningKey::generate(alg);
-            let sig = key.sign(b"message");
+            let sig = key.sign(b"message").unwrap();
             assert!(key.public_key().verify(b"message", &sig));
             assert!(!key.public_key().verify(b"messagf", &sig));
             assert!(
@@ -602,5 +667,79 @@ mod tests {
                     .verify(b"message", &sig)
             );
         }
+    }
+
+    /// A P-256 PKCS#8 PEM holding `secret`'s scalar, `public` as its public key and
+    /// `curve` as the SEC1 curve parameter.
+    fn p256_pem(secret: &SigningKey, public: &SigningKey, curve: ObjectIdentifier) -> String {
+        use pkcs8::der::Encode as _;
+        let SecretInner::P256(s) = &secret.inner else {
+            panic!("P-256 only")
+        };
+        let scalar = s.secret.to_bytes();
+        let point = public.public_key().to_spki_der();
+        let spki = pkcs8::SubjectPublicKeyInfoRef::from_der(&point).unwrap();
+        let ec = sec1::EcPrivateKey {
+            private_key: &scalar,
+            parameters: Some(sec1::EcParameters::NamedCurve(curve)),
+            public_key: Some(spki.subject_public_key.raw_bytes()),
+        };
+        let ec_der = ec.to_der().unwrap();
+        let info = pkcs8::PrivateKeyInfo::new(
+            pkcs8::AlgorithmIdentifierRef {
+                oid: OID_EC_PUBLIC_KEY,
+                parameters: Some((&OID_P256).into()),
+            },
+            &ec_der,
+        );
+        let doc = pkcs8::der::SecretDocument::encode_msg(&info).unwrap();
+        doc.to_pem(LABEL_PRIVATE, LineEnding::LF)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn a_p256_key_whose_public_key_is_not_its_secrets_is_read_but_never_signs() {
+        let a = SigningKey::generate(Algorithm::EcdsaP256);
+        let b = SigningKey::generate(Algorithm::EcdsaP256);
+
+        // Put together as OpenSSL writes them (the curve named in SEC1 too, which
+        // `to_pkcs8_pem` leaves out).
+        let good = p256_pem(&a, &a, OID_P256);
+        let read = SigningKey::from_pkcs8_pem(&good, None).unwrap();
+        read.check().unwrap();
+        let sig = read.sign(b"m").unwrap();
+        assert!(a.public_key().verify(b"m", &sig));
+        assert_eq!(read.public_key().key_id(), a.public_key().key_id());
+        // The RustCrypto reader (which checks at once) reads it the same.
+        let theirs = p256::SecretKey::from_pkcs8_pem(&good).unwrap();
+        let SecretInner::P256(ours) = &read.inner else {
+            panic!("P-256")
+        };
+        assert_eq!(theirs.to_bytes(), ours.secret.to_bytes());
+
+        // A's secret with B's public key: reading it succeeds (the check is deferred), the
+        // check fails, and so does every signature, whichever thread made the key first.
+        let damaged = p256_pem(&a, &b, OID_P256);
+        assert!(p256::SecretKey::from_pkcs8_pem(&damaged).is_err());
+        for check_first in [true, false] {
+            let read = SigningKey::from_pkcs8_pem(&damaged, None).unwrap();
+            if check_first {
+                let e = read.check().unwrap_err();
+                assert!(
+                    matches!(&e, KeyError::Malformed { reason, .. } if reason.contains("not its secret's")),
+                    "{e}"
+                );
+            }
+            assert!(matches!(read.sign(b"m"), Err(KeyError::Malformed { .. })));
+            assert!(read.check().is_err());
+        }
+
+        // A SEC1 curve parameter other than P-256 is refused while reading.
+        let secp384r1 = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+        assert!(matches!(
+            SigningKey::from_pkcs8_pem(&p256_pem(&a, &a, secp384r1), None),
+            Err(KeyError::UnsupportedAlgorithm { .. })
+        ));
     }
 }

@@ -76,7 +76,7 @@ fn rfc6979_signing_with_d_reproduces_the_spec_signature() {
     let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
     let key = SigningKey::from_pkcs8_pem(&pem, None).unwrap();
     assert_eq!(key.public_key(), v.public, "d does not match (x, y)");
-    let env = dsse::sign(&v.payload_type, &v.payload, &key);
+    let env = dsse::sign(&v.payload_type, &v.payload, &key).expect("sign");
     // kiln emits DER; the vector holds r||s. Same (r, s) means the same deterministic nonce.
     let der = &env.signatures[0].sig;
     let raw = p256::ecdsa::Signature::from_der(der).unwrap().to_bytes();

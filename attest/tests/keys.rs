@@ -29,7 +29,7 @@ fn private_and_public_pem_round_trip_for_both_algorithms() {
         assert_eq!(public.key_id(), key.public_key().key_id());
 
         // A signature by the restored key verifies with the original public key.
-        let env = dsse::sign("application/x", b"data", &back);
+        let env = dsse::sign("application/x", b"data", &back).expect("sign");
         dsse::verify(&env, &key.public_key()).unwrap();
     }
 }

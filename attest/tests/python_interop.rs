@@ -75,7 +75,7 @@ fn kiln_signed_envelope_verifies_with_securesystemslib_and_in_toto() {
     for alg in [Algorithm::EcdsaP256, Algorithm::Ed25519] {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::generate(alg);
-        let env = dsse::sign(media::DSSE_PAYLOAD_TYPE, &statement_bytes(), &key);
+        let env = dsse::sign(media::DSSE_PAYLOAD_TYPE, &statement_bytes(), &key).expect("sign");
         let pub_path = dir.path().join("key.pub");
         let env_path = dir.path().join("envelope.json");
         let keyid_path = PathBuf::from(key.public_key().key_id());

@@ -192,7 +192,7 @@ fn statement(subject_hex: &str, predicate_type: &str, builder: &str, source: &st
 }
 
 fn bundle(payload: &[u8], key: &SigningKey) -> Bundle {
-    Bundle::new(dsse::sign(media::DSSE_PAYLOAD_TYPE, payload, key))
+    Bundle::new(dsse::sign(media::DSSE_PAYLOAD_TYPE, payload, key).expect("sign"))
 }
 
 fn pretty(bundle: &Bundle) -> Vec<u8> {
@@ -362,7 +362,7 @@ fn generate(dir: &std::path::Path, key_dir: &std::path::Path) {
     ));
 
     let payload_type = "application/json";
-    let b = Bundle::new(dsse::sign(payload_type, &good, &key));
+    let b = Bundle::new(dsse::sign(payload_type, &good, &key).expect("sign"));
     files.push((
         "wrong-payload-type.sigstore.json",
         pretty(&b),
@@ -378,7 +378,10 @@ fn generate(dir: &std::path::Path, key_dir: &std::path::Path) {
     ));
 
     let mut b = valid.clone();
-    let second = dsse::sign(media::DSSE_PAYLOAD_TYPE, &good, &other).signatures[0].clone();
+    let second = dsse::sign(media::DSSE_PAYLOAD_TYPE, &good, &other)
+        .expect("sign")
+        .signatures[0]
+        .clone();
     b.envelope.signatures.push(Signature {
         keyid: second.keyid,
         sig: second.sig,

@@ -107,10 +107,11 @@ pub fn options(a: &AttestArgs) -> Result<AttestOptions, Failure> {
     opts.dest = a.attest_dest.clone();
     if let Some(path) = &a.sign_key {
         let key = Arc::new(load_signing_key(path)?);
-        // Checked now; its public point (P-256: a scalar multiplication signing needs) is
-        // made on another thread while the build runs.
+        // Parsed now. What is left (P-256: the scalar multiplication that makes the public
+        // point, and the check of the file's copy of it against it) runs on another thread
+        // while the build does; a key that fails that check fails the build when it signs.
         let warm = Arc::clone(&key);
-        std::thread::spawn(move || warm.public_key());
+        std::thread::spawn(move || warm.check());
         opts.signer = Some(key);
     }
     Ok(opts)
@@ -524,7 +525,8 @@ pub fn verify(root: &Path, a: VerifyArgs) -> Result<(), Failure> {
             levels: verified_levels(&verified),
         };
         let statement = kiln_attest::vsa::statement(&summary);
-        let envelope = kiln_attest::dsse::sign_statement(&statement, key);
+        let envelope = kiln_attest::dsse::sign_statement(&statement, key)
+            .map_err(|e| anyhow::anyhow!("--vsa-key: {e}"))?;
         let bundle = kiln_attest::bundle::Bundle::new(envelope).to_json();
         std::fs::write(out, &bundle)
             .map_err(|e| anyhow::anyhow!("--vsa {}: {e}", out.display()))?;

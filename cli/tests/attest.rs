@@ -360,6 +360,76 @@ fn an_archive_started_beside_failed_attestations_is_not_left_behind() {
     assert!(out.join("image.tar").is_file());
 }
 
+/// The PEM of a key file with `a`'s secret and `b`'s public key: RustCrypto's PKCS#8 ends
+/// with the SEC1 public key, the uncompressed point's X and Y its last 64 bytes.
+fn key_with_anothers_public_key(a: &Path, b: &Path) -> String {
+    use base64::Engine as _;
+    let der = |p: &Path| {
+        let pem = fs::read_to_string(p).unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    };
+    let (mut a, b) = (der(a), der(b));
+    assert_eq!(a.len(), b.len());
+    let n = a.len();
+    a[n - 64..].copy_from_slice(&b[n - 64..]);
+    let body = base64::engine::general_purpose::STANDARD.encode(&a);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+}
+
+#[test]
+fn a_key_whose_public_key_is_not_its_secrets_signs_nothing_and_fails_the_build() {
+    if !root_or_skip() {
+        return;
+    }
+    let k = Kiln::with_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("app");
+    app_context(&ctx);
+    let (a, _) = keypair(tmp.path(), &k);
+    let other = tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let (b, _) = keypair(&other, &k);
+    let damaged = tmp.path().join("damaged.key");
+    fs::write(&damaged, key_with_anothers_public_key(&a, &b)).unwrap();
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let r = k.build(
+        &ctx,
+        &[
+            "--sign-key",
+            damaged.to_str().unwrap(),
+            "-t",
+            "damaged-key:latest",
+            "-o",
+            &format!("type=oci,dest={}", out.join("image.tar").display()),
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("signing the") && r.stderr.contains("not its secret's"),
+        "{}",
+        r.stderr
+    );
+    let left: Vec<_> = fs::read_dir(&out).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    let images = k.run(k.root(), ["images"]);
+    assert!(!images.stdout.contains("damaged-key"), "{}", images.stdout);
+    // The key it was made from signs the same build.
+    let ok = k.build(&ctx, &["--sign-key", a.to_str().unwrap()]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+}
+
 #[test]
 fn attaching_attestations_leaves_the_image_digest_unchanged() {
     if !root_or_skip() {

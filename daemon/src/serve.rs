@@ -32,7 +32,9 @@ pub fn run(config_path: &Path, check: bool) -> Result<(), String> {
                 .map_err(|e| format!("signing key {}: {e}", s.key.display()))?;
             let pass =
                 std::env::var_os("KILND_SIGN_KEY_PASSPHRASE").map(|v| v.into_encoded_bytes());
+            // Checked whole now (its public key too): kilnd signs for as long as it runs.
             let key = kiln_attest::keys::SigningKey::from_pkcs8_pem(&pem, pass.as_deref())
+                .and_then(|k| k.check().map(|()| k))
                 .map_err(|e| format!("signing key {}: {e}", s.key.display()))?;
             Some((key, s.builder_id.clone()))
         }

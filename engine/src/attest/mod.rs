@@ -113,6 +113,14 @@ pub enum AttestError {
     /// A statement asked for was not made (its worker failed).
     #[error("the {0} attestation could not be made")]
     NotMade(&'static str),
+    /// The signing key refused to sign (see [`kiln_attest::keys::SigningKey::check`]).
+    #[error("signing the {kind} statement: {source}")]
+    Sign {
+        /// The statement's predicate type.
+        kind: &'static str,
+        /// The key's error.
+        source: kiln_attest::keys::KeyError,
+    },
     /// An OCI document could not be serialised.
     #[error(transparent)]
     Encode(#[from] crate::oci::types::TypesError),
@@ -147,6 +155,10 @@ pub fn tool_name() -> String {
     format!("kiln-{}", env!("CARGO_PKG_VERSION"))
 }
 
+/// An SBOM of at least this many files and packages has its statements made on threads of
+/// their own ([`produce`]).
+const THREADED_SBOM_ENTRIES: usize = 500;
+
 /// Makes the statements `opts` asks for and signs them with `opts.signer`.
 pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestation>, AttestError> {
     let subject = vec![Subject {
@@ -171,38 +183,56 @@ pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestat
     if sbom.is_some() && opts.cyclonedx {
         kinds.push(amedia::CYCLONEDX_BOM);
     }
-    // Render, serialise and sign each statement on its own thread: a large image's SBOM
-    // documents are megabytes of JSON.
-    let make = |kind: &'static str| -> Option<Attestation> {
+    // Render, serialise and sign each statement: on a thread of its own when the SBOM is
+    // large (its documents are megabytes of JSON), else one after the other on this thread.
+    // A small image's statements take about 0.2 ms each, nearly all of it the signature;
+    // three threads more than the cores then wait on the scheduler for longer than that
+    // (measured on 2 cores: the example app's attestations 0.65 ms in sequence, 1.1 to 1.5
+    // ms on threads, while its OCI archive is written beside them).
+    let threaded = sbom.is_some_and(|s| s.files.len() + s.packages.len() >= THREADED_SBOM_ENTRIES);
+    let make = |kind: &'static str| -> Result<Attestation, AttestError> {
+        let not_made = || AttestError::NotMade(kind);
         let predicate = match kind {
-            amedia::SLSA_PROVENANCE_V1 => slsa::predicate(&inputs.provenance, opts.provenance?),
-            amedia::SPDX_DOCUMENT => sbom::to_spdx(sbom?, &info),
-            _ => sbom::to_cyclonedx(sbom?, &info),
+            amedia::SLSA_PROVENANCE_V1 => {
+                slsa::predicate(&inputs.provenance, opts.provenance.ok_or_else(not_made)?)
+            }
+            amedia::SPDX_DOCUMENT => sbom::to_spdx(sbom.ok_or_else(not_made)?, &info),
+            _ => sbom::to_cyclonedx(sbom.ok_or_else(not_made)?, &info),
         };
         let statement = Statement::new(subject.clone(), kind, predicate).to_json();
-        let bundle = opts.signer.as_ref().map(|key| {
-            let envelope = dsse::sign(amedia::DSSE_PAYLOAD_TYPE, &statement, key);
-            bundle::Bundle {
-                public_key_hint: Some(key.public_key().key_id()),
-                envelope,
+        let bundle = match opts.signer.as_ref() {
+            Some(key) => {
+                let envelope = dsse::sign(amedia::DSSE_PAYLOAD_TYPE, &statement, key)
+                    .map_err(|source| AttestError::Sign { kind, source })?;
+                Some(
+                    bundle::Bundle {
+                        public_key_hint: Some(key.public_key().key_id()),
+                        envelope,
+                    }
+                    .to_json(),
+                )
             }
-            .to_json()
-        });
+            None => None,
+        };
         // Hashed here, on this statement's thread.
-        Some(Attestation::new(kind.to_owned(), statement, bundle))
+        Ok(Attestation::new(kind.to_owned(), statement, bundle))
     };
-    let made: Vec<Option<Option<Attestation>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = kinds
-            .iter()
-            .map(|kind| scope.spawn(move || make(kind)))
-            .collect();
-        handles.into_iter().map(|h| h.join().ok()).collect()
-    });
+    let made: Vec<Result<Attestation, AttestError>> = if threaded {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = kinds
+                .iter()
+                .map(|kind| (kind, scope.spawn(move || make(kind))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|(kind, h)| h.join().unwrap_or(Err(AttestError::NotMade(kind))))
+                .collect()
+        })
+    } else {
+        kinds.iter().map(|kind| make(kind)).collect()
+    };
     // Fail closed: an attestation asked for and not made fails the build.
-    made.into_iter()
-        .zip(&kinds)
-        .map(|(m, kind)| m.flatten().ok_or(AttestError::NotMade(kind)))
-        .collect()
+    made.into_iter().collect()
 }
 
 /// A record for the store's SBOM cache: (key, bytes).
