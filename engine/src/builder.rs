@@ -664,6 +664,16 @@ impl Engine {
                 name: "attesting (provenance, SBOM)".into(),
             });
         }
+        // OCI archive outputs of an attested image start now, beside the attestations: the
+        // image's own blobs are written while the provenance and statements are made and
+        // signed; their blobs, the index and `index.json` follow (`export_oci_tar_staged`).
+        // If the attestations fail, the outputs are abandoned (their sender dropped, here or
+        // by an early return) and nothing is left at their paths.
+        let mut early: Vec<EarlyOutput> = if req.attest.any() && gate.is_none() {
+            self.start_early_outputs(req, &assembled, &names)
+        } else {
+            Vec::new()
+        };
         let mut prov = if req.attest.any() || gate.is_some() {
             let context_digests = match context_task {
                 Some(t) => t.await.map_err(|e| BuildError::Context {
@@ -769,42 +779,9 @@ impl Engine {
                 .collect();
         }
 
-        // OCI archive outputs of an attested image start now, beside the attestations: the
-        // image's own blobs are written while the statements are made and signed; their
-        // blobs, the index and `index.json` follow (`export_oci_tar_staged`). If the
-        // attestations fail, the outputs are abandoned and nothing is left at their paths.
-        let mut early: Vec<EarlyOutput> = Vec::new();
-        if req.attest.any() && prov.is_some() {
-            for (i, o) in req.outputs.iter().enumerate() {
-                let OutputSpec::Oci { dest } = o else {
-                    continue;
-                };
-                // Two outputs to one path are written one after the other, as before.
-                let same_path = req.outputs.iter().filter(|other| {
-                    matches!(other,
-                        OutputSpec::Oci { dest: d } | OutputSpec::OciDir { dest: d }
-                        | OutputSpec::Docker { dest: d } | OutputSpec::Local { dest: d }
-                        | OutputSpec::Tar { dest: d } if d == dest)
-                });
-                if same_path.count() > 1 {
-                    continue;
-                }
-                let (tx, rx) = std::sync::mpsc::channel::<crate::attest::Attached>();
-                let (store, a, names, dest, epoch) = (
-                    self.store.clone(),
-                    assembled.clone(),
-                    names.clone(),
-                    dest.clone(),
-                    req.epoch,
-                );
-                let task = tokio::task::spawn_blocking(move || {
-                    output::write_oci_staged(&store, &a, &names, &dest, epoch, move || {
-                        rx.recv()
-                            .map_err(|_| "the attestations were not made".to_owned())
-                    })
-                });
-                early.push((i, tx, task));
-            }
+        // With an export gate, OCI archives start only once it has allowed the export.
+        if req.attest.any() && gate.is_some() {
+            early = self.start_early_outputs(req, &assembled, &names);
         }
         let abandon = |early: Vec<EarlyOutput>| async move {
             for (_, tx, task) in early {
@@ -982,6 +959,48 @@ type EarlyOutput = (
 );
 
 impl Engine {
+    /// Starts writing the OCI archive outputs of an attested image before its attestations
+    /// exist (see [`output::write_oci_staged`]); each waits for them on its channel.
+    fn start_early_outputs(
+        &self,
+        req: &BuildRequest,
+        assembled: &Assembled,
+        names: &[String],
+    ) -> Vec<EarlyOutput> {
+        let mut early = Vec::new();
+        for (i, o) in req.outputs.iter().enumerate() {
+            let OutputSpec::Oci { dest } = o else {
+                continue;
+            };
+            // Two outputs to one path are written one after the other, as before.
+            let same_path = req.outputs.iter().filter(|other| {
+                matches!(other,
+                    OutputSpec::Oci { dest: d } | OutputSpec::OciDir { dest: d }
+                    | OutputSpec::Docker { dest: d } | OutputSpec::Local { dest: d }
+                    | OutputSpec::Tar { dest: d } if d == dest)
+            });
+            if same_path.count() > 1 {
+                continue;
+            }
+            let (tx, rx) = std::sync::mpsc::channel::<crate::attest::Attached>();
+            let (store, a, names, dest, epoch) = (
+                self.store.clone(),
+                assembled.clone(),
+                names.to_vec(),
+                dest.clone(),
+                req.epoch,
+            );
+            let task = tokio::task::spawn_blocking(move || {
+                output::write_oci_staged(&store, &a, &names, &dest, epoch, move || {
+                    rx.recv()
+                        .map_err(|_| "the attestations were not made".to_owned())
+                })
+            });
+            early.push((i, tx, task));
+        }
+        early
+    }
+
     /// Commits a build's staged records with the client file hashes it learned, after making
     /// its layer directories durable (records only ever point at durable layers).
     fn commit(&self, ctx: &OpContext, mut staged: StagedRecords) -> Result<(), BuildError> {
