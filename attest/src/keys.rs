@@ -12,8 +12,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use ed25519_dalek::Signer as _;
 use ed25519_dalek::Verifier as _;
-use p256::ecdsa::signature::Signer as _;
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use pkcs8::der::Decode as _;
 use pkcs8::{
     DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _,
@@ -151,18 +152,19 @@ enum SecretInner {
     Ed25519(ed25519_dalek::SigningKey),
 }
 
-/// A P-256 secret whose signing key (which holds the public point, one scalar multiplication
-/// to compute) is made on first use: reading a key file parses it at once, and the caller
-/// may make the rest on another thread ([`SigningKey::check`]) while it does other work. The
-/// public key a key file carries beside its secret is checked then, with the point made anyway
-/// (checking it while reading would cost the same multiplication twice, once on the caller's
-/// path). Both halves wipe their secret on drop.
+/// A P-256 secret whose public point (one scalar multiplication) is made on first use:
+/// reading a key file parses it at once, and the caller may make the rest on another thread
+/// ([`SigningKey::check`]) while it does other work. The public key a key file carries beside
+/// its secret is checked then, against the point made anyway (checking it while reading
+/// would cost the same multiplication twice, once on the caller's path). Signing and the
+/// public point use [`crate::p256_fixed`]'s table of the generator's multiples. The secret
+/// is wiped on drop.
 struct LazyP256 {
     secret: p256::SecretKey,
     /// The public key the key file carries (SEC1's optional `publicKey`).
     embedded: Option<p256::EncodedPoint>,
-    /// The signing key, and whether `embedded` (when there is one) is its public key.
-    key: std::sync::OnceLock<(p256::ecdsa::SigningKey, bool)>,
+    /// The secret's public key, and whether `embedded` (when there is one) is it.
+    made: std::sync::OnceLock<(p256::ecdsa::VerifyingKey, bool)>,
 }
 
 impl LazyP256 {
@@ -170,37 +172,49 @@ impl LazyP256 {
         Self {
             secret,
             embedded,
-            key: std::sync::OnceLock::new(),
+            made: std::sync::OnceLock::new(),
         }
     }
 
-    /// The signing key made from the secret, whatever the file's public key says.
-    fn key(&self) -> &p256::ecdsa::SigningKey {
-        &self.made().0
-    }
-
-    fn made(&self) -> &(p256::ecdsa::SigningKey, bool) {
-        self.key.get_or_init(|| {
-            let key = p256::ecdsa::SigningKey::from(&self.secret);
+    fn made(&self) -> &(p256::ecdsa::VerifyingKey, bool) {
+        self.made.get_or_init(|| {
+            let public = crate::p256_fixed::public_key(&self.secret.to_nonzero_scalar());
             let matches = self
                 .embedded
                 .as_ref()
-                .is_none_or(|e| *e == key.verifying_key().to_encoded_point(e.is_compressed()));
-            (key, matches)
+                .is_none_or(|e| *e == public.to_encoded_point(e.is_compressed()));
+            (public.into(), matches)
         })
     }
 
-    /// The signing key, if the file's public key (when it carries one) is the secret's.
-    fn checked(&self) -> Result<&p256::ecdsa::SigningKey, KeyError> {
-        match self.made() {
-            (key, true) => Ok(key),
-            (_, false) => Err(KeyError::Malformed {
+    /// The secret's public key, whatever the file's copy of it says.
+    fn verifying_key(&self) -> &p256::ecdsa::VerifyingKey {
+        &self.made().0
+    }
+
+    /// Fails when the file's public key (when it carries one) is not the secret's.
+    fn check(&self) -> Result<(), KeyError> {
+        if self.made().1 {
+            Ok(())
+        } else {
+            Err(KeyError::Malformed {
                 what: "private key",
                 reason: "the public key it carries is not its secret's (the file is damaged, \
                          or was put together from two keys)"
                     .to_owned(),
-            }),
+            })
         }
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<p256::ecdsa::Signature, KeyError> {
+        self.check()?;
+        let mut secret = self.secret.to_nonzero_scalar();
+        let sig = crate::p256_fixed::sign(&secret, message);
+        zeroize::Zeroize::zeroize(&mut secret);
+        sig.ok_or_else(|| KeyError::Malformed {
+            what: "signature",
+            reason: "r or s is zero (about 1 in 2^256); sign again".to_owned(),
+        })
     }
 }
 
@@ -377,7 +391,7 @@ impl SigningKey {
     /// compares the two, and [`SigningKey::sign`] refuses to sign when they differ.
     pub fn public_key(&self) -> PublicKey {
         let inner = match &self.inner {
-            SecretInner::P256(k) => PublicInner::P256(*k.key().verifying_key()),
+            SecretInner::P256(k) => PublicInner::P256(*k.verifying_key()),
             SecretInner::Ed25519(k) => PublicInner::Ed25519(k.verifying_key()),
         };
         PublicKey { inner }
@@ -400,7 +414,7 @@ impl SigningKey {
     /// [`KeyError::Malformed`] when the two differ.
     pub fn check(&self) -> Result<(), KeyError> {
         match &self.inner {
-            SecretInner::P256(k) => k.checked().map(|_| ()),
+            SecretInner::P256(k) => k.check(),
             SecretInner::Ed25519(_) => Ok(()),
         }
     }
@@ -413,7 +427,7 @@ impl SigningKey {
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         Ok(match &self.inner {
             SecretInner::P256(k) => {
-                let sig: p256::ecdsa::Signature = k.checked()?.sign(message);
+                let sig = k.sign(message)?;
                 sig.to_der().as_bytes().to_vec()
             }
             SecretInner::Ed25519(k) => {

@@ -18,6 +18,7 @@ mod canonical;
 pub mod dsse;
 pub mod keys;
 pub mod media;
+mod p256_fixed;
 pub mod sbom;
 pub mod sigstore;
 pub mod slsa;
