@@ -187,6 +187,7 @@ pub fn write(
                 let mut blobs = a.manifests.clone();
                 blobs.extend(a.blobs.iter().cloned());
                 i.with_attachments(a.index.clone(), a.index_bytes.clone(), blobs)
+                    .with_attachment_bytes(a.blob_bytes.clone())
             }
             None => i,
         })
@@ -257,7 +258,9 @@ pub fn write_oci_staged(
             let a = attached()?;
             let mut blobs = a.manifests.clone();
             blobs.extend(a.blobs.iter().cloned());
-            Ok(image.with_attachments(a.index.clone(), a.index_bytes.clone(), blobs))
+            Ok(image
+                .with_attachments(a.index.clone(), a.index_bytes.clone(), blobs)
+                .with_attachment_bytes(a.blob_bytes.clone()))
         }
     };
     export_oci_tar_staged(&store.content, &image, dest, &ExportOptions { epoch }, rest)

@@ -93,6 +93,9 @@ pub struct Attached {
     pub manifests: Vec<Descriptor>,
     /// Every other blob they reference (configs, statement and bundle layers).
     pub blobs: Vec<Descriptor>,
+    /// The bytes of every blob above and of the manifests, by digest (all of them are in
+    /// the content store too): outputs write these instead of reading them back.
+    pub blob_bytes: std::sync::Arc<BTreeMap<Digest, Vec<u8>>>,
 }
 
 #[derive(Serialize)]
@@ -223,10 +226,12 @@ pub fn attach(
     store.content.write_batch_hashed(&refs)?;
     blobs.sort_by_key(|d| d.digest);
     blobs.dedup_by(|a, b| a.digest == b.digest);
+    let blob_bytes = pending.0.into_iter().map(|(b, d)| (d, b)).collect();
     Ok(Attached {
         index: index_d,
         index_bytes,
         manifests,
         blobs,
+        blob_bytes: std::sync::Arc::new(blob_bytes),
     })
 }

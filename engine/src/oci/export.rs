@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -139,6 +140,9 @@ struct Attachments {
     index_bytes: Vec<u8>,
     /// The other manifests and blobs the index reaches, all in the blob source.
     blobs: Vec<Descriptor>,
+    /// Copies of some of `blobs` in memory (their maker hashed them): written from here
+    /// rather than read back from the blob source.
+    in_memory: Arc<BTreeMap<Digest, Vec<u8>>>,
 }
 
 impl ImageRef {
@@ -173,7 +177,18 @@ impl ImageRef {
             index,
             index_bytes,
             blobs,
+            in_memory: Arc::default(),
         });
+        self
+    }
+
+    /// Copies in memory of blobs the attachments reach (each under the sha256 of its
+    /// bytes), which the layout writers write instead of reading them back from the source.
+    /// Without attachments it does nothing.
+    pub fn with_attachment_bytes(mut self, bytes: Arc<BTreeMap<Digest, Vec<u8>>>) -> Self {
+        if let Some(a) = self.attached.as_mut() {
+            a.in_memory = bytes;
+        }
         self
     }
 
@@ -234,6 +249,16 @@ impl ImageRef {
             .filter(|d| d.digest != self.descriptor.digest && seen.insert(d.digest))
             .cloned()
             .collect()
+    }
+
+    /// The bytes of blob `d` when the attachments hold them in memory (and their size is
+    /// `d`'s).
+    fn in_memory(&self, d: &Descriptor) -> Option<&[u8]> {
+        self.attached
+            .as_ref()
+            .and_then(|a| a.in_memory.get(&d.digest))
+            .map(Vec::as_slice)
+            .filter(|b| b.len() as u64 == d.size)
     }
 
     /// The attachments' index as a blob to write, if any.
@@ -425,7 +450,11 @@ fn write_layout_tar_staged(
         for d in image.blobs() {
             let path = blob_path(&d.digest);
             if !written.contains(&path) {
-                entries.insert(path, Content::Blob(Box::new(d)));
+                let content = match image.in_memory(&d) {
+                    Some(bytes) => Content::Bytes(bytes.to_vec()),
+                    None => Content::Blob(Box::new(d)),
+                };
+                entries.insert(path, content);
             }
         }
         if let Some((digest, bytes)) = image.index_blob() {
@@ -631,7 +660,7 @@ mod tests {
             br#"{"architecture":"amd64","os":"linux"}"#,
         );
         let layer = put(media::OCI_LAYER_TAR, b"not really a tar");
-        let manifest = Manifest::new(config, vec![layer]);
+        let manifest = Manifest::new(config.clone(), vec![layer.clone()]);
         let image = put(media::OCI_MANIFEST, &canonical_json(&manifest).unwrap());
         // What attestations add: a blob, and an index over the image.
         let extra = put("application/vnd.in-toto+json", b"{\"statement\":1}");
@@ -642,7 +671,7 @@ mod tests {
         let plain = ImageRef::load(&cs, image, &names).unwrap();
         let attached = plain
             .clone()
-            .with_attachments(index_d, index_bytes, vec![extra]);
+            .with_attachments(index_d, index_bytes, vec![extra.clone()]);
         let opts = ExportOptions { epoch: 7 };
 
         let whole = dir.path().join("whole.tar");
@@ -650,6 +679,28 @@ mod tests {
         let staged = dir.path().join("staged.tar");
         export_oci_tar_staged(&cs, &plain, &staged, &opts, || Ok(attached.clone())).unwrap();
         assert_eq!(fs::read(&whole).unwrap(), fs::read(&staged).unwrap());
+        // Attachment blobs handed over in memory give the same archive, and are not read
+        // from the source (removed from it here); a copy whose size is not the blob's is
+        // not used.
+        let extra_bytes = b"{\"statement\":1}".to_vec();
+        let in_memory: BTreeMap<Digest, Vec<u8>> = [(extra.digest, extra_bytes.clone())].into();
+        let from_memory = attached.clone().with_attachment_bytes(Arc::new(in_memory));
+        let elsewhere = tempfile::tempdir().unwrap();
+        let cs2 = crate::store::content::ContentStore::open(&elsewhere.path().join("cs")).unwrap();
+        for d in [&config, &layer] {
+            cs2.write_bytes(&cs.read_blob(&d.digest).unwrap()).unwrap();
+        }
+        cs2.write_bytes(&canonical_json(&manifest).unwrap())
+            .unwrap();
+        let memory = dir.path().join("memory.tar");
+        export_oci_tar_staged(&cs2, &plain, &memory, &opts, || Ok(from_memory.clone())).unwrap();
+        assert_eq!(fs::read(&whole).unwrap(), fs::read(&memory).unwrap());
+        let wrong: BTreeMap<Digest, Vec<u8>> = [(extra.digest, b"{}".to_vec())].into();
+        let wrong = attached.clone().with_attachment_bytes(Arc::new(wrong));
+        let from_source = dir.path().join("source.tar");
+        export_oci_tar(&cs, &wrong, &from_source, &opts).unwrap();
+        assert_eq!(fs::read(&whole).unwrap(), fs::read(&from_source).unwrap());
+        assert!(export_oci_tar(&cs2, &wrong, &from_source, &opts).is_err());
         // Without attachments: one sorted run of entries, as always.
         let bare = dir.path().join("bare.tar");
         export_oci_tar(&cs, &plain, &bare, &opts).unwrap();
