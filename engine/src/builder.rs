@@ -784,9 +784,9 @@ impl Engine {
             early = self.start_early_outputs(req, &assembled, &names);
         }
         let abandon = |early: Vec<EarlyOutput>| async move {
-            for (_, tx, task) in early {
-                drop(tx);
-                let _ = task.await;
+            for e in early {
+                drop((e.attached, e.stored));
+                let _ = e.task.await;
             }
         };
 
@@ -828,8 +828,9 @@ impl Engine {
                         Some(dir) => crate::attest::write_dest(dir, &made)?,
                         None => Vec::new(),
                     };
-                    let attached =
-                        crate::attest::attach::attach(&store, &a.manifest_descriptor, &made)?;
+                    // In memory only: the archives started early get it at once, and the
+                    // content store gets it below, meanwhile.
+                    let attached = crate::attest::attach::prepare(&a.manifest_descriptor, &made)?;
                     Ok((attached, made, files, fresh))
                 })
                 .await
@@ -845,8 +846,27 @@ impl Engine {
                         return Err(e);
                     }
                 };
-                for (_, tx, _) in &early {
-                    let _ = tx.send(done.0.clone());
+                for e in &early {
+                    let _ = e.attached.send(done.0.clone());
+                }
+                // Into the content store (durable) before any other output reads it and
+                // before the early archives are put in place.
+                let (store, attached) = (self.store.clone(), done.0.clone());
+                let stored = tokio::task::spawn_blocking(move || {
+                    crate::attest::attach::store(&store, &attached)
+                })
+                .await
+                .map_err(|e| BuildError::Context {
+                    name: "attest".into(),
+                    message: e.to_string(),
+                })
+                .and_then(|r| r.map_err(BuildError::from));
+                if let Err(e) = stored {
+                    abandon(early).await;
+                    return Err(e);
+                }
+                for e in &early {
+                    let _ = e.stored.send(());
                 }
                 staged.sboms.extend(done.3);
                 progress.send(Event::Phase {
@@ -880,7 +900,7 @@ impl Engine {
             &planned.base_images,
             progress.clone(),
         );
-        let started: Vec<usize> = early.iter().map(|(i, ..)| *i).collect();
+        let started: Vec<usize> = early.iter().map(|e| e.index).collect();
         let pushed = tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
             let mut pushed = Vec::new();
             for (_, o) in outputs
@@ -904,9 +924,10 @@ impl Engine {
         .and_then(|r| r);
         // The other outputs' error first, else the first of these.
         let mut pushed = pushed;
-        for (_, tx, task) in early {
-            drop(tx);
-            let r = task
+        for e in early {
+            drop((e.attached, e.stored));
+            let r = e
+                .task
                 .await
                 .map_err(|e| BuildError::Context {
                     name: "output".into(),
@@ -950,13 +971,17 @@ impl Engine {
     }
 }
 
-/// An output started before the attestations exist: its index among the outputs, the sender
-/// of the attachments it waits for (dropped: abandon it), and its task.
-type EarlyOutput = (
-    usize,
-    std::sync::mpsc::Sender<crate::attest::Attached>,
-    tokio::task::JoinHandle<Result<(), output::OutputError>>,
-);
+/// An output started before the attestations exist. Dropping either sender before it has
+/// sent abandons the output (nothing is left at its path).
+struct EarlyOutput {
+    /// Its index among the request's outputs.
+    index: usize,
+    /// The attachments, once made.
+    attached: std::sync::mpsc::Sender<crate::attest::Attached>,
+    /// Sent once the attachments are in the content store: the output may be put in place.
+    stored: std::sync::mpsc::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), output::OutputError>>,
+}
 
 impl Engine {
     /// Starts writing the OCI archive outputs of an attested image before its attestations
@@ -982,7 +1007,8 @@ impl Engine {
             if same_path.count() > 1 {
                 continue;
             }
-            let (tx, rx) = std::sync::mpsc::channel::<crate::attest::Attached>();
+            let (attached, attached_rx) = std::sync::mpsc::channel::<crate::attest::Attached>();
+            let (stored, stored_rx) = std::sync::mpsc::channel::<()>();
             let (store, a, names, dest, epoch) = (
                 self.store.clone(),
                 assembled.clone(),
@@ -991,12 +1017,30 @@ impl Engine {
                 req.epoch,
             );
             let task = tokio::task::spawn_blocking(move || {
-                output::write_oci_staged(&store, &a, &names, &dest, epoch, move || {
-                    rx.recv()
-                        .map_err(|_| "the attestations were not made".to_owned())
-                })
+                output::write_oci_staged(
+                    &store,
+                    &a,
+                    &names,
+                    &dest,
+                    epoch,
+                    move || {
+                        attached_rx
+                            .recv()
+                            .map_err(|_| "the attestations were not made".to_owned())
+                    },
+                    move || {
+                        stored_rx
+                            .recv()
+                            .map_err(|_| "the attestations were not stored".to_owned())
+                    },
+                )
             });
-            early.push((i, tx, task));
+            early.push(EarlyOutput {
+                index: i,
+                attached,
+                stored,
+                task,
+            });
         }
         early
     }

@@ -239,9 +239,10 @@ pub fn write(
 }
 
 /// Writes an OCI archive output (`type=oci`) of an image whose attestations are being made:
-/// its own blobs now, the rest once `attached` gives the attachments (see
-/// [`crate::oci::export::export_oci_tar_staged`]); an `Err` from it leaves nothing at `dest`.
-/// The archive is the one [`write`] makes with the same attachments.
+/// its own blobs now, the rest once `attached` gives the attachments, and it is put in place
+/// once `stored` says they are in the content store (see
+/// [`crate::oci::export::export_oci_tar_staged`]); an `Err` from either leaves nothing at
+/// `dest`. The archive is the one [`write`] makes with the same attachments.
 pub fn write_oci_staged(
     store: &Store,
     img: &Assembled,
@@ -249,6 +250,7 @@ pub fn write_oci_staged(
     dest: &Path,
     epoch: u64,
     attached: impl FnOnce() -> Result<crate::attest::Attached, String>,
+    stored: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), OutputError> {
     let image = ImageRef::load(&store.content, img.manifest_descriptor.clone(), names)
         .map_err(|e| oerr(dest)(e.to_string()))?;
@@ -263,8 +265,15 @@ pub fn write_oci_staged(
                 .with_attachment_bytes(a.blob_bytes.clone()))
         }
     };
-    export_oci_tar_staged(&store.content, &image, dest, &ExportOptions { epoch }, rest)
-        .map_err(|e| oerr(dest)(e.to_string()))
+    export_oci_tar_staged(
+        &store.content,
+        &image,
+        dest,
+        &ExportOptions { epoch },
+        rest,
+        stored,
+    )
+    .map_err(|e| oerr(dest)(e.to_string()))
 }
 
 /// Applies the image's layers, bottom first, onto `dest` (whiteouts remove files).

@@ -93,8 +93,9 @@ pub struct Attached {
     pub manifests: Vec<Descriptor>,
     /// Every other blob they reference (configs, statement and bundle layers).
     pub blobs: Vec<Descriptor>,
-    /// The bytes of every blob above and of the manifests, by digest (all of them are in
-    /// the content store too): outputs write these instead of reading them back.
+    /// The bytes of every blob above, of the manifests and of the index, by digest (what
+    /// [`store`] writes into the content store): outputs write these instead of reading
+    /// them back.
     pub blob_bytes: std::sync::Arc<BTreeMap<Digest, Vec<u8>>>,
 }
 
@@ -115,7 +116,7 @@ struct AttestationConfig<'a> {
     rootfs: RootFs<'a>,
 }
 
-/// Blobs to store, written together at the end ([`crate::store::content::ContentStore::write_batch_hashed`]).
+/// Blobs to store, written together by [`store`] ([`crate::store::content::ContentStore::write_batch_hashed`]).
 #[derive(Default)]
 struct Pending(Vec<(Vec<u8>, Digest)>);
 
@@ -138,12 +139,33 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, AttestError> {
 }
 
 /// Writes the attestation manifest, the referrers and the index for `image` (the image
-/// manifest's descriptor, with its platform) into the store.
+/// manifest's descriptor, with its platform) into the store: [`prepare`], then [`store`].
 pub fn attach(
     store: &Store,
     image: &Descriptor,
     attestations: &[Attestation],
 ) -> Result<Attached, AttestError> {
+    let attached = prepare(image, attestations)?;
+    self::store(store, &attached)?;
+    Ok(attached)
+}
+
+/// Writes every blob of `attached` ([`Attached::blob_bytes`]) into the content store, made
+/// durable.
+pub fn store(store: &Store, attached: &Attached) -> Result<(), AttestError> {
+    let refs: Vec<(&[u8], Digest)> = attached
+        .blob_bytes
+        .iter()
+        .map(|(d, b)| (b.as_slice(), *d))
+        .collect();
+    store.content.write_batch_hashed(&refs)?;
+    Ok(())
+}
+
+/// The attestation manifest, the referrers and the index for `image` (the image manifest's
+/// descriptor, with its platform), in memory: nothing is in the content store until
+/// [`store`] writes it.
+pub fn prepare(image: &Descriptor, attestations: &[Attestation]) -> Result<Attached, AttestError> {
     let mut manifests = Vec::new();
     let mut blobs = Vec::new();
     let mut pending = Pending::default();
@@ -222,8 +244,6 @@ pub fn attach(
     let index = Index::new(all);
     let index_bytes = json(&index)?;
     let index_d = pending.put(media::OCI_INDEX, index_bytes.clone());
-    let refs: Vec<(&[u8], Digest)> = pending.0.iter().map(|(b, d)| (b.as_slice(), *d)).collect();
-    store.content.write_batch_hashed(&refs)?;
     blobs.sort_by_key(|d| d.digest);
     blobs.dedup_by(|a, b| a.digest == b.digest);
     let blob_bytes = pending.0.into_iter().map(|(b, d)| (d, b)).collect();

@@ -343,22 +343,31 @@ pub fn export_oci_tar(
 /// [`export_oci_tar`] of an image whose attestations are made meanwhile: the image's own
 /// blobs (manifest, config, layers) are written at once; then `rest` is called (it may wait
 /// for the attestations) and gives the image to finish with, normally `image` with its
-/// attachments, whose other blobs, index and `index.json` follow. An `Err` from `rest`
-/// abandons the export: nothing is left at `dest`. The file is the same as
-/// [`export_oci_tar`] of the finished image writes.
+/// attachments, whose other blobs, index and `index.json` follow. Last, before the file
+/// is put in place, `finish` is called (it may wait for the attestations to be stored). An
+/// `Err` from `rest` or `finish` abandons the export: nothing is left at `dest`. The file is
+/// the same as [`export_oci_tar`] of the finished image writes.
 pub fn export_oci_tar_staged(
     source: &dyn BlobSource,
     image: &ImageRef,
     dest: &Path,
     opts: &ExportOptions,
     rest: impl FnOnce() -> std::result::Result<ImageRef, String>,
+    finish: impl FnOnce() -> std::result::Result<(), String>,
 ) -> Result<()> {
-    write_layout_tar_staged(source, image, dest, opts, false, || {
-        rest().map_err(|reason| ExportError::Abandoned {
-            path: dest.to_owned(),
-            reason,
-        })
-    })
+    let abandoned = |reason| ExportError::Abandoned {
+        path: dest.to_owned(),
+        reason,
+    };
+    write_layout_tar_staged(
+        source,
+        image,
+        dest,
+        opts,
+        false,
+        || rest().map_err(abandoned),
+        || finish().map_err(abandoned),
+    )
 }
 
 /// Writes `image` as a docker-archive at `dest` for `docker load` (`type=docker`): the legacy
@@ -409,7 +418,15 @@ fn write_layout_tar(
     opts: &ExportOptions,
     docker: bool,
 ) -> Result<()> {
-    write_layout_tar_staged(source, image, dest, opts, docker, || Ok(image.clone()))
+    write_layout_tar_staged(
+        source,
+        image,
+        dest,
+        opts,
+        docker,
+        || Ok(image.clone()),
+        || Ok(()),
+    )
 }
 
 /// The layout tar in two parts, each in path order: the directories and the image's own
@@ -422,6 +439,7 @@ fn write_layout_tar_staged(
     opts: &ExportOptions,
     docker: bool,
     rest: impl FnOnce() -> Result<ImageRef>,
+    finish: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
     let werr = |source| ExportError::Write {
         path: dest.to_owned(),
@@ -491,6 +509,7 @@ fn write_layout_tar_staged(
         let mut buf = tar.into_inner().map_err(werr)?;
         buf.flush().map_err(werr)?;
     }
+    finish()?;
     out.commit().map_err(werr)
 }
 
@@ -677,7 +696,15 @@ mod tests {
         let whole = dir.path().join("whole.tar");
         export_oci_tar(&cs, &attached, &whole, &opts).unwrap();
         let staged = dir.path().join("staged.tar");
-        export_oci_tar_staged(&cs, &plain, &staged, &opts, || Ok(attached.clone())).unwrap();
+        export_oci_tar_staged(
+            &cs,
+            &plain,
+            &staged,
+            &opts,
+            || Ok(attached.clone()),
+            || Ok(()),
+        )
+        .unwrap();
         assert_eq!(fs::read(&whole).unwrap(), fs::read(&staged).unwrap());
         // Attachment blobs handed over in memory give the same archive, and are not read
         // from the source (removed from it here); a copy whose size is not the blob's is
@@ -693,7 +720,15 @@ mod tests {
         cs2.write_bytes(&canonical_json(&manifest).unwrap())
             .unwrap();
         let memory = dir.path().join("memory.tar");
-        export_oci_tar_staged(&cs2, &plain, &memory, &opts, || Ok(from_memory.clone())).unwrap();
+        export_oci_tar_staged(
+            &cs2,
+            &plain,
+            &memory,
+            &opts,
+            || Ok(from_memory.clone()),
+            || Ok(()),
+        )
+        .unwrap();
         assert_eq!(fs::read(&whole).unwrap(), fs::read(&memory).unwrap());
         let wrong: BTreeMap<Digest, Vec<u8>> = [(extra.digest, b"{}".to_vec())].into();
         let wrong = attached.clone().with_attachment_bytes(Arc::new(wrong));
@@ -715,16 +750,33 @@ mod tests {
         assert_eq!(paths, sorted);
 
         let abandoned = dir.path().join("abandoned.tar");
-        let err = export_oci_tar_staged(&cs, &plain, &abandoned, &opts, || {
-            Err("the attestations were not made".to_owned())
-        })
-        .unwrap_err();
-        assert!(matches!(err, ExportError::Abandoned { .. }), "{err}");
-        let left: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains("abandoned"))
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        // Abandoned when the attestations are not made, or made but not stored: the whole
+        // archive was written in the second case, and still nothing is left.
+        let not_made = || Err("the attestations were not made".to_owned());
+        let not_stored = || Err("the attestations were not stored".to_owned());
+        for (made, stored) in [(false, true), (true, false)] {
+            let err = export_oci_tar_staged(
+                &cs,
+                &plain,
+                &abandoned,
+                &opts,
+                || {
+                    if made {
+                        Ok(attached.clone())
+                    } else {
+                        not_made()
+                    }
+                },
+                || if stored { Ok(()) } else { not_stored() },
+            )
+            .unwrap_err();
+            assert!(matches!(err, ExportError::Abandoned { .. }), "{err}");
+            let left: Vec<String> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("abandoned"))
+                .collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
     }
 }
