@@ -319,8 +319,7 @@ fn steps_of(owner: u32) -> Vec<String> {
     rd.flatten()
         .filter(|e| {
             fs::read_to_string(e.path().join("cgroup")).is_ok_and(|c| c.contains(&needle))
-                && fs::read_to_string(e.path().join("stat"))
-                    .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.starts_with(" Z")))
+                && fs::read_to_string(e.path().join("stat")).is_ok_and(|s| still_running(&s))
         })
         .map(|e| {
             let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
@@ -331,6 +330,24 @@ fn steps_of(owner: u32) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Whether the process whose `/proc/PID/stat` is `stat` still runs: not a zombie, and not
+/// on its way out. A process that was SIGKILLed can take a moment to leave (its memory is
+/// released first, so its cmdline reads empty) and stays in its cgroup meanwhile; the
+/// kernel marks it `PF_EXITING` (0x4 in the flags, the 9th field).
+fn still_running(stat: &str) -> bool {
+    // After the command name in parentheses: state ppid pgrp session tty tpgid flags …
+    let Some(rest) = stat.rsplit(')').next() else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    const PF_EXITING: u64 = 0x4;
+    let exiting = fields
+        .get(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_EXITING != 0);
+    fields.first().is_some_and(|state| *state != "Z") && !exiting
 }
 
 /// Step inits (the sandbox's re-executed init) still alive: a killed daemon's steps.
