@@ -674,12 +674,26 @@ impl Engine {
         } else {
             Vec::new()
         };
+        // Every error return from here on abandons them and waits until they have removed
+        // their temp files (the CLI does not wait for blocking tasks when it exits).
+        let abandon = |early: Vec<EarlyOutput>| async move {
+            for e in early {
+                drop((e.attached, e.stored));
+                let _ = e.task.await;
+            }
+        };
         let mut prov = if req.attest.any() || gate.is_some() {
             let context_digests = match context_task {
-                Some(t) => t.await.map_err(|e| BuildError::Context {
-                    name: "attest".into(),
-                    message: e.to_string(),
-                })?,
+                Some(t) => match t.await {
+                    Ok(digests) => digests,
+                    Err(e) => {
+                        abandon(early).await;
+                        return Err(BuildError::Context {
+                            name: "attest".into(),
+                            message: e.to_string(),
+                        });
+                    }
+                },
                 None => Default::default(),
             };
             let confinements = ctx
@@ -736,10 +750,20 @@ impl Engine {
         };
         let sbom = match catalog {
             Some(task) => {
-                let (sbom, fresh) = task.await.map_err(|e| BuildError::Context {
-                    name: "attest".into(),
-                    message: e.to_string(),
-                })??;
+                let made = task
+                    .await
+                    .map_err(|e| BuildError::Context {
+                        name: "attest".into(),
+                        message: e.to_string(),
+                    })
+                    .and_then(|r| r.map_err(BuildError::from));
+                let (sbom, fresh) = match made {
+                    Ok(made) => made,
+                    Err(e) => {
+                        abandon(early).await;
+                        return Err(e);
+                    }
+                };
                 staged.sboms.extend(fresh);
                 Some(sbom)
             }
@@ -783,12 +807,6 @@ impl Engine {
         if req.attest.any() && gate.is_some() {
             early = self.start_early_outputs(req, &assembled, &names);
         }
-        let abandon = |early: Vec<EarlyOutput>| async move {
-            for e in early {
-                drop((e.attached, e.stored));
-                let _ = e.task.await;
-            }
-        };
 
         let (attached, attestations, attest_files) =
             if let (true, Some(prov)) = (req.attest.any(), prov) {
