@@ -180,7 +180,9 @@ struct BuildArgs {
     /// Progress output.
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressMode,
-    /// Maximum number of steps run at once (default: number of CPUs).
+    /// Run at most N steps at once. Without it: as many CPU-busy steps as there are CPUs,
+    /// and a RUN step that waits without using the CPU (sleep, network, a slow pipe) lends
+    /// its slot to the next ready step, up to 4 × CPUs steps in all.
     #[arg(long, value_name = "N")]
     max_parallelism: Option<usize>,
     /// Layer compression.
@@ -594,6 +596,7 @@ fn build(root: &std::path::Path, b: BuildArgs) -> Result<(), Failure> {
             return Err(usage("--max-parallelism must be at least 1".into()));
         }
         req.max_parallelism = n;
+        req.lend_idle_slots = false;
     }
     req.snapshotter = match b.snapshotter {
         SnapshotterArg::Auto => kiln_engine::ops::Snapshotter::Auto,

@@ -131,6 +131,36 @@ fn independent_stages_run_in_parallel_within_the_bound() {
     );
 }
 
+/// Without `--max-parallelism`, a step that sleeps lends its slot: four stages that each
+/// sleep all run at once, on fewer CPUs than four too (CI has two). With it, the bound holds
+/// for sleeping steps as well (above: `--max-parallelism 1`).
+#[test]
+fn sleeping_steps_lend_their_slots_by_default() {
+    need_root!();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 4 {
+        println!("note: {cpus} CPUs: four stages fit the bound without lending");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = store_with_base(dir.path());
+    let ctx = context(
+        dir.path(),
+        "ctx",
+        &FOUR_STAGES.replace("sleep 0.5", "sleep 3"),
+    );
+    let out = kiln(
+        &root,
+        &["build", "--progress", "json", ctx.to_str().unwrap()],
+    );
+    let overlap = out.status.success().then(|| max_overlap(&events(&out)));
+    assert_eq!(
+        overlap,
+        Some(4),
+        "the sleeping stages did not all run at once: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_rebuild_is_fully_cached_and_identical() {
     need_root!();

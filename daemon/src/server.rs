@@ -841,6 +841,9 @@ impl Daemon {
         tracing::info!(build = %id, offered = offered.len(), asked = wanted.len(), "secrets");
         req.secrets = secrets;
         req.epoch = header.source_date_epoch;
+        // The daemon's bound is a hard one: its operator sized the host for it, and many
+        // tenants' builds share it (no idle-slot lending).
+        req.lend_idle_slots = false;
         if header.max_parallelism > 0 {
             req.max_parallelism = req.max_parallelism.min(header.max_parallelism as usize);
         }

@@ -115,8 +115,11 @@ pub struct BuildRequest {
     pub outputs: Vec<OutputSpec>,
     /// `--build-context`.
     pub build_contexts: BTreeMap<String, ContextSource>,
-    /// `--max-parallelism`.
+    /// How many steps run at once: `--max-parallelism`, default the CPUs.
     pub max_parallelism: usize,
+    /// Whether a RUN step waiting without using the CPU lends its slot to another step (see
+    /// [`crate::solver::Parallelism`]): on by default, off when `--max-parallelism` is given.
+    pub lend_idle_slots: bool,
     /// `--allow network.host`.
     pub allow_host_network: bool,
     /// `--allow security.insecure` (DANGEROUS).
@@ -174,6 +177,7 @@ impl BuildRequest {
             max_parallelism: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            lend_idle_slots: true,
             allow_host_network: false,
             allow_insecure: false,
             step_timeout: None,
@@ -520,7 +524,10 @@ impl Engine {
             graph.clone(),
             &[planned.target],
             ctx.clone(),
-            req.max_parallelism,
+            crate::solver::Parallelism {
+                busy: req.max_parallelism,
+                lend_idle: req.lend_idle_slots,
+            },
         )
         .await?;
         if let Some(rc) = &ctx.remote_cache {

@@ -1,7 +1,13 @@
 //! The solver: runs the vertices a build needs, in parallel where the graph allows.
 //!
 //! It knows vertices, cache keys and scheduling; what an op does lives in [`crate::ops`].
-//! - A vertex runs once all its inputs are done; at most `max_parallelism` run at once.
+//! - A vertex runs once all its inputs are done; at most [`Parallelism::busy`] run at once.
+//!   With [`Parallelism::lend_idle`] (the default when no `--max-parallelism` was given) the
+//!   bound is on *busy* vertices, as `GOMAXPROCS` bounds the threads running Go code rather
+//!   than those blocked in a system call: a RUN step whose cgroup used less than
+//!   [`IDLE_SHARE`] of one CPU over the last [`SAMPLE_EVERY`] (sleeping, waiting on the
+//!   network or a pipe) lends its slot to the next ready vertex, up to [`LEND_FACTOR`] times
+//!   the bound in all. A step that cannot be measured counts as busy.
 //! - Identical vertices were merged when the graph was built (same definition digest), so each
 //!   runs once.
 //! - Cache key = sha256(tenant, definition digest, input cache keys, content digest of what
@@ -14,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
@@ -55,15 +61,95 @@ pub struct Solved {
     pub keys: HashMap<VertexIdx, Digest>,
 }
 
+/// How many vertices may run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parallelism {
+    /// At most this many busy vertices (at least 1).
+    pub busy: usize,
+    /// Whether an idle RUN step lends its slot (see the module docs); without it, `busy`
+    /// bounds every running vertex, idle or not.
+    pub lend_idle: bool,
+}
+
+/// How often the running steps' CPU time is sampled while a ready vertex waits for a slot.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(25);
+/// A step that used less than this share of one CPU since its last sample is idle.
+pub const IDLE_SHARE: f64 = 0.1;
+/// With lending, at most this many times [`Parallelism::busy`] vertices run at once.
+pub const LEND_FACTOR: usize = 4;
+
+/// Which running steps are idle, from samples of their cgroups' CPU time.
+#[derive(Debug, Default)]
+struct IdleSteps {
+    /// The last sample of each step seen: when, and its CPU time then.
+    last: HashMap<VertexIdx, (Instant, Duration)>,
+    /// The steps idle over their last sampling window.
+    idle: std::collections::HashSet<VertexIdx>,
+}
+
+impl IdleSteps {
+    /// Takes a sample of every running step (`None`: not measurable, counted busy). A step
+    /// is idle when it used less than [`IDLE_SHARE`] of the time since its previous sample,
+    /// which must be at least half of [`SAMPLE_EVERY`] (a shorter window keeps the verdict
+    /// of the previous one). A step's first sample only sets its baseline: it is busy.
+    fn sample(&mut self, now: Instant, samples: &[(VertexIdx, Option<Duration>)]) {
+        let seen: std::collections::HashSet<VertexIdx> = samples.iter().map(|s| s.0).collect();
+        self.last.retain(|v, _| seen.contains(v));
+        self.idle.retain(|v| seen.contains(v));
+        for &(v, cpu) in samples {
+            let Some(cpu) = cpu else {
+                self.last.remove(&v);
+                self.idle.remove(&v);
+                continue;
+            };
+            match self.last.get(&v).copied() {
+                Some((then, used)) => {
+                    let window = now.saturating_duration_since(then);
+                    if window < SAMPLE_EVERY / 2 {
+                        continue;
+                    }
+                    let busy = cpu.saturating_sub(used).as_secs_f64();
+                    if busy < window.as_secs_f64() * IDLE_SHARE {
+                        self.idle.insert(v);
+                    } else {
+                        self.idle.remove(&v);
+                    }
+                }
+                None => {
+                    self.idle.remove(&v);
+                }
+            }
+            self.last.insert(v, (now, cpu));
+        }
+    }
+
+    /// A vertex finished: forget it.
+    fn done(&mut self, v: VertexIdx) {
+        self.last.remove(&v);
+        self.idle.remove(&v);
+    }
+
+    /// How many running steps are idle now.
+    fn count(&self) -> usize {
+        self.idle.len()
+    }
+}
+
 /// Solves `targets` and everything they depend on.
 pub async fn solve(
     graph: Arc<Graph>,
     targets: &[VertexIdx],
     ctx: Arc<OpContext>,
-    max_parallelism: usize,
+    parallelism: Parallelism,
 ) -> Result<Solved, SolveError> {
     let needed = graph.ancestors(targets);
-    let limit = max_parallelism.max(1);
+    let limit = parallelism.busy.max(1);
+    let cap = if parallelism.lend_idle {
+        limit.saturating_mul(LEND_FACTOR)
+    } else {
+        limit
+    };
+    let mut idle = IdleSteps::default();
     let mut remaining: HashMap<VertexIdx, usize> = HashMap::new();
     let mut dependents: HashMap<VertexIdx, Vec<VertexIdx>> = HashMap::new();
     let mut ready: Vec<VertexIdx> = Vec::new();
@@ -89,7 +175,7 @@ pub async fn solve(
     let mut running = 0usize;
 
     loop {
-        while running < limit {
+        while running < cap && running - idle.count().min(running) < limit {
             let Some(i) = ready.pop() else { break };
             let Some(v) = graph.get(i) else { continue };
             let inputs: Vec<Output> = v
@@ -116,7 +202,21 @@ pub async fn solve(
                 (i, r)
             });
         }
-        let Some(joined) = tasks.join_next().await else {
+        // A ready vertex waits only for the busy bound: sample the running steps until one
+        // finishes or enough of them are idle.
+        let lend = parallelism.lend_idle && running < cap && !ready.is_empty();
+        let joined = if lend {
+            tokio::select! {
+                j = tasks.join_next() => j,
+                () = tokio::time::sleep(SAMPLE_EVERY) => {
+                    idle.sample(Instant::now(), &ctx.step_cpu_times());
+                    continue;
+                }
+            }
+        } else {
+            tasks.join_next().await
+        };
+        let Some(joined) = joined else {
             break;
         };
         running -= 1;
@@ -127,6 +227,7 @@ pub async fn solve(
                 return Err(SolveError::Internal(format!("step task failed: {e}")));
             }
         };
+        idle.done(i);
         let name = graph.get(i).map(|v| v.name.clone()).unwrap_or_default();
         match result {
             Ok((out, key, outcome)) => {
@@ -261,4 +362,65 @@ enum Outcome {
     Executed,
     /// Nothing to run (scratch, a context reference, a merge of done inputs).
     Trivial,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_step_is_idle_only_after_a_whole_window_of_little_cpu() {
+        let t0 = Instant::now();
+        let mut s = IdleSteps::default();
+        // First sight: a baseline, busy whatever it used before.
+        s.sample(t0, &[(1, Some(40 * MS)), (2, Some(Duration::ZERO))]);
+        assert_eq!(s.count(), 0);
+        // 25 ms later: step 1 used 1 ms (4 %), step 2 used 20 ms (80 %).
+        s.sample(t0 + 25 * MS, &[(1, Some(41 * MS)), (2, Some(20 * MS))]);
+        assert!(s.idle.contains(&1) && !s.idle.contains(&2));
+        // A window under half the period keeps the last verdict, even with a burst in it.
+        s.sample(t0 + 30 * MS, &[(1, Some(45 * MS)), (2, Some(20 * MS))]);
+        assert!(s.idle.contains(&1) && !s.idle.contains(&2));
+        // Step 1 wakes up (busy again), step 2 goes to sleep.
+        s.sample(t0 + 55 * MS, &[(1, Some(60 * MS)), (2, Some(21 * MS))]);
+        assert!(!s.idle.contains(&1) && s.idle.contains(&2));
+        assert_eq!(s.count(), 1);
+    }
+
+    #[test]
+    fn an_unmeasurable_or_finished_step_is_not_idle() {
+        let t0 = Instant::now();
+        let mut s = IdleSteps::default();
+        s.sample(t0, &[(1, Some(Duration::ZERO)), (2, Some(Duration::ZERO))]);
+        s.sample(
+            t0 + 25 * MS,
+            &[(1, Some(Duration::ZERO)), (2, Some(Duration::ZERO))],
+        );
+        assert_eq!(s.count(), 2);
+        // Step 1's cgroup can no longer be read: busy, and its baseline is dropped.
+        s.sample(t0 + 50 * MS, &[(1, None), (2, Some(Duration::ZERO))]);
+        assert!(!s.idle.contains(&1) && s.idle.contains(&2));
+        s.sample(
+            t0 + 75 * MS,
+            &[(1, Some(Duration::ZERO)), (2, Some(Duration::ZERO))],
+        );
+        assert!(!s.idle.contains(&1), "a new baseline is not a window");
+        // Step 2 is gone from the running list: forgotten.
+        s.sample(t0 + 100 * MS, &[(1, Some(Duration::ZERO))]);
+        assert!(s.idle.contains(&1) && !s.idle.contains(&2));
+        s.done(1);
+        assert_eq!(s.count(), 0);
+    }
+
+    #[test]
+    fn a_clock_or_counter_going_backwards_is_not_a_panic() {
+        let t0 = Instant::now();
+        let mut s = IdleSteps::default();
+        s.sample(t0 + 100 * MS, &[(1, Some(50 * MS))]);
+        // Earlier time, smaller counter (a recycled vertex id): a window too short to judge.
+        s.sample(t0, &[(1, Some(10 * MS))]);
+        assert_eq!(s.count(), 0);
+    }
 }

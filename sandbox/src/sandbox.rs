@@ -272,6 +272,12 @@ impl Killer {
             let _ = cgroup.kill_all();
         }
     }
+
+    /// The CPU time the step has used so far ([`StepCgroup::cpu_time`]); `None` once the
+    /// step's cgroup is gone or when the kernel does not account it.
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        self.cgroup.upgrade().and_then(|c| c.cpu_time())
+    }
 }
 
 /// A cgroup name unique on this host: this process's pid, a random tag (a recycled pid of a

@@ -406,6 +406,19 @@ impl OpContext {
         }
     }
 
+    /// The CPU time each running RUN step has used so far (`None`: not measurable), for the
+    /// solver's idle-slot lending.
+    pub(crate) fn step_cpu_times(&self) -> Vec<(VertexIdx, Option<Duration>)> {
+        self.killers
+            .lock()
+            .map(|k| {
+                k.iter()
+                    .map(|(v, killer)| (*v, killer.cpu_time()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn check_cancelled(&self) -> Result<(), OpError> {
         if self.cancelled.load(Ordering::SeqCst) {
             Err(OpError::Cancelled)

@@ -299,6 +299,23 @@ impl StepCgroup {
         kill::kill_all(&self.dirs, self.kill)
     }
 
+    /// The CPU time (user and system) the step's processes have used so far, when the kernel
+    /// accounts it for the step: `usage_usec` in the v2 directory's `cpu.stat` (every v2
+    /// cgroup has it, with or without the cpu controller), else `cpuacct.usage` in a v1
+    /// directory that has one (`cpu,cpuacct` mounted together). `None` when neither is there.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.dirs.iter().find_map(|d| match d.version {
+            Version::V2 => std::fs::read_to_string(d.path.join("cpu.stat"))
+                .ok()
+                .and_then(|t| keyed(&t, "usage_usec"))
+                .map(Duration::from_micros),
+            Version::V1 => std::fs::read_to_string(d.path.join("cpuacct.usage"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .map(Duration::from_nanos),
+        })
+    }
+
     /// What the step ran into. A counter the kernel does not have reads as not hit.
     pub fn outcome(&self) -> Outcome {
         let mut o = Outcome::default();
