@@ -815,7 +815,7 @@ impl Engine {
             early = self.start_early_outputs(req, &assembled, &names);
         }
 
-        let (attached, attestations, attest_files) =
+        let (attached, attestations, attest_files, publish) =
             if let (true, Some(prov)) = (req.attest.any(), prov) {
                 let store = self.store.clone();
                 let opts = req.attest.clone();
@@ -874,11 +874,13 @@ impl Engine {
                 for e in &early {
                     let _ = e.attached.send(done.0.clone());
                 }
-                // Into the content store (durable) before any other output reads it and
-                // before the early archives are put in place.
+                // Written into the content store before the early archives are put in place
+                // (a write that fails, on a full disk say, abandons them); made durable and
+                // visible meanwhile, beside the archives' own syncs. The other outputs, which
+                // read them from the store, and the commit wait for that.
                 let (store, attached) = (self.store.clone(), done.0.clone());
-                let stored = tokio::task::spawn_blocking(move || {
-                    crate::attest::attach::store(&store, &attached)
+                let written = tokio::task::spawn_blocking(move || {
+                    crate::attest::attach::stage(&store, &attached)
                 })
                 .await
                 .map_err(|e| BuildError::Context {
@@ -886,13 +888,17 @@ impl Engine {
                     message: e.to_string(),
                 })
                 .and_then(|r| r.map_err(BuildError::from));
-                if let Err(e) = stored {
-                    abandon(early).await;
-                    return Err(e);
-                }
+                let written = match written {
+                    Ok(w) => w,
+                    Err(e) => {
+                        abandon(early).await;
+                        return Err(e);
+                    }
+                };
                 for e in &early {
                     let _ = e.stored.send(());
                 }
+                let publish = tokio::task::spawn_blocking(move || written.publish());
                 staged.sboms.extend(done.3);
                 progress.send(Event::Phase {
                     name: format!(
@@ -907,9 +913,9 @@ impl Engine {
                     .iter()
                     .map(|a| (a.predicate_type.clone(), a.bundle.is_some()))
                     .collect();
-                (Some(done.0), list, done.2)
+                (Some(done.0), list, done.2, Some(publish))
             } else {
-                (None, Vec::new(), Vec::new())
+                (None, Vec::new(), Vec::new(), None)
             };
 
         // Emit outputs, then commit.
@@ -926,7 +932,28 @@ impl Engine {
             progress.clone(),
         );
         let started: Vec<usize> = early.iter().map(|e| e.index).collect();
+        // The attestations' blobs durable and in place: the other outputs read them from the
+        // store, so they wait for it; the commit (records naming them) always does.
+        let mut publish = publish;
+        let mut published: Result<(), BuildError> = Ok(());
+        let join_publish = |p: tokio::task::JoinHandle<Result<(), crate::store::StoreError>>| async move {
+            p.await
+                .map_err(|e| BuildError::Context {
+                    name: "attest".into(),
+                    message: e.to_string(),
+                })
+                .and_then(|r| r.map_err(BuildError::from))
+        };
+        if req.outputs.len() > started.len()
+            && let Some(p) = publish.take()
+        {
+            published = join_publish(p).await;
+        }
+        let others = published.is_ok();
         let pushed = tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
+            if !others {
+                return Ok(Vec::new());
+            }
             let mut pushed = Vec::new();
             for (_, o) in outputs
                 .iter()
@@ -963,7 +990,11 @@ impl Engine {
                 pushed = Err(e);
             }
         }
+        if let Some(p) = publish.take() {
+            published = join_publish(p).await;
+        }
         let pushed = pushed?;
+        published?;
         for n in &names {
             staged.images.insert(
                 n.clone(),
@@ -1003,7 +1034,8 @@ struct EarlyOutput {
     index: usize,
     /// The attachments, once made.
     attached: std::sync::mpsc::Sender<crate::attest::Attached>,
-    /// Sent once the attachments are in the content store: the output may be put in place.
+    /// Sent once the attachments are written into the content store (their sync and rename
+    /// run meanwhile, joined before the commit): the output may be put in place.
     stored: std::sync::mpsc::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), output::OutputError>>,
 }

@@ -26,6 +26,7 @@ use crate::Digest;
 use crate::oci::media;
 use crate::oci::types::{Descriptor, Index, Manifest, Platform, canonical_json};
 use crate::store::Store;
+use crate::store::content::StagedBatch;
 
 /// Annotation cosign puts on a bundle referrer: what the bundle holds.
 pub const ANNOTATION_BUNDLE_CONTENT: &str = "dev.sigstore.bundle.content";
@@ -153,13 +154,19 @@ pub fn attach(
 /// Writes every blob of `attached` ([`Attached::blob_bytes`]) into the content store, made
 /// durable.
 pub fn store(store: &Store, attached: &Attached) -> Result<(), AttestError> {
+    stage(store, attached)?.publish()?;
+    Ok(())
+}
+
+/// The first half of [`store`]: the blobs written to temp files in the content store, not yet
+/// durable nor visible; [`StagedBatch::publish`] finishes it.
+pub(crate) fn stage(store: &Store, attached: &Attached) -> Result<StagedBatch, AttestError> {
     let refs: Vec<(&[u8], Digest)> = attached
         .blob_bytes
         .iter()
         .map(|(d, b)| (b.as_slice(), *d))
         .collect();
-    store.content.write_batch_hashed(&refs)?;
-    Ok(())
+    Ok(store.content.stage_batch(&refs)?)
 }
 
 /// The attestation manifest, the referrers and the index for `image` (the image manifest's

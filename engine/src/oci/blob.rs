@@ -125,6 +125,8 @@ pub(crate) struct AtomicFile {
     file: Option<File>,
     tmp: PathBuf,
     dest: PathBuf,
+    /// Synced by [`AtomicFile::sync`] and not written since: `commit` need not sync again.
+    synced: bool,
 }
 
 impl AtomicFile {
@@ -147,17 +149,32 @@ impl AtomicFile {
             file: Some(file),
             tmp,
             dest: dest.to_owned(),
+            synced: false,
         })
     }
 
     pub(crate) fn file(&mut self) -> io::Result<&mut File> {
+        self.synced = false;
         self.file
             .as_mut()
             .ok_or_else(|| io::Error::other("atomic file already committed"))
     }
 
+    /// Makes what was written so far durable, still under the temporary name: a caller that
+    /// must wait for something else before [`AtomicFile::commit`] syncs meanwhile, and the
+    /// commit then only renames.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        if let Some(f) = self.file.as_ref() {
+            f.sync_all()?;
+            self.synced = true;
+        }
+        Ok(())
+    }
+
     pub(crate) fn commit(mut self) -> io::Result<()> {
-        if let Some(f) = self.file.take() {
+        if let Some(f) = self.file.take()
+            && !self.synced
+        {
             f.sync_all()?;
         }
         fs::rename(&self.tmp, &self.dest)?;

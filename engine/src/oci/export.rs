@@ -509,6 +509,10 @@ fn write_layout_tar_staged(
         let mut buf = tar.into_inner().map_err(werr)?;
         buf.flush().map_err(werr)?;
     }
+    // Durable before the wait: the archive's writeback overlaps whatever `finish` waits for
+    // (the attestations' own syncs into the content store), and the file system can commit
+    // both in one journal transaction.
+    out.sync().map_err(werr)?;
     finish()?;
     out.commit().map_err(werr)
 }

@@ -89,42 +89,34 @@ impl ContentStore {
     /// [`ContentStore::write_batch`] of blobs whose sha256 the caller computed from the same
     /// bytes (large attestation documents are hashed once).
     pub(crate) fn write_batch_hashed(&self, blobs: &[(&[u8], Digest)]) -> Result<(), StoreError> {
-        let mut pending: Vec<(PathBuf, Digest)> = Vec::new();
-        let result = (|| {
-            let mut written: Vec<File> = Vec::new();
-            for &(bytes, digest) in blobs {
-                if self.contains(&digest) || pending.iter().any(|(_, d)| *d == digest) {
-                    continue;
-                }
-                let tmp = self.ingest.join(format!("{}.tmp", random_hex()));
-                let mut f = File::options()
-                    .write(true)
-                    .create_new(true)
-                    .open(&tmp)
-                    .map_err(io_err("create", &tmp))?;
-                pending.push((tmp.clone(), digest));
-                f.write_all(bytes).map_err(io_err("write", &tmp))?;
-                written.push(f);
+        self.stage_batch(blobs)?.publish()
+    }
+
+    /// The first half of [`ContentStore::write_batch_hashed`]: writes each blob the store
+    /// lacks to a temp file, nothing synced and nothing visible under a blob name yet.
+    /// [`StagedBatch::publish`] makes them durable and puts them in place; dropped
+    /// unpublished, the temp files are removed.
+    pub(crate) fn stage_batch(&self, blobs: &[(&[u8], Digest)]) -> Result<StagedBatch, StoreError> {
+        let mut batch = StagedBatch {
+            blobs: self.blobs.clone(),
+            pending: Vec::new(),
+        };
+        for &(bytes, digest) in blobs {
+            let dest = self.path(&digest);
+            if self.contains(&digest) || batch.pending.iter().any(|p| p.dest == dest) {
+                continue;
             }
-            if pending.is_empty() {
-                return Ok(());
-            }
-            let files: Vec<(File, &Path)> = written
-                .into_iter()
-                .zip(pending.iter().map(|(tmp, _)| tmp.as_path()))
-                .collect();
-            sync_data_all(&files)?;
-            drop(files);
-            for (tmp, digest) in pending.drain(..) {
-                let dest = self.path(&digest);
-                fs::rename(&tmp, &dest).map_err(io_err("rename", &dest))?;
-            }
-            sync_dir(&self.blobs)
-        })();
-        for (tmp, _) in pending {
-            let _ = fs::remove_file(tmp);
+            let tmp = self.ingest.join(format!("{}.tmp", random_hex()));
+            let mut file = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io_err("create", &tmp))?;
+            let written = file.write_all(bytes).map_err(io_err("write", &tmp));
+            batch.pending.push(StagedBlob { tmp, dest, file });
+            written?;
         }
-        result
+        Ok(batch)
     }
 
     /// Starts a streaming write; call [`BlobWriter::commit`] to make it durable.
@@ -166,6 +158,54 @@ impl ContentStore {
 impl crate::oci::blob::BlobSource for ContentStore {
     fn open_blob(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {
         Ok(Box::new(File::open(self.path(digest))?))
+    }
+}
+
+/// Blobs written to temp files by [`ContentStore::stage_batch`], not yet durable nor visible.
+#[derive(Debug)]
+pub(crate) struct StagedBatch {
+    /// The store's blob directory (synced once after the renames).
+    blobs: PathBuf,
+    pending: Vec<StagedBlob>,
+}
+
+#[derive(Debug)]
+struct StagedBlob {
+    tmp: PathBuf,
+    dest: PathBuf,
+    file: File,
+}
+
+impl StagedBatch {
+    /// Makes the blobs durable and visible, with one directory sync in all: every temp file
+    /// is `fdatasync`ed, then each is renamed into place and the directory is synced. (Not
+    /// `syncfs`: that would also wait for every other dirty file of the file system, such as
+    /// the layers the build just wrote.) On error the temp files not yet renamed are removed.
+    pub(crate) fn publish(mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let files: Vec<(&File, &Path)> = self
+            .pending
+            .iter()
+            .map(|b| (&b.file, b.tmp.as_path()))
+            .collect();
+        sync_data_all(&files)?;
+        while let Some(b) = self.pending.pop() {
+            if let Err(e) = fs::rename(&b.tmp, &b.dest) {
+                let _ = fs::remove_file(&b.tmp);
+                return Err(io_err("rename", &b.dest)(e));
+            }
+        }
+        sync_dir(&self.blobs)
+    }
+}
+
+impl Drop for StagedBatch {
+    fn drop(&mut self) {
+        for b in self.pending.drain(..) {
+            let _ = fs::remove_file(&b.tmp);
+        }
     }
 }
 
@@ -253,7 +293,7 @@ impl Drop for BlobWriter<'_> {
 /// the CPU), so the file system commits them together (ext4 and XFS batch concurrent syncs
 /// into one journal commit) instead of one commit and device flush after another. Every file
 /// is synced before this returns: the same guarantee as syncing them in turn.
-fn sync_data_all(files: &[(File, &Path)]) -> Result<(), StoreError> {
+fn sync_data_all(files: &[(&File, &Path)]) -> Result<(), StoreError> {
     /// Below this a sync did no I/O worth a thread.
     const CHEAP: std::time::Duration = std::time::Duration::from_micros(200);
     sync_data_all_after(files, CHEAP)
@@ -261,7 +301,7 @@ fn sync_data_all(files: &[(File, &Path)]) -> Result<(), StoreError> {
 
 /// [`sync_data_all`], with threads when the first sync took at least `cheap`.
 fn sync_data_all_after(
-    files: &[(File, &Path)],
+    files: &[(&File, &Path)],
     cheap: std::time::Duration,
 ) -> Result<(), StoreError> {
     let Some(((first, path), rest)) = files.split_first() else {
@@ -341,8 +381,8 @@ mod tests {
                 files.push(File::open(&p).unwrap());
                 paths.push(p);
             }
-            let pairs: Vec<(File, &Path)> = files
-                .into_iter()
+            let pairs: Vec<(&File, &Path)> = files
+                .iter()
                 .zip(paths.iter().map(PathBuf::as_path))
                 .collect();
             sync_data_all_after(&pairs, cheap).unwrap();
@@ -362,6 +402,33 @@ mod tests {
                 "no temp file left"
             );
         }
+    }
+
+    #[test]
+    fn a_staged_batch_is_invisible_until_published_and_leaves_nothing_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::open(dir.path()).unwrap();
+        let had = cs.write_bytes(b"already here").unwrap();
+        let (a, b) = (b"first".as_slice(), b"second".as_slice());
+        let blobs = [
+            (a, Digest::of(a)),
+            (b, Digest::of(b)),
+            (a, Digest::of(a)),
+            (b"already here".as_slice(), had),
+        ];
+        let temps = || fs::read_dir(&cs.ingest).unwrap().count();
+        let staged = cs.stage_batch(&blobs).unwrap();
+        assert_eq!(temps(), 2, "one temp file per new blob");
+        assert!(!cs.contains(&blobs[0].1) && !cs.contains(&blobs[1].1));
+        drop(staged);
+        assert_eq!(temps(), 0, "dropped unpublished: nothing left");
+        assert!(!cs.contains(&blobs[0].1) && !cs.contains(&blobs[1].1));
+
+        cs.stage_batch(&blobs).unwrap().publish().unwrap();
+        assert_eq!(temps(), 0);
+        assert_eq!(cs.read_blob(&blobs[0].1).unwrap(), a);
+        assert_eq!(cs.read_blob(&blobs[1].1).unwrap(), b);
+        assert_eq!(cs.read_blob(&had).unwrap(), b"already here");
     }
 
     #[test]
