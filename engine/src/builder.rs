@@ -879,6 +879,10 @@ impl Engine {
                 // visible meanwhile, beside the archives' own syncs. The other outputs, which
                 // read them from the store, and the commit wait for that.
                 let (store, attached) = (self.store.clone(), done.0.clone());
+                // A build that made layers syncs the store's file system before its commit:
+                // one early `syncfs` makes the attestations' temp files durable, rather than
+                // one sync each, and the commit's makes their renames durable.
+                let whole_fs = syncs_store_at_commit(&staged) && self.store.content_beside_layers();
                 let written = tokio::task::spawn_blocking(move || {
                     crate::attest::attach::stage(&store, &attached)
                 })
@@ -898,7 +902,7 @@ impl Engine {
                 for e in &early {
                     let _ = e.stored.send(());
                 }
-                let publish = tokio::task::spawn_blocking(move || written.publish());
+                let publish = tokio::task::spawn_blocking(move || written.publish(whole_fs));
                 staged.sboms.extend(done.3);
                 progress.send(Event::Phase {
                     name: format!(
@@ -1103,15 +1107,23 @@ impl Engine {
     }
 
     /// Commits a build's staged records with the client file hashes it learned, after making
-    /// its layer directories durable (records only ever point at durable layers).
+    /// its layer directories durable (records only ever point at durable layers). That
+    /// `syncfs` also makes durable the renames of attestation blobs published with
+    /// `whole_fs` (`StagedBatch::publish`).
     fn commit(&self, ctx: &OpContext, mut staged: StagedRecords) -> Result<(), BuildError> {
         staged.file_hashes = ctx.file_hashes.take_learned();
-        if !staged.layers.is_empty() || !staged.unpacked.is_empty() {
+        if syncs_store_at_commit(&staged) {
             self.store.snapshots.sync()?;
         }
         self.store.meta.commit(&staged)?;
         Ok(())
     }
+}
+
+/// Whether the commit of `staged` syncs the store's whole file system first: it made or
+/// unpacked layer directories, which must be durable before a record names them.
+fn syncs_store_at_commit(staged: &StagedRecords) -> bool {
+    !staged.layers.is_empty() || !staged.unpacked.is_empty()
 }
 
 /// The entitlements the request asks for (`--allow`).

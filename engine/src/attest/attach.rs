@@ -154,7 +154,7 @@ pub fn attach(
 /// Writes every blob of `attached` ([`Attached::blob_bytes`]) into the content store, made
 /// durable.
 pub fn store(store: &Store, attached: &Attached) -> Result<(), AttestError> {
-    stage(store, attached)?.publish()?;
+    stage(store, attached)?.publish(false)?;
     Ok(())
 }
 

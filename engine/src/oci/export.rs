@@ -337,7 +337,7 @@ pub fn export_oci_tar(
     dest: &Path,
     opts: &ExportOptions,
 ) -> Result<()> {
-    write_layout_tar(source, image, dest, opts, false)
+    write_layout_tar(source, image, dest, opts, TarKind::Oci)
 }
 
 /// [`export_oci_tar`] of an image whose attestations are made meanwhile: the image's own
@@ -364,7 +364,7 @@ pub fn export_oci_tar_staged(
         image,
         dest,
         opts,
-        false,
+        TarKind::OciStaged,
         || rest().map_err(abandoned),
         || finish().map_err(abandoned),
     )
@@ -379,7 +379,7 @@ pub fn export_docker_archive(
     dest: &Path,
     opts: &ExportOptions,
 ) -> Result<()> {
-    write_layout_tar(source, image, dest, opts, true)
+    write_layout_tar(source, image, dest, opts, TarKind::Docker)
 }
 
 #[derive(Serialize)]
@@ -416,17 +416,29 @@ fn write_layout_tar(
     image: &ImageRef,
     dest: &Path,
     opts: &ExportOptions,
-    docker: bool,
+    kind: TarKind,
 ) -> Result<()> {
     write_layout_tar_staged(
         source,
         image,
         dest,
         opts,
-        docker,
+        kind,
         || Ok(image.clone()),
         || Ok(()),
     )
+}
+
+/// What a layout tar is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TarKind {
+    /// An OCI archive, written at once.
+    Oci,
+    /// An OCI archive whose attachments come later (`rest` waits for them): the image's own
+    /// blobs are synced meanwhile.
+    OciStaged,
+    /// A docker-archive: also the legacy `manifest.json`.
+    Docker,
 }
 
 /// The layout tar in two parts, each in path order: the directories and the image's own
@@ -437,7 +449,7 @@ fn write_layout_tar_staged(
     image: &ImageRef,
     dest: &Path,
     opts: &ExportOptions,
-    docker: bool,
+    kind: TarKind,
     rest: impl FnOnce() -> Result<ImageRef>,
     finish: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
@@ -462,6 +474,13 @@ fn write_layout_tar_staged(
         let mut tar = tar::Builder::new(io::BufWriter::new(&mut *file));
         let written: BTreeSet<String> = first.keys().cloned().collect();
         append_entries(&mut tar, first, source, opts, &werr)?;
+        if kind == TarKind::OciStaged {
+            // The image's own blobs (the bulk) on their way to the disk while `rest` waits
+            // for the attestations: the final sync then has only their few KiB left, and
+            // the content store's syncs of the attestations do not queue behind it.
+            tar.get_mut().flush().map_err(werr)?;
+            tar.get_ref().get_ref().sync_data().map_err(werr)?;
+        }
 
         let image = rest()?;
         let mut entries: BTreeMap<String, Content> = BTreeMap::new();
@@ -488,7 +507,7 @@ fn write_layout_tar_staged(
             media::INDEX_FILE.into(),
             Content::Bytes(canonical_json(&index)?),
         );
-        if docker {
+        if kind == TarKind::Docker {
             let m = [DockerManifestEntry {
                 config: blob_path(&image.manifest.config.digest),
                 repo_tags: image.names.iter().map(|n| n.familiar.clone()).collect(),

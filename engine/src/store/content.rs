@@ -25,6 +25,11 @@ impl ContentStore {
         Ok(Self { blobs, ingest })
     }
 
+    /// The directory of the blobs.
+    pub(crate) fn blobs_dir(&self) -> &Path {
+        &self.blobs
+    }
+
     /// The path of a blob (which may not exist).
     pub fn path(&self, digest: &Digest) -> PathBuf {
         self.blobs.join(digest.hex())
@@ -89,7 +94,7 @@ impl ContentStore {
     /// [`ContentStore::write_batch`] of blobs whose sha256 the caller computed from the same
     /// bytes (large attestation documents are hashed once).
     pub(crate) fn write_batch_hashed(&self, blobs: &[(&[u8], Digest)]) -> Result<(), StoreError> {
-        self.stage_batch(blobs)?.publish()
+        self.stage_batch(blobs)?.publish(false)
     }
 
     /// The first half of [`ContentStore::write_batch_hashed`]: writes each blob the store
@@ -178,24 +183,40 @@ struct StagedBlob {
 
 impl StagedBatch {
     /// Makes the blobs durable and visible, with one directory sync in all: every temp file
-    /// is `fdatasync`ed, then each is renamed into place and the directory is synced. (Not
-    /// `syncfs`: that would also wait for every other dirty file of the file system, such as
-    /// the layers the build just wrote.) On error the temp files not yet renamed are removed.
-    pub(crate) fn publish(mut self) -> Result<(), StoreError> {
+    /// is made durable, then each is renamed into place and the directory is synced. On error
+    /// the temp files not yet renamed are removed.
+    ///
+    /// With `whole_fs`, for a caller that syncs the content store's file system again (with
+    /// `syncfs`) before any durable record names these blobs, as the commit of a build that
+    /// made layers does: one `syncfs` makes the temp files durable instead of one
+    /// `fdatasync` each, and the renames are left for that later sync instead of a directory
+    /// sync here. (A `syncfs` also waits for every other dirty file of the file system, such
+    /// as the layers the build just wrote, which that later sync would wait for anyway.) A
+    /// blob is still never visible under its name before its bytes are durable; until the
+    /// later sync, a crash may lose the names, which nothing durable refers to yet.
+    pub(crate) fn publish(mut self, whole_fs: bool) -> Result<(), StoreError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let files: Vec<(&File, &Path)> = self
-            .pending
-            .iter()
-            .map(|b| (&b.file, b.tmp.as_path()))
-            .collect();
-        sync_data_all(&files)?;
+        if whole_fs {
+            let dir = File::open(&self.blobs).map_err(io_err("open", &self.blobs))?;
+            rustix::fs::syncfs(&dir).map_err(|e| io_err("syncfs", &self.blobs)(e.into()))?;
+        } else {
+            let files: Vec<(&File, &Path)> = self
+                .pending
+                .iter()
+                .map(|b| (&b.file, b.tmp.as_path()))
+                .collect();
+            sync_data_all(&files)?;
+        }
         while let Some(b) = self.pending.pop() {
             if let Err(e) = fs::rename(&b.tmp, &b.dest) {
                 let _ = fs::remove_file(&b.tmp);
                 return Err(io_err("rename", &b.dest)(e));
             }
+        }
+        if whole_fs {
+            return Ok(());
         }
         sync_dir(&self.blobs)
     }
@@ -424,7 +445,10 @@ mod tests {
         assert_eq!(temps(), 0, "dropped unpublished: nothing left");
         assert!(!cs.contains(&blobs[0].1) && !cs.contains(&blobs[1].1));
 
-        cs.stage_batch(&blobs).unwrap().publish().unwrap();
+        cs.stage_batch(&blobs).unwrap().publish(false).unwrap();
+        let c = (b"third".as_slice(), Digest::of(b"third"));
+        cs.stage_batch(&[c]).unwrap().publish(true).unwrap();
+        assert_eq!(cs.read_blob(&c.1).unwrap(), c.0);
         assert_eq!(temps(), 0);
         assert_eq!(cs.read_blob(&blobs[0].1).unwrap(), a);
         assert_eq!(cs.read_blob(&blobs[1].1).unwrap(), b);

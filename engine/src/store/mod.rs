@@ -138,6 +138,19 @@ impl Store {
     /// The default root when neither `--root` nor `KILN_ROOT` is given.
     pub const DEFAULT_ROOT: &'static str = "/var/lib/kiln";
 
+    /// Whether the content store and the layer directories are on one file system, so that
+    /// [`Snapshots::sync`] (a `syncfs`) makes content store writes durable too.
+    pub(crate) fn content_beside_layers(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (
+            fs::metadata(self.content.blobs_dir()),
+            fs::metadata(self.snapshots.dir()),
+        ) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev(),
+            _ => false,
+        }
+    }
+
     /// Opens (creating if needed) the store at `root`, taking its exclusive lock.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         fs::create_dir_all(root).map_err(io_err("create", root))?;

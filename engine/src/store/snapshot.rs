@@ -116,6 +116,11 @@ impl Snapshots {
         Ok(pending.id.clone())
     }
 
+    /// The directory of the layer directories.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Makes every committed layer directory durable: one `syncfs` for the whole file system,
     /// done once per build before its records are committed (cheaper than syncing each step,
     /// and the record-after-data order is what crash safety needs).
