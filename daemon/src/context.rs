@@ -434,8 +434,16 @@ impl Mirror {
         self.pending.is_empty() && self.receiving.is_none()
     }
 
-    /// Sets directory modes and times (children first) and saves the index, unless the sync
-    /// changed nothing (then every directory is already as listed and recorded).
+    /// Sets directory modes and times (children first), makes the copy durable and saves the
+    /// index, unless the sync changed nothing (then every directory is already as listed and
+    /// recorded).
+    ///
+    /// The index vouches for the copy: an entry it records is reused by later builds without
+    /// being sent again. So the files written by this sync reach the disk (one `syncfs` of
+    /// the copy's file system, not one `fsync` per file) before the index that records them
+    /// does. Without it, a power loss after the index's rename could leave a recorded file
+    /// empty or short (ext4 allocates delayed blocks after the metadata commit), and every
+    /// later build would read it as is.
     fn finish(&mut self) -> Result<(), SyncError> {
         if !self.changed {
             return Ok(());
@@ -448,6 +456,10 @@ impl Mirror {
             finish_file(&fd, f)?;
             self.index.insert(f.path.clone(), Recorded::of(f));
         }
+        rustix::fs::syncfs(&self.root).map_err(|e| SyncError::Io {
+            path: "tree".into(),
+            source: e.into(),
+        })?;
         self.save_index()
     }
 }
