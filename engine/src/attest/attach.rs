@@ -117,7 +117,7 @@ struct AttestationConfig<'a> {
     rootfs: RootFs<'a>,
 }
 
-/// Blobs to store, written together by [`store`] ([`crate::store::content::ContentStore::write_batch_hashed`]).
+/// Blobs to store, written together by [`store`] ([`crate::store::content::ContentStore::stage_batch`]).
 #[derive(Default)]
 struct Pending(Vec<(Vec<u8>, Digest)>);
 

@@ -87,20 +87,15 @@ impl ContentStore {
     /// not written again. Returns the digests in order.
     pub fn write_batch(&self, blobs: &[&[u8]]) -> Result<Vec<Digest>, StoreError> {
         let hashed: Vec<(&[u8], Digest)> = blobs.iter().map(|b| (*b, Digest::of(b))).collect();
-        self.write_batch_hashed(&hashed)?;
+        self.stage_batch(&hashed)?.publish(false)?;
         Ok(hashed.into_iter().map(|(_, d)| d).collect())
     }
 
-    /// [`ContentStore::write_batch`] of blobs whose sha256 the caller computed from the same
-    /// bytes (large attestation documents are hashed once).
-    pub(crate) fn write_batch_hashed(&self, blobs: &[(&[u8], Digest)]) -> Result<(), StoreError> {
-        self.stage_batch(blobs)?.publish(false)
-    }
-
-    /// The first half of [`ContentStore::write_batch_hashed`]: writes each blob the store
-    /// lacks to a temp file, nothing synced and nothing visible under a blob name yet.
-    /// [`StagedBatch::publish`] makes them durable and puts them in place; dropped
-    /// unpublished, the temp files are removed.
+    /// The first half of [`ContentStore::write_batch`], for blobs whose sha256 the caller
+    /// computed from the same bytes (large attestation documents are hashed once): writes
+    /// each blob the store lacks to a temp file, nothing synced and nothing visible under a
+    /// blob name yet. [`StagedBatch::publish`] makes them durable and puts them in place;
+    /// dropped unpublished, the temp files are removed.
     pub(crate) fn stage_batch(&self, blobs: &[(&[u8], Digest)]) -> Result<StagedBatch, StoreError> {
         let mut batch = StagedBatch {
             blobs: self.blobs.clone(),
