@@ -83,38 +83,28 @@ impl Statement {
     /// Canonical JSON (keys sorted at every depth, compact) with `_type` = [`STATEMENT_V1`].
     /// A `null` predicate is omitted; an empty subject name is omitted.
     pub fn to_json(&self) -> Vec<u8> {
-        let subjects: Vec<Value> = self
-            .subject
-            .iter()
-            .map(|s| {
-                let mut m = Map::new();
-                if !s.name.is_empty() {
-                    m.insert("name".into(), Value::String(s.name.clone()));
-                }
-                let digest: Map<String, Value> = s
-                    .digest
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                    .collect();
-                m.insert("digest".into(), Value::Object(digest));
-                Value::Object(m)
-            })
-            .collect();
-        // The keys in canonical (byte) order, written directly: the predicate can be megabytes
-        // of SBOM and is not copied into a new object.
-        let mut out = Vec::new();
-        out.extend_from_slice(b"{\"_type\":");
-        canonical::write_str(STATEMENT_V1, &mut out);
-        if !self.predicate.is_null() {
-            out.extend_from_slice(b",\"predicate\":");
-            canonical::write(&self.predicate, &mut out);
-        }
-        out.extend_from_slice(b",\"predicateType\":");
-        canonical::write_str(&self.predicate_type, &mut out);
-        out.extend_from_slice(b",\"subject\":");
-        canonical::write(&Value::Array(subjects), &mut out);
-        out.push(b'}');
-        out
+        write_statement(&self.subject, &self.predicate_type, |out| {
+            if self.predicate.is_null() {
+                return false;
+            }
+            canonical::write(&self.predicate, out);
+            true
+        })
+    }
+
+    /// [`Statement::to_json`] of a statement whose predicate is already canonical JSON bytes
+    /// (an SBOM document of megabytes, written straight to bytes by
+    /// [`crate::sbom::spdx_json`] or [`crate::sbom::cyclonedx_json`]). The caller vouches that
+    /// `predicate` is one canonical JSON value; it is copied as it is.
+    pub fn to_json_with_predicate(
+        subject: &[Subject],
+        predicate_type: &str,
+        predicate: &[u8],
+    ) -> Vec<u8> {
+        write_statement(subject, predicate_type, |out| {
+            out.extend_from_slice(predicate);
+            true
+        })
     }
 
     /// Parses a Statement v1. Rejects a wrong or missing `_type`, a missing or empty `subject`,
@@ -221,6 +211,46 @@ pub(crate) fn is_valid_digest(algorithm: &str, value: &str) -> bool {
     hex_ok && expected_len.is_none_or(|n| value.len() == n)
 }
 
+/// The statement object's members in canonical (byte) order, written directly: the predicate
+/// can be megabytes of SBOM and is not copied into a new object. `predicate` writes the
+/// predicate's value and says whether it wrote one (a `null` predicate is omitted).
+fn write_statement(
+    subject: &[Subject],
+    predicate_type: &str,
+    predicate: impl FnOnce(&mut Vec<u8>) -> bool,
+) -> Vec<u8> {
+    let subjects: Vec<Value> = subject
+        .iter()
+        .map(|s| {
+            let mut m = Map::new();
+            if !s.name.is_empty() {
+                m.insert("name".into(), Value::String(s.name.clone()));
+            }
+            let digest: Map<String, Value> = s
+                .digest
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            m.insert("digest".into(), Value::Object(digest));
+            Value::Object(m)
+        })
+        .collect();
+    let mut out = Vec::new();
+    out.extend_from_slice(b"{\"_type\":");
+    canonical::write_str(STATEMENT_V1, &mut out);
+    let mark = out.len();
+    out.extend_from_slice(b",\"predicate\":");
+    if !predicate(&mut out) {
+        out.truncate(mark);
+    }
+    out.extend_from_slice(b",\"predicateType\":");
+    canonical::write_str(predicate_type, &mut out);
+    out.extend_from_slice(b",\"subject\":");
+    canonical::write(&Value::Array(subjects), &mut out);
+    out.push(b'}');
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -262,6 +292,19 @@ mod tests {
             }
             assert_eq!(s.to_json(), canonical::to_vec(&Value::Object(m)));
         }
+    }
+
+    #[test]
+    fn a_predicate_given_as_canonical_bytes_gives_the_same_statement() {
+        let s = sample();
+        assert_eq!(
+            Statement::to_json_with_predicate(
+                &s.subject,
+                &s.predicate_type,
+                &canonical::to_vec(&s.predicate)
+            ),
+            s.to_json()
+        );
     }
 
     #[test]

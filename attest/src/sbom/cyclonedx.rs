@@ -10,16 +10,32 @@ use sha2::{Digest, Sha256};
 
 use super::license;
 use super::model::{DocumentInfo, Package, PackageKind, Sbom, rfc3339};
+use crate::canonical;
 
 /// The CycloneDX spec version written.
 pub const CYCLONEDX_SPEC_VERSION: &str = "1.6";
 const IMAGE_REF: &str = "kiln:image";
 const OS_REF: &str = "kiln:os";
 
-/// The SBOM as a CycloneDX 1.6 JSON document. Same input, same bytes.
+/// The SBOM as a CycloneDX 1.6 JSON document (parsed from [`cyclonedx_json`]'s bytes).
 #[must_use]
 pub fn to_cyclonedx(sbom: &Sbom, info: &DocumentInfo) -> Value {
-    let mut components = Vec::new();
+    serde_json::from_slice(&cyclonedx_json(sbom, info)).unwrap_or_default()
+}
+
+/// The SBOM as a CycloneDX 1.6 JSON document, in canonical JSON (keys sorted, compact). Same
+/// input, same bytes. `components` is written straight to bytes: an image of 20,000 files
+/// has as many of its objects.
+#[must_use]
+pub fn cyclonedx_json(sbom: &Sbom, info: &DocumentInfo) -> Vec<u8> {
+    let mut components = Vec::with_capacity(sbom.files.len() * 256 + 2);
+    components.push(b'[');
+    let mut first = true;
+    let mut comma = |out: &mut Vec<u8>| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+    };
     if let Some(d) = &sbom.distro {
         let mut os = json!({ "type": "operating-system", "bom-ref": OS_REF, "name": d.id });
         if let Some(v) = &d.version_id {
@@ -28,22 +44,31 @@ pub fn to_cyclonedx(sbom: &Sbom, info: &DocumentInfo) -> Value {
         if let Some(p) = &d.pretty_name {
             os["description"] = json!(p);
         }
-        components.push(os);
+        comma(&mut components);
+        canonical::write(&os, &mut components);
     }
     for p in &sbom.packages {
-        components.push(package(p));
+        comma(&mut components);
+        canonical::write(&package(p), &mut components);
     }
+    // Each object's keys in byte order, as canonical JSON has them.
+    let mut bom_ref = String::new();
     for f in &sbom.files {
-        components.push(json!({
-            "type": "file",
-            "bom-ref": format!("file:{}", f.stable_id()),
-            "name": f.path,
-            "hashes": [
-                { "alg": "SHA-1", "content": f.sha1 },
-                { "alg": "SHA-256", "content": f.sha256 },
-            ],
-        }));
+        comma(&mut components);
+        components.extend_from_slice(b"{\"bom-ref\":");
+        bom_ref.clear();
+        bom_ref.push_str("file:");
+        bom_ref.push_str(&f.stable_id());
+        canonical::write_str(&bom_ref, &mut components);
+        components.extend_from_slice(b",\"hashes\":[{\"alg\":\"SHA-1\",\"content\":");
+        canonical::write_str(&f.sha1, &mut components);
+        components.extend_from_slice(b"},{\"alg\":\"SHA-256\",\"content\":");
+        canonical::write_str(&f.sha256, &mut components);
+        components.extend_from_slice(b"}],\"name\":");
+        canonical::write_str(&f.path, &mut components);
+        components.extend_from_slice(b",\"type\":\"file\"}");
     }
+    components.push(b']');
 
     let (tool_name, tool_version) = info.tool_name_version();
     let mut tool = json!({ "type": "application", "name": tool_name });
@@ -78,10 +103,15 @@ pub fn to_cyclonedx(sbom: &Sbom, info: &DocumentInfo) -> Value {
         "serialNumber": serial_number(&info.subject_digest),
         "version": 1,
     });
-    // Moved in, not through `json!` (which would serialise a copy of every component).
     bom["metadata"] = metadata;
-    bom["components"] = Value::Array(components);
-    bom
+    let empty = serde_json::Map::new();
+    let mut out = Vec::with_capacity(components.len() + 4096);
+    canonical::write_object_with(
+        bom.as_object().unwrap_or(&empty),
+        &[("components", &components)],
+        &mut out,
+    );
+    out
 }
 
 fn package(p: &Package) -> Value {
@@ -172,8 +202,22 @@ fn serial_number(subject_digest: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// The document is written straight to bytes: they must be the canonical form of the JSON
+    /// they parse to (keys sorted at every depth, compact), for every kind of member.
+    #[test]
+    fn the_bytes_are_the_canonical_form_of_the_document() {
+        let (sbom, info) = super::super::model::sample_sbom();
+        let bytes = cyclonedx_json(&sbom, &info);
+        let value: Value = serde_json::from_slice(&bytes).expect("CycloneDX bytes parse");
+        assert_eq!(
+            String::from_utf8_lossy(&crate::canonical::to_vec(&value)),
+            String::from_utf8_lossy(&bytes)
+        );
+    }
 
     #[test]
     fn unknown_ids_go_to_name_never_id() {

@@ -6,9 +6,10 @@
 //! ([`DirTree`]).
 //!
 //! Two phases, as for export: [`catalog`] reads the tree once into a format-neutral [`Sbom`]
-//! (every list sorted, so the same tree gives the same value); [`to_spdx`] and
-//! [`to_cyclonedx`] render it with a [`DocumentInfo`] and no clock or randomness, so the same
-//! inputs give the same bytes. [`validate_spdx`] and [`validate_cyclonedx`] check a document
+//! (every list sorted, so the same tree gives the same value); [`spdx_json`] and
+//! [`cyclonedx_json`] render it as canonical JSON bytes with a [`DocumentInfo`] and no clock or
+//! randomness, so the same inputs give the same bytes ([`to_spdx`] and [`to_cyclonedx`] give
+//! the same documents as `serde_json` values). [`validate_spdx`] and [`validate_cyclonedx`] check a document
 //! against the official JSON schemas, read from a directory at run time.
 //!
 //! Everything in the tree is untrusted: catalogers cap what they read
@@ -29,11 +30,11 @@ mod summary;
 mod validate;
 
 pub use catalog::{FactsCache, FileFacts, catalog, catalog_with, limits};
-pub use cyclonedx::{CYCLONEDX_SPEC_VERSION, to_cyclonedx};
+pub use cyclonedx::{CYCLONEDX_SPEC_VERSION, cyclonedx_json, to_cyclonedx};
 pub use dir::DirTree;
 pub use license::is_spdx_license_id;
 pub use model::{Distro, DocumentInfo, FileDigest, Package, PackageKind, Sbom, rfc3339};
-pub use spdx::{NAMESPACE_PREFIX as SPDX_NAMESPACE_PREFIX, SPDX_VERSION, to_spdx};
+pub use spdx::{NAMESPACE_PREFIX as SPDX_NAMESPACE_PREFIX, SPDX_VERSION, spdx_json, to_spdx};
 pub use summary::{Summary, SummaryPackage};
 #[cfg(feature = "schema-validation")]
 pub use validate::{CYCLONEDX_1_6_SCHEMA, validate_cyclonedx, validate_spdx};

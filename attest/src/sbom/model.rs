@@ -204,6 +204,63 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// An SBOM with a bit of everything the renderers write, for their tests: a distro, a package
+/// that owns files and one that does not, licenses, a supplier, notes, and file paths that
+/// JSON must escape.
+#[cfg(test)]
+pub(crate) fn sample_sbom() -> (Sbom, DocumentInfo) {
+    let file = |path: &str, n: u8| FileDigest {
+        path: path.to_owned(),
+        sha256: hex::encode([n; 32]),
+        sha1: hex::encode([n; 20]),
+        size: u64::from(n),
+    };
+    let package = |kind, name: &str, files: &[&str], licenses: &[&str]| Package {
+        kind,
+        name: name.to_owned(),
+        version: "1.0-1".to_owned(),
+        purl: format!("pkg:generic/{name}@1.0-1"),
+        licenses: licenses.iter().map(|&l| l.to_owned()).collect(),
+        files: files.iter().map(|&f| f.to_owned()).collect(),
+        found_in: "/var/lib/dpkg/status".to_owned(),
+        arch: Some("amd64".to_owned()),
+        supplier: Some("Jane Doe <jane@example.invalid>".to_owned()),
+        source: None,
+    };
+    let sbom = Sbom {
+        distro: Some(Distro {
+            id: "debian".to_owned(),
+            version_id: Some("12".to_owned()),
+            name: Some("Debian GNU/Linux".to_owned()),
+            pretty_name: Some("Debian GNU/Linux 12 (bookworm)".to_owned()),
+        }),
+        packages: vec![
+            package(
+                PackageKind::Deb,
+                "libc6",
+                &["/lib/libc.so.6", "/usr/share/doc/libc6/copyright"],
+                &["GPL-2+", "public-domain"],
+            ),
+            package(PackageKind::Go, "app", &[], &["MIT OR Apache-2.0"]),
+        ],
+        files: vec![
+            file("/app/quote\"and\\back", 1),
+            file("/app/tab\there\u{1}ctl", 2),
+            file("/app/\u{e9}t\u{e9} \u{1f600}", 3),
+            file("/lib/libc.so.6", 4),
+            file("/usr/share/doc/libc6/copyright", 5),
+        ],
+        notes: vec!["/x: skipped, \"odd\"".to_owned(), "second note".to_owned()],
+    };
+    let info = DocumentInfo {
+        name: "example.invalid/app:1".to_owned(),
+        subject_digest: format!("sha256:{}", "ab".repeat(32)),
+        created_epoch: 1_700_000_000,
+        tool: "kiln-0.1.0".to_owned(),
+    };
+    (sbom, info)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -192,14 +192,26 @@ pub fn produce(opts: &AttestOptions, inputs: &Inputs<'_>) -> Result<Vec<Attestat
     let threaded = sbom.is_some_and(|s| s.files.len() + s.packages.len() >= THREADED_SBOM_ENTRIES);
     let make = |kind: &'static str| -> Result<Attestation, AttestError> {
         let not_made = || AttestError::NotMade(kind);
-        let predicate = match kind {
-            amedia::SLSA_PROVENANCE_V1 => {
-                slsa::predicate(&inputs.provenance, opts.provenance.ok_or_else(not_made)?)
-            }
-            amedia::SPDX_DOCUMENT => sbom::to_spdx(sbom.ok_or_else(not_made)?, &info),
-            _ => sbom::to_cyclonedx(sbom.ok_or_else(not_made)?, &info),
+        // The SBOM documents come as canonical bytes, written without a `Value` tree (for an
+        // image of many files, building and dropping that tree was most of their cost).
+        let statement = match kind {
+            amedia::SLSA_PROVENANCE_V1 => Statement::new(
+                subject.clone(),
+                kind,
+                slsa::predicate(&inputs.provenance, opts.provenance.ok_or_else(not_made)?),
+            )
+            .to_json(),
+            amedia::SPDX_DOCUMENT => Statement::to_json_with_predicate(
+                &subject,
+                kind,
+                &sbom::spdx_json(sbom.ok_or_else(not_made)?, &info),
+            ),
+            _ => Statement::to_json_with_predicate(
+                &subject,
+                kind,
+                &sbom::cyclonedx_json(sbom.ok_or_else(not_made)?, &info),
+            ),
         };
-        let statement = Statement::new(subject.clone(), kind, predicate).to_json();
         let bundle = match opts.signer.as_ref() {
             Some(key) => {
                 let envelope = dsse::sign(amedia::DSSE_PAYLOAD_TYPE, &statement, key)
