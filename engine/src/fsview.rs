@@ -205,6 +205,15 @@ pub struct Entry {
     dir_layers: Vec<usize>,
 }
 
+/// The directory [`LayerView::open_entry_reusing`] opened last: its layer, its components and
+/// the open directory (walked without following a symlink, like every walk here).
+#[derive(Debug)]
+pub(crate) struct LastParent {
+    layer: usize,
+    components: Vec<String>,
+    fd: OwnedFd,
+}
+
 impl Entry {
     /// The absolute path inside the view (`/` for the root).
     pub fn path(&self) -> String {
@@ -387,6 +396,41 @@ impl LayerView {
         let flags =
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
         let fd = rustix::fs::openat(&parent, e.name(), flags, Mode::empty())
+            .map_err(|err| self.read_err(e, err))?;
+        Ok(File::from(fd))
+    }
+
+    /// [`LayerView::open_entry`], reusing the parent directory the previous call opened when
+    /// `e` is in the same directory of the same layer: files read in path order mostly share
+    /// their parent, and a walk from the layer's root costs an `openat` and a `close` per
+    /// path component. `last` is the caller's, one per sequence of calls.
+    pub(crate) fn open_entry_reusing(
+        &self,
+        e: &Entry,
+        last: &mut Option<LastParent>,
+    ) -> Result<File, FsViewError> {
+        if e.meta.kind != FileKind::File {
+            return Err(wrong_kind(e, FileKind::File));
+        }
+        let n = e.components.len().saturating_sub(1);
+        let parent = &e.components[..n];
+        let reusable = last
+            .as_ref()
+            .is_some_and(|l| l.layer == e.layer && l.components == parent);
+        if !reusable {
+            *last = Some(LastParent {
+                layer: e.layer,
+                components: parent.to_vec(),
+                fd: self.walk_layer(e.layer, parent)?,
+            });
+        }
+        let Some(l) = last.as_ref() else {
+            return self.open_entry(e);
+        };
+        // NONBLOCK: a fifo swapped in for a regular file must not hang the engine.
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let fd = rustix::fs::openat(&l.fd, e.name(), flags, Mode::empty())
             .map_err(|err| self.read_err(e, err))?;
         Ok(File::from(fd))
     }

@@ -20,6 +20,9 @@ pub struct LayerTree {
     /// instead of a walk of the merged view; taken by the first [`FileTree::entries`] (a later
     /// call walks).
     listed: Mutex<Option<Vec<FileEntry>>>,
+    /// The parent directory the last [`FileTree::open`] of a walked file opened: the catalog
+    /// reads files in path order, so the next one is mostly in the same directory.
+    last_parent: Mutex<Option<crate::fsview::LastParent>>,
 }
 
 impl LayerTree {
@@ -29,6 +32,7 @@ impl LayerTree {
             view,
             files: Mutex::new(HashMap::new()),
             listed: Mutex::new(None),
+            last_parent: Mutex::new(None),
         }
     }
 
@@ -63,6 +67,7 @@ impl LayerTree {
             view,
             files: Mutex::new(files),
             listed: Mutex::new(Some(listed)),
+            last_parent: Mutex::new(None),
         }
     }
 
@@ -214,7 +219,11 @@ impl FileTree for LayerTree {
     fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + '_>> {
         let walked = self.files.lock().ok().and_then(|f| f.get(path).cloned());
         if let Some(e) = walked {
-            return Ok(Box::new(self.view.open_entry(&e).map_err(to_io)?));
+            let file = match self.last_parent.lock() {
+                Ok(mut last) => self.view.open_entry_reusing(&e, &mut last),
+                Err(_) => self.view.open_entry(&e),
+            };
+            return Ok(Box::new(file.map_err(to_io)?));
         }
         let Some(e) = self.view.lookup(path).map_err(to_io)? else {
             return Err(io::Error::new(io::ErrorKind::NotFound, path.to_owned()));
@@ -242,6 +251,40 @@ mod tests {
     use std::io::Read;
 
     use super::*;
+
+    /// Files read in path order reuse their parent directory while it stays the same; a file
+    /// in the same directory of another layer, or in another directory, is still read from
+    /// where it lies.
+    #[test]
+    fn files_read_in_order_come_from_their_own_layer_and_directory() {
+        let lower = tempfile::tempdir().unwrap();
+        let upper = tempfile::tempdir().unwrap();
+        for (root, dir, name) in [
+            (lower.path(), "a", "1"),
+            (upper.path(), "a", "2"),
+            (lower.path(), "a", "3"),
+            (lower.path(), "a/b", "4"),
+            (lower.path(), "a", "5"),
+            (upper.path(), "c", "6"),
+            (lower.path(), "c", "7"),
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join(name), format!("{dir}/{name}")).unwrap();
+        }
+        let tree = LayerTree::new(LayerView::new(vec![
+            lower.path().to_owned(),
+            upper.path().to_owned(),
+        ]));
+        let mut read = Vec::new();
+        for e in tree.entries().unwrap() {
+            if e.kind == EntryKind::Regular {
+                let mut s = String::new();
+                tree.open(&e.path).unwrap().read_to_string(&mut s).unwrap();
+                read.push(s);
+            }
+        }
+        assert_eq!(read, ["a/1", "a/2", "a/3", "a/5", "a/b/4", "c/6", "c/7"]);
+    }
 
     #[test]
     fn upper_layers_and_whiteouts_decide_what_the_tree_holds() {

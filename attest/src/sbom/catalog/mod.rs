@@ -96,6 +96,8 @@ pub fn catalog_with(tree: &dyn FileTree, cache: &mut dyn FactsCache) -> Result<S
         .entries()
         .map_err(|source| SbomError::Entries { source })?;
     let mut files = Vec::new();
+    // One read buffer for every file (20,000 files of 64 KiB each would be 1.3 GB to zero).
+    let mut buf = vec![0u8; 64 * 1024];
     for e in entries.iter().filter(|e| e.kind == EntryKind::Regular) {
         match cache.get(&e.path) {
             Some(f) => files.push(FileDigest {
@@ -105,7 +107,7 @@ pub fn catalog_with(tree: &dyn FileTree, cache: &mut dyn FactsCache) -> Result<S
                 size: f.size,
             }),
             None => {
-                let d = digest(tree, &e.path)?;
+                let d = digest(tree, &e.path, &mut buf)?;
                 cache.put(
                     &e.path,
                     FileFacts {
@@ -170,7 +172,7 @@ pub fn catalog_with(tree: &dyn FileTree, cache: &mut dyn FactsCache) -> Result<S
 }
 
 /// Streams one file through SHA-256 and SHA-1.
-fn digest(tree: &dyn FileTree, path: &str) -> Result<FileDigest, SbomError> {
+fn digest(tree: &dyn FileTree, path: &str, buf: &mut [u8]) -> Result<FileDigest, SbomError> {
     let err = |source| SbomError::Read {
         path: path.to_owned(),
         source,
@@ -178,10 +180,9 @@ fn digest(tree: &dyn FileTree, path: &str) -> Result<FileDigest, SbomError> {
     let mut r = tree.open(path).map_err(err)?;
     let mut sha256 = Sha256::new();
     let mut sha1 = Sha1::new();
-    let mut buf = vec![0u8; 64 * 1024];
     let mut size = 0u64;
     loop {
-        let n = r.read(&mut buf).map_err(err)?;
+        let n = r.read(buf).map_err(err)?;
         if n == 0 {
             break;
         }
