@@ -358,7 +358,7 @@ struct StoreBlocks {
 }
 
 impl BlockCache for StoreBlocks {
-    fn get(&self, key: &Digest) -> Option<Vec<u8>> {
+    fn get(&self, key: &Digest) -> Option<(Vec<u8>, Digest)> {
         use std::os::unix::fs::FileExt;
         let loc = self.index.get(key)?;
         // A block's deflate bytes are never much larger than the block.
@@ -369,7 +369,7 @@ impl BlockCache for StoreBlocks {
         let f = std::fs::File::open(self.content.path(&loc.blob)).ok()?;
         let mut buf = vec![0; usize::try_from(loc.len).ok()?];
         f.read_exact_at(&mut buf, loc.offset).ok()?;
-        Some(buf)
+        Some((buf, loc.digest))
     }
 }
 
@@ -416,11 +416,18 @@ pub(crate) fn write_blob(
     let blocks = info
         .blocks
         .iter()
-        .map(|BlockRef { key, offset, len }| {
+        .map(|r| {
+            let BlockRef {
+                key,
+                offset,
+                len,
+                digest: bytes,
+            } = r;
             let loc = crate::store::meta::BlockLoc {
                 blob: digest,
                 offset: *offset,
                 len: *len,
+                digest: *bytes,
             };
             (*key, loc)
         })

@@ -19,9 +19,9 @@
 //! Because each block is deflated alone and its cuts depend only on nearby bytes, a block with
 //! the same bytes as a block of an earlier layer has the same deflate bytes. With a
 //! [`BlockCache`] ([`BlobWriter::with_reuse`]) those are copied from the earlier blob instead of
-//! compressed again, after checking that they inflate to the block: a layer with one changed
-//! file costs the compression of one or two blocks. The result is byte-identical to a cold
-//! compression.
+//! compressed again, after checking that they are the bytes recorded for the block (their
+//! SHA-256, taken when they were first compressed): a layer with one changed file costs the
+//! compression of one or two blocks. The result is byte-identical to a cold compression.
 
 use std::io::{self, Read, Write};
 
@@ -248,11 +248,14 @@ impl Chunker {
 
 /// Deflated blocks kept from earlier layers, by [`block_key`]: a block of a new layer whose
 /// bytes were compressed before is copied instead of compressed again. The bytes handed back
-/// are checked (they must inflate to exactly the block) before they are used, so a wrong or
-/// damaged entry costs a compression, never a wrong layer.
+/// are checked against the SHA-256 recorded when they were compressed ([`BlockRef::digest`])
+/// before they are used, so damaged or changed bytes cost a compression. The cache's
+/// key-to-block records are trusted as the store's other records are (a forged record is a
+/// wrong block, as a forged cache record is a wrong layer).
 pub trait BlockCache: Send + Sync {
-    /// The raw deflate bytes of the block with this key (ending in a sync flush), if known.
-    fn get(&self, key: &Digest) -> Option<Vec<u8>>;
+    /// The raw deflate bytes of the block with this key (ending in a sync flush), if known,
+    /// and the SHA-256 recorded for them.
+    fn get(&self, key: &Digest) -> Option<(Vec<u8>, Digest)>;
 }
 
 /// Where one block of a finished gzip blob lies, for a [`BlockCache`].
@@ -264,6 +267,8 @@ pub struct BlockRef {
     pub offset: u64,
     /// Length of its deflate bytes.
     pub len: u64,
+    /// SHA-256 of its deflate bytes, checked when a later blob reuses them.
+    pub digest: Digest,
 }
 
 /// A fingerprint of the deflate implementation and level: the compression of a fixed probe.
@@ -319,6 +324,8 @@ pub struct BlockReuse {
 /// One compressed block, as a worker hands it back.
 struct Piece {
     key: Option<Digest>,
+    /// SHA-256 of `bytes` (when `key` is set).
+    digest: Option<Digest>,
     /// The bytes came from the cache.
     reused: bool,
     raw_len: usize,
@@ -403,9 +410,12 @@ impl<W: Write> ParallelGzip<W> {
         let mut spare = piece.spare;
         spare.clear();
         self.spare.push(spare);
-        if let Some(key) = piece.key.filter(|_| piece.raw_len >= GZIP_BLOCK_RECORD_MIN) {
+        if let (Some(key), Some(digest)) = (piece.key, piece.digest)
+            && piece.raw_len >= GZIP_BLOCK_RECORD_MIN
+        {
             self.blocks.push(BlockRef {
                 key,
+                digest,
                 offset: self.written,
                 len: piece.bytes.len() as u64,
             });
@@ -457,70 +467,28 @@ impl<W: Write> Write for ParallelGzip<W> {
 fn compress_piece(data: Vec<u8>, reuse: Option<&BlockReuse>) -> io::Result<Piece> {
     let key = reuse.map(|r| block_key(&r.namespace, &data));
     if let (Some(r), Some(k)) = (reuse, &key)
-        && let Some(bytes) = r.cache.get(k).filter(|b| inflates_to(b, &data))
+        && let Some((bytes, digest)) = r.cache.get(k)
+        && Digest::of(&bytes) == digest
     {
         return Ok(Piece {
             key,
+            digest: Some(digest),
             reused: true,
             raw_len: data.len(),
             bytes,
             spare: data,
         });
     }
+    let bytes = deflate_block(&data, false)?;
     Ok(Piece {
         key,
+        // Only blocks that may be recorded for reuse need it.
+        digest: key.map(|_| Digest::of(&bytes)),
         reused: false,
         raw_len: data.len(),
-        bytes: deflate_block(&data, false)?,
+        bytes,
         spare: data,
     })
-}
-
-/// True when the raw deflate `bytes` inflate to exactly `data` and end on a block boundary
-/// without ending the stream (as a sync-flushed piece does), so another piece can follow.
-/// Inflates through a small window and compares as it goes; the boundary is checked by
-/// appending the empty final block, which must end the stream and add nothing.
-fn inflates_to(bytes: &[u8], data: &[u8]) -> bool {
-    use flate2::{Decompress, FlushDecompress, Status};
-    let mut d = Decompress::new(false);
-    let mut window = vec![0u8; 64 << 10];
-    let mut matched = 0usize;
-    let total = bytes.len() + DEFLATE_EMPTY_FINAL.len();
-    let mut input = bytes.to_vec();
-    input.extend_from_slice(&DEFLATE_EMPTY_FINAL);
-    loop {
-        let (Ok(consumed), Ok(before)) = (
-            usize::try_from(d.total_in()),
-            usize::try_from(d.total_out()),
-        ) else {
-            return false;
-        };
-        let Some(rest) = input.get(consumed..) else {
-            return false;
-        };
-        // Only the appended final block may end the stream.
-        let status = match d.decompress(rest, &mut window, FlushDecompress::None) {
-            Ok(s) => s,
-            Err(_) => return false,
-        };
-        let (Ok(now_in), Ok(after)) = (
-            usize::try_from(d.total_in()),
-            usize::try_from(d.total_out()),
-        ) else {
-            return false;
-        };
-        let out = &window[..after - before];
-        if data.get(matched..matched + out.len()) != Some(out) {
-            return false;
-        }
-        matched += out.len();
-        if status == Status::StreamEnd {
-            return now_in == total && matched == data.len();
-        }
-        if now_in == consumed && out.is_empty() {
-            return false; // no progress before the end of the stream: malformed
-        }
-    }
 }
 
 /// Raw-deflates one block: a sync flush at its end (byte-aligned, not final), or, for the
@@ -710,12 +678,12 @@ mod tests {
     /// An in-memory block cache that counts hits.
     #[derive(Default)]
     struct Memory {
-        blocks: std::sync::Mutex<std::collections::HashMap<Digest, Vec<u8>>>,
+        blocks: std::sync::Mutex<std::collections::HashMap<Digest, (Vec<u8>, Digest)>>,
         hits: std::sync::atomic::AtomicUsize,
     }
 
     impl BlockCache for Memory {
-        fn get(&self, key: &Digest) -> Option<Vec<u8>> {
+        fn get(&self, key: &Digest) -> Option<(Vec<u8>, Digest)> {
             let b = self.blocks.lock().unwrap().get(key).cloned();
             if b.is_some() {
                 self.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -731,7 +699,7 @@ mod tests {
                 self.blocks
                     .lock()
                     .unwrap()
-                    .insert(r.key, blob[range].to_vec());
+                    .insert(r.key, (blob[range].to_vec(), r.digest));
             }
         }
         fn hits(&self) -> usize {
@@ -791,65 +759,37 @@ mod tests {
         let (first, info) = gzip(&data, Some(reuse.clone()));
         mem.learn(&first, &info);
         // Damage every entry a different way: a flipped byte, a truncation, the bytes of
-        // another block, and a final block (a piece must not end the stream).
+        // another block, a final block (a piece must not end the stream), and the recorded
+        // digest instead of the bytes.
         let keys: Vec<Digest> = info.blocks.iter().map(|b| b.key).collect();
+        assert!(keys.len() >= 5, "{} blocks", keys.len());
         {
             let mut m = mem.blocks.lock().unwrap();
-            let other = m[&keys[1]].clone();
+            let other = m[&keys[1]].0.clone();
             for (i, k) in keys.iter().enumerate() {
-                let e = m.get_mut(k).unwrap();
-                match i % 4 {
+                let (bytes, digest) = m.get_mut(k).unwrap();
+                match i % 5 {
                     0 => {
-                        let mid = e.len() / 2;
-                        e[mid] ^= 0x40;
+                        let mid = bytes.len() / 2;
+                        bytes[mid] ^= 0x40;
                     }
-                    1 => e.truncate(e.len() / 2),
-                    2 => *e = other.clone(),
-                    _ => *e = deflate_block(&data[..1000], true).unwrap(),
+                    1 => bytes.truncate(bytes.len() / 2),
+                    2 => *bytes = other.clone(),
+                    3 => *bytes = deflate_block(&data[..1000], true).unwrap(),
+                    _ => *digest = Digest::of(b"not these bytes"),
                 }
             }
         }
-        let (again, _) = gzip(&data, Some(reuse));
+        let before = mem.hits();
+        let (again, info) = gzip(&data, Some(reuse));
+        assert_eq!(mem.hits() - before, keys.len(), "every block was looked up");
+        assert_eq!(info.reused_blocks, 0, "no damaged entry was used");
         assert_eq!(again, first);
         let mut back = Vec::new();
         flate2::read::GzDecoder::new(&again[..])
             .read_to_end(&mut back)
             .unwrap();
         assert_eq!(back, data);
-    }
-
-    #[test]
-    fn a_piece_is_checked_exactly() {
-        let data = multi_block_data();
-        // Sizes around the 64 KiB inflate window, and nothing at all.
-        for n in [
-            0,
-            1,
-            (64 << 10) - 1,
-            64 << 10,
-            (64 << 10) + 1,
-            128 << 10,
-            300_001,
-        ] {
-            let block = &data[..n];
-            let piece = deflate_block(block, false).unwrap();
-            assert!(inflates_to(&piece, block), "{n} bytes");
-            if n > 0 {
-                assert!(!inflates_to(&piece, &data[..n - 1]), "{n}: output too long");
-                for cut in 1..5 {
-                    let short = &piece[..piece.len() - cut];
-                    assert!(!inflates_to(short, block), "{n}: {cut} bytes cut off");
-                }
-            }
-            assert!(
-                !inflates_to(&piece, &data[..n + 1]),
-                "{n}: output too short"
-            );
-            assert!(
-                !inflates_to(&deflate_block(block, true).unwrap(), block),
-                "{n}: final"
-            );
-        }
     }
 
     #[test]
