@@ -201,12 +201,19 @@ impl<'a> Upper<'a> {
     /// Creates a regular file (replacing a non-directory from this step) and returns it open
     /// for writing.
     pub fn create_file(parent: &OwnedFd, comps: &[String]) -> Result<File, FileOpError> {
-        Self::clear(parent, comps)?;
         let name = comps.last().map_or("", String::as_str);
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600))
-            .map_err(|e| upper_err(comps, e))?;
+        let create = || rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600));
+        // Mostly nothing is there yet: create first, and clear only what is in the way.
+        let fd = match create() {
+            Err(Errno::EXIST) => {
+                Self::clear(parent, comps)?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(|e| upper_err(comps, e))?;
         Ok(File::from(fd))
     }
 
