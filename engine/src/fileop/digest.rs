@@ -77,104 +77,290 @@ pub fn content_digest_cached(
         allow_empty_wildcard: true,
         ..CopyRequest::default()
     };
+    let threads = crate::cpus().min(4);
+    Ok(walk_digest(view, paths, cache, threads, &req)?.0)
+}
+
+/// [`content_digest_cached`] walking on up to `threads` threads; also how many directories
+/// had their entries hashed on several.
+fn walk_digest(
+    view: &LayerView,
+    paths: &[String],
+    cache: Option<&dyn FileHashCache>,
+    threads: usize,
+    req: &CopyRequest,
+) -> Result<(Digest, usize), FileOpError> {
     let mut h = Hasher::new();
-    let mut links = std::collections::HashMap::new();
+    let mut walk = Walk {
+        view,
+        cache,
+        links: std::collections::HashMap::new(),
+        threads: threads.max(1),
+        linked: false,
+        parallel_dirs: 0,
+    };
     field(&mut h, b"kiln content digest v2");
     for p in paths {
         field(&mut h, b"source");
         field(&mut h, p.as_bytes());
-        for (base, e) in select(view, p, &req)? {
-            entry(view, &mut h, &base, &e, None, cache, &mut links)?;
+        for (base, e) in select(view, p, req)? {
+            walk.entry(&mut h, &base, &e, None)?;
         }
     }
-    Ok(h.finish())
+    Ok((h.finish(), walk.parallel_dirs))
 }
 
-fn entry(
-    view: &LayerView,
-    h: &mut Hasher,
-    rel: &str,
-    e: &Entry,
-    parent: Option<&DirHandle>,
-    cache: Option<&dyn FileHashCache>,
-    links: &mut std::collections::HashMap<(u64, u64), String>,
-) -> Result<(), FileOpError> {
-    let m = e.metadata();
-    field(h, b"entry");
-    field(h, rel.as_bytes());
-    field(h, format!("{:?}", m.kind).as_bytes());
-    field(h, &m.mode.to_le_bytes());
-    field(h, &m.uid.to_le_bytes());
-    field(h, &m.gid.to_le_bytes());
-    match m.kind {
-        FileKind::File => {
-            // COPY recreates hard links between the files it copies: their structure is part
-            // of what is copied (the first name of each linked inode, in walk order).
-            if m.nlink > 1 {
-                match links.get(&m.dev_ino) {
-                    Some(first) => {
-                        field(h, b"hardlink");
-                        field(h, first.as_bytes());
-                    }
-                    None => {
-                        links.insert(m.dev_ino, rel.to_owned());
-                    }
-                }
-            }
-            let key = FileKey::of(m);
-            let cached = cache.and_then(|c| c.get(&key));
-            let digest = match cached {
-                Some(d) => d,
-                None => {
-                    let mut content = Hasher::new();
-                    let mut f = match parent {
-                        Some(p) => view.open_entry_in(p, e)?,
-                        None => view.open_entry(e)?,
-                    };
-                    io::copy(&mut f, &mut content).map_err(|source| FileOpError::ReadSource {
-                        path: e.path(),
-                        source,
-                    })?;
-                    // File capabilities are copied too (and changing them changes the ctime,
-                    // so the cached value stays right).
-                    let mut cap = vec![0u8; 256];
-                    if let Ok(n) = rustix::fs::fgetxattr(&f, "security.capability", &mut cap[..]) {
-                        content.update(b"\0security.capability\0");
-                        content.update(cap.get(..n).unwrap_or_default());
-                    }
-                    let d = content.finish();
-                    if let Some(c) = cache {
-                        c.put(key, d);
-                    }
-                    d
-                }
-            };
-            field(h, digest.as_bytes());
-        }
-        FileKind::Symlink => field(h, view.read_link_entry(e)?.as_bytes()),
-        FileKind::CharDevice | FileKind::BlockDevice => field(h, &m.rdev.to_le_bytes()),
-        FileKind::Dir => {
-            let dir = match parent {
-                Some(p) => view.child_dir(p, e)?,
-                None => view.open_dir(e)?,
-            };
-            for child in view.read_dir_handle(&dir)? {
-                let child_rel = if rel.is_empty() {
-                    child.name().to_owned()
-                } else {
-                    format!("{rel}/{}", child.name())
-                };
-                entry(view, h, &child_rel, &child, Some(&dir), cache, links)?;
-            }
-            field(h, b"end");
-        }
-        _ => {}
+/// A directory with at least this many entries has them hashed on several threads (when it
+/// also holds a directory: a flat directory of a few files is not worth the threads).
+const PARALLEL_DIR_ENTRIES: usize = 16;
+
+/// Where [`Walk::entry`] writes its fields: the digest's hasher, or a buffer of the same bytes
+/// that is hashed, in walk order, once the threads that filled it are done.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Hasher {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
     }
-    Ok(())
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// One walk of the selected files.
+struct Walk<'a> {
+    view: &'a LayerView,
+    cache: Option<&'a dyn FileHashCache>,
+    /// The first name of each hard-linked inode seen, in walk order.
+    links: std::collections::HashMap<(u64, u64), String>,
+    /// Threads a large directory's entries may be hashed on (1: this walk is one of them).
+    threads: usize,
+    /// A file with more than one link was seen.
+    linked: bool,
+    /// Directories whose entries were hashed on several threads.
+    parallel_dirs: usize,
+}
+
+impl Walk<'_> {
+    /// Hashes the children of a directory on [`Walk::threads`] threads, each a contiguous
+    /// run of them into a buffer, then the buffers in order: the same bytes as one walk, as
+    /// long as no file has a second link (which of its names comes first is a property of
+    /// the whole walk). `Ok(false)` when one had: nothing was written, walk sequentially.
+    fn children_in_parallel(
+        &self,
+        h: &mut impl Sink,
+        rel: &str,
+        dir: &DirHandle,
+        children: &[Entry],
+    ) -> Result<bool, FileOpError> {
+        let chunk = children.len().div_ceil(self.threads);
+        let parts = std::thread::scope(|scope| {
+            let workers: Vec<_> = children
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut w = Walk {
+                            view: self.view,
+                            cache: self.cache,
+                            links: std::collections::HashMap::new(),
+                            threads: 1,
+                            linked: false,
+                            parallel_dirs: 0,
+                        };
+                        let mut buf = Vec::new();
+                        for child in part {
+                            w.entry(&mut buf, &child_rel(rel, child), child, Some(dir))?;
+                        }
+                        Ok::<_, FileOpError>((buf, w.linked))
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                // A worker's panic is a bug: passed on as it is.
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        if parts.iter().any(|(_, linked)| *linked) {
+            return Ok(false);
+        }
+        for (buf, _) in parts {
+            h.put(&buf);
+        }
+        Ok(true)
+    }
+
+    fn entry(
+        &mut self,
+        h: &mut impl Sink,
+        rel: &str,
+        e: &Entry,
+        parent: Option<&DirHandle>,
+    ) -> Result<(), FileOpError> {
+        let view = self.view;
+        let cache = self.cache;
+        let m = e.metadata();
+        field(h, b"entry");
+        field(h, rel.as_bytes());
+        field(h, format!("{:?}", m.kind).as_bytes());
+        field(h, &m.mode.to_le_bytes());
+        field(h, &m.uid.to_le_bytes());
+        field(h, &m.gid.to_le_bytes());
+        match m.kind {
+            FileKind::File => {
+                // COPY recreates hard links between the files it copies: their structure is part
+                // of what is copied (the first name of each linked inode, in walk order).
+                if m.nlink > 1 {
+                    self.linked = true;
+                    match self.links.get(&m.dev_ino) {
+                        Some(first) => {
+                            field(h, b"hardlink");
+                            field(h, first.as_bytes());
+                        }
+                        None => {
+                            self.links.insert(m.dev_ino, rel.to_owned());
+                        }
+                    }
+                }
+                let key = FileKey::of(m);
+                let cached = cache.and_then(|c| c.get(&key));
+                let digest = match cached {
+                    Some(d) => d,
+                    None => {
+                        let mut content = Hasher::new();
+                        let mut f = match parent {
+                            Some(p) => view.open_entry_in(p, e)?,
+                            None => view.open_entry(e)?,
+                        };
+                        io::copy(&mut f, &mut content).map_err(|source| {
+                            FileOpError::ReadSource {
+                                path: e.path(),
+                                source,
+                            }
+                        })?;
+                        // File capabilities are copied too (and changing them changes the ctime,
+                        // so the cached value stays right).
+                        let mut cap = vec![0u8; 256];
+                        if let Ok(n) =
+                            rustix::fs::fgetxattr(&f, "security.capability", &mut cap[..])
+                        {
+                            content.update(b"\0security.capability\0");
+                            content.update(cap.get(..n).unwrap_or_default());
+                        }
+                        let d = content.finish();
+                        if let Some(c) = cache {
+                            c.put(key, d);
+                        }
+                        d
+                    }
+                };
+                field(h, digest.as_bytes());
+            }
+            FileKind::Symlink => field(h, view.read_link_entry(e)?.as_bytes()),
+            FileKind::CharDevice | FileKind::BlockDevice => field(h, &m.rdev.to_le_bytes()),
+            FileKind::Dir => {
+                let dir = match parent {
+                    Some(p) => view.child_dir(p, e)?,
+                    None => view.open_dir(e)?,
+                };
+                let children = view.read_dir_handle(&dir)?;
+                let parallel = self.threads > 1
+                    && children.len() >= PARALLEL_DIR_ENTRIES
+                    && children.iter().any(|c| c.metadata().kind == FileKind::Dir);
+                let done = parallel && self.children_in_parallel(h, rel, &dir, &children)?;
+                if done {
+                    self.parallel_dirs += 1;
+                } else {
+                    if parallel {
+                        // A file below has a second link: the rest of the walk stays on this
+                        // thread (every further try would walk its subtree twice).
+                        self.threads = 1;
+                    }
+                    for child in &children {
+                        self.entry(h, &child_rel(rel, child), child, Some(&dir))?;
+                    }
+                }
+                field(h, b"end");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// A length-prefixed field, so that concatenations cannot collide.
-fn field(h: &mut Hasher, bytes: &[u8]) {
-    h.update(&(bytes.len() as u64).to_le_bytes());
-    h.update(bytes);
+fn field(h: &mut impl Sink, bytes: &[u8]) {
+    h.put(&(bytes.len() as u64).to_le_bytes());
+    h.put(bytes);
+}
+
+/// A child's path relative to the selected source.
+fn child_rel(rel: &str, child: &Entry) -> String {
+    if rel.is_empty() {
+        child.name().to_owned()
+    } else {
+        format!("{rel}/{}", child.name())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn walk_with(dir: &std::path::Path, threads: usize) -> (Digest, usize) {
+        let req = CopyRequest {
+            allow_wildcard: true,
+            allow_empty_wildcard: true,
+            ..CopyRequest::default()
+        };
+        walk_digest(
+            &LayerView::plain(dir),
+            &["/".to_owned()],
+            None,
+            threads,
+            &req,
+        )
+        .unwrap()
+    }
+
+    /// The walk on several threads gives the digest of the walk on one, hashing large
+    /// directories in parallel; a hard link between two runs of entries (which name is first
+    /// is a property of the whole walk) sends it back to one thread, same digest again.
+    #[test]
+    fn a_parallel_walk_gives_the_sequential_digest() {
+        let d = tempfile::tempdir().unwrap();
+        let top = d.path().join("src");
+        for i in 0..24 {
+            let sub = top.join(format!("d{i:02}"));
+            std::fs::create_dir_all(sub.join("deeper")).unwrap();
+            for j in 0..5 {
+                std::fs::write(sub.join(format!("f{j}")), format!("{i}/{j}")).unwrap();
+            }
+            std::fs::write(sub.join("deeper/x"), format!("x{i}")).unwrap();
+            std::os::unix::fs::symlink("../d00/f0", sub.join("link")).unwrap();
+        }
+        std::fs::write(d.path().join("Dockerfile"), "FROM scratch").unwrap();
+        let (one, none) = walk_with(d.path(), 1);
+        assert_eq!(none, 0);
+        for threads in [2, 3, 4] {
+            let (many, dirs) = walk_with(d.path(), threads);
+            assert_eq!(many, one, "{threads} threads");
+            assert!(
+                dirs >= 1,
+                "{threads} threads: no directory was hashed in parallel"
+            );
+        }
+        // A hard link from the first run of entries to the last.
+        std::fs::hard_link(top.join("d00/f1"), top.join("d23/linked")).unwrap();
+        let (one, _) = walk_with(d.path(), 1);
+        let (many, dirs) = walk_with(d.path(), 2);
+        assert_eq!(many, one);
+        assert_eq!(dirs, 0, "a walk with hard links stays on one thread");
+    }
 }
