@@ -149,8 +149,14 @@ const PARALLEL_COPY_MIN_FILES: usize = 64;
 /// `io::copy`, which shares extents where the file system can.
 const SMALL_FILE: u64 = 16 << 10;
 
+/// Which side of a copy failed.
+enum Failed {
+    Read(io::Error),
+    Write(io::Error),
+}
+
 /// Copies `input` to its end into `out` through a buffer on the stack.
-fn copy_small(input: &mut impl io::Read, out: &mut impl io::Write) -> io::Result<u64> {
+fn copy_small(input: &mut impl io::Read, out: &mut impl io::Write) -> Result<u64, Failed> {
     let mut buf = [0u8; SMALL_FILE as usize];
     let mut total = 0u64;
     loop {
@@ -158,9 +164,10 @@ fn copy_small(input: &mut impl io::Read, out: &mut impl io::Write) -> io::Result
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(Failed::Read(e)),
         };
-        out.write_all(buf.get(..n).unwrap_or_default())?;
+        out.write_all(buf.get(..n).unwrap_or_default())
+            .map_err(Failed::Write)?;
         total += n as u64;
     }
 }
@@ -180,15 +187,21 @@ fn copy_file(
         None => src.open_entry(e)?,
     };
     let mut out = Upper::create_file(parent, target)?;
-    let copied = if e.metadata().size <= SMALL_FILE {
-        copy_small(&mut input, &mut out)
-    } else {
-        io::copy(&mut input, &mut out)
-    };
-    let n = copied.map_err(|err| FileOpError::ReadSource {
+    let read_err = |err| FileOpError::ReadSource {
         path: e.path(),
         source: err,
-    })?;
+    };
+    let n = if e.metadata().size <= SMALL_FILE {
+        copy_small(&mut input, &mut out).map_err(|f| match f {
+            Failed::Read(err) => read_err(err),
+            Failed::Write(err) => FileOpError::Upper {
+                path: join_abs(target),
+                source: err,
+            },
+        })?
+    } else {
+        io::copy(&mut input, &mut out).map_err(read_err)?
+    };
     let fd = OwnedFd::from(out);
     set_attrs_fd(&fd, attrs).map_err(|err| upper_err(target, err))?;
     // After the chown: the kernel drops `security.capability` on chown.

@@ -127,7 +127,7 @@ pub enum FileOpError {
         path: String,
     },
     /// Writing the upper directory failed.
-    #[error("writing {path} in the upper directory")]
+    #[error("writing {path} in the upper directory: {source}")]
     Upper {
         /// The path inside the destination.
         path: String,
@@ -135,7 +135,7 @@ pub enum FileOpError {
         source: io::Error,
     },
     /// Reading a source file's content failed.
-    #[error("reading source {path}")]
+    #[error("reading source {path}: {source}")]
     ReadSource {
         /// The source path.
         path: String,
