@@ -78,16 +78,16 @@ pub fn content_digest_cached(
         ..CopyRequest::default()
     };
     let threads = crate::cpus().min(4);
-    Ok(walk_digest(view, paths, cache, threads, &req)?.0)
+    Ok(walk_digest(view, paths, cache, (threads, PARALLEL_BUFFER_MAX), &req)?.0)
 }
 
-/// [`content_digest_cached`] walking on up to `threads` threads; also how many directories
-/// had their entries hashed on several.
+/// [`content_digest_cached`] walking on up to `threads` threads, each buffering at most
+/// `buffer_max` bytes; also how many directories had their entries hashed on several.
 fn walk_digest(
     view: &LayerView,
     paths: &[String],
     cache: Option<&dyn FileHashCache>,
-    threads: usize,
+    (threads, buffer_max): (usize, usize),
     req: &CopyRequest,
 ) -> Result<(Digest, usize), FileOpError> {
     let mut h = Hasher::new();
@@ -96,6 +96,7 @@ fn walk_digest(
         cache,
         links: std::collections::HashMap::new(),
         threads: threads.max(1),
+        buffer_max,
         linked: false,
         parallel_dirs: 0,
     };
@@ -114,21 +115,48 @@ fn walk_digest(
 /// also holds a directory: a flat directory of a few files is not worth the threads).
 const PARALLEL_DIR_ENTRIES: usize = 16;
 
+/// The most bytes of digest fields one thread of a parallel walk buffers (about 100,000
+/// files): a larger run gives up, and the directory is walked on one thread.
+const PARALLEL_BUFFER_MAX: usize = 16 << 20;
+
 /// Where [`Walk::entry`] writes its fields: the digest's hasher, or a buffer of the same bytes
 /// that is hashed, in walk order, once the threads that filled it are done.
 trait Sink {
     fn put(&mut self, bytes: &[u8]);
+    /// The sink took all it may: the walk stops (its result is dropped).
+    fn full(&self) -> bool;
 }
 
 impl Sink for Hasher {
     fn put(&mut self, bytes: &[u8]) {
         self.update(bytes);
     }
+    fn full(&self) -> bool {
+        false
+    }
 }
 
-impl Sink for Vec<u8> {
+/// A parallel walk's buffer, at most `max` bytes.
+struct Buffer {
+    bytes: Vec<u8>,
+    max: usize,
+    over: bool,
+}
+
+impl Sink for Buffer {
     fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
+        if self.over {
+            return;
+        }
+        if self.bytes.len() + bytes.len() > self.max {
+            self.over = true;
+            self.bytes = Vec::new();
+            return;
+        }
+        self.bytes.extend_from_slice(bytes);
+    }
+    fn full(&self) -> bool {
+        self.over
     }
 }
 
@@ -140,6 +168,8 @@ struct Walk<'a> {
     links: std::collections::HashMap<(u64, u64), String>,
     /// Threads a large directory's entries may be hashed on (1: this walk is one of them).
     threads: usize,
+    /// The most bytes each of those threads buffers.
+    buffer_max: usize,
     /// A file with more than one link was seen.
     linked: bool,
     /// Directories whose entries were hashed on several threads.
@@ -150,7 +180,8 @@ impl Walk<'_> {
     /// Hashes the children of a directory on [`Walk::threads`] threads, each a contiguous
     /// run of them into a buffer, then the buffers in order: the same bytes as one walk, as
     /// long as no file has a second link (which of its names comes first is a property of
-    /// the whole walk). `Ok(false)` when one had: nothing was written, walk sequentially.
+    /// the whole walk) and each run fits its buffer. `Ok(false)` when not: nothing was
+    /// written, walk sequentially.
     fn children_in_parallel(
         &self,
         h: &mut impl Sink,
@@ -169,11 +200,19 @@ impl Walk<'_> {
                             cache: self.cache,
                             links: std::collections::HashMap::new(),
                             threads: 1,
+                            buffer_max: self.buffer_max,
                             linked: false,
                             parallel_dirs: 0,
                         };
-                        let mut buf = Vec::new();
+                        let mut buf = Buffer {
+                            bytes: Vec::new(),
+                            max: self.buffer_max,
+                            over: false,
+                        };
                         for child in part {
+                            if buf.full() {
+                                break;
+                            }
                             w.entry(&mut buf, &child_rel(rel, child), child, Some(dir))?;
                         }
                         Ok::<_, FileOpError>((buf, w.linked))
@@ -186,11 +225,11 @@ impl Walk<'_> {
                 .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        if parts.iter().any(|(_, linked)| *linked) {
+        if parts.iter().any(|(buf, linked)| *linked || buf.full()) {
             return Ok(false);
         }
         for (buf, _) in parts {
-            h.put(&buf);
+            h.put(&buf.bytes);
         }
         Ok(true)
     }
@@ -277,11 +316,15 @@ impl Walk<'_> {
                     self.parallel_dirs += 1;
                 } else {
                     if parallel {
-                        // A file below has a second link: the rest of the walk stays on this
-                        // thread (every further try would walk its subtree twice).
+                        // A file below has a second link, or the tree is too large to buffer:
+                        // the rest of the walk stays on this thread (every further try would
+                        // walk its subtree twice).
                         self.threads = 1;
                     }
                     for child in &children {
+                        if h.full() {
+                            break;
+                        }
                         self.entry(h, &child_rel(rel, child), child, Some(&dir))?;
                     }
                 }
@@ -314,19 +357,17 @@ mod tests {
     use super::*;
 
     fn walk_with(dir: &std::path::Path, threads: usize) -> (Digest, usize) {
+        walk_buffering(dir, threads, PARALLEL_BUFFER_MAX)
+    }
+
+    fn walk_buffering(dir: &std::path::Path, threads: usize, max: usize) -> (Digest, usize) {
         let req = CopyRequest {
             allow_wildcard: true,
             allow_empty_wildcard: true,
             ..CopyRequest::default()
         };
-        walk_digest(
-            &LayerView::plain(dir),
-            &["/".to_owned()],
-            None,
-            threads,
-            &req,
-        )
-        .unwrap()
+        let v = LayerView::plain(dir);
+        walk_digest(&v, &["/".to_owned()], None, (threads, max), &req).unwrap()
     }
 
     /// The walk on several threads gives the digest of the walk on one, hashing large
@@ -356,6 +397,10 @@ mod tests {
                 "{threads} threads: no directory was hashed in parallel"
             );
         }
+        // Runs larger than a thread may buffer: one thread, same digest.
+        let (small, dirs) = walk_buffering(d.path(), 2, 2048);
+        assert_eq!(small, one);
+        assert_eq!(dirs, 0, "no run fitted 2 KiB");
         // A hard link from the first run of entries to the last.
         std::fs::hard_link(top.join("d00/f1"), top.join("d23/linked")).unwrap();
         let (one, _) = walk_with(d.path(), 1);
