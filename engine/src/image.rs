@@ -416,20 +416,14 @@ pub(crate) fn write_blob(
     let blocks = info
         .blocks
         .iter()
-        .map(|r| {
-            let BlockRef {
-                key,
-                offset,
-                len,
-                digest: bytes,
-            } = r;
+        .map(|r: &BlockRef| {
             let loc = crate::store::meta::BlockLoc {
                 blob: digest,
-                offset: *offset,
-                len: *len,
-                digest: *bytes,
+                offset: r.offset,
+                len: r.len,
+                digest: r.digest,
             };
-            (*key, loc)
+            (r.key, loc)
         })
         .collect();
     Ok(WrittenBlob {
