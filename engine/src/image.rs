@@ -407,11 +407,13 @@ pub(crate) fn write_blob(
         }),
         namespace: std::sync::Arc::from(opts.block_namespace.as_bytes()),
     };
-    let mut bw = BlobWriter::with_reuse(sink, opts.compression, Some(reuse))
+    // The store's writer hashes the compressed bytes it stores; the blob writer takes the
+    // digest from it rather than hashing them again.
+    let mut bw = BlobWriter::into_sink(sink, opts.compression, Some(reuse))
         .map_err(|e| err(e.to_string()))?;
     let entries = write_layer_unhashed(&dir, &mut bw, &LayerOptions { epoch: opts.epoch })
         .map_err(|e| err(e.to_string()))?;
-    let (sink, info) = bw.finish().map_err(|e| err(e.to_string()))?;
+    let (sink, info) = bw.finish_sink().map_err(|e| err(e.to_string()))?;
     let digest = sink.commit(Some(info.digest))?;
     let blocks = info
         .blocks

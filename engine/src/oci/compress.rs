@@ -77,10 +77,31 @@ pub struct BlobInfo {
     pub reused_blocks: usize,
 }
 
+/// Where a [`BlobWriter`] writes the compressed blob: a writer that hashes the bytes it is
+/// given itself, so the blob writer takes the blob's digest and size from it instead of
+/// hashing the compressed stream a second time (the content store's writer hashes what it
+/// stores anyway).
+pub trait HashedSink: Write {
+    /// SHA-256 of everything written so far.
+    fn digest(&self) -> Digest;
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+}
+
 /// A writer that hashes everything passed through to `inner`.
-pub(crate) struct HashingWriter<W> {
+pub struct HashingWriter<W> {
     pub(crate) inner: W,
     pub(crate) hasher: Hasher,
+}
+
+impl<W> HashingWriter<W> {
+    /// Starts hashing what is written to `inner`.
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Hasher::new(),
+        }
+    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
@@ -94,20 +115,29 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-enum Encoder<W: Write> {
-    Gzip(ParallelGzip<HashingWriter<W>>),
-    Zstd(zstd::Encoder<'static, HashingWriter<W>>),
-    Plain(HashingWriter<W>),
+impl<W: Write> HashedSink for HashingWriter<W> {
+    fn digest(&self) -> Digest {
+        self.hasher.clone().finish()
+    }
+    fn written(&self) -> u64 {
+        self.hasher.len()
+    }
 }
 
-/// Compresses a layer tar into `inner`, hashing both sides in one pass.
-pub struct BlobWriter<W: Write> {
+enum Encoder<S: HashedSink> {
+    Gzip(ParallelGzip<S>),
+    Zstd(zstd::Encoder<'static, S>),
+    Plain(S),
+}
+
+/// Compresses a layer tar into a [`HashedSink`], hashing both sides in one pass.
+pub struct BlobWriter<S: HashedSink> {
     uncompressed: Hasher,
-    encoder: Encoder<W>,
+    encoder: Encoder<S>,
     compression: Compression,
 }
 
-impl<W: Write> BlobWriter<W> {
+impl<W: Write> BlobWriter<HashingWriter<W>> {
     /// Starts a blob written to `inner` with `compression`.
     pub fn new(inner: W, compression: Compression) -> io::Result<Self> {
         Self::with_reuse(inner, compression, None)
@@ -120,18 +150,31 @@ impl<W: Write> BlobWriter<W> {
         compression: Compression,
         reuse: Option<BlockReuse>,
     ) -> io::Result<Self> {
-        let hw = HashingWriter {
-            inner,
-            hasher: Hasher::new(),
-        };
+        Self::into_sink(HashingWriter::new(inner), compression, reuse)
+    }
+
+    /// Finishes compression and returns the inner writer and the blob's digests.
+    pub fn finish(self) -> io::Result<(W, BlobInfo)> {
+        let (hw, info) = self.finish_sink()?;
+        Ok((hw.inner, info))
+    }
+}
+
+impl<S: HashedSink> BlobWriter<S> {
+    /// [`BlobWriter::with_reuse`] into a sink that hashes what it is given.
+    pub fn into_sink(
+        sink: S,
+        compression: Compression,
+        reuse: Option<BlockReuse>,
+    ) -> io::Result<Self> {
         let encoder = match compression {
-            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(hw, reuse)?),
+            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(sink, reuse)?),
             Compression::Zstd => {
-                let mut enc = zstd::Encoder::new(hw, ZSTD_LEVEL)?;
+                let mut enc = zstd::Encoder::new(sink, ZSTD_LEVEL)?;
                 enc.include_checksum(true)?;
                 Encoder::Zstd(enc)
             }
-            Compression::Uncompressed => Encoder::Plain(hw),
+            Compression::Uncompressed => Encoder::Plain(sink),
         };
         Ok(Self {
             uncompressed: Hasher::new(),
@@ -140,28 +183,27 @@ impl<W: Write> BlobWriter<W> {
         })
     }
 
-    /// Finishes compression and returns the inner writer and the blob's digests.
-    pub fn finish(self) -> io::Result<(W, BlobInfo)> {
-        let (mut hw, blocks, reused_blocks) = match self.encoder {
+    /// Finishes compression and returns the sink and the blob's digests.
+    pub fn finish_sink(self) -> io::Result<(S, BlobInfo)> {
+        let (mut sink, blocks, reused_blocks) = match self.encoder {
             Encoder::Gzip(e) => e.finish()?,
             Encoder::Zstd(e) => (e.finish()?, Vec::new(), 0),
             Encoder::Plain(w) => (w, Vec::new(), 0),
         };
-        hw.flush()?;
-        let size = hw.hasher.len();
+        sink.flush()?;
         let info = BlobInfo {
             diff_id: self.uncompressed.finish(),
-            digest: hw.hasher.finish(),
-            size,
+            digest: sink.digest(),
+            size: sink.written(),
             media_type: self.compression.media_type(),
             blocks,
             reused_blocks,
         };
-        Ok((hw.inner, info))
+        Ok((sink, info))
     }
 }
 
-impl<W: Write> Write for BlobWriter<W> {
+impl<S: HashedSink> Write for BlobWriter<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = match &mut self.encoder {
             Encoder::Gzip(e) => e.write(buf)?,

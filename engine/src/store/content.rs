@@ -259,6 +259,15 @@ impl Write for BlobWriter<'_> {
     }
 }
 
+impl crate::oci::compress::HashedSink for BlobWriter<'_> {
+    fn digest(&self) -> Digest {
+        self.hasher.clone().finish()
+    }
+    fn written(&self) -> u64 {
+        self.hasher.len()
+    }
+}
+
 impl BlobWriter<'_> {
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
