@@ -657,6 +657,71 @@ fn a_no_op_rebuild_remakes_an_sbom_statement_it_cannot_read_back() {
     );
 }
 
+#[test]
+fn a_rebuild_with_one_file_changed_has_the_sbom_of_a_cold_build() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    // Enough files in one directory for the parallel copy, an executable and a hard link.
+    for i in 0..100 {
+        let p = ctx.join("src").join(format!("f{i:03}.txt"));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, format!("file {i}\n").repeat(i + 1)).unwrap();
+    }
+    fs::write(ctx.join("run.sh"), "#!/bin/sh\necho run\n").unwrap();
+    fs::set_permissions(
+        ctx.join("run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    fs::hard_link(ctx.join("src/f001.txt"), ctx.join("src/same-inode.txt")).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {BASE}\nCOPY . /ctx/\n"),
+    )
+    .unwrap();
+    let dest = |name: &str| tmp.path().join(name);
+    let build = |k: &Kiln, name: &str| {
+        k.build(&ctx, &["--attest-dest", dest(name).to_str().unwrap()])
+            .ok()
+            .digest()
+    };
+    let k = Kiln::with_base();
+    build(&k, "first");
+    // A client file's digest is remembered (and a COPY knows it) once its status is older
+    // than two seconds.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    fs::write(ctx.join("src/f042.txt"), "changed\n").unwrap();
+    let rebuilt = build(&k, "rebuilt");
+    fs::write(ctx.join("src/f043.txt"), "changed too\n").unwrap();
+    let again = build(&k, "again");
+
+    // The same contexts built cold, each in a store of its own: every file read.
+    let cold = |name: &str| {
+        let fresh = Kiln::with_base();
+        build(&fresh, name)
+    };
+    fs::write(
+        ctx.join("src/f043.txt"),
+        format!("file {}\n", 43).repeat(44),
+    )
+    .unwrap();
+    assert_eq!(cold("cold-rebuilt"), rebuilt);
+    fs::write(ctx.join("src/f043.txt"), "changed too\n").unwrap();
+    assert_eq!(cold("cold-again"), again);
+    for (warm, cold) in [("rebuilt", "cold-rebuilt"), ("again", "cold-again")] {
+        for file in ["sbom.spdx.statement.json", "sbom.cdx.statement.json"] {
+            assert_eq!(
+                fs::read(dest(warm).join(file)).unwrap(),
+                fs::read(dest(cold).join(file)).unwrap(),
+                "{warm}/{file}"
+            );
+        }
+    }
+}
+
 /// Each bundle of `vectors/attest/` attached, as cosign attaches bundles, to the layout of the
 /// image the vectors are about (`image-manifest.json`): `kiln verify` rejects every tampered
 /// one with the reasons `expected.json` names, and passes the valid one.

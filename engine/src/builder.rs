@@ -569,11 +569,19 @@ impl Engine {
                 .collect();
             let key = crate::attest::catalog_key(&chain);
             let store = self.store.clone();
-            let made_now = staged
-                .layers
-                .keys()
-                .map(|id| id.as_str().to_owned())
-                .collect();
+            let made_now = crate::attest::MadeNow {
+                ids: staged
+                    .layers
+                    .keys()
+                    .map(|id| id.as_str().to_owned())
+                    .collect(),
+                copied: chain
+                    .iter()
+                    .filter(|id| staged.layers.contains_key(*id))
+                    .map(|id| (id.as_str().to_owned(), ctx.copied_digests(id)))
+                    .filter(|(_, files)| !files.is_empty())
+                    .collect(),
+            };
             move || crate::attest::catalog_cached(&store, &key, layers, made_now)
         });
         // A build that made layers catalogs them now, beside the compression. One whose every

@@ -5,7 +5,10 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 
-use kiln_engine::fileop::{CopyRequest, FileOpError, copy};
+use kiln_engine::Digest;
+use kiln_engine::fileop::{
+    CopyRequest, FileHashCache, FileKey, FileOpError, content_digest_cached, copy, copy_knowing,
+};
 use kiln_engine::fsview::LayerView;
 use tempfile::TempDir;
 
@@ -406,4 +409,100 @@ fn a_large_directory_is_copied_whole_with_each_files_metadata() {
     );
     assert_eq!(fx.read("dst/sub/inner"), "inner");
     assert!(!fx.up("dst/skip.log").exists());
+}
+
+/// File hashes remembered in memory, as the store's are by a build.
+#[derive(Default)]
+struct Hashes(std::sync::Mutex<std::collections::HashMap<FileKey, Digest>>);
+
+impl FileHashCache for Hashes {
+    fn get(&self, key: &FileKey) -> Option<Digest> {
+        self.0.lock().unwrap().get(key).copied()
+    }
+    fn put(&self, key: FileKey, digest: Digest) {
+        self.0.lock().unwrap().insert(key, digest);
+    }
+}
+
+#[test]
+fn a_copy_lists_the_known_digest_of_each_file_it_wrote() {
+    let fx = Fx::new();
+    // Enough files in one directory for the parallel copy, and a hard-linked pair.
+    for i in 0..80 {
+        write(
+            fx.ctx.path(),
+            &format!("src/f{i:02}.txt"),
+            &format!("file {i}"),
+        );
+    }
+    write(fx.ctx.path(), "src/linked", "one inode, two names");
+    fs::hard_link(
+        fx.ctx.path().join("src/linked"),
+        fx.ctx.path().join("src/linked2"),
+    )
+    .unwrap();
+    let src = LayerView::plain(fx.ctx.path());
+    let dest = LayerView::new(vec![fx.lower.path().to_owned()]);
+    // The cache key's walk learns every file's digest; then one file changes (a new identity
+    // the cache does not know).
+    let hashes = Hashes::default();
+    content_digest_cached(&src, &[".".to_owned()], Some(&hashes)).unwrap();
+    assert_eq!(hashes.0.lock().unwrap().len(), 81);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::remove_file(fx.ctx.path().join("src/f07.txt")).unwrap();
+    write(fx.ctx.path(), "src/f07.txt", "changed");
+    let src = LayerView::plain(fx.ctx.path());
+
+    let stats = copy_knowing(
+        &req(&["."], "/ctx/"),
+        &src,
+        &dest,
+        fx.upper.path(),
+        Some(&hashes),
+    )
+    .unwrap();
+    assert_eq!(
+        stats.known.len(),
+        82,
+        "every regular file written is listed"
+    );
+    let mut known = std::collections::BTreeMap::new();
+    for (path, d) in &stats.known {
+        known.insert(path.clone(), *d);
+    }
+    for (path, d) in &known {
+        let bytes = fs::read(fx.upper.path().join(path.trim_start_matches('/'))).unwrap();
+        match path.as_str() {
+            // Not known: the changed file, and the second name of a hard link (a link, not a
+            // copy).
+            "/ctx/src/f07.txt" | "/ctx/src/linked2" => assert_eq!(*d, None, "{path}"),
+            _ => assert_eq!(*d, Some((Digest::of(&bytes), bytes.len() as u64)), "{path}"),
+        }
+    }
+    assert!(known.contains_key("/ctx/src/f00.txt"));
+    assert!(known.contains_key("/ctx/src/linked"));
+
+    // Without a cache nothing is listed; nor for ADD, whose archives it does not follow.
+    let fx2 = Fx::new();
+    write(fx2.ctx.path(), "a.txt", "A");
+    assert!(fx2.run(&req(&["a.txt"], "/x/")).unwrap().known.is_empty());
+    let src2 = LayerView::plain(fx2.ctx.path());
+    content_digest_cached(&src2, &[".".to_owned()], Some(&hashes)).unwrap();
+    let mut add = req(&["a.txt"], "/y/");
+    add.unpack = true;
+    let dest2 = LayerView::new(vec![fx2.lower.path().to_owned()]);
+    let stats = copy_knowing(&add, &src2, &dest2, fx2.upper.path(), Some(&hashes)).unwrap();
+    assert!(stats.known.is_empty());
+    let stats = copy_knowing(
+        &req(&["a.txt"], "/z/"),
+        &src2,
+        &dest2,
+        fx2.upper.path(),
+        Some(&hashes),
+    )
+    .unwrap();
+    assert_eq!(
+        stats.known,
+        [("/z/a.txt".to_owned(), Some((Digest::of(b"A"), 1)))]
+    );
 }

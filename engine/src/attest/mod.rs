@@ -414,6 +414,27 @@ pub fn catalog_key(chain: &[crate::store::SnapshotId]) -> String {
 /// table (the chain's catalog, and the per-layer facts it learned).
 pub type FreshCatalog = Vec<(String, Vec<u8>)>;
 
+/// The layers a build made, for its catalog.
+#[derive(Debug, Clone, Default)]
+pub struct MadeNow {
+    /// Their ids (directory names). Their listings and file facts are not kept: they are
+    /// likely never seen again (a `--no-cache` build, a step whose input changed).
+    pub ids: std::collections::BTreeSet<String>,
+    /// By layer id, the files a COPY step wrote from a client context with their known
+    /// (sha256, size) ([`crate::ops::OpContext::copied_digests`]): with the SHA-1 the store
+    /// knows for that content, the catalog does not read them.
+    pub copied: std::collections::BTreeMap<String, crate::ops::CopiedDigests>,
+}
+
+impl From<std::collections::BTreeSet<String>> for MadeNow {
+    fn from(ids: std::collections::BTreeSet<String>) -> Self {
+        Self {
+            ids,
+            copied: Default::default(),
+        }
+    }
+}
+
 /// The catalog of `layers` from the store's cache (by `key`), else made now, reusing what is
 /// known about each layer's files; a fresh one comes back with the records to stage. Facts
 /// about the files of `made_now` layers (this build's) are not kept.
@@ -421,7 +442,7 @@ pub fn catalog_cached(
     store: &crate::store::Store,
     key: &str,
     layers: Vec<PathBuf>,
-    made_now: std::collections::BTreeSet<String>,
+    made_now: MadeNow,
 ) -> Result<(sbom::Sbom, FreshCatalog), AttestError> {
     if let Some(json) = store.meta.sbom(key)?
         && let Ok(sbom) = serde_json::from_slice::<sbom::Sbom>(&json)
@@ -438,7 +459,7 @@ pub fn catalog_cached(
 /// Catalogs the final file system (the layer directories `layers`, bottom first) for the SBOM.
 /// It needs no image digest, so the builder runs it while the layers are being compressed.
 pub fn catalog(layers: Vec<PathBuf>) -> Result<sbom::Sbom, AttestError> {
-    Ok(catalog_with_facts(None, layers, Default::default())?.0)
+    Ok(catalog_with_facts(None, layers, MadeNow::default())?.0)
 }
 
 /// [`catalog`], with the per-layer file facts of `store` (a layer directory's name is its id):
@@ -446,8 +467,12 @@ pub fn catalog(layers: Vec<PathBuf>) -> Result<sbom::Sbom, AttestError> {
 fn catalog_with_facts(
     store: Option<&crate::store::Store>,
     layers: Vec<PathBuf>,
-    made_now: std::collections::BTreeSet<String>,
+    made_now: MadeNow,
 ) -> Result<(sbom::Sbom, FreshCatalog), AttestError> {
+    let MadeNow {
+        ids: made_now,
+        copied,
+    } = made_now;
     let ids: Vec<String> = layers
         .iter()
         .map(|p| {
@@ -490,10 +515,59 @@ fn catalog_with_facts(
     let mut facts = tree::LayerFacts::new(&tree, ids, made_now, |id| {
         store.and_then(|s| s.meta.sbom(&tree::facts_key(id)).ok().flatten())
     });
+    if let Some(store) = store {
+        for (id, files) in &copied {
+            facts.seed(id, copied_facts(store, files));
+        }
+    }
     let sbom = sbom::catalog_with(&tree, &mut facts)?;
     let mut fresh = facts.fresh();
     fresh.extend(fresh_listings);
+    // The SHA-1s the store does not have yet (a transient layer's files are hashed again).
+    if let Some(store) = store {
+        let sha1s = facts.sha1s();
+        let keys: Vec<String> = sha1s.iter().map(|(k, _)| k.clone()).collect();
+        let have = store.meta.sboms(&keys).unwrap_or_default();
+        fresh.extend(
+            sha1s
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| have.get(*i).is_none_or(Option::is_none))
+                .map(|(_, r)| r),
+        );
+    }
     Ok((sbom, fresh))
+}
+
+/// The catalog facts of files a COPY wrote with known SHA-256s, for those whose content's
+/// SHA-1 the store knows (learned by an earlier catalog); the others are read as usual. A
+/// store that cannot be read only means fewer facts.
+fn copied_facts(
+    store: &crate::store::Store,
+    files: &crate::ops::CopiedDigests,
+) -> Vec<(String, sbom::FileFacts)> {
+    let hexes: Vec<String> = files.values().map(|(d, _)| d.hex()).collect();
+    let keys: Vec<String> = hexes.iter().map(|h| tree::sha1_key(h)).collect();
+    let Ok(sha1s) = store.meta.sboms(&keys) else {
+        return Vec::new();
+    };
+    files
+        .iter()
+        .zip(hexes)
+        .zip(sha1s)
+        .filter_map(|(((path, (_, size)), sha256), sha1)| {
+            let sha1 = String::from_utf8(sha1?).ok()?;
+            Some((
+                path.clone(),
+                sbom::FileFacts {
+                    sha256,
+                    sha1,
+                    size: *size,
+                    scan: None,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The file name stem of an attestation in `--attest-dest`.
@@ -666,10 +740,22 @@ mod tests {
         // The app layer is this build's own: its facts are not kept.
         let made_now: std::collections::BTreeSet<String> = ["4567ef01".to_owned()].into();
         let (learned, fresh) =
-            catalog_with_facts(Some(&store), layers.clone(), made_now.clone()).unwrap();
+            catalog_with_facts(Some(&store), layers.clone(), made_now.clone().into()).unwrap();
         assert_eq!(plain, learned, "facts change nothing in the result");
-        let keys: Vec<&str> = fresh.iter().map(|(k, _)| k.as_str()).collect();
+        let (sha1s, others): (Vec<_>, Vec<_>) =
+            fresh.iter().partition(|(k, _)| k.starts_with("sha1:"));
+        let keys: Vec<&str> = others.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["facts:0123abcd", "listing:0123abcd"]);
+        // The SHA-1 of every content hashed, the transient layer's included, by its SHA-256.
+        let mut expected: Vec<(String, Vec<u8>)> = plain
+            .files
+            .iter()
+            .map(|f| (tree::sha1_key(&f.sha256), f.sha1.as_bytes().to_vec()))
+            .collect();
+        expected.sort();
+        assert_eq!(expected.len(), 3);
+        let sha1s: Vec<(String, Vec<u8>)> = sha1s.into_iter().cloned().collect();
+        assert_eq!(sha1s, expected);
         let mut staged = crate::store::StagedRecords::default();
         staged.sboms.extend(fresh);
         store.meta.commit(&staged).unwrap();
@@ -680,7 +766,8 @@ mod tests {
         std::fs::write(base.join("base.txt"), b"tampered").unwrap();
         // The same for its listing: a file added behind the cache's back is not walked.
         std::fs::write(base.join("added.txt"), b"added").unwrap();
-        let (reused, fresh) = catalog_with_facts(Some(&store), layers.clone(), made_now).unwrap();
+        let (reused, fresh) =
+            catalog_with_facts(Some(&store), layers.clone(), made_now.into()).unwrap();
         assert_eq!(reused, plain);
         assert!(fresh.is_empty(), "nothing new was learned");
         assert_ne!(
@@ -688,5 +775,83 @@ mod tests {
             plain,
             "without facts, the file is read"
         );
+    }
+
+    #[test]
+    fn files_a_copy_wrote_with_known_digests_are_not_read_and_the_catalog_is_the_same() {
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&root.path().join("store")).unwrap();
+        let layer = root.path().join("89abcdef");
+        std::fs::create_dir_all(layer.join("ctx")).unwrap();
+        std::fs::write(layer.join("ctx/a.txt"), b"alpha").unwrap();
+        std::fs::write(layer.join("ctx/b.txt"), b"bravo").unwrap();
+        std::fs::write(layer.join("ctx/c.txt"), b"charlie").unwrap();
+        let layers = vec![layer.clone()];
+        let plain = catalog(layers.clone()).unwrap();
+        let ids: std::collections::BTreeSet<String> = ["89abcdef".to_owned()].into();
+
+        // A first build learns the SHA-1 of what it hashed; its layer's facts are not kept.
+        let (_, fresh) =
+            catalog_with_facts(Some(&store), layers.clone(), ids.clone().into()).unwrap();
+        let mut staged = crate::store::StagedRecords::default();
+        staged.sboms.extend(fresh);
+        store.meta.commit(&staged).unwrap();
+
+        // A later build's COPY wrote the same contents (another layer, the same digests), and
+        // one file whose content no catalog has seen.
+        let copied: std::collections::BTreeMap<String, (Digest, u64)> = [
+            ("/ctx/a.txt".to_owned(), (Digest::of(b"alpha"), 5)),
+            ("/ctx/b.txt".to_owned(), (Digest::of(b"bravo"), 5)),
+            ("/ctx/d.txt".to_owned(), (Digest::of(b"delta"), 5)),
+        ]
+        .into();
+        let later = root.path().join("fedcba98");
+        std::fs::create_dir_all(later.join("ctx")).unwrap();
+        for (name, bytes) in [
+            ("a.txt", &b"alpha"[..]),
+            ("b.txt", b"bravo"),
+            ("c.txt", b"charlie"),
+            ("d.txt", b"delta"),
+        ] {
+            std::fs::write(later.join("ctx").join(name), bytes).unwrap();
+        }
+        let layers = vec![later.clone()];
+        let plain_later = catalog(layers.clone()).unwrap();
+        let made_now = MadeNow {
+            ids: ["fedcba98".to_owned()].into(),
+            copied: [("fedcba98".to_owned(), std::sync::Arc::new(copied))].into(),
+        };
+        let (seeded, fresh) =
+            catalog_with_facts(Some(&store), layers.clone(), made_now.clone()).unwrap();
+        assert_eq!(
+            seeded, plain_later,
+            "known digests change nothing in the result"
+        );
+        // Only d.txt's content was new: c.txt (not copied) was read again, but its SHA-1 is
+        // in the store already.
+        let sha1s: Vec<&str> = fresh.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(sha1s, [tree::sha1_key(&Digest::of(b"delta").hex())]);
+
+        // Proof that a and b were not read: rewritten behind the catalog's back (same size),
+        // the catalog still reports the digests the copy knew, while d (read) shows the change.
+        std::fs::write(later.join("ctx/a.txt"), b"ALPHA").unwrap();
+        std::fs::write(later.join("ctx/d.txt"), b"DELTA").unwrap();
+        let (seeded, _) = catalog_with_facts(Some(&store), layers.clone(), made_now).unwrap();
+        let sha256_of = |sbom: &sbom::Sbom, path: &str| {
+            sbom.files
+                .iter()
+                .find(|f| f.path == path)
+                .map(|f| f.sha256.clone())
+                .unwrap()
+        };
+        assert_eq!(sha256_of(&seeded, "/ctx/a.txt"), Digest::of(b"alpha").hex());
+        assert_eq!(sha256_of(&seeded, "/ctx/d.txt"), Digest::of(b"DELTA").hex());
+        // Without the copy's digests, every file is read.
+        let plain_after = catalog(layers).unwrap();
+        assert_eq!(
+            sha256_of(&plain_after, "/ctx/a.txt"),
+            Digest::of(b"ALPHA").hex()
+        );
+        assert_eq!(plain.files.len(), 3);
     }
 }

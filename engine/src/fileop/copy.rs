@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::unpack;
 use super::upper::{Attrs, NewDir, Upper, set_attrs_fd, upper_err};
-use super::{CopyRequest, CopyStats, FileOpError, absolute_path};
+use super::{CopyRequest, CopyStats, FileHashCache, FileKey, FileOpError, absolute_path};
 use crate::frontend::dockerignore::{DockerIgnore, contains_wildcards, glob_match};
 use crate::fsview::FsViewError;
 use crate::fsview::{DirHandle, Entry, FileKind, LayerView, join_abs, lexical_clean, split};
@@ -26,6 +26,22 @@ pub fn copy(
     dest: &LayerView,
     upper: &Path,
 ) -> Result<CopyStats, FileOpError> {
+    copy_knowing(req, src, dest, upper, None)
+}
+
+/// [`copy`], also listing in [`CopyStats::known`] each regular file copied whose content
+/// digest `hashes` knows by the source's identity ([`FileKey`]). The digest is the one the
+/// cache key was computed with; the solver's check after the step (the context digested again)
+/// fails the step if a source changed meanwhile, so a listed digest is what was copied.
+pub fn copy_knowing(
+    req: &CopyRequest,
+    src: &LayerView,
+    dest: &LayerView,
+    upper: &Path,
+    hashes: Option<&dyn FileHashCache>,
+) -> Result<CopyStats, FileOpError> {
+    // ADD's archive extraction writes files this does not list, possibly over listed ones.
+    let hashes = hashes.filter(|_| !req.unpack);
     if req.sources.is_empty() {
         return Err(FileOpError::NoSources);
     }
@@ -55,6 +71,7 @@ pub fn copy(
         dest_comps: resolved.components().to_vec(),
         dest_kind: resolved.entry().map(|e| e.metadata().kind),
         dest_is_dir,
+        hashes,
     };
     if req.parents {
         for source in &req.sources {
@@ -212,6 +229,11 @@ fn copy_file(
     Ok(n)
 }
 
+/// One entry of [`CopyStats::known`].
+type Known = (String, Option<(crate::digest::Digest, u64)>);
+/// A file copied on a worker: its bytes, and its entry of [`CopyStats::known`].
+type Copied = (u64, Option<Known>);
+
 struct Copier<'a> {
     req: &'a CopyRequest,
     src: &'a LayerView,
@@ -224,6 +246,25 @@ struct Copier<'a> {
     dest_comps: Vec<String>,
     dest_kind: Option<FileKind>,
     dest_is_dir: bool,
+    /// Known content digests of source files, for [`CopyStats::known`].
+    hashes: Option<&'a dyn FileHashCache>,
+}
+
+/// What [`CopyStats::known`] lists for a regular file just copied (`copied` bytes) from `e`
+/// to `target`: nothing without `hashes`, else the path with the sha256 and size when
+/// `hashes` knows the source's content.
+fn known_digest(
+    hashes: Option<&dyn FileHashCache>,
+    e: &Entry,
+    target: &[String],
+    copied: u64,
+) -> Option<Known> {
+    let m = e.metadata();
+    let d = hashes?
+        .get(&FileKey::of(m))
+        .filter(|_| copied == m.size)
+        .map(|d| (d, copied));
+    Some((join_abs(target), d))
 }
 
 impl Copier<'_> {
@@ -348,12 +389,13 @@ impl Copier<'_> {
             }
             self.write(&child, Some(dir), fd, &target, &child_rel)?;
         }
-        let src = self.src;
+        let (src, hashes) = (self.src, self.hashes);
         let copy_one = |(e, target, attrs): &(Entry, Vec<String>, Attrs)| {
-            copy_file(src, Some(dir), e, fd, target, *attrs)
+            let n = copy_file(src, Some(dir), e, fd, target, *attrs)?;
+            Ok::<_, FileOpError>((n, known_digest(hashes, e, target, n)))
         };
         let threads = crate::cpus().min(4);
-        let bytes: Vec<u64> = if threads < 2 || plain.len() < PARALLEL_COPY_MIN_FILES {
+        let copied: Vec<Copied> = if threads < 2 || plain.len() < PARALLEL_COPY_MIN_FILES {
             plain.iter().map(copy_one).collect::<Result<_, _>>()?
         } else {
             let chunk = plain.len().div_ceil(threads);
@@ -362,7 +404,9 @@ impl Copier<'_> {
                     .chunks(chunk)
                     .map(|part| {
                         scope.spawn(move || {
-                            part.iter().map(copy_one).collect::<Result<Vec<u64>, _>>()
+                            part.iter()
+                                .map(copy_one)
+                                .collect::<Result<Vec<Copied>, _>>()
                         })
                     })
                     .collect();
@@ -375,8 +419,11 @@ impl Copier<'_> {
                 Ok::<_, FileOpError>(all)
             })?
         };
-        self.stats.files += bytes.len() as u64;
-        self.stats.bytes += bytes.iter().sum::<u64>();
+        self.stats.files += copied.len() as u64;
+        for (n, known) in copied {
+            self.stats.bytes += n;
+            self.stats.known.extend(known);
+        }
         Ok(())
     }
 
@@ -414,11 +461,17 @@ impl Copier<'_> {
                 {
                     self.up.link(first, target)?;
                     self.stats.hardlinks += 1;
+                    if self.hashes.is_some() {
+                        self.stats.known.push((join_abs(target), None));
+                    }
                     return Ok(());
                 }
                 let n = copy_file(self.src, src_parent, e, parent, target, attrs)?;
                 self.stats.files += 1;
                 self.stats.bytes += n;
+                self.stats
+                    .known
+                    .extend(known_digest(self.hashes, e, target, n));
                 if m.nlink > 1 {
                     self.links.insert(key, target.to_vec());
                 }

@@ -30,7 +30,8 @@ pub trait FileHashCache: Sync {
 pub struct FileKey(pub [u64; 7]);
 
 impl FileKey {
-    fn of(m: &crate::fsview::Metadata) -> Self {
+    /// The key of a file with metadata `m`.
+    pub(crate) fn of(m: &crate::fsview::Metadata) -> Self {
         // Times are stored bit for bit; they are only compared for equality.
         Self([
             m.dev_ino.0,

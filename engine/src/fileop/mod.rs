@@ -21,7 +21,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-pub use copy::copy;
+pub use copy::{copy, copy_knowing};
 pub use digest::{FileHashCache, FileKey, content_digest, content_digest_cached};
 pub use user::resolve_user;
 
@@ -73,6 +73,11 @@ pub struct CopyStats {
     pub bytes: u64,
     /// Archives extracted.
     pub archives: u64,
+    /// With a [`FileHashCache`] ([`copy_knowing`]): every regular file written (copied or
+    /// hard-linked), in the order written, as `(path in the destination, (sha256, size))`
+    /// when the cache knew the source's content, else `(path, None)`. The last entry of a
+    /// path is what the path holds. Empty without a cache.
+    pub known: Vec<(String, Option<(crate::digest::Digest, u64)>)>,
 }
 
 /// Errors of file steps.

@@ -90,8 +90,26 @@ fn copy(ctx: &OpContext, c: &CopyOp, inputs: &[Output], key: &Digest) -> Result<
         allow_empty_wildcard: true,
     };
     let pending = ctx.store.snapshots.create()?;
-    fileop::copy(&req, &src, &dest, &pending.dir)?;
+    // From a client context, the files' content digests are mostly known: the cache key's
+    // walk just hashed them (or found them in the store's file hashes).
+    let hashes: Option<&dyn fileop::FileHashCache> = match src_out {
+        Output::Context(_) => Some(&ctx.file_hashes),
+        Output::Layers(_) => None,
+    };
+    let stats = fileop::copy_knowing(&req, &src, &dest, &pending.dir, hashes)?;
     let id = commit_layer(ctx, pending)?;
+    if !stats.known.is_empty() {
+        let mut known = std::collections::BTreeMap::new();
+        for (path, digest) in stats.known {
+            match digest {
+                Some(d) => known.insert(path, d),
+                None => known.remove(&path),
+            };
+        }
+        if let Ok(mut m) = ctx.copied_digests.lock() {
+            m.insert(id.clone(), Arc::new(known));
+        }
+    }
     let mut chain = base.as_ref().clone();
     chain.push(id);
     finish(ctx, key, chain)

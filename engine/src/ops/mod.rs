@@ -271,6 +271,9 @@ impl fileop::FileHashCache for FileHashes {
     }
 }
 
+/// Files a COPY wrote, by path in its layer: (sha256, size) of their content.
+pub type CopiedDigests = Arc<std::collections::BTreeMap<String, (Digest, u64)>>;
+
 /// Everything ops need, shared by a build's tasks.
 #[derive(Debug)]
 pub struct OpContext {
@@ -293,6 +296,10 @@ pub struct OpContext {
     /// Content digests of client paths computed in this build, by (context, paths): a
     /// `COPY . /x` key and the provenance's context digest walk the context once.
     context_digests: Mutex<HashMap<(String, Vec<String>), Digest>>,
+    /// The files COPY steps of this build wrote from client contexts with their content
+    /// digests known (the cache key's walk hashed them), by the layer written: path →
+    /// (sha256, size). The SBOM catalog takes these rather than reading the files again.
+    copied_digests: Mutex<HashMap<SnapshotId, CopiedDigests>>,
     /// Records to commit when the build succeeds.
     pub staged: Mutex<StagedRecords>,
     /// Overall time limit for one `ADD <url>` download (connecting is limited to
@@ -355,6 +362,7 @@ impl OpContext {
         Self {
             file_hashes: FileHashes::new(store.clone()),
             context_digests: Mutex::default(),
+            copied_digests: Mutex::default(),
             store,
             sandbox,
             contexts,
@@ -425,6 +433,16 @@ impl OpContext {
         } else {
             Ok(())
         }
+    }
+
+    /// What COPY steps knew of the files they wrote into `layer` (see `copied_digests`);
+    /// empty when none did.
+    pub fn copied_digests(&self, layer: &SnapshotId) -> CopiedDigests {
+        self.copied_digests
+            .lock()
+            .ok()
+            .and_then(|m| m.get(layer).cloned())
+            .unwrap_or_default()
     }
 
     fn staged(&self) -> Result<std::sync::MutexGuard<'_, StagedRecords>, OpError> {

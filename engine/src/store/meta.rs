@@ -316,6 +316,15 @@ impl MetaStore {
         Ok(t.get(key)?.map(|v| v.value().to_vec()))
     }
 
+    /// [`MetaStore::sbom`] of each of `keys`, in one read transaction.
+    pub fn sboms(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SBOMS)?;
+        keys.iter()
+            .map(|k| Ok(t.get(k.as_str())?.map(|v| v.value().to_vec())))
+            .collect()
+    }
+
     /// A handle on the gzip block index that worker threads can own.
     pub fn gzip_blocks(&self) -> GzipBlocks {
         GzipBlocks {
