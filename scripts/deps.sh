@@ -2,14 +2,14 @@
 # Installs what kiln's build, demo and tests need on Debian 12, if missing. Idempotent.
 # KILN_DEPS_FULL=1 adds the interop tools the test suite uses (skopeo, umoci, docker.io,
 # openssh-client for the ssh-agent tests, docker-registry + apache2-utils + openssl for the
-# registry tests).
+# registry tests, rpm for the rpm database interop test).
 set -euo pipefail
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 have_pkg busybox-static || need+=(busybox-static)
 command -v cc >/dev/null || need+=(gcc)
 if [ "${KILN_DEPS_FULL:-0}" = 1 ]; then
-  for p in skopeo umoci docker.io openssh-client docker-registry apache2-utils openssl; do have_pkg "$p" || need+=("$p"); done
+  for p in skopeo umoci docker.io openssh-client docker-registry apache2-utils openssl rpm; do have_pkg "$p" || need+=("$p"); done
   python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 fi
 if [ ${#need[@]} -gt 0 ]; then

@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-${KILN_FUZZ_SECONDS:-60}}"
-targets=(sigstore_bundle sigstore_der)
+targets=(sigstore_bundle sigstore_der sbom_rpmdb)
 cargo_fuzz_version=0.13.1
 export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR=never
@@ -34,6 +34,8 @@ trap 'rm -rf "$seeds"' EXIT
 for t in "${targets[@]}"; do mkdir -p "$seeds/$t" "fuzz/corpus/$t"; done
 cp fuzz/seeds/bundle.sigstore.json fuzz/seeds/trusted_root.json "$seeds/sigstore_bundle/"
 cp fuzz/seeds/leaf.der fuzz/seeds/checkpoint.txt "$seeds/sigstore_der/"
+# A real rpm database (rpm 4.18, 512-byte pages: interior, leaf and overflow pages).
+cp vectors/sbom/rpmdb-512.sqlite "$seeds/sbom_rpmdb/"
 suite="${KILN_SHARED_VECTORS:-$PWD/../shared/vectors}/sigstore-conformance"
 if [ -d "$suite" ]; then
   for f in "$suite"/*.json "$suite"/*/bundle.sigstore.json "$suite"/*/trusted_root.json; do

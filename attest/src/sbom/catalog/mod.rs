@@ -24,6 +24,7 @@ mod npm;
 mod osrelease;
 mod python;
 mod rpm;
+mod sqlite;
 
 /// Caps on what the catalogers read.
 pub mod limits {
@@ -132,7 +133,7 @@ pub fn catalog_with(tree: &dyn FileTree, cache: &mut dyn FactsCache) -> Result<S
     ctx.distro = osrelease::find(&mut ctx)?;
     dpkg::catalog(&mut ctx)?;
     apk::catalog(&mut ctx)?;
-    rpm::catalog(&mut ctx);
+    rpm::catalog(&mut ctx)?;
     python::catalog(&mut ctx)?;
     npm::catalog(&mut ctx)?;
     cargo::catalog_lockfiles(&mut ctx)?;
