@@ -51,7 +51,16 @@ pub(super) fn catalog(ctx: &mut Ctx<'_>) -> Result<(), SbomError> {
             ));
         }
         match headers(&bytes) {
-            Ok(blobs) => packages(ctx, db, &blobs),
+            Ok(mut blobs) => {
+                if blobs.len() > limits::PACKAGES_PER_SOURCE {
+                    ctx.note(format!(
+                        "{db}: over {} packages, the rest skipped",
+                        limits::PACKAGES_PER_SOURCE
+                    ));
+                    blobs.truncate(limits::PACKAGES_PER_SOURCE);
+                }
+                packages(ctx, db, &blobs);
+            }
             Err(e) => ctx.note(format!("{db}: not catalogued: {e}")),
         }
         return Ok(());
@@ -68,10 +77,10 @@ fn headers(bytes: &[u8]) -> Result<Vec<(i64, Vec<u8>)>, String> {
     let mut out = Vec::new();
     db.scan_table(root, &mut |rowid, values| {
         // Packages (hnum INTEGER PRIMARY KEY, blob BLOB): hnum is the rowid.
-        if let Some(sqlite::Value::Blob(b)) = values.into_iter().nth(1) {
-            if out.len() >= limits::PACKAGES_PER_SOURCE {
-                return Err(format!("over {} packages", limits::PACKAGES_PER_SOURCE));
-            }
+        // One past the limit is kept, so the caller can say the rest was skipped.
+        if let Some(sqlite::Value::Blob(b)) = values.into_iter().nth(1)
+            && out.len() <= limits::PACKAGES_PER_SOURCE
+        {
             out.push((rowid, b));
         }
         Ok(())
