@@ -303,7 +303,7 @@ pub fn output_blobs(done: &Finished) -> Vec<(String, Vec<u8>)> {
             }
             let mut plain = Vec::new();
             if raw.starts_with(&[0x1f, 0x8b]) {
-                let _ = flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut plain);
+                let _ = flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut plain);
             } else if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
                 plain = zstd::stream::decode_all(&raw[..]).unwrap_or_default();
             }

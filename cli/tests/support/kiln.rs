@@ -455,7 +455,7 @@ impl OciImage {
         let raw = self.blob(digest);
         let mut out = Vec::new();
         if media_type.ends_with("gzip") {
-            flate2::read::GzDecoder::new(raw)
+            flate2::read::MultiGzDecoder::new(raw)
                 .read_to_end(&mut out)
                 .unwrap();
         } else if media_type.ends_with("zstd") {
