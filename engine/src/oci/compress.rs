@@ -91,7 +91,9 @@ pub struct BlobInfo {
 /// given itself, so the blob writer takes the blob's digest and size from it instead of
 /// hashing the compressed stream a second time (the content store's writer hashes what it
 /// stores anyway).
-pub trait HashedSink: Write {
+///
+/// It is written from the compressor's own thread (gzip), hence `Send + 'static`.
+pub trait HashedSink: Write + Send + 'static {
     /// SHA-256 of everything written so far.
     fn digest(&self) -> Digest;
     /// Bytes written so far.
@@ -125,7 +127,7 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-impl<W: Write> HashedSink for HashingWriter<W> {
+impl<W: Write + Send + 'static> HashedSink for HashingWriter<W> {
     fn digest(&self) -> Digest {
         self.hasher.clone().finish()
     }
@@ -142,12 +144,14 @@ enum Encoder<S: HashedSink> {
 
 /// Compresses a layer tar into a [`HashedSink`], hashing both sides in one pass.
 pub struct BlobWriter<S: HashedSink> {
+    /// The `diff_id` being hashed, on the caller's thread (gzip hashes it on its writer
+    /// thread instead).
     uncompressed: Hasher,
     encoder: Encoder<S>,
     compression: Compression,
 }
 
-impl<W: Write> BlobWriter<HashingWriter<W>> {
+impl<W: Write + Send + 'static> BlobWriter<HashingWriter<W>> {
     /// Starts a blob written to `inner` with `compression`.
     pub fn new(inner: W, compression: Compression) -> io::Result<Self> {
         Self::with_reuse(inner, compression, None)
@@ -195,14 +199,17 @@ impl<S: HashedSink> BlobWriter<S> {
 
     /// Finishes compression and returns the sink and the blob's digests.
     pub fn finish_sink(self) -> io::Result<(S, BlobInfo)> {
-        let (mut sink, blocks, reused_blocks) = match self.encoder {
-            Encoder::Gzip(e) => e.finish()?,
-            Encoder::Zstd(e) => (e.finish()?, Vec::new(), 0),
-            Encoder::Plain(w) => (w, Vec::new(), 0),
+        let (mut sink, diff_id, blocks, reused_blocks) = match self.encoder {
+            Encoder::Gzip(e) => {
+                let w = e.finish()?;
+                (w.inner, w.diff_id, w.blocks, w.reused)
+            }
+            Encoder::Zstd(e) => (e.finish()?, self.uncompressed.finish(), Vec::new(), 0),
+            Encoder::Plain(w) => (w, self.uncompressed.finish(), Vec::new(), 0),
         };
         sink.flush()?;
         let info = BlobInfo {
-            diff_id: self.uncompressed.finish(),
+            diff_id,
             digest: sink.digest(),
             size: sink.written(),
             media_type: self.compression.media_type(),
@@ -216,7 +223,7 @@ impl<S: HashedSink> BlobWriter<S> {
 impl<S: HashedSink> Write for BlobWriter<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = match &mut self.encoder {
-            Encoder::Gzip(e) => e.write(buf)?,
+            Encoder::Gzip(e) => return e.write(buf),
             Encoder::Zstd(e) => e.write(buf)?,
             Encoder::Plain(w) => w.write(buf)?,
         };
@@ -380,109 +387,166 @@ struct Piece {
     reused: bool,
     raw_len: usize,
     bytes: Vec<u8>,
-    /// The block's buffer, handed back for the next block (fresh 2 MiB buffers cost page
-    /// faults).
+    /// The block's uncompressed bytes, hashed into the `diff_id` by the writer thread, whose
+    /// buffer then goes back to be filled again.
     spare: Vec<u8>,
 }
 
-/// A gzip writer that cuts its input into content-defined blocks and compresses each into a
-/// gzip member in parallel, while the caller goes on writing (see the module docs).
-struct ParallelGzip<W: Write> {
+/// A block being compressed by its worker.
+type PieceJob = std::thread::JoinHandle<io::Result<Piece>>;
+
+/// What [`ParallelGzip`]'s writer thread hands back at the end of the stream.
+struct Written<W> {
     inner: W,
-    /// The block being filled.
-    cur: Vec<u8>,
-    chunker: Chunker,
-    /// Blocks being compressed, in stream order.
-    inflight: std::collections::VecDeque<std::thread::JoinHandle<io::Result<Piece>>>,
-    threads: usize,
-    reuse: Option<BlockReuse>,
-    /// Block buffers to fill again.
-    spare: Vec<Vec<u8>>,
-    /// Bytes written to `inner` so far.
-    written: u64,
+    /// sha256 of the uncompressed stream.
+    diff_id: Digest,
     blocks: Vec<BlockRef>,
     reused: usize,
 }
 
-impl<W: Write> ParallelGzip<W> {
+/// A gzip writer that cuts its input into content-defined blocks and compresses each into a
+/// gzip member in parallel, while the caller goes on writing (see the module docs).
+///
+/// The caller's thread only fills blocks. Each block goes to a worker thread; a writer thread
+/// takes the finished members in stream order, hashes the uncompressed blocks (the
+/// `diff_id`) and writes the members to the sink (which hashes them): on a layer whose blocks
+/// are mostly reused, those two hashes and the write were most of the caller's work.
+struct ParallelGzip<W: Write + Send + 'static> {
+    /// The block being filled.
+    cur: Vec<u8>,
+    chunker: Chunker,
+    reuse: Option<BlockReuse>,
+    /// Blocks being compressed, in stream order, to the writer thread; bounded, so at most
+    /// about one block per CPU is in flight.
+    queue: Option<std::sync::mpsc::SyncSender<PieceJob>>,
+    /// Block buffers the writer thread hands back, to fill again (fresh 2 MiB buffers cost
+    /// page faults).
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    writer: Option<std::thread::JoinHandle<io::Result<Written<W>>>>,
+}
+
+impl<W: Write + Send + 'static> ParallelGzip<W> {
     fn new(inner: W, reuse: Option<BlockReuse>) -> io::Result<Self> {
         let threads = crate::cpus().clamp(1, 16);
+        let (queue, jobs) = std::sync::mpsc::sync_channel(threads);
+        let (give, spare) = std::sync::mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("kiln-gzip-out".into())
+            .spawn(move || write_pieces(inner, &jobs, &give))?;
         Ok(Self {
-            inner,
             cur: Vec::with_capacity(GZIP_BLOCK_MAX),
             chunker: Chunker::default(),
-            inflight: std::collections::VecDeque::new(),
-            threads,
             reuse,
-            spare: Vec::new(),
-            written: 0,
-            blocks: Vec::new(),
-            reused: 0,
+            queue: Some(queue),
+            spare,
+            writer: Some(writer),
         })
     }
 
-    /// Hands the current block to a worker; writes finished blocks while too many are queued.
+    /// Hands the current block to a worker, and the worker to the writer thread (waiting
+    /// while too many blocks are in flight).
     fn submit(&mut self) -> io::Result<()> {
         if self.cur.is_empty() {
             return Ok(());
         }
         let next = self
             .spare
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(GZIP_BLOCK_MAX));
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(GZIP_BLOCK_MAX));
         let data = std::mem::replace(&mut self.cur, next);
         let reuse = self.reuse.clone();
         let job = move || compress_piece(data, reuse.as_ref());
         let handle = std::thread::Builder::new()
             .name("kiln-gzip".into())
             .spawn(job)?;
-        self.inflight.push_back(handle);
-        while self.inflight.len() > self.threads {
-            self.write_oldest()?;
-        }
-        Ok(())
-    }
-
-    fn write_oldest(&mut self) -> io::Result<()> {
-        let Some(h) = self.inflight.pop_front() else {
-            return Ok(());
+        let sent = match &self.queue {
+            Some(q) => q.send(handle).is_ok(),
+            None => false,
         };
-        let piece = h
-            .join()
-            .map_err(|_| io::Error::other("gzip worker panicked"))??;
-        self.inner.write_all(&piece.bytes)?;
-        self.reused += usize::from(piece.reused);
-        let mut spare = piece.spare;
-        spare.clear();
-        self.spare.push(spare);
-        if let (Some(key), Some(digest)) = (piece.key, piece.digest)
-            && piece.raw_len >= GZIP_BLOCK_RECORD_MIN
-        {
-            self.blocks.push(BlockRef {
-                key,
-                digest,
-                offset: self.written,
-                len: piece.bytes.len() as u64,
-            });
+        if sent {
+            Ok(())
+        } else {
+            // The writer thread stopped early: its error says why.
+            Err(self
+                .stop()
+                .err()
+                .unwrap_or_else(|| io::Error::other("gzip writer stopped")))
         }
-        self.written += piece.bytes.len() as u64;
-        Ok(())
     }
 
-    fn finish(mut self) -> io::Result<(W, Vec<BlockRef>, usize)> {
+    /// Ends the stream and waits for the writer thread.
+    fn stop(&mut self) -> io::Result<Written<W>> {
+        drop(self.queue.take());
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| io::Error::other("gzip stream already finished"))?;
+        writer
+            .join()
+            .map_err(|_| io::Error::other("gzip writer panicked"))?
+    }
+
+    fn finish(mut self) -> io::Result<Written<W>> {
         self.submit()?;
-        while !self.inflight.is_empty() {
-            self.write_oldest()?;
-        }
-        if self.written == 0 {
-            // An empty layer is one empty member: a gzip file has at least one.
-            self.inner.write_all(&gzip_member(&[])?)?;
-        }
-        Ok((self.inner, self.blocks, self.reused))
+        self.stop()
     }
 }
 
-impl<W: Write> Write for ParallelGzip<W> {
+impl<W: Write + Send + 'static> Drop for ParallelGzip<W> {
+    /// Abandoned (an error while writing the layer): the writer thread finishes with what it
+    /// has and drops the sink here, before the caller goes on.
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// The writer thread: members in stream order into `inner`, the `diff_id` over their blocks.
+fn write_pieces<W: Write>(
+    mut inner: W,
+    jobs: &std::sync::mpsc::Receiver<PieceJob>,
+    spare: &std::sync::mpsc::Sender<Vec<u8>>,
+) -> io::Result<Written<W>> {
+    let mut diff = Hasher::new();
+    let (mut written, mut blocks, mut reused) = (0u64, Vec::new(), 0);
+    for job in jobs {
+        let piece = job
+            .join()
+            .map_err(|_| io::Error::other("gzip worker panicked"))??;
+        // `spare` is the block's uncompressed bytes, handed back by the worker.
+        diff.update(&piece.spare);
+        inner.write_all(&piece.bytes)?;
+        reused += usize::from(piece.reused);
+        if let (Some(key), Some(digest)) = (piece.key, piece.digest)
+            && piece.raw_len >= GZIP_BLOCK_RECORD_MIN
+        {
+            blocks.push(BlockRef {
+                key,
+                digest,
+                offset: written,
+                len: piece.bytes.len() as u64,
+            });
+        }
+        written += piece.bytes.len() as u64;
+        let mut buf = piece.spare;
+        buf.clear();
+        // The caller may be gone (it stopped on an error): the buffer is then dropped.
+        let _ = spare.send(buf);
+    }
+    if written == 0 {
+        // An empty layer is one empty member: a gzip file has at least one.
+        inner.write_all(&gzip_member(&[])?)?;
+    }
+    Ok(Written {
+        inner,
+        diff_id: diff.finish(),
+        blocks,
+        reused,
+    })
+}
+
+impl<W: Write + Send + 'static> Write for ParallelGzip<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut rest = buf;
         while !rest.is_empty() {
@@ -501,8 +565,9 @@ impl<W: Write> Write for ParallelGzip<W> {
         Ok(buf.len())
     }
 
+    /// The sink is the writer thread's; it is flushed when the stream finishes.
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        Ok(())
     }
 }
 

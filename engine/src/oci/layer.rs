@@ -17,13 +17,13 @@
 //! are refused: their diff is not self-contained.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 use super::media;
 use crate::digest::{Digest, Hasher};
@@ -118,7 +118,16 @@ fn walk<W: Write>(upper: &Path, sink: W, opts: &LayerOptions) -> Result<(W, u64)
         links: HashMap::new(),
         entries: 0,
     };
-    w.dir(upper, b"")?;
+    let root = rustix::fs::open(
+        upper,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| LayerError::Read {
+        path: upper.to_owned(),
+        source: e.into(),
+    })?;
+    w.dir(&root, upper, b"")?;
     let entries = w.entries;
     let sink = w
         .tar
@@ -127,6 +136,10 @@ fn walk<W: Write>(upper: &Path, sink: W, opts: &LayerOptions) -> Result<(W, u64)
     Ok((sink, entries))
 }
 
+/// The walk goes through directory fds with single-component names (`openat`, `statat`,
+/// `flistxattr`), so a file costs one name lookup instead of a walk of its whole path per
+/// call; only symlinks, devices and fifos, which cannot be opened safely, have their xattrs
+/// read by path.
 struct Walker<W: Write> {
     tar: tar::Builder<W>,
     epoch: u64,
@@ -148,71 +161,161 @@ struct Meta {
     capability: Option<Vec<u8>>,
 }
 
+/// An entry's xattrs: listed once, read through its fd when it has one.
+struct Xattrs<'a> {
+    names: XattrNames,
+    fd: Option<BorrowedFd<'a>>,
+    path: &'a Path,
+}
+
+impl Xattrs<'_> {
+    fn get(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        if !self.names.has(name) {
+            return Ok(None);
+        }
+        match self.fd {
+            Some(fd) => fget_xattr(fd, name),
+            None => get_xattr(self.path, name),
+        }
+    }
+}
+
 impl<W: Write> Walker<W> {
-    fn dir(&mut self, abs: &Path, rel: &[u8]) -> Result<(), LayerError> {
-        let read = |source| LayerError::Read {
+    fn dir(&mut self, fd: &OwnedFd, abs: &Path, rel: &[u8]) -> Result<(), LayerError> {
+        let read = |e: rustix::io::Errno| LayerError::Read {
             path: abs.to_owned(),
-            source,
+            source: e.into(),
         };
-        let mut names: Vec<Vec<u8>> = fs::read_dir(abs)
-            .map_err(read)?
-            .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
-            .collect::<Result<_, _>>()
-            .map_err(read)?;
-        names.sort();
-        for name in names {
+        let mut names: Vec<(Vec<u8>, FileType)> = Vec::new();
+        for item in rustix::fs::Dir::read_from(fd).map_err(read)? {
+            let item = item.map_err(read)?;
+            let name = item.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push((name.to_vec(), item.file_type()));
+            }
+        }
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, kind) in names {
             let child = abs.join(std::ffi::OsStr::from_bytes(&name));
             let mut child_rel = rel.to_vec();
             if !child_rel.is_empty() {
                 child_rel.push(b'/');
             }
             child_rel.extend_from_slice(&name);
-            self.entry(&child, child_rel, &name)?;
+            self.entry(fd, &child, child_rel, &name, kind)?;
         }
         Ok(())
     }
 
-    fn entry(&mut self, abs: &Path, rel: Vec<u8>, name: &[u8]) -> Result<(), LayerError> {
-        let read = |source| LayerError::Read {
+    /// Opens a regular file of `dir` without following a symlink, and without blocking or
+    /// taking a terminal if something else was swapped in since the listing: the file and its
+    /// metadata, or `None` when it is no longer a regular file.
+    fn open_regular(dir: &OwnedFd, name: &[u8]) -> io::Result<Option<(OwnedFd, Stat)>> {
+        let fd = match rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NXIO) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Ok(None);
+        }
+        Ok(Some((fd, st)))
+    }
+
+    fn entry(
+        &mut self,
+        dir: &OwnedFd,
+        abs: &Path,
+        rel: Vec<u8>,
+        name: &[u8],
+        listed: FileType,
+    ) -> Result<(), LayerError> {
+        let read = |source: io::Error| LayerError::Read {
             path: abs.to_owned(),
             source,
         };
-        let md = fs::symlink_metadata(abs).map_err(read)?;
-        let ft = md.file_type();
-        // One listing per entry; most entries have no xattrs, and then none is read.
-        let xattrs = XattrNames::of(abs).map_err(read)?;
-        let read_xattr = |path: &Path, name: &str| -> io::Result<Option<Vec<u8>>> {
-            if xattrs.has(name) {
-                get_xattr(path, name)
-            } else {
-                Ok(None)
+        // A regular file (most entries) is opened first: its metadata comes from the fd.
+        let mut opened = if listed == FileType::RegularFile {
+            Self::open_regular(dir, name).map_err(read)?
+        } else {
+            None
+        };
+        let md = match &opened {
+            Some((_, st)) => *st,
+            None => rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| read(e.into()))?,
+        };
+        let ft = FileType::from_raw_mode(md.st_mode);
+        if ft == FileType::RegularFile && opened.is_none() {
+            opened = Self::open_regular(dir, name).map_err(read)?;
+            match &opened {
+                Some((_, st)) if st.st_ino == md.st_ino => {}
+                _ => {
+                    return Err(LayerError::Changed {
+                        path: abs.to_owned(),
+                    });
+                }
             }
+        }
+        let dir_fd = if ft == FileType::Directory {
+            Some(
+                rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| read(e.into()))?,
+            )
+        } else {
+            None
+        };
+        let own_fd = opened
+            .as_ref()
+            .map(|(fd, _)| fd.as_fd())
+            .or(dir_fd.as_ref().map(AsFd::as_fd));
+        // One listing per entry; most entries have no xattrs, and then none is read.
+        let xattrs = Xattrs {
+            names: match own_fd {
+                Some(fd) => XattrNames::of_fd(fd),
+                None => XattrNames::of(abs),
+            }
+            .map_err(read)?,
+            fd: own_fd,
+            path: abs,
         };
         for xattr in [media::XATTR_OVERLAY_REDIRECT, media::XATTR_OVERLAY_METACOPY] {
-            if read_xattr(abs, xattr).map_err(read)?.is_some() {
+            if xattrs.get(xattr).map_err(read)?.is_some() {
                 return Err(LayerError::UnsupportedOverlay {
                     path: abs.to_owned(),
                     xattr,
                 });
             }
         }
-        let mtime = u64::try_from(md.mtime()).unwrap_or(0).min(self.epoch);
+        let mtime = u64::try_from(md.st_mtime).unwrap_or(0).min(self.epoch);
         let mut meta = Meta {
             path: rel.clone(),
             kind: tar::EntryType::Regular,
-            mode: md.mode() & 0o7777,
-            uid: u64::from(md.uid()),
-            gid: u64::from(md.gid()),
+            mode: md.st_mode & 0o7777,
+            uid: u64::from(md.st_uid),
+            gid: u64::from(md.st_gid),
             mtime,
             size: 0,
             link: None,
             dev: None,
             capability: None,
         };
-        let is_whiteout = (ft.is_char_device() && md.rdev() == 0)
-            || (ft.is_file()
-                && md.len() == 0
-                && read_xattr(abs, media::XATTR_OVERLAY_WHITEOUT)
+        let is_whiteout = (ft == FileType::CharacterDevice && md.st_rdev == 0)
+            || (ft == FileType::RegularFile
+                && md.st_size == 0
+                && xattrs
+                    .get(media::XATTR_OVERLAY_WHITEOUT)
                     .map_err(read)?
                     .is_some());
         if is_whiteout {
@@ -223,16 +326,22 @@ impl<W: Write> Walker<W> {
             meta.mode = 0o600;
             return self.emit(meta, None);
         }
-        if ft.is_socket() {
+        if ft == FileType::Socket {
             return Ok(());
         }
-        if !ft.is_symlink() {
-            meta.capability = read_xattr(abs, media::XATTR_SECURITY_CAPABILITY).map_err(read)?;
+        if ft != FileType::Symlink {
+            meta.capability = xattrs.get(media::XATTR_SECURITY_CAPABILITY).map_err(read)?;
         }
-        if ft.is_dir() {
+        if let Some(sub) = &dir_fd {
             meta.kind = tar::EntryType::Directory;
             meta.path.push(b'/');
-            let opaque = xattrs.has(media::XATTR_OVERLAY_OPAQUE) && is_opaque(abs).map_err(read)?;
+            // Only the `trusted.*` name: kiln mounts overlayfs in that mode, and a step can set
+            // `user.overlay.*` xattrs itself, which the kernel does not honour — neither may we.
+            let opaque = xattrs
+                .get(media::XATTR_OVERLAY_OPAQUE)
+                .map_err(read)?
+                .as_deref()
+                == Some(b"y");
             let (mode, uid, gid) = (meta.mode, meta.uid, meta.gid);
             self.emit(meta, None)?;
             if opaque {
@@ -253,59 +362,47 @@ impl<W: Write> Walker<W> {
                 };
                 self.emit(marker, None)?;
             }
-            return self.dir(abs, &rel);
+            return self.dir(sub, abs, &rel);
         }
-        if md.nlink() > 1 {
-            if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
+        if md.st_nlink > 1 {
+            let id = (md.st_dev, md.st_ino);
+            if let Some(first) = self.links.get(&id) {
                 meta.kind = tar::EntryType::Link;
                 meta.link = Some(first.clone());
                 meta.capability = None;
                 return self.emit(meta, None);
             }
-            self.links.insert((md.dev(), md.ino()), rel.clone());
+            self.links.insert(id, rel.clone());
         }
-        if ft.is_symlink() {
+        if ft == FileType::Symlink {
             meta.kind = tar::EntryType::Symlink;
             meta.link = Some(
-                fs::read_link(abs)
-                    .map_err(read)?
-                    .as_os_str()
-                    .as_bytes()
-                    .to_vec(),
+                rustix::fs::readlinkat(dir, name, Vec::new())
+                    .map_err(|e| read(e.into()))?
+                    .into_bytes(),
             );
             return self.emit(meta, None);
         }
-        if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-            meta.kind = if ft.is_fifo() {
-                tar::EntryType::Fifo
-            } else if ft.is_char_device() {
-                tar::EntryType::Char
-            } else {
-                tar::EntryType::Block
+        let Some((fd, _)) = opened else {
+            meta.kind = match ft {
+                FileType::Fifo => tar::EntryType::Fifo,
+                FileType::CharacterDevice => tar::EntryType::Char,
+                FileType::BlockDevice => tar::EntryType::Block,
+                _ => {
+                    return Err(LayerError::Changed {
+                        path: abs.to_owned(),
+                    });
+                }
             };
-            if !ft.is_fifo() {
-                let dev = md.rdev();
+            if ft != FileType::Fifo {
+                let dev = md.st_rdev;
                 meta.dev = Some((rustix::fs::major(dev), rustix::fs::minor(dev)));
             }
             return self.emit(meta, None);
-        }
-        // A regular file: open without following a symlink swapped in since the lstat, and
-        // archive exactly the size the header announces.
-        let fd = rustix::fs::open(
-            abs,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| read(e.into()))?;
-        let file = File::from(fd);
-        let fmd = file.metadata().map_err(read)?;
-        if !fmd.is_file() || fmd.ino() != md.ino() {
-            return Err(LayerError::Changed {
-                path: abs.to_owned(),
-            });
-        }
-        meta.size = fmd.len();
-        self.emit(meta, Some((file, abs)))
+        };
+        // A regular file: archive exactly the size the header announces.
+        meta.size = u64::try_from(md.st_size).unwrap_or(0);
+        self.emit(meta, Some((File::from(fd), abs)))
     }
 
     fn emit(&mut self, meta: Meta, data: Option<(File, &Path)>) -> Result<(), LayerError> {
@@ -439,26 +536,25 @@ fn pax_records(records: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
     out
 }
 
-fn is_opaque(abs: &Path) -> io::Result<bool> {
-    // Only the `trusted.*` names: kiln mounts overlayfs in that mode, and a step can set
-    // `user.overlay.*` xattrs itself, which the kernel does not honour — neither may we.
-    for name in [media::XATTR_OVERLAY_OPAQUE] {
-        if get_xattr(abs, name)?.as_deref() == Some(b"y") {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// The names of the xattrs of an entry (not following a symlink), NUL-separated as
 /// `llistxattr` gives them; empty where xattrs are unsupported.
 struct XattrNames(Vec<u8>);
 
 impl XattrNames {
     fn of(path: &Path) -> io::Result<Self> {
+        Self::listed(|buf| rustix::fs::llistxattr(path, buf))
+    }
+
+    /// [`XattrNames::of`] through an open fd.
+    fn of_fd(fd: BorrowedFd<'_>) -> io::Result<Self> {
+        Self::listed(|buf| rustix::fs::flistxattr(fd, buf))
+    }
+
+    /// The list `list` fills in, in a buffer grown until it fits.
+    fn listed(list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>) -> io::Result<Self> {
         let mut buf = vec![0u8; 256];
         loop {
-            match rustix::fs::llistxattr(path, &mut buf[..]) {
+            match list(&mut buf[..]) {
                 Ok(n) => {
                     buf.truncate(n);
                     return Ok(Self(buf));
@@ -482,9 +578,19 @@ impl XattrNames {
 
 /// Reads xattr `name` of `path` without following a symlink; `None` when absent or unsupported.
 pub(crate) fn get_xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+    read_xattr(|buf| rustix::fs::lgetxattr(path, name, buf))
+}
+
+/// [`get_xattr`] through an open fd.
+fn fget_xattr(fd: BorrowedFd<'_>, name: &str) -> io::Result<Option<Vec<u8>>> {
+    read_xattr(|buf| rustix::fs::fgetxattr(fd, name, buf))
+}
+
+/// The value `get` reads, in a buffer grown until it fits; `None` when absent or unsupported.
+fn read_xattr(get: impl Fn(&mut [u8]) -> rustix::io::Result<usize>) -> io::Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; 4096];
     loop {
-        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+        match get(&mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(Some(buf));

@@ -120,7 +120,7 @@ impl ContentStore {
     }
 
     /// Starts a streaming write; call [`BlobWriter::commit`] to make it durable.
-    pub fn writer(&self) -> Result<BlobWriter<'_>, StoreError> {
+    pub fn writer(&self) -> Result<BlobWriter, StoreError> {
         let tmp = self.ingest.join(format!("{}.tmp", random_hex()));
         let file = File::options()
             .write(true)
@@ -128,7 +128,7 @@ impl ContentStore {
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
         Ok(BlobWriter {
-            store: self,
+            store: self.clone(),
             tmp,
             file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
             hasher: Hasher::new(),
@@ -225,15 +225,16 @@ impl Drop for StagedBatch {
     }
 }
 
-/// A blob being written. Dropped without commit, its temp file is removed.
-pub struct BlobWriter<'a> {
-    store: &'a ContentStore,
+/// A blob being written. Dropped without commit, its temp file is removed. It owns what it
+/// needs of the store, so a layer's compressor can write it from its own thread.
+pub struct BlobWriter {
+    store: ContentStore,
     tmp: PathBuf,
     file: Option<io::BufWriter<File>>,
     hasher: Hasher,
 }
 
-impl std::fmt::Debug for BlobWriter<'_> {
+impl std::fmt::Debug for BlobWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlobWriter")
             .field("tmp", &self.tmp)
@@ -241,7 +242,7 @@ impl std::fmt::Debug for BlobWriter<'_> {
     }
 }
 
-impl Write for BlobWriter<'_> {
+impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let f = self
             .file
@@ -259,7 +260,7 @@ impl Write for BlobWriter<'_> {
     }
 }
 
-impl crate::oci::compress::HashedSink for BlobWriter<'_> {
+impl crate::oci::compress::HashedSink for BlobWriter {
     fn digest(&self) -> Digest {
         self.hasher.clone().finish()
     }
@@ -268,7 +269,7 @@ impl crate::oci::compress::HashedSink for BlobWriter<'_> {
     }
 }
 
-impl BlobWriter<'_> {
+impl BlobWriter {
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
         self.hasher.len()
@@ -305,7 +306,7 @@ impl BlobWriter<'_> {
     }
 }
 
-impl Drop for BlobWriter<'_> {
+impl Drop for BlobWriter {
     fn drop(&mut self) {
         if self.file.is_some() || self.tmp.exists() {
             let _ = fs::remove_file(&self.tmp);
