@@ -300,6 +300,47 @@ fn existing_lower_parent_is_copied_up_with_its_metadata() {
     }
 }
 
+/// A copy creates files with their final mode and skips `fchown` where the new file already
+/// has the owner: neither may leak what the directory or the umask would give instead.
+#[test]
+fn a_set_group_id_directory_or_the_umask_never_shows_in_copied_files() {
+    let fx = Fx::new();
+    // Enough files for the parallel copy, with modes the umask (022 here) masks or not, and
+    // set-ID bits.
+    let modes = [
+        0o644, 0o755, 0o777, 0o666, 0o4755, 0o2711, 0o1777, 0o600, 0o640,
+    ];
+    for i in 0..90 {
+        let rel = format!("d/f{i:02}");
+        write(fx.ctx.path(), &rel, "x");
+        fs::set_permissions(
+            fx.ctx.path().join(&rel),
+            fs::Permissions::from_mode(modes[i % modes.len()]),
+        )
+        .unwrap();
+    }
+    // The destination is a set-group-ID directory of group 6 in the lower layer: files
+    // created in its copy-up inherit gid 6 unless kiln sets the owner.
+    let sg = fx.lower.path().join("sg");
+    fs::create_dir(&sg).unwrap();
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        std::os::unix::fs::chown(&sg, Some(0), Some(6)).unwrap();
+    }
+    fs::set_permissions(&sg, fs::Permissions::from_mode(0o2775)).unwrap();
+    fx.run(&req(&["d"], "/sg/")).unwrap();
+    for i in 0..90 {
+        let m = fs::metadata(fx.up(&format!("sg/f{i:02}"))).unwrap();
+        assert_eq!(m.mode() & 0o7777, modes[i % modes.len()], "f{i:02}");
+        if root {
+            assert_eq!((m.uid(), m.gid()), (0, 0), "f{i:02}");
+        }
+    }
+    if !root {
+        println!("skipped the owner checks: not root (the copy cannot chown)");
+    }
+}
+
 #[test]
 fn directory_merges_into_lower_directory_without_opaque_and_upper_wins_for_files() {
     let fx = Fx::new();

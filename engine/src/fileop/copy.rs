@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use super::unpack;
-use super::upper::{Attrs, NewDir, Upper, set_attrs_fd, upper_err};
+use super::upper::{Attrs, Created, NewDir, Upper, set_attrs_fd, upper_err};
 use super::{CopyRequest, CopyStats, FileHashCache, FileKey, FileOpError, absolute_path};
 use crate::frontend::dockerignore::{DockerIgnore, contains_wildcards, glob_match};
 use crate::fsview::FsViewError;
@@ -172,11 +172,21 @@ enum Failed {
     Write(io::Error),
 }
 
-/// Copies `input` to its end into `out` through a buffer on the stack.
-fn copy_small(input: &mut impl io::Read, out: &mut impl io::Write) -> Result<u64, Failed> {
+/// Copies `input` into `out` through a buffer on the stack: to its end, or only `size` bytes
+/// when that is what the walk saw (the end-of-file `read` is skipped). A file that grew since
+/// the walk is caught as any change is: a context is walked again after the step, and a layer
+/// never changes.
+fn copy_small(
+    input: &mut impl io::Read,
+    out: &mut impl io::Write,
+    size: u64,
+) -> Result<u64, Failed> {
     let mut buf = [0u8; SMALL_FILE as usize];
     let mut total = 0u64;
     loop {
+        if total == size && size > 0 {
+            return Ok(total);
+        }
         let n = match input.read(&mut buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
@@ -190,12 +200,13 @@ fn copy_small(input: &mut impl io::Read, out: &mut impl io::Write) -> Result<u64
 }
 
 /// Copies the regular file `e` (in `src_parent`, if open) to `target` in the upper directory
-/// `parent` with `attrs` and the source's xattrs: the bytes copied.
+/// `parent` with `attrs` and the source's xattrs: the bytes copied. `created` tells what a
+/// new file in `parent` has without being told (see [`Created`]).
 fn copy_file(
     src: &LayerView,
     src_parent: Option<&DirHandle>,
     e: &Entry,
-    parent: &OwnedFd,
+    (parent, created): (&OwnedFd, &Created),
     target: &[String],
     attrs: Attrs,
 ) -> Result<u64, FileOpError> {
@@ -203,13 +214,14 @@ fn copy_file(
         Some(p) => src.open_entry_in(p, e)?,
         None => src.open_entry(e)?,
     };
-    let mut out = Upper::create_file(parent, target)?;
+    let (mode, mode_set) = created.mode_for(&attrs);
+    let mut out = Upper::create_file_mode(parent, target, mode)?;
     let read_err = |err| FileOpError::ReadSource {
         path: e.path(),
         source: err,
     };
     let n = if e.metadata().size <= SMALL_FILE {
-        copy_small(&mut input, &mut out).map_err(|f| match f {
+        copy_small(&mut input, &mut out, e.metadata().size).map_err(|f| match f {
             Failed::Read(err) => read_err(err),
             Failed::Write(err) => FileOpError::Upper {
                 path: join_abs(target),
@@ -220,7 +232,9 @@ fn copy_file(
         io::copy(&mut input, &mut out).map_err(read_err)?
     };
     let fd = OwnedFd::from(out);
-    set_attrs_fd(&fd, attrs).map_err(|err| upper_err(target, err))?;
+    created
+        .finish(&fd, attrs, mode_set)
+        .map_err(|err| upper_err(target, err))?;
     // After the chown: the kernel drops `security.capability` on chown.
     for (k, v) in src.xattrs_of(e, &input)? {
         // Best effort, like fsutil: some namespaces need privileges.
@@ -390,8 +404,9 @@ impl Copier<'_> {
             self.write(&child, Some(dir), fd, &target, &child_rel)?;
         }
         let (src, hashes) = (self.src, self.hashes);
+        let created = Created::in_dir(fd);
         let copy_one = |(e, target, attrs): &(Entry, Vec<String>, Attrs)| {
-            let n = copy_file(src, Some(dir), e, fd, target, *attrs)?;
+            let n = copy_file(src, Some(dir), e, (fd, &created), target, *attrs)?;
             Ok::<_, FileOpError>((n, known_digest(hashes, e, target, n)))
         };
         let threads = crate::cpus().min(4);
@@ -466,7 +481,8 @@ impl Copier<'_> {
                     }
                     return Ok(());
                 }
-                let n = copy_file(self.src, src_parent, e, parent, target, attrs)?;
+                let created = Created::in_dir(parent);
+                let n = copy_file(self.src, src_parent, e, (parent, &created), target, attrs)?;
                 self.stats.files += 1;
                 self.stats.bytes += n;
                 self.stats

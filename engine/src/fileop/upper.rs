@@ -201,10 +201,19 @@ impl<'a> Upper<'a> {
     /// Creates a regular file (replacing a non-directory from this step) and returns it open
     /// for writing.
     pub fn create_file(parent: &OwnedFd, comps: &[String]) -> Result<File, FileOpError> {
+        Self::create_file_mode(parent, comps, 0o600)
+    }
+
+    /// [`Upper::create_file`] with `mode` (less the umask) instead of 0600.
+    pub fn create_file_mode(
+        parent: &OwnedFd,
+        comps: &[String],
+        mode: u32,
+    ) -> Result<File, FileOpError> {
         let name = comps.last().map_or("", String::as_str);
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let create = || rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600));
+        let create = || rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(mode));
         // Mostly nothing is there yet: create first, and clear only what is in the way.
         let fd = match create() {
             Err(Errno::EXIST) => {
@@ -285,6 +294,77 @@ pub(crate) fn set_attrs_fd(fd: &OwnedFd, a: Attrs) -> Result<(), Errno> {
         rustix::fs::futimens(fd, &times(t))?;
     }
     Ok(())
+}
+
+/// What a file that kiln creates in a directory gets unasked: its owner, and the umask that
+/// narrows the mode it is created with. A file created with its final owner and mode needs
+/// neither `fchown` nor `fchmod` (two of the calls a small file's copy costs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Created {
+    /// The owner a new file gets, when known: kiln's effective uid, and the directory's gid
+    /// if it is set-group-ID, else kiln's effective gid.
+    owner: Option<(u32, u32)>,
+    /// The process umask, when known.
+    umask: Option<u32>,
+}
+
+impl Created {
+    /// For files created in the directory `dir`.
+    pub(crate) fn in_dir(dir: &OwnedFd) -> Self {
+        let owner = rustix::fs::fstat(dir).ok().map(|st| {
+            let gid = if st.st_mode & 0o2000 != 0 {
+                st.st_gid
+            } else {
+                rustix::process::getegid().as_raw()
+            };
+            (rustix::process::geteuid().as_raw(), gid)
+        });
+        Self {
+            owner,
+            umask: umask(),
+        }
+    }
+
+    /// The mode to create a file with for `a`, and whether it is already `a`'s: permission
+    /// bits only (set-ID and sticky bits need `fchmod`), none of them masked by the umask.
+    pub(crate) fn mode_for(&self, a: &Attrs) -> (u32, bool) {
+        let perm = a.mode & 0o7777;
+        match self.umask {
+            Some(mask) if perm & 0o7000 == 0 && perm & mask == 0 => (perm, true),
+            _ => (0o600, false),
+        }
+    }
+
+    /// Sets on a file just created (by [`Upper::create_file_mode`] with
+    /// [`Created::mode_for`]) what it does not have yet of `a`: owner, then mode (chown clears
+    /// set-ID bits), then mtime.
+    pub(crate) fn finish(&self, fd: &OwnedFd, a: Attrs, mode_set: bool) -> Result<(), Errno> {
+        if self.owner != Some((a.uid, a.gid)) {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(a.uid)),
+                Some(rustix::fs::Gid::from_raw(a.gid)),
+            )?;
+        }
+        if !mode_set {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(a.mode & 0o7777))?;
+        }
+        if let Some(t) = a.mtime {
+            rustix::fs::futimens(fd, &times(t))?;
+        }
+        Ok(())
+    }
+}
+
+/// The process umask, from `/proc/self/status` (reading it with `umask(2)` would change it
+/// for a moment under the other threads); `None` if unreadable. kiln never changes it.
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
 }
 
 /// Sets owner, mode (not for symlinks) and mtime on `name` in `parent`, not following it.
