@@ -2,7 +2,11 @@
 //! RUN steps writing files, COPY; a build arg varied so some run cold), each ended by a
 //! SIGKILL of kilnd at a random moment; after each restart on the same state directory:
 //! - `kiln admin fsck` (through the admin socket: kilnd holds the store) finds no problem;
-//! - `kiln remote ls` shows every build the kill interrupted as failed, saying why;
+//! - `kiln remote ls` shows every build the kill interrupted as failed, saying why; a build is
+//!   interrupted when its record on disk was still in progress at the kill (kilnd records a
+//!   build's end, synced, before it logs it, so the log alone misses builds killed between
+//!   the two); every other build keeps the state its record had, and none was recorded
+//!   succeeded before its engine build was over;
 //! - a rebuild of a fixed reference context gives the digest it had before any crash.
 //!
 //! Replay a failure with the seed it printed: `KILN_CRASH_SEED=<n> cargo test -p kiln --test
@@ -12,7 +16,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -309,6 +313,18 @@ fn seen(log: &str) -> Seen {
     s
 }
 
+/// The state in build `id`'s record under kilnd's `state` directory (`missing` if there is
+/// none, `unreadable` if it is not a record).
+fn record_state(state: &Path, id: &str) -> String {
+    match fs::read(state.join("records").join(format!("{id}.json"))) {
+        Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("state").and_then(|s| s.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "unreadable".to_owned()),
+        Err(_) => "missing".to_owned(),
+    }
+}
+
 /// Live (not zombie) processes in the step cgroups of the kiln process `owner`
 /// (`kiln/step-<owner>-…`).
 fn steps_of(owner: u32) -> Vec<String> {
@@ -468,10 +484,32 @@ fn kilnd_survives_kill_9_during_builds() {
         let orphans = step_inits();
         orphans_total += orphans;
         let s = seen(&log);
-        let interrupted: BTreeSet<&String> = s
+        // What each build's durable record said when kilnd died. kilnd writes a build's
+        // final state (and syncs it) before it logs "build finished", so a kill between the
+        // two leaves a finished record without the log line: such a build was not
+        // interrupted, and must keep its state. A build whose record was still in progress
+        // was interrupted.
+        let at_kill: BTreeMap<&String, String> = s
             .accepted
             .iter()
-            .filter(|b| !s.finished.contains(*b))
+            .map(|b| (b, record_state(&d.state, b)))
+            .collect();
+        for b in &s.finished {
+            let state = record_state(&d.state, b);
+            assert!(
+                ["succeeded", "failed", "cancelled"].contains(&state.as_str()),
+                "round {round} (seed {seed}): build {b} logged as finished, record says {state}"
+            );
+        }
+        let interrupted: BTreeSet<&String> = at_kill
+            .iter()
+            .filter(|(_, state)| ["syncing", "queued", "running"].contains(&state.as_str()))
+            .map(|(b, _)| *b)
+            .collect();
+        let finished_unlogged: Vec<(&String, &String)> = at_kill
+            .iter()
+            .filter(|(b, _)| !interrupted.contains(*b) && !s.finished.contains(**b))
+            .map(|(b, state)| (*b, state))
             .collect();
         let phase = if interrupted
             .iter()
@@ -523,7 +561,21 @@ fn kilnd_survives_kill_9_during_builds() {
                 all.stdout
                     .lines()
                     .any(|l| l.starts_with(b.as_str()) && l.contains(" failed ")),
-                "kiln admin builds:\n{}",
+                "round {round} (seed {seed}, killed at {wait} ms, {phase}): interrupted build {b} is not failed in kiln admin builds:\n{}\nkilnd log:\n{log}",
+                all.stdout
+            );
+        }
+        for (b, state) in &finished_unlogged {
+            // Never durably succeeded before its engine build was over.
+            assert!(
+                state.as_str() != "succeeded" || s.stopped.contains(*b),
+                "round {round} (seed {seed}): build {b} was recorded succeeded before it stopped running"
+            );
+            assert!(
+                all.stdout
+                    .lines()
+                    .any(|l| l.starts_with(b.as_str()) && l.contains(&format!(" {state} "))),
+                "round {round} (seed {seed}): build {b}, {state} on disk when kilnd was killed, is not {state} after the restart:\n{}",
                 all.stdout
             );
         }
