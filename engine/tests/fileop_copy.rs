@@ -341,6 +341,43 @@ fn a_set_group_id_directory_or_the_umask_never_shows_in_copied_files() {
     }
 }
 
+/// A destination directory with a default ACL: its entries, not the umask, narrow a new
+/// file's mode, so the copy must still set each mode itself.
+#[test]
+fn a_default_acl_never_shows_in_copied_files() {
+    let fx = Fx::new();
+    let modes = [0o644, 0o755, 0o600, 0o666];
+    for (i, mode) in modes.iter().enumerate() {
+        let rel = format!("f{i}");
+        write(fx.ctx.path(), &rel, "x");
+        fs::set_permissions(fx.ctx.path().join(&rel), fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    // The lower /acl has a default ACL user::rwx group::r-x other::--- (the xattr's binary
+    // form: version 2, then tag, permissions, id per entry); its copy-up keeps it.
+    let dir = fx.lower.path().join("acl");
+    fs::create_dir(&dir).unwrap();
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 0)] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(u32::MAX.to_le_bytes());
+    }
+    if let Err(e) = rustix::fs::setxattr(
+        &dir,
+        "system.posix_acl_default",
+        &acl,
+        rustix::fs::XattrFlags::empty(),
+    ) {
+        println!("skipped: this file system takes no default ACL ({e})");
+        return;
+    }
+    fx.run(&req(&["f0", "f1", "f2", "f3"], "/acl/")).unwrap();
+    for (i, mode) in modes.iter().enumerate() {
+        let m = fs::metadata(fx.up(&format!("acl/f{i}"))).unwrap();
+        assert_eq!(m.mode() & 0o7777, *mode, "f{i}");
+    }
+}
+
 #[test]
 fn directory_merges_into_lower_directory_without_opaque_and_upper_wins_for_files() {
     let fx = Fx::new();

@@ -304,7 +304,8 @@ pub(crate) struct Created {
     /// The owner a new file gets, when known: kiln's effective uid, and the directory's gid
     /// if it is set-group-ID, else kiln's effective gid.
     owner: Option<(u32, u32)>,
-    /// The process umask, when known.
+    /// What narrows the mode a new file is created with: the process umask, when known and
+    /// when the directory has no default ACL (which replaces the umask).
     umask: Option<u32>,
 }
 
@@ -319,9 +320,15 @@ impl Created {
             };
             (rustix::process::geteuid().as_raw(), gid)
         });
+        // A default ACL (a copied-up lower directory keeps its xattrs) decides a new file's
+        // permission bits instead of the umask: then the mode is always set explicitly.
+        let acl = match rustix::fs::fgetxattr_query(dir, "system.posix_acl_default") {
+            Err(Errno::NODATA | Errno::NOTSUP) => false,
+            Ok(_) | Err(_) => true,
+        };
         Self {
             owner,
-            umask: umask(),
+            umask: if acl { None } else { umask() },
         }
     }
 
