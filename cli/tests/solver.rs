@@ -260,12 +260,14 @@ fn a_failed_build_commits_nothing() {
 }
 
 /// A step whose client files change while it runs fails instead of caching a result under a
-/// key computed from the files' earlier content.
+/// key computed from the files' earlier content. The check runs beside the layers' export:
+/// the failed build still names no image, writes no output and caches no step.
 #[test]
 fn context_files_changed_during_a_step_fail_the_build() {
     need_root!();
     let dir = tempfile::tempdir().unwrap();
     let root = store_with_base(dir.path());
+    let before_images = kiln(&root, &["images"]).stdout;
     let ctx = context(
         dir.path(),
         "ctx",
@@ -280,9 +282,19 @@ fn context_files_changed_during_a_step_fail_the_build() {
             std::fs::write(&f, "after!").unwrap();
         })
     };
+    let dest = dir.path().join("out");
     let out = kiln(
         &root,
-        &["build", "--progress", "plain", ctx.to_str().unwrap()],
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "changed",
+            "-o",
+            &format!("type=local,dest={}", dest.display()),
+            ctx.to_str().unwrap(),
+        ],
     );
     writer.join().unwrap();
     assert_eq!(
@@ -293,11 +305,25 @@ fn context_files_changed_during_a_step_fail_the_build() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("changed while this step read them"), "{err}");
-    // Built again with the files at rest, it succeeds.
-    let out = kiln(&root, &["build", "-q", ctx.to_str().unwrap()]);
+    assert!(!dest.exists(), "the failed build wrote its local output");
+    assert_eq!(kiln(&root, &["images"]).stdout, before_images);
+    // Built again with the files at rest, the step runs again (its result was not cached)
+    // and the build succeeds.
+    let out = kiln(
+        &root,
+        &["build", "--progress", "plain", ctx.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let run = err
+        .lines()
+        .find(|l| l.contains("RUN --mount"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no RUN step in {err}"))
+        .to_owned();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.lines()
+            .any(|l| l == format!("{run} DONE") || l.starts_with(&format!("{run} DONE "))),
+        "the step did not run again: {err}"
     );
 }

@@ -520,7 +520,7 @@ impl Engine {
             )));
         }
         let ctx = Arc::new(ctx);
-        let solved = crate::solver::solve(
+        let mut solved = crate::solver::solve(
             graph.clone(),
             &[planned.target],
             ctx.clone(),
@@ -640,6 +640,17 @@ impl Engine {
             name: "export".into(),
             message: e.to_string(),
         })??;
+        // The checks of the steps that read the client's files ran beside the export: before
+        // anything is pushed, attested, written out or committed, they must have passed.
+        if let Err(e) = solved.verify().await {
+            if let crate::solver::SolveError::Vertex { vertex, error, .. } = &e {
+                progress.send(Event::Error {
+                    vertex: *vertex,
+                    message: error.to_string(),
+                });
+            }
+            return Err(e.into());
+        }
         let mut staged = staged;
         for spec in &req.cache_to {
             crate::cache_export::export_one(

@@ -17,6 +17,10 @@
 //! - The first error cancels the rest: no new vertex starts, running tasks are aborted and
 //!   running sandboxed steps are killed; the error names the failing vertex.
 //! - Results are staged, not committed: the caller commits them when the whole build succeeds.
+//! - A step that read the client's files is checked after it ran (the files digested again,
+//!   the build failing if they changed meanwhile). The check runs on while the solve goes on
+//!   and the caller exports the layers; the caller waits for it ([`Solved::verify`]) before
+//!   anything of the build is committed or leaves the store.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,6 +54,7 @@ pub enum SolveError {
 
 /// The outcome of solving: every needed vertex's result and cache key.
 #[derive(Debug, Default)]
+#[must_use = "a solve's checks must be waited for (`Solved::verify`) before its results are used"]
 pub struct Solved {
     /// Results by vertex.
     pub outputs: HashMap<VertexIdx, Output>,
@@ -59,6 +64,40 @@ pub struct Solved {
     pub executed: usize,
     /// Cache keys by vertex (what `--cache-to` exports).
     pub keys: HashMap<VertexIdx, Digest>,
+    /// The checks of steps that read the client's files, still running ([`Solved::verify`]).
+    checks: Vec<PendingCheck>,
+}
+
+/// A step's check after it ran: the vertex, its name, and the task digesting again the
+/// client's files it read.
+#[derive(Debug)]
+struct PendingCheck {
+    vertex: VertexIdx,
+    name: String,
+    task: tokio::task::JoinHandle<Result<(), OpError>>,
+}
+
+impl Solved {
+    /// Waits for the checks of the steps that read the client's files: each digests those
+    /// files again and fails if they changed after they were digested for the step's cache key
+    /// (the step may then have read other bytes than the key says, so its result belongs to no
+    /// key). Nothing of the build may be committed, or leave the store, before this succeeds.
+    pub async fn verify(&mut self) -> Result<(), SolveError> {
+        for check in std::mem::take(&mut self.checks) {
+            let result = check
+                .task
+                .await
+                .map_err(|e| SolveError::Internal(format!("step check failed: {e}")))?;
+            if let Err(error) = result {
+                return Err(SolveError::Vertex {
+                    vertex: check.vertex,
+                    name: check.name,
+                    error,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How many vertices may run at once.
@@ -230,7 +269,14 @@ pub async fn solve(
         idle.done(i);
         let name = graph.get(i).map(|v| v.name.clone()).unwrap_or_default();
         match result {
-            Ok((out, key, outcome)) => {
+            Ok((out, key, outcome, check)) => {
+                if let Some(task) = check {
+                    solved.checks.push(PendingCheck {
+                        vertex: i,
+                        name: name.clone(),
+                        task,
+                    });
+                }
                 match outcome {
                     Outcome::Cached => solved.cached += 1,
                     Outcome::Executed => solved.executed += 1,
@@ -280,7 +326,7 @@ async fn cancel<T: 'static>(tasks: &mut JoinSet<T>, ctx: &OpContext) {
 
 /// Computes a vertex's cache key, looks it up, and runs the op on a miss.
 async fn run_one(
-    graph: &Graph,
+    graph: &Arc<Graph>,
     i: VertexIdx,
     inputs: Vec<Output>,
     input_keys: Vec<Digest>,
@@ -323,7 +369,7 @@ async fn run_one(
         } else {
             Outcome::Trivial
         };
-        return Ok((out, key, outcome));
+        return Ok((out, key, outcome, None));
     }
     let start = Instant::now();
     if announce {
@@ -335,23 +381,40 @@ async fn run_one(
     let recheck = content.is_some().then(|| inputs.clone());
     let out = crate::ops::run(ctx, i, &v.op, inputs, &key).await?;
     // The op read the client's files after they were hashed for the key. If they changed in
-    // between, the result does not belong to that key: fail rather than cache it.
-    if let Some(inputs) = recheck
-        && crate::ops::content_digest(ctx, &v.op, &inputs, true).await? != content
-    {
-        return Err(OpError::ContextChanged);
-    }
+    // between, the result does not belong to that key: the build fails rather than cache it.
+    // Checked beside what follows (the caller waits for it: `Solved::verify`).
+    let check = recheck.map(|inputs| {
+        let (graph, ctx) = (graph.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let v = graph
+                .get(i)
+                .ok_or_else(|| OpError::Internal(format!("no vertex {i}")))?;
+            if crate::ops::content_digest(&ctx, &v.op, &inputs, true).await? != content {
+                return Err(OpError::ContextChanged);
+            }
+            Ok(())
+        })
+    });
     if announce {
         ctx.progress.send(Event::Done {
             vertex: i,
             duration: start.elapsed(),
         });
     }
-    Ok((out, key, Outcome::Executed))
+    Ok((out, key, Outcome::Executed, check))
 }
 
-/// A finished vertex: its output, cache key and how it was satisfied.
-type StepResult = Result<(Output, Digest, Outcome), OpError>;
+/// A finished vertex: its output, cache key, how it was satisfied, and its check still
+/// running (see [`Solved::verify`]).
+type StepResult = Result<
+    (
+        Output,
+        Digest,
+        Outcome,
+        Option<tokio::task::JoinHandle<Result<(), OpError>>>,
+    ),
+    OpError,
+>;
 
 /// How a vertex was satisfied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
