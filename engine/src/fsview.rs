@@ -277,6 +277,13 @@ pub(crate) struct DirHandle {
     fds: Vec<(usize, OwnedFd)>,
 }
 
+impl DirHandle {
+    /// How many fds it holds open.
+    pub(crate) fn open_fds(&self) -> usize {
+        self.fds.len()
+    }
+}
+
 /// A read-only, userspace-merged view of layer directories (bottom → top).
 #[derive(Debug, Clone)]
 pub struct LayerView {

@@ -584,3 +584,71 @@ fn a_copy_lists_the_known_digest_of_each_file_it_wrote() {
         [("/z/a.txt".to_owned(), Some((Digest::of(b"A"), 1)))]
     );
 }
+
+#[test]
+fn a_wide_and_deep_tree_keeps_every_directorys_and_files_metadata() {
+    // More files and directories than the copy threads take in one batch (files wait for
+    // them across directories), directories holding only directories, and two sources
+    // writing the same paths: the later source's files win, as if copied one by one.
+    let fx = Fx::new();
+    let set_mtime = |p: &Path, secs: u64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let f = fs::File::open(p).unwrap();
+        f.set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+    };
+    let a = fx.ctx.path().join("a");
+    let mut dirs = Vec::new();
+    for d in 0..300 {
+        // d/NNN/deep/er: the middle directories hold no file.
+        let dir = a.join(format!("d{d:03}/deep/er"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..(d % 40) {
+            let p = dir.join(format!("f{f:02}"));
+            fs::write(&p, format!("{d}/{f}")).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o640 + (f as u32 % 2))).unwrap();
+            set_mtime(&p, 2_000_000 + f as u64);
+        }
+        dirs.push(format!("d{d:03}"));
+        dirs.push(format!("d{d:03}/deep"));
+        dirs.push(format!("d{d:03}/deep/er"));
+    }
+    write(&a, "same", "from a");
+    let b = fx.ctx.path().join("b");
+    write(&b, "same", "from b");
+    write(&b, "d007/deep/er/f00", "from b too");
+    // Directory metadata last: creating entries changes a directory's time.
+    for (i, d) in dirs.iter().enumerate() {
+        let p = a.join(d);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o700 + (i as u32 % 3) * 0o5)).unwrap();
+        set_mtime(&p, 3_000_000 + i as u64);
+    }
+    let stats = fx.run(&req(&["a", "b"], "/dst/")).unwrap();
+    let files: u64 = (0..300).map(|d| d % 40).sum();
+    assert_eq!(stats.files, files + 1 + 2, "a's files, a/same, b's two");
+    assert!(files > 4096, "{files} files fit in one batch");
+    for (i, d) in dirs.iter().enumerate() {
+        if d.starts_with("d007") {
+            continue; // b has them too: they take b's metadata, copied after a's
+        }
+        let m = fs::symlink_metadata(fx.up(&format!("dst/{d}"))).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o700 + (i as u32 % 3) * 0o5, "{d}");
+        assert_eq!(m.mtime(), 3_000_000 + i as i64, "{d}: time");
+    }
+    for d in 0..300 {
+        for f in 0..(d % 40) {
+            let rel = format!("dst/d{d:03}/deep/er/f{f:02}");
+            let want = if d == 7 && f == 0 {
+                "from b too".to_owned()
+            } else {
+                format!("{d}/{f}")
+            };
+            assert_eq!(fx.read(&rel), want, "{rel}");
+            let m = fs::symlink_metadata(fx.up(&rel)).unwrap();
+            if d != 7 || f != 0 {
+                assert_eq!(m.mode() & 0o7777, 0o640 + (f as u32 % 2), "{rel}");
+                assert_eq!(m.mtime(), 2_000_000 + f as i64, "{rel}");
+            }
+        }
+    }
+    assert_eq!(fx.read("dst/same"), "from b");
+}

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::unpack;
 use super::upper::{Attrs, Created, NewDir, Upper, set_attrs_fd, upper_err};
@@ -72,6 +73,9 @@ pub fn copy_knowing(
         dest_kind: resolved.entry().map(|e| e.metadata().kind),
         dest_is_dir,
         hashes,
+        pending: Vec::new(),
+        pending_fds: 0,
+        dirs_after: Vec::new(),
     };
     if req.parents {
         for source in &req.sources {
@@ -156,8 +160,19 @@ pub(crate) fn select(
     Ok(out)
 }
 
-/// A directory with at least this many plain files copies them on several threads.
+/// At least this many plain files waiting are copied on several threads.
 const PARALLEL_COPY_MIN_FILES: usize = 64;
+
+/// Plain files wait for the copy threads until this many are listed (or until the copy of
+/// a source ends)...
+const BATCH_FILES: usize = 4096;
+/// ...or until their directories hold this many fds open (the destination's, and one per
+/// layer of the source's merged view).
+const BATCH_FDS: usize = 256;
+
+/// A copy thread takes the files of one directory at a time, at most this many: creating a
+/// file locks its directory, so two threads filling one directory mostly wait on each other.
+const BATCH_GRAIN: usize = 256;
 
 /// Files up to this size (as the walk saw them) are copied with `read` and `write`: two calls
 /// and an end-of-file `read` per small file, where `io::copy` makes two `statx` and two
@@ -248,6 +263,19 @@ type Known = (String, Option<(crate::digest::Digest, u64)>);
 /// A file copied on a worker: its bytes, and its entry of [`CopyStats::known`].
 type Copied = (u64, Option<Known>);
 
+/// A destination directory being filled: its fd, and what a file created in it gets.
+type DestDir = Arc<(OwnedFd, Created)>;
+
+/// A plain file (a regular file with one link, so no hard link to keep) waiting for the copy
+/// threads: its source directory and entry, its destination directory and path, its metadata.
+struct PlainFile {
+    src_dir: Arc<DirHandle>,
+    entry: Entry,
+    dest_dir: DestDir,
+    target: Vec<String>,
+    attrs: Attrs,
+}
+
 struct Copier<'a> {
     req: &'a CopyRequest,
     src: &'a LayerView,
@@ -262,6 +290,13 @@ struct Copier<'a> {
     dest_is_dir: bool,
     /// Known content digests of source files, for [`CopyStats::known`].
     hashes: Option<&'a dyn FileHashCache>,
+    /// Plain files listed and not yet copied, in listing order ([`Copier::flush`]).
+    pending: Vec<PlainFile>,
+    /// How many fds the directories of `pending` and `dirs_after` hold open (about).
+    pending_fds: usize,
+    /// Directories whose metadata is set once their pending files are copied (a directory's
+    /// time changes with every file created in it), children before parents.
+    dirs_after: Vec<(DestDir, Vec<String>, Attrs)>,
 }
 
 /// What [`CopyStats::known`] lists for a regular file just copied (`copied` bytes) from `e`
@@ -339,7 +374,7 @@ impl Copier<'_> {
                 });
             }
             let dest_comps = self.dest_comps.clone();
-            let handle = self.src.open_dir(e)?;
+            let handle = Arc::new(self.src.open_dir(e)?);
             let (fd, fresh) = if into_dir || dest_comps.is_empty() {
                 (self.up.dir(&dest_comps, self.new_dir)?.0, false)
             } else {
@@ -351,13 +386,15 @@ impl Copier<'_> {
                     .child_dir(&parent, &dest_comps, self.created_dir())?;
                 (fd.0, fd.1)
             };
-            self.copy_contents(&handle, &fd, &dest_comps, "")?;
+            let created = Created::in_dir(&fd);
+            let dest: DestDir = Arc::new((fd, created));
+            self.copy_contents(&handle, &dest, &dest_comps, "")?;
             // A destination directory the copy creates is made like `mkdir -p` (0755, the
             // --chown owner or root), not with the source directory's metadata: BuildKit.
             if fresh {
-                set_attrs_fd(&fd, self.created_dir()).map_err(|err| upper_err(&dest_comps, err))?;
+                self.dirs_after.push((dest, dest_comps, self.created_dir()));
             }
-            return Ok(());
+            return self.flush();
         }
         let (parent_comps, target) = if into_dir {
             let mut t = self.dest_comps.clone();
@@ -368,20 +405,21 @@ impl Copier<'_> {
             (self.dest_comps[..n].to_vec(), self.dest_comps.clone())
         };
         let (parent, _) = self.up.dir(&parent_comps, self.new_dir)?;
-        self.write(e, None, &parent, &target, base)
+        self.write(e, None, &parent, &target, base)?;
+        self.flush()
     }
 
-    /// Copies the children of an open source directory into the upper directory `fd`.
+    /// Copies the children of an open source directory into the upper directory `dest`:
+    /// plain files are listed for the copy threads ([`Copier::flush`]), everything else is
+    /// written in order, here.
     fn copy_contents(
         &mut self,
-        dir: &DirHandle,
-        fd: &OwnedFd,
+        dir: &Arc<DirHandle>,
+        dest: &DestDir,
         comps: &[String],
         rel: &str,
     ) -> Result<(), FileOpError> {
-        // Plain files (one link, so no hard link to keep) are copied together afterwards, on
-        // several threads; everything else in order, here.
-        let mut plain: Vec<(Entry, Vec<String>, Attrs)> = Vec::new();
+        let mut listed = false;
         for child in self.src.read_dir_handle(dir)? {
             let child_rel = if rel.is_empty() {
                 child.name().to_owned()
@@ -398,46 +436,98 @@ impl Copier<'_> {
             target.push(child.name().to_owned());
             if child.metadata().kind == FileKind::File && child.metadata().nlink <= 1 {
                 let attrs = self.attrs(&child);
-                plain.push((child, target, attrs));
+                self.pending.push(PlainFile {
+                    src_dir: Arc::clone(dir),
+                    entry: child,
+                    dest_dir: Arc::clone(dest),
+                    target,
+                    attrs,
+                });
+                if !listed {
+                    listed = true;
+                    self.pending_fds += 1 + dir.open_fds();
+                }
                 continue;
             }
-            self.write(&child, Some(dir), fd, &target, &child_rel)?;
+            self.write(&child, Some(dir), &dest.0, &target, &child_rel)?;
         }
+        if self.pending.len() >= BATCH_FILES || self.pending_fds >= BATCH_FDS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Copies the plain files listed so far, on several threads when there are enough of
+    /// them (many small files cost mostly system calls, which run in parallel, also across
+    /// directories), then sets the metadata of the directories they completed.
+    fn flush(&mut self) -> Result<(), FileOpError> {
+        let plain = std::mem::take(&mut self.pending);
+        self.pending_fds = 0;
         let (src, hashes) = (self.src, self.hashes);
-        let created = Created::in_dir(fd);
-        let copy_one = |(e, target, attrs): &(Entry, Vec<String>, Attrs)| {
-            let n = copy_file(src, Some(dir), e, (fd, &created), target, *attrs)?;
-            Ok::<_, FileOpError>((n, known_digest(hashes, e, target, n)))
+        let copy_one = |f: &PlainFile| {
+            let dest = (&f.dest_dir.0, &f.dest_dir.1);
+            let n = copy_file(src, Some(&f.src_dir), &f.entry, dest, &f.target, f.attrs)?;
+            Ok::<_, FileOpError>((n, known_digest(hashes, &f.entry, &f.target, n)))
         };
         let threads = crate::cpus().min(4);
         let copied: Vec<Copied> = if threads < 2 || plain.len() < PARALLEL_COPY_MIN_FILES {
             plain.iter().map(copy_one).collect::<Result<_, _>>()?
         } else {
-            let chunk = plain.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                let workers: Vec<_> = plain
-                    .chunks(chunk)
-                    .map(|part| {
-                        scope.spawn(move || {
-                            part.iter()
-                                .map(copy_one)
-                                .collect::<Result<Vec<Copied>, _>>()
+            // The files of one directory (up to BATCH_GRAIN) at a time, the next as a thread
+            // is done: a large file does not hold up the files listed after it.
+            let mut runs: Vec<(usize, usize)> = Vec::new();
+            for (i, f) in plain.iter().enumerate() {
+                match runs.last_mut() {
+                    Some((start, end))
+                        if *end - *start < BATCH_GRAIN
+                            && Arc::ptr_eq(&plain[*start].dest_dir, &f.dest_dir) =>
+                    {
+                        *end = i + 1;
+                    }
+                    _ => runs.push((i, i + 1)),
+                }
+            }
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let mut parts: Vec<(usize, Vec<Copied>)> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut done = Vec::new();
+                            loop {
+                                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(&(start, end)) = runs.get(n) else {
+                                    return Ok(done);
+                                };
+                                let copied = plain[start..end]
+                                    .iter()
+                                    .map(copy_one)
+                                    .collect::<Result<_, _>>()?;
+                                done.push((start, copied));
+                            }
                         })
                     })
                     .collect();
-                let mut all = Vec::with_capacity(plain.len());
+                let mut all = Vec::new();
                 for w in workers {
                     // A worker's panic is a bug: passed on as it is.
-                    let part = w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-                    all.extend(part);
+                    let done: Result<Vec<_>, FileOpError> =
+                        w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    all.extend(done?);
                 }
                 Ok::<_, FileOpError>(all)
-            })?
+            })?;
+            // In listing order, for [`CopyStats::known`].
+            parts.sort_unstable_by_key(|(at, _)| *at);
+            parts.into_iter().flat_map(|(_, c)| c).collect()
         };
+        drop(plain);
         self.stats.files += copied.len() as u64;
         for (n, known) in copied {
             self.stats.bytes += n;
             self.stats.known.extend(known);
+        }
+        for (dir, target, attrs) in std::mem::take(&mut self.dirs_after) {
+            set_attrs_fd(&dir.0, attrs).map_err(|err| upper_err(&target, err))?;
         }
         Ok(())
     }
@@ -456,18 +546,25 @@ impl Copier<'_> {
         let attrs = self.attrs(e);
         match m.kind {
             FileKind::Dir => {
-                let handle = match src_parent {
+                let handle = Arc::new(match src_parent {
                     Some(p) => self.src.child_dir(p, e)?,
                     None => self.src.open_dir(e)?,
-                };
+                });
                 let (fd, fresh) = self.up.child_dir(parent, target, attrs)?;
                 if fresh {
                     self.stats.dirs += 1;
                 }
-                self.copy_contents(&handle, &fd, target, rel)?;
+                let created = Created::in_dir(&fd);
+                let dest: DestDir = Arc::new((fd, created));
+                self.copy_contents(&handle, &dest, target, rel)?;
                 // A directory inside the copied tree takes the source's metadata even when
-                // it already existed in the destination (BuildKit overwrites it too).
-                set_attrs_fd(&fd, attrs).map_err(|err| upper_err(target, err))?;
+                // it already existed in the destination (BuildKit overwrites it too): once
+                // its files are copied.
+                self.dirs_after.push((dest, target.to_vec(), attrs));
+                self.pending_fds += 1;
+                if self.pending_fds >= BATCH_FDS {
+                    self.flush()?;
+                }
             }
             FileKind::File => {
                 let key = (e.layer(), m.dev_ino.0, m.dev_ino.1);
@@ -527,9 +624,10 @@ impl Copier<'_> {
         } else {
             DockerIgnore::parse(&format!("**\n!{}", pattern))?
         };
-        let handle = self.src.open_dir(&root)?;
+        let handle = Arc::new(self.src.open_dir(&root)?);
         let mut matched = false;
         self.walk_parents(&handle, &include, &mut Vec::new(), &mut matched)?;
+        self.flush()?;
         let wildcard = self.req.allow_wildcard && contains_wildcards(&pattern);
         if !(matched || (wildcard && self.req.allow_empty_wildcard)) {
             return Err(not_found());
@@ -539,7 +637,7 @@ impl Copier<'_> {
 
     fn walk_parents(
         &mut self,
-        dir: &DirHandle,
+        dir: &Arc<DirHandle>,
         include: &DockerIgnore,
         ancestors: &mut Vec<Entry>,
         matched: &mut bool,
@@ -567,7 +665,7 @@ impl Copier<'_> {
                 comps.push(child.name().to_owned());
                 self.write(&child, Some(dir), &fd, &comps, &rel)?;
             } else if is_dir && include.may_contain_included(&rel) {
-                let handle = self.src.child_dir(dir, &child)?;
+                let handle = Arc::new(self.src.child_dir(dir, &child)?);
                 ancestors.push(child);
                 self.walk_parents(&handle, include, ancestors, matched)?;
                 ancestors.pop();
