@@ -358,7 +358,7 @@ struct StoreBlocks {
 }
 
 impl BlockCache for StoreBlocks {
-    fn get(&self, key: &Digest) -> Option<(Vec<u8>, Digest)> {
+    fn get(&self, key: &Digest) -> Option<(Vec<u8>, u32)> {
         use std::os::unix::fs::FileExt;
         let loc = self.index.get(key)?;
         // A block's deflate bytes are never much larger than the block.
@@ -369,7 +369,7 @@ impl BlockCache for StoreBlocks {
         let f = std::fs::File::open(self.content.path(&loc.blob)).ok()?;
         let mut buf = vec![0; usize::try_from(loc.len).ok()?];
         f.read_exact_at(&mut buf, loc.offset).ok()?;
-        Some((buf, loc.digest))
+        Some((buf, loc.crc32))
     }
 }
 
@@ -424,7 +424,7 @@ pub(crate) fn write_blob(
                 blob: digest,
                 offset: r.offset,
                 len: r.len,
-                digest: r.digest,
+                crc32: r.crc32,
             };
             (r.key, loc)
         })

@@ -305,14 +305,15 @@ impl Chunker {
 
 /// Deflated blocks kept from earlier layers, by [`block_key`]: a block of a new layer whose
 /// bytes were compressed before is copied instead of compressed again. The bytes handed back
-/// are checked against the SHA-256 recorded when they were compressed ([`BlockRef::digest`])
-/// before they are used, so damaged or changed bytes cost a compression. The cache's
-/// key-to-block records are trusted as the store's other records are (a forged record is a
-/// wrong block, as a forged cache record is a wrong layer).
+/// are checked against the CRC-32 recorded when they were compressed ([`BlockRef::crc32`])
+/// before they are used, so damaged bytes cost a compression. The check is against damage:
+/// the cache's records and the blobs they point into are the store's, trusted as its other
+/// records are (a forged record is a wrong block, as a forged cache record is a wrong layer).
+/// What must resist a forgery is the key, which is a SHA-256 of content a build controls.
 pub trait BlockCache: Send + Sync {
-    /// The gzip member of the block with this key, if known, and the SHA-256 recorded for
-    /// its bytes.
-    fn get(&self, key: &Digest) -> Option<(Vec<u8>, Digest)>;
+    /// The gzip member of the block with this key, if known, and the CRC-32 recorded for its
+    /// bytes.
+    fn get(&self, key: &Digest) -> Option<(Vec<u8>, u32)>;
 }
 
 /// Where one block of a finished gzip blob lies, for a [`BlockCache`].
@@ -324,8 +325,8 @@ pub struct BlockRef {
     pub offset: u64,
     /// Length of its gzip member.
     pub len: u64,
-    /// SHA-256 of its gzip member, checked when a later blob reuses it.
-    pub digest: Digest,
+    /// CRC-32 of its gzip member, checked when a later blob reuses it.
+    pub crc32: u32,
 }
 
 /// A fingerprint of the deflate implementation and level: the compression of a fixed probe.
@@ -381,8 +382,8 @@ pub struct BlockReuse {
 /// One compressed block, as a worker hands it back.
 struct Piece {
     key: Option<Digest>,
-    /// SHA-256 of `bytes` (when `key` is set).
-    digest: Option<Digest>,
+    /// CRC-32 of `bytes` (when `key` is set).
+    crc32: Option<u32>,
     /// The bytes came from the cache.
     reused: bool,
     raw_len: usize,
@@ -518,12 +519,12 @@ fn write_pieces<W: Write>(
         diff.update(&piece.spare);
         inner.write_all(&piece.bytes)?;
         reused += usize::from(piece.reused);
-        if let (Some(key), Some(digest)) = (piece.key, piece.digest)
+        if let (Some(key), Some(crc32)) = (piece.key, piece.crc32)
             && piece.raw_len >= GZIP_BLOCK_RECORD_MIN
         {
             blocks.push(BlockRef {
                 key,
-                digest,
+                crc32,
                 offset: written,
                 len: piece.bytes.len() as u64,
             });
@@ -576,12 +577,12 @@ impl<W: Write + Send + 'static> Write for ParallelGzip<W> {
 fn compress_piece(data: Vec<u8>, reuse: Option<&BlockReuse>) -> io::Result<Piece> {
     let key = reuse.map(|r| block_key(&r.namespace, &data));
     if let (Some(r), Some(k)) = (reuse, &key)
-        && let Some((bytes, digest)) = r.cache.get(k)
-        && Digest::of(&bytes) == digest
+        && let Some((bytes, crc32)) = r.cache.get(k)
+        && libdeflater::crc32(&bytes) == crc32
     {
         return Ok(Piece {
             key,
-            digest: Some(digest),
+            crc32: Some(crc32),
             reused: true,
             raw_len: data.len(),
             bytes,
@@ -592,7 +593,7 @@ fn compress_piece(data: Vec<u8>, reuse: Option<&BlockReuse>) -> io::Result<Piece
     Ok(Piece {
         key,
         // Only blocks that may be recorded for reuse need it.
-        digest: key.map(|_| Digest::of(&bytes)),
+        crc32: key.map(|_| libdeflater::crc32(&bytes)),
         reused: false,
         raw_len: data.len(),
         bytes,
@@ -778,12 +779,12 @@ mod tests {
     /// An in-memory block cache that counts hits.
     #[derive(Default)]
     struct Memory {
-        blocks: std::sync::Mutex<std::collections::HashMap<Digest, (Vec<u8>, Digest)>>,
+        blocks: std::sync::Mutex<std::collections::HashMap<Digest, (Vec<u8>, u32)>>,
         hits: std::sync::atomic::AtomicUsize,
     }
 
     impl BlockCache for Memory {
-        fn get(&self, key: &Digest) -> Option<(Vec<u8>, Digest)> {
+        fn get(&self, key: &Digest) -> Option<(Vec<u8>, u32)> {
             let b = self.blocks.lock().unwrap().get(key).cloned();
             if b.is_some() {
                 self.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -799,7 +800,7 @@ mod tests {
                 self.blocks
                     .lock()
                     .unwrap()
-                    .insert(r.key, (blob[range].to_vec(), r.digest));
+                    .insert(r.key, (blob[range].to_vec(), r.crc32));
             }
         }
         fn hits(&self) -> usize {
@@ -859,7 +860,7 @@ mod tests {
         let (first, info) = gzip(&data, Some(reuse.clone()));
         mem.learn(&first, &info);
         // Damage every entry a different way: a flipped byte, a truncation, the bytes of
-        // another block, a valid member of other bytes, and the recorded digest instead of
+        // another block, a valid member of other bytes, and the recorded CRC-32 instead of
         // the bytes.
         let keys: Vec<Digest> = info.blocks.iter().map(|b| b.key).collect();
         assert!(keys.len() >= 5, "{} blocks", keys.len());
@@ -867,7 +868,7 @@ mod tests {
             let mut m = mem.blocks.lock().unwrap();
             let other = m[&keys[1]].0.clone();
             for (i, k) in keys.iter().enumerate() {
-                let (bytes, digest) = m.get_mut(k).unwrap();
+                let (bytes, crc32) = m.get_mut(k).unwrap();
                 match i % 5 {
                     0 => {
                         let mid = bytes.len() / 2;
@@ -876,7 +877,7 @@ mod tests {
                     1 => bytes.truncate(bytes.len() / 2),
                     2 => *bytes = other.clone(),
                     3 => *bytes = gzip_member(&data[..1000]).unwrap(),
-                    _ => *digest = Digest::of(b"not these bytes"),
+                    _ => *crc32 ^= 1,
                 }
             }
         }

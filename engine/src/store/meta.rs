@@ -21,14 +21,17 @@ const FILE_HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("file_ha
 const SBOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("sbom_catalogs_v1");
 /// Where a gzip block's deflate bytes lie in a layer blob, by the block's key
 /// ([`crate::oci::compress::block_key`]): 32 bytes of blob digest, offset and length (u64 LE),
-/// 32 bytes of the deflate bytes' SHA-256.
-const GZIP_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gzip_blocks_v2");
-/// The index before it recorded the deflate bytes' SHA-256 (reused blocks were inflated to
-/// check them); deleted at open.
-const GZIP_BLOCKS_V1: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gzip_blocks_v1");
+/// the deflate bytes' CRC-32 (u32 LE).
+const GZIP_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gzip_blocks_v3");
+/// Earlier forms of the index, deleted at open: v1 recorded no check of the deflate bytes
+/// (reused blocks were inflated to check them), v2 their SHA-256.
+const GZIP_BLOCKS_OLD: [TableDefinition<&[u8], &[u8]>; 2] = [
+    TableDefinition::new("gzip_blocks_v1"),
+    TableDefinition::new("gzip_blocks_v2"),
+];
 
-/// Where one reusable gzip block lies: in blob `blob`, `len` bytes at `offset`, and what
-/// those bytes hash to.
+/// Where one reusable gzip block lies: in blob `blob`, `len` bytes at `offset`, and their
+/// CRC-32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockLoc {
     /// The layer blob holding the block.
@@ -37,30 +40,30 @@ pub struct BlockLoc {
     pub offset: u64,
     /// Length of the block's deflate bytes.
     pub len: u64,
-    /// SHA-256 of the block's deflate bytes, recorded when they were compressed.
-    pub digest: Digest,
+    /// CRC-32 of the block's deflate bytes, recorded when they were compressed.
+    pub crc32: u32,
 }
 
 impl BlockLoc {
-    fn encode(&self) -> [u8; 80] {
-        let mut v = [0u8; 80];
+    fn encode(&self) -> [u8; 52] {
+        let mut v = [0u8; 52];
         v[..32].copy_from_slice(self.blob.as_bytes());
         v[32..40].copy_from_slice(&self.offset.to_le_bytes());
         v[40..48].copy_from_slice(&self.len.to_le_bytes());
-        v[48..].copy_from_slice(self.digest.as_bytes());
+        v[48..].copy_from_slice(&self.crc32.to_le_bytes());
         v
     }
 
     fn decode(v: &[u8]) -> Option<Self> {
-        let v: &[u8; 80] = v.try_into().ok()?;
+        let v: &[u8; 52] = v.try_into().ok()?;
         let (blob, rest) = v.split_at(32);
         let (offset, rest) = rest.split_at(8);
-        let (len, digest) = rest.split_at(8);
+        let (len, crc32) = rest.split_at(8);
         Some(Self {
             blob: Digest::from_bytes(blob.try_into().ok()?),
             offset: u64::from_le_bytes(offset.try_into().ok()?),
             len: u64::from_le_bytes(len.try_into().ok()?),
-            digest: Digest::from_bytes(digest.try_into().ok()?),
+            crc32: u32::from_le_bytes(crc32.try_into().ok()?),
         })
     }
 }
@@ -206,7 +209,9 @@ impl MetaStore {
         tx.open_table(FILE_HASHES)?;
         tx.open_table(SBOMS)?;
         tx.open_table(GZIP_BLOCKS)?;
-        tx.delete_table(GZIP_BLOCKS_V1)?;
+        for old in GZIP_BLOCKS_OLD {
+            tx.delete_table(old)?;
+        }
         tx.commit()?;
         Ok(Self { db })
     }
@@ -448,38 +453,53 @@ impl GzipBlocks {
 mod tests {
     use super::*;
 
-    /// A store written before the index recorded the deflate bytes' digest: its v1 entries
-    /// are dropped at open (they would be misses), and new entries round-trip.
+    /// A store written with an earlier form of the index (v1: no check of the deflate bytes,
+    /// v2: their SHA-256): its entries are dropped at open (they would be misses), and new
+    /// entries round-trip.
     #[test]
-    fn the_old_gzip_block_index_is_dropped_and_new_entries_round_trip() {
+    fn old_gzip_block_indexes_are_dropped_and_new_entries_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.redb");
         {
             let db = Database::create(&path).unwrap();
             let tx = db.begin_write().unwrap();
-            tx.open_table(GZIP_BLOCKS_V1)
-                .unwrap()
-                .insert(&[1u8; 32][..], &[2u8; 48][..])
-                .unwrap();
+            for (old, len) in GZIP_BLOCKS_OLD.into_iter().zip([48, 80]) {
+                tx.open_table(old)
+                    .unwrap()
+                    .insert(&[1u8; 32][..], &vec![2u8; len][..])
+                    .unwrap();
+            }
             tx.commit().unwrap();
         }
         let m = MetaStore::open(&path).unwrap();
         {
             let tx = m.db.begin_read().unwrap();
-            assert!(tx.open_table(GZIP_BLOCKS_V1).is_err(), "v1 table deleted");
+            for old in GZIP_BLOCKS_OLD {
+                assert!(
+                    tx.open_table(old).is_err(),
+                    "{} deleted",
+                    redb::TableHandle::name(&old)
+                );
+            }
         }
         let key = Digest::of(b"block");
         let loc = BlockLoc {
             blob: Digest::of(b"blob"),
             offset: 7,
             len: 9,
-            digest: Digest::of(b"deflate bytes"),
+            crc32: 0xdead_beef,
         };
         let mut s = StagedRecords::default();
         s.gzip_blocks.insert(key, loc);
         m.commit(&s).unwrap();
         assert_eq!(m.gzip_blocks().get(&key), Some(loc));
-        assert_eq!(BlockLoc::decode(&[2u8; 48]), None, "a v1 value is not read");
+        for len in [48, 80] {
+            assert_eq!(
+                BlockLoc::decode(&vec![2u8; len]),
+                None,
+                "an old value is not read"
+            );
+        }
     }
 
     #[test]
