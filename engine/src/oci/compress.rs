@@ -418,7 +418,8 @@ struct ParallelGzip<W: Write + Send + 'static> {
     chunker: Chunker,
     reuse: Option<BlockReuse>,
     /// Blocks being compressed, in stream order, to the writer thread; bounded, so at most
-    /// about one block per CPU is in flight.
+    /// about two blocks per CPU are in flight (one per CPU left the tar thread waiting on
+    /// the writer a quarter of the time when most blocks are reused).
     queue: Option<std::sync::mpsc::SyncSender<PieceJob>>,
     /// Block buffers the writer thread hands back, to fill again (fresh 2 MiB buffers cost
     /// page faults).
@@ -429,7 +430,7 @@ struct ParallelGzip<W: Write + Send + 'static> {
 impl<W: Write + Send + 'static> ParallelGzip<W> {
     fn new(inner: W, reuse: Option<BlockReuse>) -> io::Result<Self> {
         let threads = crate::cpus().clamp(1, 16);
-        let (queue, jobs) = std::sync::mpsc::sync_channel(threads);
+        let (queue, jobs) = std::sync::mpsc::sync_channel(2 * threads);
         let (give, spare) = std::sync::mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("kiln-gzip-out".into())
