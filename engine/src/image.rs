@@ -358,7 +358,7 @@ struct StoreBlocks {
 }
 
 impl BlockCache for StoreBlocks {
-    fn get(&self, key: &Digest) -> Option<(Vec<u8>, u32)> {
+    fn get(&self, key: &crate::oci::compress::BlockKey) -> Option<(Vec<u8>, u32)> {
         use std::os::unix::fs::FileExt;
         let loc = self.index.get(key)?;
         // A block's deflate bytes are never much larger than the block.
@@ -383,7 +383,7 @@ pub(crate) struct WrittenBlob {
     /// The layer has no entries.
     pub empty: bool,
     /// gzip block index entries to record (key → where this blob holds the block).
-    pub blocks: Vec<(Digest, crate::store::meta::BlockLoc)>,
+    pub blocks: Vec<(crate::oci::compress::BlockKey, crate::store::meta::BlockLoc)>,
     /// gzip blocks copied from earlier blobs rather than compressed.
     pub reused: usize,
 }

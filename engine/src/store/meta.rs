@@ -162,7 +162,7 @@ pub struct StagedRecords {
     /// Layer chain key → the SBOM catalog of that file system (JSON).
     pub sboms: BTreeMap<String, Vec<u8>>,
     /// gzip block key → where a new blob holds it.
-    pub gzip_blocks: BTreeMap<Digest, BlockLoc>,
+    pub gzip_blocks: BTreeMap<crate::oci::compress::BlockKey, BlockLoc>,
 }
 
 impl StagedRecords {
@@ -440,7 +440,7 @@ impl std::fmt::Debug for GzipBlocks {
 
 impl GzipBlocks {
     /// Where the block with `key` lies, if an earlier blob holds it.
-    pub fn get(&self, key: &Digest) -> Option<BlockLoc> {
+    pub fn get(&self, key: &crate::oci::compress::BlockKey) -> Option<BlockLoc> {
         let tx = self.db.begin_read().ok()?;
         let t = tx.open_table(GZIP_BLOCKS).ok()?;
         let v = t.get(key.as_bytes().as_slice()).ok()??;
@@ -482,7 +482,7 @@ mod tests {
                 );
             }
         }
-        let key = Digest::of(b"block");
+        let key = crate::oci::compress::BlockKey([7; 32]);
         let loc = BlockLoc {
             blob: Digest::of(b"blob"),
             offset: 7,
