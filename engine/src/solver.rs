@@ -77,21 +77,27 @@ struct PendingCheck {
     task: tokio::task::JoinHandle<Result<(), OpError>>,
 }
 
+impl Drop for PendingCheck {
+    /// A check nobody waits for (the build failed or was cancelled first) is stopped.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Solved {
     /// Waits for the checks of the steps that read the client's files: each digests those
     /// files again and fails if they changed after they were digested for the step's cache key
     /// (the step may then have read other bytes than the key says, so its result belongs to no
     /// key). Nothing of the build may be committed, or leave the store, before this succeeds.
     pub async fn verify(&mut self) -> Result<(), SolveError> {
-        for check in std::mem::take(&mut self.checks) {
-            let result = check
-                .task
+        for mut check in std::mem::take(&mut self.checks) {
+            let result = (&mut check.task)
                 .await
                 .map_err(|e| SolveError::Internal(format!("step check failed: {e}")))?;
             if let Err(error) = result {
                 return Err(SolveError::Vertex {
                     vertex: check.vertex,
-                    name: check.name,
+                    name: std::mem::take(&mut check.name),
                     error,
                 });
             }

@@ -289,7 +289,9 @@ impl MetaStore {
     ) -> Result<std::collections::HashMap<crate::fileop::FileKey, Digest>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(FILE_HASHES)?;
-        let mut out = std::collections::HashMap::new();
+        let mut out = std::collections::HashMap::with_capacity(
+            usize::try_from(redb::ReadableTableMetadata::len(&t)?).unwrap_or(0),
+        );
         for item in t.iter()? {
             let (k, v) = item?;
             let (Some(key), Ok(d)) = (
