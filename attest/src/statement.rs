@@ -83,7 +83,7 @@ impl Statement {
     /// Canonical JSON (keys sorted at every depth, compact) with `_type` = [`STATEMENT_V1`].
     /// A `null` predicate is omitted; an empty subject name is omitted.
     pub fn to_json(&self) -> Vec<u8> {
-        write_statement(&self.subject, &self.predicate_type, |out| {
+        write_statement(&self.subject, &self.predicate_type, 0, |out| {
             if self.predicate.is_null() {
                 return false;
             }
@@ -101,7 +101,7 @@ impl Statement {
         predicate_type: &str,
         predicate: &[u8],
     ) -> Vec<u8> {
-        write_statement(subject, predicate_type, |out| {
+        write_statement(subject, predicate_type, predicate.len(), |out| {
             out.extend_from_slice(predicate);
             true
         })
@@ -214,9 +214,13 @@ pub(crate) fn is_valid_digest(algorithm: &str, value: &str) -> bool {
 /// The statement object's members in canonical (byte) order, written directly: the predicate
 /// can be megabytes of SBOM and is not copied into a new object. `predicate` writes the
 /// predicate's value and says whether it wrote one (a `null` predicate is omitted).
+/// The statement's bytes, the predicate written by `predicate` (`false`: none); room for
+/// `predicate_len` bytes of it is made up front (an SBOM of megabytes would otherwise be
+/// copied again when the fields after it outgrow the buffer).
 fn write_statement(
     subject: &[Subject],
     predicate_type: &str,
+    predicate_len: usize,
     predicate: impl FnOnce(&mut Vec<u8>) -> bool,
 ) -> Vec<u8> {
     let subjects: Vec<Value> = subject
@@ -235,7 +239,7 @@ fn write_statement(
             Value::Object(m)
         })
         .collect();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(predicate_len + 1024);
     out.extend_from_slice(b"{\"_type\":");
     canonical::write_str(STATEMENT_V1, &mut out);
     let mark = out.len();
