@@ -488,12 +488,17 @@ impl Copier<'_> {
                 }
             }
             let next = std::sync::atomic::AtomicUsize::new(0);
+            // The first error stops the other threads at their next directory.
+            let failed = std::sync::atomic::AtomicBool::new(false);
             let mut parts: Vec<(usize, Vec<Copied>)> = std::thread::scope(|scope| {
                 let workers: Vec<_> = (0..threads)
                     .map(|_| {
                         scope.spawn(|| {
                             let mut done = Vec::new();
                             loop {
+                                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                                    return Ok(done);
+                                }
                                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 let Some(&(start, end)) = runs.get(n) else {
                                     return Ok(done);
@@ -501,7 +506,10 @@ impl Copier<'_> {
                                 let copied = plain[start..end]
                                     .iter()
                                     .map(copy_one)
-                                    .collect::<Result<_, _>>()?;
+                                    .collect::<Result<_, _>>()
+                                    .inspect_err(|_| {
+                                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                    })?;
                                 done.push((start, copied));
                             }
                         })
