@@ -27,7 +27,7 @@
 //! with the same bytes as a block of an earlier layer has the same member bytes. With a
 //! [`BlockCache`] ([`BlobWriter::with_reuse`]) those are copied from the earlier blob instead
 //! of compressed again, after checking that they are the bytes recorded for the block (their
-//! SHA-256, taken when they were first compressed): a layer with one changed file costs the
+//! CRC-32, taken when they were first compressed): a layer with one changed file costs the
 //! compression of one or two blocks. The result is byte-identical to a cold compression.
 
 use std::io::{self, Read, Write};
@@ -309,7 +309,7 @@ impl Chunker {
 /// before they are used, so damaged bytes cost a compression. The check is against damage:
 /// the cache's records and the blobs they point into are the store's, trusted as its other
 /// records are (a forged record is a wrong block, as a forged cache record is a wrong layer).
-/// What must resist a forgery is the key, which is a SHA-256 of content a build controls.
+/// What must resist a forgery is the key, a BLAKE3 hash of content a build controls.
 pub trait BlockCache: Send + Sync {
     /// The gzip member of the block with this key, if known, and the CRC-32 recorded for its
     /// bytes.
