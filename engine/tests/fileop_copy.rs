@@ -7,7 +7,8 @@ use std::path::Path;
 
 use kiln_engine::Digest;
 use kiln_engine::fileop::{
-    CopyRequest, FileHashCache, FileKey, FileOpError, content_digest_cached, copy, copy_knowing,
+    CopyRequest, FileHash, FileHashCache, FileKey, FileOpError, KnownContent,
+    content_digest_cached, copy, copy_knowing,
 };
 use kiln_engine::fsview::LayerView;
 use tempfile::TempDir;
@@ -491,15 +492,25 @@ fn a_large_directory_is_copied_whole_with_each_files_metadata() {
 
 /// File hashes remembered in memory, as the store's are by a build.
 #[derive(Default)]
-struct Hashes(std::sync::Mutex<std::collections::HashMap<FileKey, Digest>>);
+struct Hashes(std::sync::Mutex<std::collections::HashMap<FileKey, FileHash>>);
 
 impl FileHashCache for Hashes {
-    fn get(&self, key: &FileKey) -> Option<Digest> {
+    fn get(&self, key: &FileKey) -> Option<FileHash> {
         self.0.lock().unwrap().get(key).copied()
     }
-    fn put(&self, key: FileKey, digest: Digest) {
-        self.0.lock().unwrap().insert(key, digest);
+    fn put(&self, key: FileKey, hash: FileHash) {
+        self.0.lock().unwrap().insert(key, hash);
     }
+}
+
+/// What a COPY should list for a file of content `bytes`.
+fn content_of(bytes: &[u8]) -> Option<KnownContent> {
+    use sha1::Digest as _;
+    Some(KnownContent {
+        sha256: Digest::of(bytes),
+        sha1: sha1::Sha1::digest(bytes).into(),
+        size: bytes.len() as u64,
+    })
 }
 
 #[test]
@@ -519,6 +530,23 @@ fn a_copy_lists_the_known_digest_of_each_file_it_wrote() {
         fx.ctx.path().join("src/linked2"),
     )
     .unwrap();
+    // A file with capabilities: the cache key hashes them too, the listed SHA-256 is the
+    // content's alone.
+    let with_cap = rustix::process::geteuid().is_root();
+    if with_cap {
+        // VFS_CAP_REVISION_2 with CAP_NET_BIND_SERVICE permitted and effective.
+        let cap: [u8; 20] = [0, 0, 0, 2, 0, 4, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let file = fs::File::open(fx.ctx.path().join("src/f03.txt")).unwrap();
+        rustix::fs::fsetxattr(
+            &file,
+            "security.capability",
+            &cap,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    } else {
+        println!("not checked: a file with capabilities (needs root to set them)");
+    }
     let src = LayerView::plain(fx.ctx.path());
     let dest = LayerView::new(vec![fx.lower.path().to_owned()]);
     // The cache key's walk learns every file's digest; then one file changes (a new identity
@@ -526,6 +554,18 @@ fn a_copy_lists_the_known_digest_of_each_file_it_wrote() {
     let hashes = Hashes::default();
     content_digest_cached(&src, &[".".to_owned()], Some(&hashes)).unwrap();
     assert_eq!(hashes.0.lock().unwrap().len(), 81);
+    let keyed_apart = hashes
+        .0
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|h| h.key != h.sha256)
+        .count();
+    assert_eq!(
+        keyed_apart,
+        usize::from(with_cap),
+        "only a file with capabilities"
+    );
     std::thread::sleep(std::time::Duration::from_millis(20));
     fs::remove_file(fx.ctx.path().join("src/f07.txt")).unwrap();
     write(fx.ctx.path(), "src/f07.txt", "changed");
@@ -554,7 +594,7 @@ fn a_copy_lists_the_known_digest_of_each_file_it_wrote() {
             // Not known: the changed file, and the second name of a hard link (a link, not a
             // copy).
             "/ctx/src/f07.txt" | "/ctx/src/linked2" => assert_eq!(*d, None, "{path}"),
-            _ => assert_eq!(*d, Some((Digest::of(&bytes), bytes.len() as u64)), "{path}"),
+            _ => assert_eq!(*d, content_of(&bytes), "{path}"),
         }
     }
     assert!(known.contains_key("/ctx/src/f00.txt"));
@@ -579,10 +619,7 @@ fn a_copy_lists_the_known_digest_of_each_file_it_wrote() {
         Some(&hashes),
     )
     .unwrap();
-    assert_eq!(
-        stats.known,
-        [("/z/a.txt".to_owned(), Some((Digest::of(b"A"), 1)))]
-    );
+    assert_eq!(stats.known, [("/z/a.txt".to_owned(), content_of(b"A"))]);
 }
 
 #[test]

@@ -515,57 +515,30 @@ fn catalog_with_facts(
     let mut facts = tree::LayerFacts::new(&tree, ids, made_now, |id| {
         store.and_then(|s| s.meta.sbom(&tree::facts_key(id)).ok().flatten())
     });
-    if let Some(store) = store {
-        for (id, files) in &copied {
-            facts.seed(id, copied_facts(store, files));
-        }
+    for (id, files) in &copied {
+        facts.seed(id, copied_facts(files));
     }
     let sbom = sbom::catalog_with(&tree, &mut facts)?;
     let mut fresh = facts.fresh();
     fresh.extend(fresh_listings);
-    // The SHA-1s the store does not have yet (a transient layer's files are hashed again).
-    if let Some(store) = store {
-        let sha1s = facts.sha1s();
-        let keys: Vec<String> = sha1s.iter().map(|(k, _)| k.clone()).collect();
-        let have = store.meta.sboms(&keys).unwrap_or_default();
-        fresh.extend(
-            sha1s
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| have.get(*i).is_none_or(Option::is_none))
-                .map(|(_, r)| r),
-        );
-    }
     Ok((sbom, fresh))
 }
 
-/// The catalog facts of files a COPY wrote with known SHA-256s, for those whose content's
-/// SHA-1 the store knows (learned by an earlier catalog); the others are read as usual. A
-/// store that cannot be read only means fewer facts.
-fn copied_facts(
-    store: &crate::store::Store,
-    files: &crate::ops::CopiedDigests,
-) -> Vec<(String, sbom::FileFacts)> {
-    let hexes: Vec<String> = files.values().map(|(d, _)| d.hex()).collect();
-    let keys: Vec<String> = hexes.iter().map(|h| tree::sha1_key(h)).collect();
-    let Ok(sha1s) = store.meta.sboms(&keys) else {
-        return Vec::new();
-    };
+/// The catalog facts of the files a COPY wrote with their content known (the file-hash cache
+/// hashed them with SHA-256 and SHA-1 as the cache key's walk read them): not read again.
+fn copied_facts(files: &crate::ops::CopiedDigests) -> Vec<(String, sbom::FileFacts)> {
     files
         .iter()
-        .zip(hexes)
-        .zip(sha1s)
-        .filter_map(|(((path, (_, size)), sha256), sha1)| {
-            let sha1 = String::from_utf8(sha1?).ok()?;
-            Some((
+        .map(|(path, c)| {
+            (
                 path.clone(),
                 sbom::FileFacts {
-                    sha256,
-                    sha1,
-                    size: *size,
+                    sha256: c.sha256.hex(),
+                    sha1: hex::encode(c.sha1),
+                    size: c.size,
                     scan: None,
                 },
-            ))
+            )
         })
         .collect()
 }
@@ -742,20 +715,9 @@ mod tests {
         let (learned, fresh) =
             catalog_with_facts(Some(&store), layers.clone(), made_now.clone().into()).unwrap();
         assert_eq!(plain, learned, "facts change nothing in the result");
-        let (sha1s, others): (Vec<_>, Vec<_>) =
-            fresh.iter().partition(|(k, _)| k.starts_with("sha1:"));
-        let keys: Vec<&str> = others.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = fresh.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["facts:0123abcd", "listing:0123abcd"]);
-        // The SHA-1 of every content hashed, the transient layer's included, by its SHA-256.
-        let mut expected: Vec<(String, Vec<u8>)> = plain
-            .files
-            .iter()
-            .map(|f| (tree::sha1_key(&f.sha256), f.sha1.as_bytes().to_vec()))
-            .collect();
-        expected.sort();
-        assert_eq!(expected.len(), 3);
-        let sha1s: Vec<(String, Vec<u8>)> = sha1s.into_iter().cloned().collect();
-        assert_eq!(sha1s, expected);
+        assert_eq!(plain.files.len(), 3);
         let mut staged = crate::store::StagedRecords::default();
         staged.sboms.extend(fresh);
         store.meta.commit(&staged).unwrap();
@@ -779,79 +741,68 @@ mod tests {
 
     #[test]
     fn files_a_copy_wrote_with_known_digests_are_not_read_and_the_catalog_is_the_same() {
+        use sha1::Digest as _;
         let root = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(&root.path().join("store")).unwrap();
-        let layer = root.path().join("89abcdef");
-        std::fs::create_dir_all(layer.join("ctx")).unwrap();
-        std::fs::write(layer.join("ctx/a.txt"), b"alpha").unwrap();
-        std::fs::write(layer.join("ctx/b.txt"), b"bravo").unwrap();
-        std::fs::write(layer.join("ctx/c.txt"), b"charlie").unwrap();
-        let layers = vec![layer.clone()];
-        let plain = catalog(layers.clone()).unwrap();
-        let ids: std::collections::BTreeSet<String> = ["89abcdef".to_owned()].into();
-
-        // A first build learns the SHA-1 of what it hashed; its layer's facts are not kept.
-        let (_, fresh) =
-            catalog_with_facts(Some(&store), layers.clone(), ids.clone().into()).unwrap();
-        let mut staged = crate::store::StagedRecords::default();
-        staged.sboms.extend(fresh);
-        store.meta.commit(&staged).unwrap();
-
-        // A later build's COPY wrote the same contents (another layer, the same digests), and
-        // one file whose content no catalog has seen.
-        let copied: std::collections::BTreeMap<String, (Digest, u64)> = [
-            ("/ctx/a.txt".to_owned(), (Digest::of(b"alpha"), 5)),
-            ("/ctx/b.txt".to_owned(), (Digest::of(b"bravo"), 5)),
-            ("/ctx/d.txt".to_owned(), (Digest::of(b"delta"), 5)),
+        let known = |bytes: &[u8]| crate::fileop::KnownContent {
+            sha256: Digest::of(bytes),
+            sha1: sha1::Sha1::digest(bytes).into(),
+            size: bytes.len() as u64,
+        };
+        // The COPY knew a, b and d (the file-hash cache hashed them); c is not from it.
+        let copied: std::collections::BTreeMap<String, crate::fileop::KnownContent> = [
+            ("/ctx/a.txt".to_owned(), known(b"alpha")),
+            ("/ctx/b.txt".to_owned(), known(b"bravo")),
+            ("/ctx/d.txt".to_owned(), known(b"delta")),
         ]
         .into();
-        let later = root.path().join("fedcba98");
-        std::fs::create_dir_all(later.join("ctx")).unwrap();
+        let layer = root.path().join("fedcba98");
+        std::fs::create_dir_all(layer.join("ctx")).unwrap();
         for (name, bytes) in [
             ("a.txt", &b"alpha"[..]),
             ("b.txt", b"bravo"),
             ("c.txt", b"charlie"),
             ("d.txt", b"delta"),
         ] {
-            std::fs::write(later.join("ctx").join(name), bytes).unwrap();
+            std::fs::write(layer.join("ctx").join(name), bytes).unwrap();
         }
-        let layers = vec![later.clone()];
-        let plain_later = catalog(layers.clone()).unwrap();
+        let layers = vec![layer.clone()];
+        let plain = catalog(layers.clone()).unwrap();
         let made_now = MadeNow {
             ids: ["fedcba98".to_owned()].into(),
             copied: [("fedcba98".to_owned(), std::sync::Arc::new(copied))].into(),
         };
         let (seeded, fresh) =
             catalog_with_facts(Some(&store), layers.clone(), made_now.clone()).unwrap();
-        assert_eq!(
-            seeded, plain_later,
-            "known digests change nothing in the result"
+        assert_eq!(seeded, plain, "known digests change nothing in the result");
+        assert!(
+            fresh.is_empty(),
+            "a transient layer's facts are not kept: {fresh:?}"
         );
-        // Only d.txt's content was new: c.txt (not copied) was read again, but its SHA-1 is
-        // in the store already.
-        let sha1s: Vec<&str> = fresh.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(sha1s, [tree::sha1_key(&Digest::of(b"delta").hex())]);
 
-        // Proof that a and b were not read: rewritten behind the catalog's back (same size),
-        // the catalog still reports the digests the copy knew, while d (read) shows the change.
-        std::fs::write(later.join("ctx/a.txt"), b"ALPHA").unwrap();
-        std::fs::write(later.join("ctx/d.txt"), b"DELTA").unwrap();
+        // Proof that the copied files were not read: rewritten behind the catalog's back
+        // (same size), the catalog still reports the digests the copy knew, while c (read)
+        // shows the change.
+        std::fs::write(layer.join("ctx/a.txt"), b"ALPHA").unwrap();
+        std::fs::write(layer.join("ctx/c.txt"), b"CHARLIE").unwrap();
         let (seeded, _) = catalog_with_facts(Some(&store), layers.clone(), made_now).unwrap();
-        let sha256_of = |sbom: &sbom::Sbom, path: &str| {
-            sbom.files
-                .iter()
-                .find(|f| f.path == path)
-                .map(|f| f.sha256.clone())
-                .unwrap()
+        let file = |sbom: &sbom::Sbom, path: &str| {
+            let f = sbom.files.iter().find(|f| f.path == path).unwrap();
+            (f.sha256.clone(), f.sha1.clone())
         };
-        assert_eq!(sha256_of(&seeded, "/ctx/a.txt"), Digest::of(b"alpha").hex());
-        assert_eq!(sha256_of(&seeded, "/ctx/d.txt"), Digest::of(b"DELTA").hex());
+        let a = known(b"alpha");
+        assert_eq!(
+            file(&seeded, "/ctx/a.txt"),
+            (a.sha256.hex(), hex::encode(a.sha1))
+        );
+        assert_eq!(file(&seeded, "/ctx/a.txt"), file(&plain, "/ctx/a.txt"));
+        assert_eq!(file(&seeded, "/ctx/c.txt").0, Digest::of(b"CHARLIE").hex());
         // Without the copy's digests, every file is read.
         let plain_after = catalog(layers).unwrap();
         assert_eq!(
-            sha256_of(&plain_after, "/ctx/a.txt"),
+            file(&plain_after, "/ctx/a.txt").0,
             Digest::of(b"ALPHA").hex()
         );
-        assert_eq!(plain.files.len(), 3);
+        assert_eq!(plain.files.len(), 4);
     }
 }

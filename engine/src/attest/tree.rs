@@ -129,19 +129,11 @@ pub struct LayerFacts<'a> {
     /// (a `--no-cache` build, a step whose input changed). Once a later build reuses one, its
     /// facts are learned then.
     transient: std::collections::BTreeSet<String>,
-    /// The SHA-1 of each content the catalog hashed, by SHA-256 (lowercase hex both): a file
-    /// of the same content in another layer needs only its SHA-256 then ([`LayerFacts::seed`]).
-    sha1s: std::collections::BTreeMap<String, String>,
 }
 
 /// The store key of a layer's facts.
 pub fn facts_key(layer_id: &str) -> String {
     format!("facts:{layer_id}")
-}
-
-/// The store key of the SHA-1 of the content whose SHA-256 is `sha256_hex`.
-pub fn sha1_key(sha256_hex: &str) -> String {
-    format!("sha1:{sha256_hex}")
 }
 
 impl<'a> LayerFacts<'a> {
@@ -166,7 +158,6 @@ impl<'a> LayerFacts<'a> {
             known,
             changed: Default::default(),
             transient,
-            sha1s: Default::default(),
         }
     }
 
@@ -194,15 +185,6 @@ impl<'a> LayerFacts<'a> {
             })
             .collect()
     }
-
-    /// The SHA-1 of every content this catalog hashed, as records (store key, SHA-1 hex) by
-    /// SHA-256, sorted.
-    pub fn sha1s(&self) -> Vec<(String, Vec<u8>)> {
-        self.sha1s
-            .iter()
-            .map(|(sha256, sha1)| (sha1_key(sha256), sha1.as_bytes().to_vec()))
-            .collect()
-    }
 }
 
 impl kiln_attest::sbom::FactsCache for LayerFacts<'_> {
@@ -211,10 +193,6 @@ impl kiln_attest::sbom::FactsCache for LayerFacts<'_> {
     }
 
     fn put(&mut self, path: &str, facts: kiln_attest::sbom::FileFacts) {
-        // A content fact, true in any layer (kept for transient layers' files too).
-        if facts.scan.is_none() {
-            self.sha1s.insert(facts.sha256.clone(), facts.sha1.clone());
-        }
         let Some(id) = self.layer_id(path).cloned() else {
             return;
         };

@@ -259,7 +259,7 @@ fn copy_file(
 }
 
 /// One entry of [`CopyStats::known`].
-type Known = (String, Option<(crate::digest::Digest, u64)>);
+type Known = (String, Option<super::KnownContent>);
 /// A file copied on a worker: its bytes, and its entry of [`CopyStats::known`].
 type Copied = (u64, Option<Known>);
 
@@ -312,7 +312,11 @@ fn known_digest(
     let d = hashes?
         .get(&FileKey::of(m))
         .filter(|_| copied == m.size)
-        .map(|d| (d, copied));
+        .map(|h| super::KnownContent {
+            sha256: h.sha256,
+            sha1: h.sha1,
+            size: copied,
+        });
     Some((join_abs(target), d))
 }
 

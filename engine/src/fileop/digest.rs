@@ -15,14 +15,91 @@ pub fn content_digest(view: &LayerView, paths: &[String]) -> Result<Digest, File
     content_digest_cached(view, paths, None)
 }
 
-/// Remembers the sha256 of files by what identifies their content without reading it: device,
+/// Remembers the hashes of files by what identifies their content without reading it: device,
 /// inode, size, modification and status-change times. The status-change time cannot be set
-/// by users and changes with every write, so a hit is a file whose bytes did not change.
+/// by users and changes with every write (and with file capabilities), so a hit is a file
+/// whose bytes did not change.
 pub trait FileHashCache: Sync {
-    /// A remembered digest.
-    fn get(&self, key: &FileKey) -> Option<Digest>;
-    /// Remembers a digest.
-    fn put(&self, key: FileKey, digest: Digest);
+    /// Remembered hashes.
+    fn get(&self, key: &FileKey) -> Option<FileHash>;
+    /// Remembers hashes.
+    fn put(&self, key: FileKey, hash: FileHash);
+}
+
+/// What the file-hash cache remembers of a regular file, all from one read of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHash {
+    /// What a COPY's cache key hashes for the file: the SHA-256 of its content, then of its
+    /// file capabilities when it has some (they are copied too).
+    pub key: Digest,
+    /// The SHA-256 of the content alone.
+    pub sha256: Digest,
+    /// The SHA-1 of the content alone: the SBOM's SPDX file checksum, so the catalog need
+    /// not read a copied file again.
+    pub sha1: [u8; 20],
+}
+
+impl FileHash {
+    /// Bytes in [`FileHash::to_bytes`].
+    pub const LEN: usize = 84;
+
+    /// The hashes as bytes (for storage): key, SHA-256, SHA-1.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..32].copy_from_slice(self.key.as_bytes());
+        out[32..64].copy_from_slice(self.sha256.as_bytes());
+        out[64..].copy_from_slice(&self.sha1);
+        out
+    }
+
+    /// The hashes from their bytes; `None` unless exactly [`FileHash::LEN`] of them.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::LEN] = b.try_into().ok()?;
+        let (key, rest) = b.split_first_chunk::<32>()?;
+        let (sha256, sha1) = rest.split_first_chunk::<32>()?;
+        Some(Self {
+            key: Digest::from_bytes(*key),
+            sha256: Digest::from_bytes(*sha256),
+            sha1: sha1.try_into().ok()?,
+        })
+    }
+
+    /// Reads `f` to its end once, hashing its content with SHA-256 and SHA-1, then its file
+    /// capabilities into the key. `buf` is the read buffer (any length above zero).
+    fn of_file(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<Self> {
+        use io::Read;
+        use sha1::Digest as _;
+        let mut sha256 = Hasher::new();
+        let mut sha1 = sha1::Sha1::new();
+        loop {
+            let n = match f.read(buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let chunk = buf.get(..n).unwrap_or_default();
+            sha256.update(chunk);
+            sha1.update(chunk);
+        }
+        let content = sha256.clone().finish();
+        // File capabilities are copied too (and changing them changes the ctime, so the cached
+        // value stays right).
+        let mut cap = [0u8; 256];
+        let key = match rustix::fs::fgetxattr(&*f, "security.capability", &mut cap[..]) {
+            Ok(n) => {
+                sha256.update(b"\0security.capability\0");
+                sha256.update(cap.get(..n).unwrap_or_default());
+                sha256.finish()
+            }
+            Err(_) => content,
+        };
+        Ok(Self {
+            key,
+            sha256: content,
+            sha1: sha1.finalize().into(),
+        })
+    }
 }
 
 /// The cache key of a file: `(dev, ino, size, mtime s, mtime ns, ctime s, ctime ns)`.
@@ -100,6 +177,7 @@ fn walk_digest(
         buffer_max,
         linked: false,
         parallel_dirs: 0,
+        read_buf: None,
     };
     field(&mut h, b"kiln content digest v2");
     for p in paths {
@@ -175,7 +253,12 @@ struct Walk<'a> {
     linked: bool,
     /// Directories whose entries were hashed on several threads.
     parallel_dirs: usize,
+    /// The buffer files are read through, made on the first file read.
+    read_buf: Option<Vec<u8>>,
 }
+
+/// Bytes of [`Walk::read_buf`].
+const READ_BUF: usize = 64 * 1024;
 
 impl Walk<'_> {
     /// Hashes the children of a directory on [`Walk::threads`] threads, each a contiguous
@@ -204,6 +287,7 @@ impl Walk<'_> {
                             buffer_max: self.buffer_max,
                             linked: false,
                             parallel_dirs: 0,
+                            read_buf: None,
                         };
                         let mut buf = Buffer {
                             bytes: Vec::new(),
@@ -272,34 +356,24 @@ impl Walk<'_> {
                 let digest = match cached {
                     Some(d) => d,
                     None => {
-                        let mut content = Hasher::new();
                         let mut f = match parent {
                             Some(p) => view.open_entry_in(p, e)?,
                             None => view.open_entry(e)?,
                         };
-                        io::copy(&mut f, &mut content).map_err(|source| {
+                        let buf = self.read_buf.get_or_insert_with(|| vec![0; READ_BUF]);
+                        let d = FileHash::of_file(&mut f, buf).map_err(|source| {
                             FileOpError::ReadSource {
                                 path: e.path(),
                                 source,
                             }
                         })?;
-                        // File capabilities are copied too (and changing them changes the ctime,
-                        // so the cached value stays right).
-                        let mut cap = vec![0u8; 256];
-                        if let Ok(n) =
-                            rustix::fs::fgetxattr(&f, "security.capability", &mut cap[..])
-                        {
-                            content.update(b"\0security.capability\0");
-                            content.update(cap.get(..n).unwrap_or_default());
-                        }
-                        let d = content.finish();
                         if let Some(c) = cache {
                             c.put(key, d);
                         }
                         d
                     }
                 };
-                field(h, digest.as_bytes());
+                field(h, digest.key.as_bytes());
             }
             FileKind::Symlink => field(h, view.read_link_entry(e)?.as_bytes()),
             FileKind::CharDevice | FileKind::BlockDevice => field(h, &m.rdev.to_le_bytes()),

@@ -22,7 +22,7 @@ use std::path::Path;
 use thiserror::Error;
 
 pub use copy::{copy, copy_knowing};
-pub use digest::{FileHashCache, FileKey, content_digest, content_digest_cached};
+pub use digest::{FileHash, FileHashCache, FileKey, content_digest, content_digest_cached};
 pub use user::resolve_user;
 
 use crate::frontend::dockerignore::DockerIgnoreError;
@@ -74,10 +74,21 @@ pub struct CopyStats {
     /// Archives extracted.
     pub archives: u64,
     /// With a [`FileHashCache`] ([`copy_knowing`]): every regular file written (copied or
-    /// hard-linked), in the order written, as `(path in the destination, (sha256, size))`
-    /// when the cache knew the source's content, else `(path, None)`. The last entry of a
-    /// path is what the path holds. Empty without a cache.
-    pub known: Vec<(String, Option<(crate::digest::Digest, u64)>)>,
+    /// hard-linked), in the order written, as `(path in the destination, content)` when the
+    /// cache knew the source's content, else `(path, None)`. The last entry of a path is what
+    /// the path holds. Empty without a cache.
+    pub known: Vec<(String, Option<KnownContent>)>,
+}
+
+/// The content of a file a COPY wrote, as the file-hash cache knew it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownContent {
+    /// SHA-256 of the content.
+    pub sha256: crate::digest::Digest,
+    /// SHA-1 of the content.
+    pub sha1: [u8; 20],
+    /// Bytes of content.
+    pub size: u64,
 }
 
 /// Errors of file steps.

@@ -219,8 +219,8 @@ pub const MAX_REDIRECTS: u32 = 10;
 #[derive(Debug)]
 pub struct FileHashes {
     store: Arc<Store>,
-    known: std::sync::OnceLock<HashMap<fileop::FileKey, Digest>>,
-    learned: Mutex<std::collections::BTreeMap<fileop::FileKey, Digest>>,
+    known: std::sync::OnceLock<HashMap<fileop::FileKey, fileop::FileHash>>,
+    learned: Mutex<std::collections::BTreeMap<fileop::FileKey, fileop::FileHash>>,
 }
 
 impl FileHashes {
@@ -233,7 +233,7 @@ impl FileHashes {
     }
 
     /// What this build learned.
-    pub fn take_learned(&self) -> std::collections::BTreeMap<fileop::FileKey, Digest> {
+    pub fn take_learned(&self) -> std::collections::BTreeMap<fileop::FileKey, fileop::FileHash> {
         self.learned
             .lock()
             .map(|mut l| std::mem::take(&mut *l))
@@ -242,7 +242,7 @@ impl FileHashes {
 }
 
 impl fileop::FileHashCache for FileHashes {
-    fn get(&self, key: &fileop::FileKey) -> Option<Digest> {
+    fn get(&self, key: &fileop::FileKey) -> Option<fileop::FileHash> {
         // A store that cannot be read only means no hits.
         let known = self
             .known
@@ -253,7 +253,7 @@ impl fileop::FileHashCache for FileHashes {
         self.learned.lock().ok().and_then(|l| l.get(key).copied())
     }
 
-    fn put(&self, key: fileop::FileKey, digest: Digest) {
+    fn put(&self, key: fileop::FileKey, hash: fileop::FileHash) {
         // "Racy git": file times have the kernel's coarse clock granularity, so a file changed
         // again within the same tick after it was hashed would keep its key. Only files whose
         // status changed more than two seconds ago are remembered.
@@ -266,13 +266,13 @@ impl fileop::FileHashCache for FileHashes {
             return;
         }
         if let Ok(mut l) = self.learned.lock() {
-            l.insert(key, digest);
+            l.insert(key, hash);
         }
     }
 }
 
-/// Files a COPY wrote, by path in its layer: (sha256, size) of their content.
-pub type CopiedDigests = Arc<std::collections::BTreeMap<String, (Digest, u64)>>;
+/// Files a COPY wrote with their content known, by path in its layer.
+pub type CopiedDigests = Arc<std::collections::BTreeMap<String, fileop::KnownContent>>;
 
 /// Everything ops need, shared by a build's tasks.
 #[derive(Debug)]
@@ -297,8 +297,8 @@ pub struct OpContext {
     /// `COPY . /x` key and the provenance's context digest walk the context once.
     context_digests: Mutex<HashMap<(String, Vec<String>), Digest>>,
     /// The files COPY steps of this build wrote from client contexts with their content
-    /// digests known (the cache key's walk hashed them), by the layer written: path →
-    /// (sha256, size). The SBOM catalog takes these rather than reading the files again.
+    /// digests known (the cache key's walk hashed them), by the layer written. The SBOM
+    /// catalog takes these rather than reading the files again.
     copied_digests: Mutex<HashMap<SnapshotId, CopiedDigests>>,
     /// Records to commit when the build succeeds.
     pub staged: Mutex<StagedRecords>,

@@ -16,7 +16,10 @@ const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
 const LAYERS: TableDefinition<&str, &[u8]> = TableDefinition::new("layers");
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const UNPACKED: TableDefinition<&str, &[u8]> = TableDefinition::new("unpacked");
-const FILE_HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("file_hashes_v2");
+/// Client file hashes ([`crate::fileop::FileHash`]), by [`crate::fileop::FileKey`].
+const FILE_HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("file_hashes_v3");
+/// Earlier forms, deleted at open: v2 held only the key digest (no content SHA-1).
+const FILE_HASHES_OLD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("file_hashes_v2");
 /// The SBOM catalog of a final file system (JSON), by the digest of its layer chain.
 const SBOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("sbom_catalogs_v1");
 /// Where a gzip block's deflate bytes lie in a layer blob, by the block's key
@@ -158,7 +161,7 @@ pub struct StagedRecords {
     /// Compressed blob digest → the layer directory it was unpacked into.
     pub unpacked: BTreeMap<Digest, SnapshotId>,
     /// Client file identity → content digest (see [`crate::fileop::FileHashCache`]).
-    pub file_hashes: BTreeMap<crate::fileop::FileKey, Digest>,
+    pub file_hashes: BTreeMap<crate::fileop::FileKey, crate::fileop::FileHash>,
     /// Layer chain key → the SBOM catalog of that file system (JSON).
     pub sboms: BTreeMap<String, Vec<u8>>,
     /// gzip block key → where a new blob holds it.
@@ -212,6 +215,7 @@ impl MetaStore {
         for old in GZIP_BLOCKS_OLD {
             tx.delete_table(old)?;
         }
+        tx.delete_table(FILE_HASHES_OLD)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -286,7 +290,10 @@ impl MetaStore {
     /// Every remembered client file hash.
     pub fn file_hashes(
         &self,
-    ) -> Result<std::collections::HashMap<crate::fileop::FileKey, Digest>, StoreError> {
+    ) -> Result<
+        std::collections::HashMap<crate::fileop::FileKey, crate::fileop::FileHash>,
+        StoreError,
+    > {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(FILE_HASHES)?;
         let mut out = std::collections::HashMap::with_capacity(
@@ -294,13 +301,13 @@ impl MetaStore {
         );
         for item in t.iter()? {
             let (k, v) = item?;
-            let (Some(key), Ok(d)) = (
+            let (Some(key), Some(h)) = (
                 crate::fileop::FileKey::from_bytes(k.value()),
-                <[u8; 32]>::try_from(v.value()),
+                crate::fileop::FileHash::from_bytes(v.value()),
             ) else {
                 continue; // a malformed entry is only a cache miss
             };
-            out.insert(key, Digest::from_bytes(d));
+            out.insert(key, h);
         }
         Ok(out)
     }
@@ -386,7 +393,7 @@ impl MetaStore {
             }
             let mut t = tx.open_table(FILE_HASHES)?;
             for (k, v) in &staged.file_hashes {
-                t.insert(k.to_bytes().as_slice(), v.as_bytes().as_slice())?;
+                t.insert(k.to_bytes().as_slice(), v.to_bytes().as_slice())?;
             }
             let mut t = tx.open_table(SBOMS)?;
             for (k, v) in &staged.sboms {
@@ -502,6 +509,42 @@ mod tests {
                 "an old value is not read"
             );
         }
+    }
+
+    #[test]
+    fn old_file_hashes_are_dropped_and_new_entries_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        let key = crate::fileop::FileKey([1, 2, 3, 4, 5, 6, 7]);
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(FILE_HASHES_OLD)
+                .unwrap()
+                .insert(&key.to_bytes()[..], &[2u8; 32][..])
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let m = MetaStore::open(&path).unwrap();
+        {
+            let tx = m.db.begin_read().unwrap();
+            assert!(tx.open_table(FILE_HASHES_OLD).is_err(), "v2 deleted");
+        }
+        assert!(m.file_hashes().unwrap().is_empty());
+        let hash = crate::fileop::FileHash {
+            key: Digest::of(b"content and capabilities"),
+            sha256: Digest::of(b"content"),
+            sha1: [9; 20],
+        };
+        let mut s = StagedRecords::default();
+        s.file_hashes.insert(key, hash);
+        m.commit(&s).unwrap();
+        assert_eq!(m.file_hashes().unwrap().get(&key), Some(&hash));
+        assert_eq!(
+            crate::fileop::FileHash::from_bytes(&[2u8; 32]),
+            None,
+            "an old value is not read"
+        );
     }
 
     #[test]
