@@ -683,20 +683,35 @@ fn a_rebuild_with_one_file_changed_has_the_sbom_of_a_cold_build() {
     )
     .unwrap();
     let dest = |name: &str| tmp.path().join(name);
-    let build = |k: &Kiln, name: &str| {
+    let build_run = |k: &Kiln, name: &str| {
         k.build(&ctx, &["--attest-dest", dest(name).to_str().unwrap()])
             .ok()
-            .digest()
     };
+    let build = |k: &Kiln, name: &str| build_run(k, name).digest();
     let k = Kiln::with_base();
     build(&k, "first");
     // A client file's digest is remembered (and a COPY knows it) once its status is older
     // than two seconds.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     fs::write(ctx.join("src/f042.txt"), "changed\n").unwrap();
-    let rebuilt = build(&k, "rebuilt");
+    let run = build_run(&k, "rebuilt");
+    assert!(!run.stderr.contains("hard-linked"), "{}", run.stderr);
+    let rebuilt = run.digest();
+    // Now the COPY's files are known: the next one hard-links the unchanged ones from its
+    // layer. Not f043 (changed now), nor f042 (changed too shortly before the last build for
+    // its identity to be remembered), nor the hard-linked pair (a COPY writes it as a pair).
     fs::write(ctx.join("src/f043.txt"), "changed too\n").unwrap();
-    let again = build(&k, "again");
+    let run = build_run(&k, "again");
+    assert!(
+        run.stderr.contains("99 of 102 files hard-linked"),
+        "{}",
+        run.stderr
+    );
+    let again = run.digest();
+    // `--no-cache` links nothing (and gives the same image).
+    let run = k.build(&ctx, &["--no-cache"]).ok();
+    assert!(!run.stderr.contains("hard-linked"), "{}", run.stderr);
+    assert_eq!(run.digest(), again);
 
     // The same contexts built cold, each in a store of its own, with every file's status
     // just changed (so not remembered: a COPY knows no digest and the catalog reads every

@@ -222,6 +222,10 @@ fn sweep(store: &Store, kept: &[SnapshotId], p: &mut Pruned) -> Result<(), Store
     }
     // Reusable gzip blocks live in blobs: forget those of the blobs that went.
     store.meta.retain_gzip_blocks(|b| keep.blobs.contains(b))?;
+    // Nor may a COPY hard-link from a layer that went.
+    store
+        .meta
+        .retain_copy_reuse(|id| keep.snapshots.contains(id))?;
     p.bytes += store.snapshots.clean_tmp()?;
     Ok(())
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use kiln_engine::Digest;
 use kiln_engine::fileop::{
-    CopyRequest, FileHash, FileHashCache, FileKey, FileOpError, KnownContent,
-    content_digest_cached, copy, copy_knowing,
+    CopyRequest, FileHash, FileHashCache, FileKey, FileOpError, KnownContent, Reuse,
+    content_digest_cached, copy, copy_knowing, copy_reusing,
 };
 use kiln_engine::fsview::LayerView;
 use tempfile::TempDir;
@@ -490,6 +490,20 @@ fn a_large_directory_is_copied_whole_with_each_files_metadata() {
     assert!(!fx.up("dst/skip.log").exists());
 }
 
+/// Gives the file at `p` capabilities (needs root).
+fn set_cap(p: &Path) {
+    // VFS_CAP_REVISION_2 with CAP_NET_BIND_SERVICE permitted and effective.
+    let cap: [u8; 20] = [0, 0, 0, 2, 0, 4, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let file = fs::File::open(p).unwrap();
+    rustix::fs::fsetxattr(
+        &file,
+        "security.capability",
+        &cap,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
 /// File hashes remembered in memory, as the store's are by a build.
 #[derive(Default)]
 struct Hashes(std::sync::Mutex<std::collections::HashMap<FileKey, FileHash>>);
@@ -503,10 +517,25 @@ impl FileHashCache for Hashes {
     }
 }
 
-/// What a COPY should list for a file of content `bytes`.
-fn content_of(bytes: &[u8]) -> Option<KnownContent> {
+/// The identity of the file at `p`, as the file-hash cache keys it.
+fn key_of(p: &Path) -> FileKey {
+    let m = fs::symlink_metadata(p).unwrap();
+    FileKey([
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+        m.ctime() as u64,
+        m.ctime_nsec() as u64,
+    ])
+}
+
+/// What a COPY should list for a file of content `bytes` copied from `source`.
+fn content_of(source: &Path, bytes: &[u8]) -> Option<KnownContent> {
     use sha1::Digest as _;
     Some(KnownContent {
+        source: key_of(source),
         sha256: Digest::of(bytes),
         sha1: sha1::Sha1::digest(bytes).into(),
         size: bytes.len() as u64,
@@ -534,16 +563,7 @@ fn a_copy_lists_the_known_digest_of_each_file_it_wrote() {
     // content's alone.
     let with_cap = rustix::process::geteuid().is_root();
     if with_cap {
-        // VFS_CAP_REVISION_2 with CAP_NET_BIND_SERVICE permitted and effective.
-        let cap: [u8; 20] = [0, 0, 0, 2, 0, 4, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let file = fs::File::open(fx.ctx.path().join("src/f03.txt")).unwrap();
-        rustix::fs::fsetxattr(
-            &file,
-            "security.capability",
-            &cap,
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        set_cap(&fx.ctx.path().join("src/f03.txt"));
     } else {
         println!("not checked: a file with capabilities (needs root to set them)");
     }
@@ -594,7 +614,10 @@ fn a_copy_lists_the_known_digest_of_each_file_it_wrote() {
             // Not known: the changed file, and the second name of a hard link (a link, not a
             // copy).
             "/ctx/src/f07.txt" | "/ctx/src/linked2" => assert_eq!(*d, None, "{path}"),
-            _ => assert_eq!(*d, content_of(&bytes), "{path}"),
+            _ => {
+                let source = fx.ctx.path().join(path.trim_start_matches("/ctx/"));
+                assert_eq!(*d, content_of(&source, &bytes), "{path}")
+            }
         }
     }
     assert!(known.contains_key("/ctx/src/f00.txt"));
@@ -619,7 +642,185 @@ fn a_copy_lists_the_known_digest_of_each_file_it_wrote() {
         Some(&hashes),
     )
     .unwrap();
-    assert_eq!(stats.known, [("/z/a.txt".to_owned(), content_of(b"A"))]);
+    assert_eq!(
+        stats.known,
+        [(
+            "/z/a.txt".to_owned(),
+            content_of(&fx2.ctx.path().join("a.txt"), b"A")
+        )]
+    );
+}
+
+/// A regular file's inode, mode, owner, mtime and content.
+type FileState = (u64, u32, (u32, u32), (i64, i64), Vec<u8>);
+
+/// Every regular file under `root` by path.
+fn files_of(root: &Path) -> std::collections::BTreeMap<String, FileState> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let attrs = (
+                    m.ino(),
+                    m.mode() & 0o7777,
+                    (m.uid(), m.gid()),
+                    (m.mtime(), m.mtime_nsec()),
+                    fs::read(&p).unwrap(),
+                );
+                out.insert(rel, attrs);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_copy_hard_links_only_what_an_earlier_layer_holds_exactly_as_it_would_write_it() {
+    let fx = Fx::new();
+    for i in 0..80 {
+        write(
+            fx.ctx.path(),
+            &format!("src/d{}/f{i:02}.txt", i % 4),
+            &format!("file {i}"),
+        );
+    }
+    // A file with capabilities is always copied.
+    let with_cap = rustix::process::geteuid().is_root();
+    if with_cap {
+        set_cap(&fx.ctx.path().join("src/d2/f06.txt"));
+    } else {
+        println!("not checked: a file with capabilities (needs root to set them)");
+    }
+    let dest = LayerView::new(vec![fx.lower.path().to_owned()]);
+    let hashes = Hashes::default();
+    let src = LayerView::plain(fx.ctx.path());
+    content_digest_cached(&src, &[".".to_owned()], Some(&hashes)).unwrap();
+    let earlier = TempDir::new().unwrap();
+    let first = copy_knowing(
+        &req(&["."], "/ctx/"),
+        &src,
+        &dest,
+        earlier.path(),
+        Some(&hashes),
+    )
+    .unwrap();
+    assert_eq!(first.linked, 0);
+    let record: std::collections::HashMap<String, FileKey> = first
+        .known
+        .iter()
+        .map(|(p, k)| (p.clone(), k.unwrap().source))
+        .collect();
+    assert_eq!(record.len(), 80);
+
+    // Since: one file's content changed, one file's mode changed (same content), and the
+    // earlier layer's copy of a third no longer has the time a copy gives it.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(fx.ctx.path().join("src/d3/f07.txt"), "changed").unwrap();
+    fs::set_permissions(
+        fx.ctx.path().join("src/d0/f08.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let touched = earlier.path().join("ctx/src/d1/f09.txt");
+    fs::File::options()
+        .write(true)
+        .open(&touched)
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap();
+    // An unknown file, and a source whose identity is not in the cache (never hashed).
+    write(fx.ctx.path(), "src/d2/new.txt", "new");
+    let src = LayerView::plain(fx.ctx.path());
+    content_digest_cached(
+        &src,
+        &[
+            "src/d0".to_owned(),
+            "src/d1".to_owned(),
+            "src/d3".to_owned(),
+        ],
+        Some(&hashes),
+    )
+    .unwrap();
+
+    let reuse = Reuse::open(earlier.path(), record.clone()).unwrap();
+    let second = copy_reusing(
+        &req(&["."], "/ctx/"),
+        &src,
+        &dest,
+        fx.upper.path(),
+        Some(&hashes),
+        Some(&reuse),
+    )
+    .unwrap();
+    // Not linked: f07 (content), f08 (mode), f09 (the earlier copy's time), new.txt (in
+    // neither the record nor the cache).
+    let now = files_of(fx.upper.path());
+    let before = files_of(earlier.path());
+    // The same files as a copy without reuse, bit for bit and attribute for attribute.
+    let plain = TempDir::new().unwrap();
+    copy(&req(&["."], "/ctx/"), &src, &dest, plain.path()).unwrap();
+    let fresh = files_of(plain.path());
+    assert_eq!(now.len(), 81);
+    for (path, (ino, mode, owner, mtime, bytes)) in &now {
+        let (_, f_mode, f_owner, f_mtime, f_bytes) = &fresh[path];
+        assert_eq!(
+            (mode, owner, mtime, bytes),
+            (f_mode, f_owner, f_mtime, f_bytes),
+            "{path}"
+        );
+        let shared = before.get(path).is_some_and(|b| b.0 == *ino);
+        let copied = matches!(
+            path.as_str(),
+            "ctx/src/d3/f07.txt"
+                | "ctx/src/d0/f08.txt"
+                | "ctx/src/d1/f09.txt"
+                | "ctx/src/d2/new.txt"
+        ) || (with_cap && path == "ctx/src/d2/f06.txt");
+        let expect_shared = !copied;
+        assert_eq!(shared, expect_shared, "{path}");
+    }
+    assert_eq!(second.linked, 77 - u64::from(with_cap));
+    assert_eq!(second.files, 81);
+    // What a copy lists for the SBOM is the same with or without links.
+    let known: std::collections::BTreeMap<_, _> = second.known.iter().cloned().collect();
+    assert_eq!(
+        known["/ctx/src/d2/f02.txt"],
+        content_of(&fx.ctx.path().join("src/d2/f02.txt"), b"file 2")
+    );
+
+    // Another --chmod: nothing is what it would write.
+    let mut chmod = req(&["."], "/ctx/");
+    chmod.chmod = Some(0o640);
+    let third = TempDir::new().unwrap();
+    let stats = copy_reusing(
+        &chmod,
+        &src,
+        &dest,
+        third.path(),
+        Some(&hashes),
+        Some(&reuse),
+    )
+    .unwrap();
+    assert_eq!(stats.linked, 0);
+    assert!(files_of(third.path()).values().all(|f| f.1 == 0o640));
+    // Without the file-hash cache's word on the identities, nothing is linked either.
+    let fourth = TempDir::new().unwrap();
+    let stats = copy_reusing(
+        &req(&["."], "/ctx/"),
+        &src,
+        &dest,
+        fourth.path(),
+        Some(&Hashes::default()),
+        Some(&reuse),
+    )
+    .unwrap();
+    assert_eq!(stats.linked, 0);
 }
 
 #[test]

@@ -745,6 +745,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(&root.path().join("store")).unwrap();
         let known = |bytes: &[u8]| crate::fileop::KnownContent {
+            source: crate::fileop::FileKey([0; 7]),
             sha256: Digest::of(bytes),
             sha1: sha1::Sha1::digest(bytes).into(),
             size: bytes.len() as u64,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::unpack;
-use super::upper::{Attrs, Created, NewDir, Upper, set_attrs_fd, upper_err};
+use super::upper::{Attrs, Created, DIR_FLAGS, NewDir, Upper, set_attrs_fd, upper_err};
 use super::{CopyRequest, CopyStats, FileHashCache, FileKey, FileOpError, absolute_path};
 use crate::frontend::dockerignore::{DockerIgnore, contains_wildcards, glob_match};
 use crate::fsview::FsViewError;
@@ -41,6 +41,113 @@ pub fn copy_knowing(
     upper: &Path,
     hashes: Option<&dyn FileHashCache>,
 ) -> Result<CopyStats, FileOpError> {
+    copy_reusing(req, src, dest, upper, hashes, None)
+}
+
+/// Files an earlier COPY wrote into a committed layer, which a copy may hard-link instead of
+/// writing them again ([`copy_reusing`]): by path in that layer, the identity ([`FileKey`])
+/// of the source file each was copied from.
+#[derive(Debug)]
+pub struct Reuse {
+    root: Arc<OwnedFd>,
+    files: HashMap<String, FileKey>,
+    /// The earlier layer's directories opened so far, by path (`None`: not there).
+    dirs: std::sync::Mutex<HashMap<Vec<String>, Option<Arc<OwnedFd>>>>,
+}
+
+impl Reuse {
+    /// The files of the layer directory `layer` listed in `files`; `None` if the directory
+    /// cannot be opened (a layer collected since).
+    pub fn open(layer: &Path, files: HashMap<String, FileKey>) -> Option<Self> {
+        let root = rustix::fs::open(layer, DIR_FLAGS, rustix::fs::Mode::empty()).ok()?;
+        Some(Self {
+            root: Arc::new(root),
+            files,
+            dirs: std::sync::Mutex::default(),
+        })
+    }
+
+    /// The earlier layer's directory `comps`, opened component by component without
+    /// following symlinks.
+    fn dir(&self, comps: &[String]) -> Option<Arc<OwnedFd>> {
+        let mut dirs = self.dirs.lock().ok()?;
+        if let Some(d) = dirs.get(comps) {
+            return d.clone();
+        }
+        let mut cur = Arc::clone(&self.root);
+        let mut found = true;
+        for c in comps {
+            match rustix::fs::openat(&*cur, c.as_str(), DIR_FLAGS, rustix::fs::Mode::empty()) {
+                Ok(fd) => cur = Arc::new(fd),
+                Err(_) => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        let d = found.then_some(cur);
+        dirs.insert(comps.to_vec(), d.clone());
+        d
+    }
+
+    /// Hard-links the earlier layer's copy of `f` into place when it is exactly what copying
+    /// `f` would write: its source has the identity recorded for the path, the file-hash cache
+    /// knows that identity (so it is settled: the file was not changed within a clock tick of
+    /// being hashed), and the earlier file is a regular file of the same size, mode, owner
+    /// and modification time. The identity covers content, mode, owner, times and xattrs (a
+    /// change to any of them changes the status-change time). A source with file capabilities
+    /// is always copied. `None`: copy it.
+    fn link(&self, hashes: Option<&dyn FileHashCache>, f: &PlainFile) -> Option<u64> {
+        let m = f.entry.metadata();
+        let key = FileKey::of(m);
+        if self.files.get(&join_abs(&f.target)) != Some(&key) {
+            return None;
+        }
+        // A source with file capabilities is copied: whether an earlier copy could set them
+        // depended on its privileges.
+        let known = hashes?.get(&key)?;
+        if known.key != known.sha256 {
+            return None;
+        }
+        let mtime = f.attrs.mtime?;
+        let (name, parent) = f.target.split_last()?;
+        let dir = self.dir(parent)?;
+        let st =
+            rustix::fs::statat(&*dir, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let same = rustix::fs::FileType::from_raw_mode(st.st_mode)
+            == rustix::fs::FileType::RegularFile
+            && u64::try_from(st.st_size).ok() == Some(m.size)
+            && st.st_mode & 0o7777 == f.attrs.mode & 0o7777
+            && (st.st_uid, st.st_gid) == (f.attrs.uid, f.attrs.gid)
+            && (st.st_mtime, i64::try_from(st.st_mtime_nsec).ok()?) == mtime;
+        if !same {
+            return None;
+        }
+        // A name already there (an earlier source of this copy wrote it) fails the link: the
+        // copy replaces it.
+        rustix::fs::linkat(
+            &*dir,
+            name.as_str(),
+            &f.dest_dir.0,
+            name.as_str(),
+            rustix::fs::AtFlags::empty(),
+        )
+        .ok()?;
+        Some(m.size)
+    }
+}
+
+/// [`copy_knowing`], hard-linking from `reuse` the files it holds exactly as this copy
+/// would write them ([`CopyStats::linked`] counts them). Layers are never written once
+/// committed, so the shared inodes never change.
+pub fn copy_reusing(
+    req: &CopyRequest,
+    src: &LayerView,
+    dest: &LayerView,
+    upper: &Path,
+    hashes: Option<&dyn FileHashCache>,
+    reuse: Option<&Reuse>,
+) -> Result<CopyStats, FileOpError> {
     // ADD's archive extraction writes files this does not list, possibly over listed ones.
     let hashes = hashes.filter(|_| !req.unpack);
     if req.sources.is_empty() {
@@ -73,6 +180,7 @@ pub fn copy_knowing(
         dest_kind: resolved.entry().map(|e| e.metadata().kind),
         dest_is_dir,
         hashes,
+        reuse,
         pending: Vec::new(),
         pending_fds: 0,
         dirs_after: Vec::new(),
@@ -260,8 +368,9 @@ fn copy_file(
 
 /// One entry of [`CopyStats::known`].
 type Known = (String, Option<super::KnownContent>);
-/// A file copied on a worker: its bytes, and its entry of [`CopyStats::known`].
-type Copied = (u64, Option<Known>);
+/// A file copied on a worker: its bytes, its entry of [`CopyStats::known`], whether it was
+/// hard-linked from [`Reuse`].
+type Copied = (u64, Option<Known>, bool);
 
 /// A destination directory being filled: its fd, and what a file created in it gets.
 type DestDir = Arc<(OwnedFd, Created)>;
@@ -290,6 +399,8 @@ struct Copier<'a> {
     dest_is_dir: bool,
     /// Known content digests of source files, for [`CopyStats::known`].
     hashes: Option<&'a dyn FileHashCache>,
+    /// An earlier layer's files to hard-link where they are what would be written.
+    reuse: Option<&'a Reuse>,
     /// Plain files listed and not yet copied, in listing order ([`Copier::flush`]).
     pending: Vec<PlainFile>,
     /// How many fds the directories of `pending` and `dirs_after` hold open (about).
@@ -313,6 +424,7 @@ fn known_digest(
         .get(&FileKey::of(m))
         .filter(|_| copied == m.size)
         .map(|h| super::KnownContent {
+            source: FileKey::of(m),
             sha256: h.sha256,
             sha1: h.sha1,
             size: copied,
@@ -467,11 +579,14 @@ impl Copier<'_> {
     fn flush(&mut self) -> Result<(), FileOpError> {
         let plain = std::mem::take(&mut self.pending);
         self.pending_fds = 0;
-        let (src, hashes) = (self.src, self.hashes);
+        let (src, hashes, reuse) = (self.src, self.hashes, self.reuse);
         let copy_one = |f: &PlainFile| {
+            if let Some(n) = reuse.and_then(|r| r.link(hashes, f)) {
+                return Ok((n, known_digest(hashes, &f.entry, &f.target, n), true));
+            }
             let dest = (&f.dest_dir.0, &f.dest_dir.1);
             let n = copy_file(src, Some(&f.src_dir), &f.entry, dest, &f.target, f.attrs)?;
-            Ok::<_, FileOpError>((n, known_digest(hashes, &f.entry, &f.target, n)))
+            Ok::<_, FileOpError>((n, known_digest(hashes, &f.entry, &f.target, n), false))
         };
         let threads = crate::cpus().min(4);
         let copied: Vec<Copied> = if threads < 2 || plain.len() < PARALLEL_COPY_MIN_FILES {
@@ -534,8 +649,9 @@ impl Copier<'_> {
         };
         drop(plain);
         self.stats.files += copied.len() as u64;
-        for (n, known) in copied {
+        for (n, known, linked) in copied {
             self.stats.bytes += n;
+            self.stats.linked += u64::from(linked);
             self.stats.known.extend(known);
         }
         for (dir, target, attrs) in std::mem::take(&mut self.dirs_after) {

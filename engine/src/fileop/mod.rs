@@ -21,7 +21,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-pub use copy::{copy, copy_knowing};
+pub use copy::{Reuse, copy, copy_knowing, copy_reusing};
 pub use digest::{FileHash, FileHashCache, FileKey, content_digest, content_digest_cached};
 pub use user::resolve_user;
 
@@ -61,6 +61,8 @@ pub struct CopyRequest {
 pub struct CopyStats {
     /// Regular files written.
     pub files: u64,
+    /// Of those, files hard-linked from an earlier layer ([`copy_reusing`]).
+    pub linked: u64,
     /// Directories created (not counting copied-up parents).
     pub dirs: u64,
     /// Symlinks written.
@@ -83,6 +85,8 @@ pub struct CopyStats {
 /// The content of a file a COPY wrote, as the file-hash cache knew it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownContent {
+    /// The identity of the source file it was copied from.
+    pub source: FileKey,
     /// SHA-256 of the content.
     pub sha256: crate::digest::Digest,
     /// SHA-1 of the content.

@@ -38,13 +38,14 @@ fn mkfiles(
 
 pub(super) fn file(
     ctx: &OpContext,
+    vertex: VertexIdx,
     f: &FileOp,
     inputs: &[Output],
     key: &Digest,
 ) -> Result<Output, OpError> {
     match f {
         FileOp::Mkfiles { files, mode } => mkfiles(ctx, files, mode.unwrap_or(0o644), key),
-        FileOp::Copy(c) => copy(ctx, c, inputs, key),
+        FileOp::Copy(c) => copy(ctx, vertex, c, inputs, key),
         FileOp::Mkdir { path, owner } => {
             let base = chain_of(inputs.first())?;
             let view = LayerView::new(ctx.layer_dirs(&base));
@@ -62,7 +63,13 @@ pub(super) fn file(
     }
 }
 
-fn copy(ctx: &OpContext, c: &CopyOp, inputs: &[Output], key: &Digest) -> Result<Output, OpError> {
+fn copy(
+    ctx: &OpContext,
+    vertex: VertexIdx,
+    c: &CopyOp,
+    inputs: &[Output],
+    key: &Digest,
+) -> Result<Output, OpError> {
     let src_out = inputs
         .get(c.src)
         .ok_or_else(|| OpError::Internal("copy source input missing".into()))?;
@@ -96,7 +103,31 @@ fn copy(ctx: &OpContext, c: &CopyOp, inputs: &[Output], key: &Digest) -> Result<
         Output::Context(_) => Some(&ctx.file_hashes),
         Output::Layers(_) => None,
     };
-    let stats = fileop::copy_knowing(&req, &src, &dest, &pending.dir, hashes)?;
+    // The files the last COPY of this kind wrote, to hard-link where they are what this one
+    // would write (a store that cannot be read only means nothing is reused; `--no-cache`
+    // reuses nothing but still records).
+    let sig = match src_out {
+        Output::Context(name) if hashes.is_some() && !c.unpack => reuse_signature(ctx, name, c),
+        _ => None,
+    };
+    let reuse = sig
+        .as_deref()
+        .filter(|_| !ctx.no_cache)
+        .and_then(|s| ctx.store.meta.copy_reuse(s).ok().flatten())
+        .and_then(|(layer, files)| fileop::Reuse::open(&ctx.store.snapshots.path(&layer), files));
+    let stats = fileop::copy_reusing(&req, &src, &dest, &pending.dir, hashes, reuse.as_ref())?;
+    drop(reuse);
+    if stats.linked > 0 {
+        ctx.progress.send(Event::Log {
+            vertex,
+            stream: 2,
+            data: format!(
+                "{} of {} files hard-linked from the layer of the last such COPY (same source \
+                 file, content, mode, owner and time)\n",
+                stats.linked, stats.files
+            ),
+        });
+    }
     let id = commit_layer(ctx, pending)?;
     if !stats.known.is_empty() {
         let mut known = std::collections::BTreeMap::new();
@@ -106,6 +137,14 @@ fn copy(ctx: &OpContext, c: &CopyOp, inputs: &[Output], key: &Digest) -> Result<
                 None => known.remove(&path),
             };
         }
+        if let Some(sig) = sig {
+            let files = known.iter().map(|(p, k)| (p.clone(), k.source)).collect();
+            let record = crate::store::CopyReuse {
+                layer: id.clone(),
+                files,
+            };
+            ctx.staged()?.copy_reuse.insert(sig, record);
+        }
         if let Ok(mut m) = ctx.copied_digests.lock() {
             m.insert(id.clone(), Arc::new(known));
         }
@@ -113,4 +152,23 @@ fn copy(ctx: &OpContext, c: &CopyOp, inputs: &[Output], key: &Digest) -> Result<
     let mut chain = base.as_ref().clone();
     chain.push(id);
     finish(ctx, key, chain)
+}
+
+/// What names a COPY from client context `name`'s kind: the tenant, the context and the whole
+/// op (sources, destination, flags), not the files' content. The next COPY of the kind
+/// hard-links what it can from this one's layer; each file is checked there, so a signature
+/// only picks the layer to look in.
+fn reuse_signature(ctx: &OpContext, name: &str, c: &CopyOp) -> Option<String> {
+    let op = serde_json::to_vec(c).ok()?;
+    let mut h = crate::digest::Hasher::new();
+    for part in [
+        &b"kiln copy reuse v1"[..],
+        ctx.tenant.as_str().as_bytes(),
+        name.as_bytes(),
+        &op,
+    ] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    Some(h.finish().hex())
 }

@@ -692,7 +692,7 @@ pub async fn run(
                 image::unpack_image(&c, name, manifest)
             }
             Op::Exec(e) => exec::exec(&c, vertex, e, &inputs, &key),
-            Op::File(f) => file::file(&c, f, &inputs, &key),
+            Op::File(f) => file::file(&c, vertex, f, &inputs, &key),
             Op::Source(SourceOp::Scratch) => Ok(Output::Layers(Arc::default())),
             Op::Source(SourceOp::Context { name }) => Ok(Output::Context(name.clone())),
             Op::Source(SourceOp::Http {

@@ -3,7 +3,7 @@
 //! Values are JSON documents (small, versionable, debuggable); keys are strings. Writes from a
 //! build are gathered in [`StagedRecords`] and committed in one ACID transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -18,6 +18,9 @@ const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const UNPACKED: TableDefinition<&str, &[u8]> = TableDefinition::new("unpacked");
 /// Client file hashes ([`crate::fileop::FileHash`]), by [`crate::fileop::FileKey`].
 const FILE_HASHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("file_hashes_v3");
+/// What the last COPY from a client context of each kind wrote ([`CopyReuse`]), by the
+/// kind's signature.
+const COPY_REUSE: TableDefinition<&str, &[u8]> = TableDefinition::new("copy_reuse_v1");
 /// Earlier forms, deleted at open: v2 held only the key digest (no content SHA-1).
 const FILE_HASHES_OLD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("file_hashes_v2");
 /// The SBOM catalog of a final file system (JSON), by the digest of its layer chain.
@@ -149,6 +152,63 @@ pub struct ImageRecord {
     pub index: Option<Digest>,
 }
 
+/// What a COPY from a client context wrote, for the next COPY of its kind to hard-link from
+/// ([`crate::fileop::Reuse`]): its layer, and by path in it the identity of the source file
+/// each regular file was copied from (only files whose content the file-hash cache knew).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyReuse {
+    /// The layer the COPY wrote.
+    pub layer: SnapshotId,
+    /// Path in the layer → source identity.
+    pub files: BTreeMap<String, crate::fileop::FileKey>,
+}
+
+/// A decoded [`CopyReuse`]: the layer, and the source identities by path.
+pub type ReusableFiles = (SnapshotId, HashMap<String, crate::fileop::FileKey>);
+
+impl CopyReuse {
+    /// Bytes: the layer id (u16 LE length, then the id), then per file a u32 LE length, the
+    /// path and the 56 bytes of its key.
+    fn encode(&self) -> Vec<u8> {
+        let id = self.layer.as_str().as_bytes();
+        let mut out = Vec::with_capacity(
+            2 + id.len() + self.files.keys().map(|p| 4 + p.len() + 56).sum::<usize>(),
+        );
+        out.extend_from_slice(&u16::try_from(id.len()).unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(id);
+        for (path, key) in &self.files {
+            out.extend_from_slice(&u32::try_from(path.len()).unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(path.as_bytes());
+            out.extend_from_slice(&key.to_bytes());
+        }
+        out
+    }
+
+    /// The layer of an encoded record.
+    fn decode_layer(b: &[u8]) -> Option<(SnapshotId, &[u8])> {
+        let (len, rest) = b.split_first_chunk::<2>()?;
+        let (id, rest) = rest.split_at_checked(usize::from(u16::from_le_bytes(*len)))?;
+        Some((SnapshotId::parse(std::str::from_utf8(id).ok()?)?, rest))
+    }
+
+    /// The record of [`CopyReuse::encode`]d bytes; `None` if malformed.
+    fn decode(b: &[u8]) -> Option<ReusableFiles> {
+        let (layer, mut rest) = Self::decode_layer(b)?;
+        let mut files = HashMap::new();
+        while !rest.is_empty() {
+            let (len, r) = rest.split_first_chunk::<4>()?;
+            let (path, r) = r.split_at_checked(usize::try_from(u32::from_le_bytes(*len)).ok()?)?;
+            let (key, r) = r.split_at_checked(56)?;
+            files.insert(
+                std::str::from_utf8(path).ok()?.to_owned(),
+                crate::fileop::FileKey::from_bytes(key)?,
+            );
+            rest = r;
+        }
+        Some((layer, files))
+    }
+}
+
 /// Records a build wants to commit, held in memory until the build succeeds.
 #[derive(Debug, Default, Clone)]
 pub struct StagedRecords {
@@ -166,6 +226,8 @@ pub struct StagedRecords {
     pub sboms: BTreeMap<String, Vec<u8>>,
     /// gzip block key → where a new blob holds it.
     pub gzip_blocks: BTreeMap<crate::oci::compress::BlockKey, BlockLoc>,
+    /// COPY signature → what that COPY wrote.
+    pub copy_reuse: BTreeMap<String, CopyReuse>,
 }
 
 impl StagedRecords {
@@ -178,6 +240,7 @@ impl StagedRecords {
             && self.file_hashes.is_empty()
             && self.sboms.is_empty()
             && self.gzip_blocks.is_empty()
+            && self.copy_reuse.is_empty()
     }
 }
 
@@ -212,6 +275,7 @@ impl MetaStore {
         tx.open_table(FILE_HASHES)?;
         tx.open_table(SBOMS)?;
         tx.open_table(GZIP_BLOCKS)?;
+        tx.open_table(COPY_REUSE)?;
         for old in GZIP_BLOCKS_OLD {
             tx.delete_table(old)?;
         }
@@ -346,6 +410,25 @@ impl MetaStore {
         }
     }
 
+    /// What the last COPY of signature `sig` wrote: its layer and the source identity of each
+    /// file by path; `None` when there is no (readable) record.
+    pub fn copy_reuse(&self, sig: &str) -> Result<Option<ReusableFiles>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(COPY_REUSE)?;
+        Ok(t.get(sig)?.and_then(|v| CopyReuse::decode(v.value())))
+    }
+
+    /// Drops the COPY records whose layer `keep` rejects (GC, after layers went).
+    pub fn retain_copy_reuse(&self, keep: impl Fn(&SnapshotId) -> bool) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(COPY_REUSE)?;
+            t.retain(|_, v| CopyReuse::decode_layer(v).is_some_and(|(id, _)| keep(&id)))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Drops the gzip block entries whose blob `keep` rejects (GC, after blobs went).
     pub fn retain_gzip_blocks(&self, keep: impl Fn(&Digest) -> bool) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
@@ -402,6 +485,10 @@ impl MetaStore {
             let mut t = tx.open_table(GZIP_BLOCKS)?;
             for (k, v) in &staged.gzip_blocks {
                 t.insert(k.as_bytes().as_slice(), v.encode().as_slice())?;
+            }
+            let mut t = tx.open_table(COPY_REUSE)?;
+            for (k, v) in &staged.copy_reuse {
+                t.insert(k.as_str(), v.encode().as_slice())?;
             }
         }
         tx.commit()?;
@@ -545,6 +632,42 @@ mod tests {
             None,
             "an old value is not read"
         );
+    }
+
+    #[test]
+    fn copy_records_round_trip_and_go_with_their_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let (kept, gone) = (SnapshotId::new_random(), SnapshotId::new_random());
+        let files: BTreeMap<String, crate::fileop::FileKey> = [
+            (
+                "/ctx/a".to_owned(),
+                crate::fileop::FileKey([1, 2, 3, 4, 5, 6, 7]),
+            ),
+            ("/ctx/é b".to_owned(), crate::fileop::FileKey([7; 7])),
+        ]
+        .into();
+        let mut s = StagedRecords::default();
+        for (sig, layer) in [("one", &kept), ("two", &gone)] {
+            s.copy_reuse.insert(
+                sig.to_owned(),
+                CopyReuse {
+                    layer: layer.clone(),
+                    files: files.clone(),
+                },
+            );
+        }
+        m.commit(&s).unwrap();
+        let (layer, read) = m.copy_reuse("one").unwrap().unwrap();
+        assert_eq!(layer, kept);
+        assert_eq!(read, files.clone().into_iter().collect());
+        assert_eq!(m.copy_reuse("three").unwrap(), None);
+        m.retain_copy_reuse(|id| *id == kept).unwrap();
+        assert!(m.copy_reuse("one").unwrap().is_some());
+        assert_eq!(m.copy_reuse("two").unwrap(), None);
+        // A cut record is no record.
+        let bytes = s.copy_reuse["one"].encode();
+        assert_eq!(CopyReuse::decode(&bytes[..bytes.len() - 1]), None);
     }
 
     #[test]

@@ -31,7 +31,9 @@ use std::path::{Path, PathBuf};
 
 pub use cache_mounts::{CacheLease, CacheMountError, CacheMounts, NewCacheDir};
 pub use content::ContentStore;
-pub use meta::{CacheRecord, ImageRecord, LayerBlob, LayerRecord, MetaStore, StagedRecords};
+pub use meta::{
+    CacheRecord, CopyReuse, ImageRecord, LayerBlob, LayerRecord, MetaStore, StagedRecords,
+};
 pub use snapshot::{SnapshotId, Snapshots};
 
 /// Errors opening or using the store.
