@@ -284,6 +284,39 @@ fn hardlinks_within_one_copy_are_preserved() {
 }
 
 #[test]
+fn hardlinks_across_directories_are_kept_and_names_outside_the_source_are_not() {
+    let fx = Fx::new();
+    let src = fx.ctx.path().join("src");
+    // Enough files for the copy threads, so the first names wait in a batch when the second
+    // names are met.
+    for d in ["a", "b", "c"] {
+        for i in 0..40 {
+            write(&src, &format!("{d}/f{i:02}"), &format!("{d} {i}"));
+        }
+    }
+    fs::hard_link(src.join("a/f03"), src.join("b/x-linked")).unwrap();
+    fs::hard_link(src.join("c/f05"), src.join("c/f06-linked")).unwrap();
+    // A name outside what is copied: the file is copied as a file of its own.
+    write(fx.ctx.path(), "outside/keep", "kept apart");
+    fs::hard_link(fx.ctx.path().join("outside/keep"), src.join("a/only-here")).unwrap();
+    let stats = fx.run(&req(&["src"], "/out/")).unwrap();
+    let ino = |rel: &str| fs::metadata(fx.up(rel)).unwrap().ino();
+    assert_eq!(ino("out/a/f03"), ino("out/b/x-linked"));
+    assert_eq!(ino("out/c/f05"), ino("out/c/f06-linked"));
+    assert_ne!(ino("out/a/f03"), ino("out/c/f05"));
+    assert_eq!(fx.read("out/b/x-linked"), "a 3");
+    assert_eq!(fs::metadata(fx.up("out/a/only-here")).unwrap().nlink(), 1);
+    assert_eq!(fx.read("out/a/only-here"), "kept apart");
+    assert_eq!(stats.hardlinks, 2);
+    assert_eq!(stats.files, 121);
+    for d in ["a", "b", "c"] {
+        for i in 0..40 {
+            assert_eq!(fx.read(&format!("out/{d}/f{i:02}")), format!("{d} {i}"));
+        }
+    }
+}
+
+#[test]
 fn existing_lower_parent_is_copied_up_with_its_metadata() {
     let fx = Fx::new();
     write(fx.ctx.path(), "a.txt", "A");

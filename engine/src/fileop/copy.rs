@@ -171,6 +171,7 @@ pub fn copy_reusing(
         excludes: DockerIgnore::parse(&req.excludes.join("\n"))?,
         stats: CopyStats::default(),
         links: HashMap::new(),
+        pending_links: std::collections::HashSet::new(),
         new_dir: NewDir {
             mode: 0o755,
             uid,
@@ -375,8 +376,9 @@ type Copied = (u64, Option<Known>, bool);
 /// A destination directory being filled: its fd, and what a file created in it gets.
 type DestDir = Arc<(OwnedFd, Created)>;
 
-/// A plain file (a regular file with one link, so no hard link to keep) waiting for the copy
-/// threads: its source directory and entry, its destination directory and path, its metadata.
+/// A plain file (a regular file, the first of its names met: see [`Copier::plain`]) waiting
+/// for the copy threads: its source directory and entry, its destination directory and path,
+/// its metadata.
 struct PlainFile {
     src_dir: Arc<DirHandle>,
     entry: Entry,
@@ -393,6 +395,8 @@ struct Copier<'a> {
     stats: CopyStats,
     /// Source hard links already written: (layer, dev, ino) → upper path.
     links: HashMap<(usize, u64, u64), Vec<String>>,
+    /// Those of `links` whose first name is in `pending` (not written yet).
+    pending_links: std::collections::HashSet<(usize, u64, u64)>,
     new_dir: NewDir,
     dest_comps: Vec<String>,
     dest_kind: Option<FileKind>,
@@ -550,7 +554,7 @@ impl Copier<'_> {
             }
             let mut target = comps.to_vec();
             target.push(child.name().to_owned());
-            if child.metadata().kind == FileKind::File && child.metadata().nlink <= 1 {
+            if child.metadata().kind == FileKind::File && self.plain(&child, &target)? {
                 let attrs = self.attrs(&child);
                 self.pending.push(PlainFile {
                     src_dir: Arc::clone(dir),
@@ -573,12 +577,35 @@ impl Copier<'_> {
         Ok(())
     }
 
+    /// Whether the regular file `e`, to be written at `target`, is copied as a plain file (by
+    /// the copy threads): any name of an inode met first. Its later names are hard links to
+    /// it ([`Copier::write`]); the first is written before one is made. An inode with names
+    /// outside the source (a layer's file hard-linked from an earlier layer, as
+    /// [`copy_reusing`] makes them) is thus copied as plain as a file with one name.
+    fn plain(&mut self, e: &Entry, target: &[String]) -> Result<bool, FileOpError> {
+        let m = e.metadata();
+        if m.nlink <= 1 {
+            return Ok(true);
+        }
+        let key = (e.layer(), m.dev_ino.0, m.dev_ino.1);
+        if let std::collections::hash_map::Entry::Vacant(v) = self.links.entry(key) {
+            v.insert(target.to_vec());
+            self.pending_links.insert(key);
+            return Ok(true);
+        }
+        if self.pending_links.contains(&key) {
+            self.flush()?;
+        }
+        Ok(false)
+    }
+
     /// Copies the plain files listed so far, on several threads when there are enough of
     /// them (many small files cost mostly system calls, which run in parallel, also across
     /// directories), then sets the metadata of the directories they completed.
     fn flush(&mut self) -> Result<(), FileOpError> {
         let plain = std::mem::take(&mut self.pending);
         self.pending_fds = 0;
+        self.pending_links.clear();
         let (src, hashes, reuse) = (self.src, self.hashes, self.reuse);
         let copy_one = |f: &PlainFile| {
             if let Some(n) = reuse.and_then(|r| r.link(hashes, f)) {

@@ -175,7 +175,6 @@ fn walk_digest(
         links: std::collections::HashMap::new(),
         threads: threads.max(1),
         buffer_max,
-        linked: false,
         parallel_dirs: 0,
         read_buf: None,
     };
@@ -249,8 +248,6 @@ struct Walk<'a> {
     threads: usize,
     /// The most bytes each of those threads buffers.
     buffer_max: usize,
-    /// A file with more than one link was seen.
-    linked: bool,
     /// Directories whose entries were hashed on several threads.
     parallel_dirs: usize,
     /// The buffer files are read through, made on the first file read.
@@ -263,35 +260,35 @@ const READ_BUF: usize = 64 * 1024;
 impl Walk<'_> {
     /// Hashes the children of a directory on [`Walk::threads`] threads, each a contiguous
     /// run of them into a buffer, then the buffers in order: the same bytes as one walk, as
-    /// long as no file has a second link (which of its names comes first is a property of
-    /// the whole walk) and each run fits its buffer. `Ok(false)` when not: nothing was
-    /// written, walk sequentially.
+    /// long as no inode is met by two runs, or by a run and the walk before (which of its
+    /// names comes first is a property of the whole walk), and each run fits its buffer.
+    /// `Ok(false)` when not: nothing was written, walk sequentially.
     fn children_in_parallel(
-        &self,
+        &mut self,
         h: &mut impl Sink,
         rel: &str,
         dir: &DirHandle,
         children: &[Entry],
     ) -> Result<bool, FileOpError> {
         let chunk = children.len().div_ceil(self.threads);
+        let (view, cache, buffer_max) = (self.view, self.cache, self.buffer_max);
         let parts = std::thread::scope(|scope| {
             let workers: Vec<_> = children
                 .chunks(chunk)
                 .map(|part| {
                     scope.spawn(move || {
                         let mut w = Walk {
-                            view: self.view,
-                            cache: self.cache,
+                            view,
+                            cache,
                             links: std::collections::HashMap::new(),
                             threads: 1,
-                            buffer_max: self.buffer_max,
-                            linked: false,
+                            buffer_max,
                             parallel_dirs: 0,
                             read_buf: None,
                         };
                         let mut buf = Buffer {
                             bytes: Vec::new(),
-                            max: self.buffer_max,
+                            max: buffer_max,
                             over: false,
                         };
                         for child in part {
@@ -300,7 +297,7 @@ impl Walk<'_> {
                             }
                             w.entry(&mut buf, &child_rel(rel, child), child, Some(dir))?;
                         }
-                        Ok::<_, FileOpError>((buf, w.linked))
+                        Ok::<_, FileOpError>((buf, w.links))
                     })
                 })
                 .collect();
@@ -310,11 +307,24 @@ impl Walk<'_> {
                 .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        if parts.iter().any(|(buf, linked)| *linked || buf.full()) {
+        if parts.iter().any(|(buf, _)| buf.full()) {
             return Ok(false);
         }
-        for (buf, _) in parts {
+        // The first name of each inode met must be the one a single walk meets first: no run
+        // may meet an inode the walk or an earlier run met already. (An inode whose other
+        // names are outside the walk, such as a layer's file hard-linked from an earlier
+        // layer, is met once.)
+        let mut firsts = std::collections::HashSet::new();
+        for (_, links) in &parts {
+            for ino in links.keys() {
+                if self.links.contains_key(ino) || !firsts.insert(*ino) {
+                    return Ok(false);
+                }
+            }
+        }
+        for (buf, links) in parts {
             h.put(&buf.bytes);
+            self.links.extend(links);
         }
         Ok(true)
     }
@@ -340,7 +350,6 @@ impl Walk<'_> {
                 // COPY recreates hard links between the files it copies: their structure is part
                 // of what is copied (the first name of each linked inode, in walk order).
                 if m.nlink > 1 {
-                    self.linked = true;
                     match self.links.get(&m.dev_ino) {
                         Some(first) => {
                             field(h, b"hardlink");
@@ -391,7 +400,7 @@ impl Walk<'_> {
                     self.parallel_dirs += 1;
                 } else {
                     if parallel {
-                        // A file below has a second link, or the tree is too large to buffer:
+                        // A file below has a name in two runs, or the tree is too large to buffer:
                         // the rest of the walk stays on this thread (every further try would
                         // walk its subtree twice).
                         self.threads = 1;
@@ -476,11 +485,44 @@ mod tests {
         let (small, dirs) = walk_buffering(d.path(), 2, 2048);
         assert_eq!(small, one);
         assert_eq!(dirs, 0, "no run fitted 2 KiB");
+        // Hard links within one run of entries, and to a name outside the walk: still in
+        // parallel, same digest as one walk, and not that of the tree without them.
+        std::fs::hard_link(top.join("d01/f1"), top.join("d01/deeper/linked")).unwrap();
+        std::fs::write(d.path().join("outside"), "out").unwrap();
+        std::fs::hard_link(d.path().join("outside"), top.join("d20/f-out")).unwrap();
+        let walk = |threads| {
+            let req = CopyRequest {
+                allow_wildcard: true,
+                allow_empty_wildcard: true,
+                ..CopyRequest::default()
+            };
+            let v = LayerView::plain(d.path());
+            walk_digest(
+                &v,
+                &["/src".to_owned()],
+                None,
+                (threads, PARALLEL_BUFFER_MAX),
+                &req,
+            )
+            .unwrap()
+        };
+        let (one, _) = walk(1);
+        let (many, dirs) = walk(2);
+        assert_eq!(many, one);
+        assert!(dirs >= 1, "hard links within a run keep the walk parallel");
+        std::fs::remove_file(top.join("d01/deeper/linked")).unwrap();
+        std::fs::copy(top.join("d01/f1"), top.join("d01/deeper/linked")).unwrap();
+        assert_ne!(walk(1).0, one, "the link is part of the digest");
+        std::fs::remove_file(top.join("d01/deeper/linked")).unwrap();
+        std::fs::hard_link(top.join("d01/f1"), top.join("d01/deeper/linked")).unwrap();
         // A hard link from the first run of entries to the last.
         std::fs::hard_link(top.join("d00/f1"), top.join("d23/linked")).unwrap();
-        let (one, _) = walk_with(d.path(), 1);
-        let (many, dirs) = walk_with(d.path(), 2);
+        let (one, _) = walk(1);
+        let (many, dirs) = walk(2);
         assert_eq!(many, one);
-        assert_eq!(dirs, 0, "a walk with hard links stays on one thread");
+        assert_eq!(
+            dirs, 0,
+            "a walk with a hard link across runs stays on one thread"
+        );
     }
 }
