@@ -140,12 +140,22 @@ fn blob_list(store: &Store) -> Vec<(Digest, u64)> {
 pub fn usage(store: &Store) -> Result<Usage, StoreError> {
     let keep = roots(store, true)?;
     let mut u = Usage::default();
-    for id in store.snapshots.list()? {
-        let size = crate::store::tree_size(&store.snapshots.path(&id));
-        u.snapshots += 1;
-        u.snapshot_bytes += size;
-        if !keep.snapshots.contains(&id) {
-            u.reclaimable_bytes += size;
+    // Layers share the inodes of files a COPY hard-linked from an earlier layer: each counts
+    // once, and as reclaimable only if no kept layer has it.
+    let mut seen = std::collections::HashSet::new();
+    let (kept, other): (Vec<SnapshotId>, Vec<SnapshotId>) = store
+        .snapshots
+        .list()?
+        .into_iter()
+        .partition(|id| keep.snapshots.contains(id));
+    for (ids, reclaimable) in [(kept, false), (other, true)] {
+        for id in ids {
+            let size = crate::store::tree_size_once(&store.snapshots.path(&id), &mut seen);
+            u.snapshots += 1;
+            u.snapshot_bytes += size;
+            if reclaimable {
+                u.reclaimable_bytes += size;
+            }
         }
     }
     for (d, size) in blob_list(store) {
@@ -373,6 +383,44 @@ mod tests {
             .collect();
         k.sort();
         k
+    }
+
+    #[test]
+    fn usage_counts_a_file_layers_share_once_and_as_reclaimable_only_if_no_kept_layer_has_it() {
+        let (_d, store, _) = store_with(&[("a", 1000, 10)]);
+        let kept = store.snapshots.list().unwrap().remove(0);
+        // An image keeps the layer (the build cache is reclaimable).
+        let mut staged = StagedRecords::default();
+        staged.images.insert(
+            "app:latest".to_owned(),
+            crate::store::ImageRecord {
+                manifest: Digest::of(b"manifest"),
+                config: Digest::of(b"config"),
+                size: 8,
+                layers: vec![kept.clone()],
+                index: None,
+            },
+        );
+        store.meta.commit(&staged).unwrap();
+        let before = usage(&store).unwrap();
+        assert_eq!((before.snapshot_bytes, before.reclaimable_bytes), (10, 0));
+        // Two layers no record reaches: one links the kept layer's file and has a file of its
+        // own, the other links that one.
+        let pending = store.snapshots.create().unwrap();
+        fs::hard_link(store.snapshots.path(&kept).join("f"), pending.dir.join("f")).unwrap();
+        fs::write(pending.dir.join("g"), [0u8; 5]).unwrap();
+        let orphan = store.snapshots.commit(pending).unwrap();
+        let pending = store.snapshots.create().unwrap();
+        fs::hard_link(
+            store.snapshots.path(&orphan).join("g"),
+            pending.dir.join("g"),
+        )
+        .unwrap();
+        store.snapshots.commit(pending).unwrap();
+        let u = usage(&store).unwrap();
+        assert_eq!(u.snapshots, 3);
+        assert_eq!(u.snapshot_bytes, 15, "each inode once");
+        assert_eq!(u.reclaimable_bytes, 5, "f stays with the kept layer");
     }
 
     #[test]

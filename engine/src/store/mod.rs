@@ -208,6 +208,14 @@ impl Store {
 
 /// Total size in bytes of the regular files under `path` (not following symlinks).
 pub fn tree_size(path: &Path) -> u64 {
+    tree_size_once(path, &mut std::collections::HashSet::new())
+}
+
+/// [`tree_size`], counting a file with several links only if its inode is not in `seen`
+/// (which it joins): the size on disk of trees that share inodes, such as layers a COPY
+/// hard-linked files between.
+pub fn tree_size_once(path: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -216,7 +224,7 @@ pub fn tree_size(path: &Path) -> u64 {
             let Ok(md) = entry.metadata() else { continue };
             if md.is_dir() {
                 stack.push(entry.path());
-            } else if md.is_file() {
+            } else if md.is_file() && (md.nlink() <= 1 || seen.insert((md.dev(), md.ino()))) {
                 total += md.len();
             }
         }
