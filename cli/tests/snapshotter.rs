@@ -96,3 +96,75 @@ fn steps_in_a_user_namespace_give_the_same_image_and_run_unprivileged() {
         refused.stderr
     );
 }
+
+/// A step that writes to files a COPY hard-linked from an earlier build's layer changes its
+/// own copy of them, never the layers that share the inode, with either snapshotter; and the
+/// image is the one a cold build gives.
+#[test]
+fn steps_never_write_through_to_files_layers_share() {
+    if !root_or_skip() {
+        return;
+    }
+    for snapshotter in ["overlay", "copy"] {
+        let ctx = tempfile::tempdir().unwrap();
+        let dir = ctx.path();
+        std::fs::write(
+            dir.join("Dockerfile"),
+            format!(
+                "FROM {BASE}\nCOPY . /ctx/\n\
+                 RUN echo more >> /ctx/a.txt && chmod 600 /ctx/b.txt && cat /ctx/a.txt\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("a.txt"), "alpha\n").unwrap();
+        std::fs::write(dir.join("b.txt"), "bravo\n").unwrap();
+        std::fs::write(dir.join("c.txt"), "one\n").unwrap();
+        let k = Kiln::with_base();
+        let build = || k.build(dir, &["--snapshotter", snapshotter]).ok();
+        build();
+        // Remembered once their status is three seconds old (whole seconds, two of margin).
+        std::thread::sleep(std::time::Duration::from_millis(3100));
+        std::fs::write(dir.join("c.txt"), "two\n").unwrap();
+        build();
+        std::fs::write(dir.join("c.txt"), "three\n").unwrap();
+        let run = build();
+        assert!(
+            run.stderr.contains("3 of 4 files hard-linked"),
+            "{snapshotter}: {}",
+            run.stderr
+        );
+        // Every layer's a.txt and b.txt: the COPY layers' (two names of one inode) as copied,
+        // the RUN layers' as the step left them.
+        let mut copied = std::collections::BTreeSet::new();
+        let mut stepped = 0;
+        for e in std::fs::read_dir(k.root().join("snapshots")).unwrap() {
+            let layer = e.unwrap().path().join("ctx");
+            let (Ok(a), Ok(b)) = (
+                std::fs::symlink_metadata(layer.join("a.txt")),
+                std::fs::symlink_metadata(layer.join("b.txt")),
+            ) else {
+                continue;
+            };
+            use std::os::unix::fs::MetadataExt;
+            let text = std::fs::read_to_string(layer.join("a.txt")).unwrap();
+            if text == "alpha\n" {
+                assert_eq!(b.mode() & 0o777, 0o644, "{snapshotter}: {layer:?}");
+                copied.insert(a.ino());
+            } else {
+                assert_eq!(text, "alpha\nmore\n", "{snapshotter}: {layer:?}");
+                assert_eq!(b.mode() & 0o777, 0o600, "{snapshotter}: {layer:?}");
+                stepped += 1;
+            }
+        }
+        assert_eq!(
+            copied.len(),
+            2,
+            "{snapshotter}: the first build's and the shared one"
+        );
+        assert_eq!(stepped, 3, "{snapshotter}: one RUN layer per build");
+        let cold = Kiln::with_base()
+            .build(dir, &["--snapshotter", snapshotter])
+            .ok();
+        assert_eq!(cold.digest(), run.digest(), "{snapshotter}");
+    }
+}
