@@ -258,21 +258,25 @@ pub struct GcPolicy {
 /// caller makes sure no build runs meanwhile (a running build's staged layers are reachable
 /// from nothing yet).
 pub fn collect(store: &Store, policy: &GcPolicy, now: u64) -> Result<Pruned, StoreError> {
-    let mut recs: Vec<(String, crate::store::meta::CacheRecord, u64)> = store
-        .meta
-        .cache_records()?
+    let mut by_age = store.meta.cache_records()?;
+    // Newest first.
+    by_age.sort_by(|a, b| (b.1.last_used, &b.0).cmp(&(a.1.last_used, &a.0)));
+    // A layer's size counts for the record that made it; a file layers share (a COPY
+    // hard-linked it from an earlier layer) counts in the newest layer that has it, since
+    // dropping an older one frees nothing of it.
+    let mut seen = std::collections::HashSet::new();
+    let mut sizes: std::collections::HashMap<SnapshotId, u64> = Default::default();
+    let recs: Vec<(String, crate::store::meta::CacheRecord, u64)> = by_age
         .into_iter()
         .map(|(k, r)| {
-            let size = r
-                .layers
-                .last()
-                .map(|id| crate::store::tree_size(&store.snapshots.path(id)))
-                .unwrap_or(0);
+            let size = r.layers.last().map_or(0, |id| {
+                *sizes.entry(id.clone()).or_insert_with(|| {
+                    crate::store::tree_size_once(&store.snapshots.path(id), &mut seen)
+                })
+            });
             (k, r, size)
         })
         .collect();
-    // Newest first.
-    recs.sort_by(|a, b| (b.1.last_used, &b.0).cmp(&(a.1.last_used, &a.0)));
     let mut drop = BTreeSet::new();
     if let Some(d) = policy.keep_duration {
         for (k, r, _) in &recs {
@@ -421,6 +425,53 @@ mod tests {
         assert_eq!(u.snapshots, 3);
         assert_eq!(u.snapshot_bytes, 15, "each inode once");
         assert_eq!(u.reclaimable_bytes, 5, "f stays with the kept layer");
+    }
+
+    #[test]
+    fn a_file_layers_share_counts_for_the_newest_record_that_has_it() {
+        let (_d, store, keys) = store_with(&[("a", 900, 10), ("a", 1000, 5)]);
+        let layer = |key: &str| {
+            store
+                .meta
+                .cache_records()
+                .unwrap()
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .unwrap()
+                .1
+                .layers[0]
+                .clone()
+        };
+        // The newer layer holds the older one's file too, hard-linked (as a COPY links it).
+        fs::hard_link(
+            store.snapshots.path(&layer(&keys[0])).join("f"),
+            store.snapshots.path(&layer(&keys[1])).join("old"),
+        )
+        .unwrap();
+        // 15 bytes on disk in all: both records fit 16.
+        let p = collect(
+            &store,
+            &GcPolicy {
+                keep_bytes: Some(16),
+                ..GcPolicy::default()
+            },
+            1000,
+        )
+        .unwrap();
+        assert_eq!(p.cache_records, 0);
+        assert_eq!(left(&store).len(), 2);
+        // Under 15 both go: the newer record alone counts 15 bytes (the shared file counts
+        // there), and the older one is beyond the bound after it.
+        let p = collect(
+            &store,
+            &GcPolicy {
+                keep_bytes: Some(14),
+                ..GcPolicy::default()
+            },
+            1000,
+        )
+        .unwrap();
+        assert_eq!(p.cache_records, 2);
     }
 
     #[test]
