@@ -49,7 +49,7 @@ pub fn copy_knowing(
 /// of the source file each was copied from.
 #[derive(Debug)]
 pub struct Reuse {
-    root: Arc<OwnedFd>,
+    root: OwnedFd,
     files: HashMap<String, FileKey>,
     /// The earlier layer's directories opened so far, by path (`None`: not there).
     dirs: std::sync::Mutex<HashMap<Vec<String>, Option<Arc<OwnedFd>>>>,
@@ -61,7 +61,7 @@ impl Reuse {
     pub fn open(layer: &Path, files: HashMap<String, FileKey>) -> Option<Self> {
         let root = rustix::fs::open(layer, DIR_FLAGS, rustix::fs::Mode::empty()).ok()?;
         Some(Self {
-            root: Arc::new(root),
+            root,
             files,
             dirs: std::sync::Mutex::default(),
         })
@@ -74,18 +74,9 @@ impl Reuse {
         if let Some(d) = dirs.get(comps) {
             return d.clone();
         }
-        let mut cur = Arc::clone(&self.root);
-        let mut found = true;
-        for c in comps {
-            match rustix::fs::openat(&*cur, c.as_str(), DIR_FLAGS, rustix::fs::Mode::empty()) {
-                Ok(fd) => cur = Arc::new(fd),
-                Err(_) => {
-                    found = false;
-                    break;
-                }
-            }
-        }
-        let d = found.then_some(cur);
+        let d = super::upper::open_dirs(&self.root, comps)
+            .ok()
+            .map(Arc::new);
         dirs.insert(comps.to_vec(), d.clone());
         d
     }

@@ -273,13 +273,20 @@ impl<'a> Upper<'a> {
 
     /// Opens an existing upper directory without creating anything.
     pub fn walk(&self, comps: &[String]) -> Result<(OwnedFd, ()), FileOpError> {
-        let mut cur = rustix::io::dup(&self.root).map_err(|e| upper_err(&[], e))?;
-        for i in 0..comps.len() {
-            cur = rustix::fs::openat(&cur, comps[i].as_str(), DIR_FLAGS, Mode::empty())
-                .map_err(|e| upper_err(&comps[..=i], e))?;
-        }
-        Ok((cur, ()))
+        let fd = open_dirs(&self.root, comps).map_err(|(i, e)| upper_err(&comps[..i], e))?;
+        Ok((fd, ()))
     }
+}
+
+/// Opens the directory `comps` below `root` one component at a time, following no symlink;
+/// on failure, how many components it got to (the failing one included) and why.
+pub(crate) fn open_dirs(root: &OwnedFd, comps: &[String]) -> Result<OwnedFd, (usize, Errno)> {
+    let mut cur = rustix::io::dup(root).map_err(|e| (0, e))?;
+    for (i, c) in comps.iter().enumerate() {
+        cur = rustix::fs::openat(&cur, c.as_str(), DIR_FLAGS, Mode::empty())
+            .map_err(|e| (i + 1, e))?;
+    }
+    Ok(cur)
 }
 
 /// Sets owner, then mode (chown clears setuid bits), then mtime, on an open fd.
