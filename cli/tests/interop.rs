@@ -17,6 +17,7 @@ RUN mkdir -p /out && echo built > /out/artifact && ln -s artifact /out/link
 FROM kiln-test/busybox
 COPY --from=build /out /opt/out
 COPY --chmod=0750 --chown=1000:1000 hello.txt /home/app/hello.txt
+COPY noise.txt /srv/noise.txt
 RUN rm /etc/group && mkdir -p /srv/data && echo state > /srv/data/state && chmod 0700 /srv/data
 LABEL org.opencontainers.image.title=interop
 ENV APP=1
@@ -40,6 +41,7 @@ fn build_outputs(k: &Kiln, extra: &[&str]) -> Outputs {
     fs::create_dir_all(&ctx).unwrap();
     fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
     fs::write(ctx.join("hello.txt"), "hello from kiln\n").unwrap();
+    fs::write(ctx.join("noise.txt"), noise()).unwrap();
     let oci_tar = dir.path().join("image.tar");
     let oci_dir = dir.path().join("layout");
     let local = dir.path().join("rootfs");
@@ -56,6 +58,25 @@ fn build_outputs(k: &Kiln, extra: &[&str]) -> Outputs {
         oci_dir,
         local,
     }
+}
+
+/// 1.5 MiB of random base64-alphabet text in lines of 76: string matching finds nothing in it,
+/// so its layer's gzip blocks are deflated with literals and runs only, not by libdeflate
+/// (`oci::compress::deflate_block`), and the readers below read those too.
+fn noise() -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x: u64 = 0x853c_49e6_748f_ea9b;
+    (0..3 << 19)
+        .map(|i| {
+            if i % 77 == 76 {
+                return b'\n';
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x >> 58) as usize]
+        })
+        .collect()
 }
 
 /// Unpacks a tar into `dest` (an OCI layout from `-o type=oci`).

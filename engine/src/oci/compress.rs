@@ -32,7 +32,7 @@
 
 use std::io::{self, Read, Write};
 
-use super::media;
+use super::{deflate, media};
 use crate::digest::{Digest, Hasher};
 
 /// gzip level used for every layer.
@@ -340,21 +340,27 @@ pub struct BlockRef {
     pub crc32: u32,
 }
 
-/// A fingerprint of the deflate implementation and level: the compression of a fixed probe.
-/// It is part of every block key, so blocks deflated by another compressor (a kiln built with
-/// another libdeflate, another level) are never mixed into a blob: a cached block must be the
+/// A fingerprint of the deflate implementation, level and choice: the compression of two fixed
+/// probes, one that libdeflate deflates and one that goes to the run-only encoder
+/// ([`deflate_block`]). It is part of every block key, so blocks deflated by another
+/// compressor (a kiln built with another libdeflate, another level or rule) are never mixed
+/// into a blob: a cached block must be the
 /// exact bytes this compressor would write, or a warm store would give other digests than a
 /// cold one.
 fn compressor_tag() -> &'static Digest {
     static TAG: std::sync::OnceLock<Digest> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
         let mut x: u32 = 0x2545_f491;
-        let probe: Vec<u8> = (0..96 * 1024)
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        // Text with repeats: exercises matching, lazy evaluation and dynamic trees.
+        let text: Vec<u8> = (0..96 * 1024)
             .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                // Text with repeats: exercises matching, lazy evaluation and dynamic trees.
+                let x = next();
                 if i % 5 == 0 {
                     (x >> 24) as u8
                 } else {
@@ -362,10 +368,23 @@ fn compressor_tag() -> &'static Digest {
                 }
             })
             .collect();
+        // Random letters with runs of zeros: nothing for matching to find but the runs.
+        let letters: Vec<u8> = (0..96 * 1024)
+            .map(|i| {
+                let x = next();
+                if i % 1000 < 40 {
+                    0
+                } else {
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+                        [(x >> 26) as usize]
+                }
+            })
+            .collect();
         let mut h = Hasher::new();
-        h.update(b"kiln gzip member v2\0");
+        h.update(b"kiln gzip member v3\0");
         h.update(&GZIP_LEVEL.to_le_bytes());
-        h.update(&gzip_member(&probe).unwrap_or_default());
+        h.update(&gzip_member(&text).unwrap_or_default());
+        h.update(&gzip_member(&letters).unwrap_or_default());
         h.finish()
     })
 }
@@ -617,24 +636,74 @@ fn compress_piece(data: Vec<u8>, reuse: Option<&BlockReuse>) -> io::Result<Piece
     })
 }
 
-/// One block as a complete gzip member: [`GZIP_HEADER`], libdeflate's raw deflate of `data`
-/// at [`GZIP_LEVEL`], CRC-32 and length.
+/// One block as a complete gzip member: [`GZIP_HEADER`], the raw deflate of `data` (see
+/// [`deflate_block`]), CRC-32 and length.
 fn gzip_member(data: &[u8]) -> io::Result<Vec<u8>> {
-    let level = libdeflater::CompressionLvl::new(GZIP_LEVEL as i32)
-        .map_err(|e| io::Error::other(format!("gzip level {GZIP_LEVEL}: {e:?}")))?;
-    let mut c = libdeflater::Compressor::new(level);
     let isize = u32::try_from(data.len()).map_err(|_| io::Error::other("gzip block over 4 GiB"))?;
-    let bound = c.deflate_compress_bound(data.len());
-    let mut out = vec![0u8; GZIP_HEADER.len() + bound + 8];
-    out[..GZIP_HEADER.len()].copy_from_slice(&GZIP_HEADER);
-    let n = c
-        .deflate_compress(data, &mut out[GZIP_HEADER.len()..GZIP_HEADER.len() + bound])
-        .map_err(|e| io::Error::other(format!("deflate: {e}")))?;
-    let end = GZIP_HEADER.len() + n;
-    out.truncate(end);
+    let mut out = Vec::with_capacity(GZIP_HEADER.len() + data.len() / 2 + 64);
+    out.extend_from_slice(&GZIP_HEADER);
+    deflate_block(data, &mut out)?;
     out.extend_from_slice(&libdeflater::crc32(data).to_le_bytes());
     out.extend_from_slice(&isize.to_le_bytes());
     Ok(out)
+}
+
+/// Bytes in each sample [`deflate_block`] compresses both ways.
+const PROBE_LEN: usize = 16 * 1024;
+/// Samples per block, spread evenly from its first byte to its last.
+const PROBES: usize = 4;
+/// Matching must make the samples at least this many per mille smaller than runs alone do,
+/// or the block is deflated without it.
+const MATCH_GAIN_PER_MILLE: u64 = 30;
+
+/// The raw deflate of one block, appended to `out`: libdeflate's at [`GZIP_LEVEL`], unless
+/// string matching would gain almost nothing on it, which samples tell. Then the block is
+/// deflated with literals and runs only ([`deflate::deflate_rle`]), several times faster: on
+/// random-looking text (base64, hex dumps) or already-compressed files, libdeflate's match
+/// finder spends most of its time finding nothing.
+///
+/// The samples are [`PROBES`] slices of [`PROBE_LEN`] bytes, each deflated alone both ways. The
+/// block goes to libdeflate as soon as the samples so far show matching making them
+/// [`MATCH_GAIN_PER_MILLE`] smaller, so text and binaries pay one sample (about 2 % of a
+/// block's compression). The choice depends on the block's bytes only.
+fn deflate_block(data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    let level = libdeflater::CompressionLvl::new(GZIP_LEVEL as i32)
+        .map_err(|e| io::Error::other(format!("gzip level {GZIP_LEVEL}: {e:?}")))?;
+    let mut c = libdeflater::Compressor::new(level);
+    let mut lz = |data: &[u8], out: &mut Vec<u8>| -> io::Result<usize> {
+        let start = out.len();
+        let bound = c.deflate_compress_bound(data.len());
+        out.resize(start + bound, 0);
+        let n = c
+            .deflate_compress(data, &mut out[start..])
+            .map_err(|e| io::Error::other(format!("deflate: {e}")))?;
+        out.truncate(start + n);
+        Ok(n)
+    };
+    if data.len() >= PROBES * PROBE_LEN {
+        let mut scratch = Vec::with_capacity(PROBE_LEN + PROBE_LEN / 8);
+        let (mut matched, mut runs) = (0u64, 0u64);
+        let mut matching_pays = false;
+        for k in 0..PROBES {
+            let at = k * (data.len() - PROBE_LEN) / (PROBES - 1);
+            let sample = &data[at..at + PROBE_LEN];
+            scratch.clear();
+            matched += lz(sample, &mut scratch)? as u64;
+            scratch.clear();
+            deflate::deflate_rle(sample, &mut scratch);
+            runs += scratch.len() as u64;
+            if runs * 1000 > matched * (1000 + MATCH_GAIN_PER_MILLE) {
+                matching_pays = true;
+                break;
+            }
+        }
+        if !matching_pays {
+            deflate::deflate_rle(data, out);
+            return Ok(());
+        }
+    }
+    lz(data, out)?;
+    Ok(())
 }
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -958,6 +1027,86 @@ mod tests {
         assert_eq!(&blob[..4], &[0x1f, 0x8b, 8, 0], "no FNAME flag");
         assert_eq!(&blob[4..8], &[0, 0, 0, 0], "mtime 0");
         assert_eq!(blob[9], 255, "OS unknown");
+    }
+
+    /// Random base64-alphabet text in lines of 76, with a run of zeros every 64 KiB (as tar
+    /// padding gives).
+    fn random_text(len: usize) -> Vec<u8> {
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut x: u32 = 99;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                match (i % (64 << 10), i % 77) {
+                    (0..500, _) => 0,
+                    (_, 76) => b'\n',
+                    _ => alphabet[(x >> 26) as usize],
+                }
+            })
+            .collect()
+    }
+
+    fn inflate(member: &[u8]) -> Vec<u8> {
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(member)
+            .read_to_end(&mut back)
+            .unwrap();
+        back
+    }
+
+    #[test]
+    fn blocks_matching_cannot_shrink_are_deflated_with_runs_only() {
+        let lz = |data: &[u8]| {
+            let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(6).unwrap());
+            let mut out = vec![0u8; c.deflate_compress_bound(data.len())];
+            let n = c.deflate_compress(data, &mut out).unwrap();
+            out.truncate(n);
+            out
+        };
+        let rle = |data: &[u8]| {
+            let mut out = Vec::new();
+            deflate::deflate_rle(data, &mut out);
+            out
+        };
+        let body = |member: &[u8]| member[GZIP_HEADER.len()..member.len() - 8].to_vec();
+
+        // Random text: libdeflate's matching gains under 3 %, so the runs-only encoder writes it.
+        let text = random_text(900 << 10);
+        let member = gzip_member(&text).unwrap();
+        assert!(body(&member) == rle(&text), "not the runs-only encoder's");
+        assert!(inflate(&member) == text);
+        let (m, r) = (lz(&text).len(), rle(&text).len());
+        assert!(r * 1000 <= m * 1030, "runs only {r} bytes, libdeflate {m}");
+
+        // Text with repeats, and random text with one 60-byte phrase every 300 bytes: libdeflate.
+        for data in [multi_block_data()[..900 << 10].to_vec(), {
+            let mut d = random_text(900 << 10);
+            let phrase = d[1000..1060].to_vec();
+            for i in (0..d.len() - 60).step_by(300) {
+                d[i..i + 60].copy_from_slice(&phrase);
+            }
+            d
+        }] {
+            let member = gzip_member(&data).unwrap();
+            assert!(body(&member) == lz(&data), "not libdeflate's");
+            assert!(inflate(&member) == data);
+        }
+
+        // Too short to sample: libdeflate.
+        let short = random_text(PROBES * PROBE_LEN - 1);
+        assert!(body(&gzip_member(&short).unwrap()) == lz(&short));
+
+        // A blob of such blocks is still one gzip stream.
+        let data = random_text(5 << 20);
+        let (blob, info) = gzip(&data, None);
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back == data);
+        assert_eq!(info.diff_id, Digest::of(&data));
     }
 
     #[test]
