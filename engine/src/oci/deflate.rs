@@ -33,58 +33,71 @@ const CODELEN_ORDER: [usize; 19] = [
 
 /// Raw deflate of `data`, appended to `out`. An empty input gives one empty fixed block.
 pub fn deflate_rle(data: &[u8], out: &mut Vec<u8>) {
-    let mut bits = Bits { out, acc: 0, n: 0 };
+    let mut bits = Bits::new(out);
     if data.is_empty() {
+        bits.reserve(0);
         // BFINAL=1, BTYPE=01 (fixed codes), then end-of-block (code 0000000).
         bits.put(0b011, 3);
         bits.put(0, 7);
         bits.finish();
         return;
     }
-    let mut tokens = Vec::with_capacity(BLOCK_INPUT.min(data.len()));
+    let mut runs = Vec::new();
     let mut start = 0;
     while start < data.len() {
         let end = (start + BLOCK_INPUT).min(data.len());
-        block(
-            &data[..end],
-            start,
-            &mut tokens,
-            end == data.len(),
-            &mut bits,
-        );
+        block(&data[..end], start, &mut runs, end == data.len(), &mut bits);
         start = end;
     }
     bits.finish();
 }
 
-/// One token: a literal byte (`0..=255`), or a run of `MIN_RUN + (t & 0xff)` copies of the
-/// previous byte (`0x100 | (len - 3)`).
-type Token = u16;
+/// One run: where it starts and how many copies of the byte before it it is.
+type Run = (usize, usize);
 
 /// One dynamic block of `all[start..]` (the byte before `start`, if any, may start a run).
-fn block(all: &[u8], start: usize, tokens: &mut Vec<Token>, last: bool, bits: &mut Bits<'_>) {
-    tokens.clear();
-    let mut litlen = [0u32; LITLEN_SYMS];
-    let mut i = start;
-    while i < all.len() {
-        let b = all[i];
-        if i > 0 && all[i - 1] == b {
-            let limit = (all.len() - i).min(MAX_RUN);
-            let mut len = 1;
-            while len < limit && all[i + len] == b {
-                len += 1;
-            }
-            if len >= MIN_RUN {
-                let t = (len - MIN_RUN) as u16;
-                tokens.push(0x100 | t);
-                litlen[LENGTH_SYMBOL[usize::from(t)] as usize] += 1;
-                i += len;
-                continue;
-            }
+///
+/// Two passes: one counts the symbols and notes the runs, one writes. A run is taken wherever
+/// the byte before repeats at least [`MIN_RUN`] times (greedy, as zlib's `Z_RLE`).
+fn block(all: &[u8], start: usize, runs: &mut Vec<Run>, last: bool, bits: &mut Bits<'_>) {
+    runs.clear();
+    bits.reserve(all.len() - start);
+    // Every byte counted as a literal (four tables: no store waits on the one before), then
+    // the runs' bytes moved to their length symbols.
+    let mut counts = [[0u32; 256]; 4];
+    let mut quads = all[start..].chunks_exact(4);
+    for q in &mut quads {
+        for (t, &b) in counts.iter_mut().zip(q) {
+            t[usize::from(b)] += 1;
         }
-        tokens.push(u16::from(b));
-        litlen[usize::from(b)] += 1;
-        i += 1;
+    }
+    for &b in quads.remainder() {
+        counts[0][usize::from(b)] += 1;
+    }
+    let mut litlen = [0u32; LITLEN_SYMS];
+    for (s, n) in litlen.iter_mut().take(256).enumerate() {
+        *n = counts.iter().map(|t| t[s]).sum();
+    }
+    let mut i = start.max(1);
+    while i < all.len() {
+        match next_repeat(all, i) {
+            Some(j) => i = j,
+            None => break,
+        }
+        let b = all[i];
+        let limit = (all.len() - i).min(MAX_RUN);
+        let len = 1 + all[i + 1..i + limit]
+            .iter()
+            .take_while(|&&x| x == b)
+            .count();
+        if len >= MIN_RUN {
+            runs.push((i, len));
+            litlen[usize::from(b)] -= len as u32;
+            litlen[usize::from(LENGTH_SYMBOL[len - MIN_RUN])] += 1;
+            i += len;
+        } else {
+            i += 1;
+        }
     }
     litlen[END_OF_BLOCK] += 1;
 
@@ -132,24 +145,59 @@ fn block(all: &[u8], start: usize, tokens: &mut Vec<Token>, last: bool, bits: &m
     }
 
     // Data. The distance code (code 0, one bit: 0) follows each length.
-    let dist0_len = u32::from(dist_lens[0]);
-    for &t in tokens.iter() {
-        if t < 0x100 {
-            let s = usize::from(t);
-            bits.put(u64::from(lit_codes[s]), u32::from(lit_lens[s]));
-        } else {
-            let l = usize::from(t & 0xff);
-            let s = LENGTH_SYMBOL[l] as usize;
-            let (extra_bits, extra) = length_extra(l + MIN_RUN);
-            // Length code, its extra bits, then distance code 0 (the bit 0).
-            let code = u64::from(lit_codes[s]) | (u64::from(extra) << lit_lens[s]);
-            bits.put(code, u32::from(lit_lens[s]) + extra_bits + dist0_len);
+    let literals = |bits: &mut Bits<'_>, bytes: &[u8]| {
+        // Three literals at a time: three codes of at most 15 bits fit one `put`.
+        let mut triples = bytes.chunks_exact(3);
+        for t in &mut triples {
+            let (x, y, z) = (usize::from(t[0]), usize::from(t[1]), usize::from(t[2]));
+            let (lx, ly) = (u32::from(lit_lens[x]), u32::from(lit_lens[y]));
+            let v = u64::from(lit_codes[x])
+                | (u64::from(lit_codes[y]) << lx)
+                | (u64::from(lit_codes[z]) << (lx + ly));
+            bits.put(v, lx + ly + u32::from(lit_lens[z]));
         }
+        for &x in triples.remainder() {
+            let x = usize::from(x);
+            bits.put(u64::from(lit_codes[x]), u32::from(lit_lens[x]));
+        }
+    };
+    let dist0_len = u32::from(dist_lens[0]);
+    let mut at = start;
+    for &(run_at, len) in runs.iter() {
+        literals(bits, &all[at..run_at]);
+        let s = usize::from(LENGTH_SYMBOL[len - MIN_RUN]);
+        let (extra_bits, extra) = length_extra(len);
+        // Length code, its extra bits, then distance code 0 (the bit 0).
+        let code = u64::from(lit_codes[s]) | (u64::from(extra) << lit_lens[s]);
+        bits.put(code, u32::from(lit_lens[s]) + extra_bits + dist0_len);
+        at = run_at + len;
     }
+    literals(bits, &all[at..]);
     bits.put(
         u64::from(lit_codes[END_OF_BLOCK]),
         u32::from(lit_lens[END_OF_BLOCK]),
     );
+}
+
+/// The first `j ≥ i` (`i ≥ 1`) where `all[j]` equals the byte before it, eight bytes at a time.
+fn next_repeat(all: &[u8], mut i: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&all[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    while i + 8 <= all.len() {
+        // A zero byte of `x` is an equal pair; the lowest one the bit trick flags is exact.
+        let x = word(i - 1) ^ word(i);
+        let zeros = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zeros != 0 {
+            return Some(i + (zeros.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    (i..all.len()).find(|&j| all[j - 1] == all[j])
 }
 
 /// The length symbol (257..=285) of each match length `3 + i`.
@@ -332,30 +380,56 @@ fn canonical_codes<const N: usize>(lens: &[u8; N]) -> [u16; N] {
     codes
 }
 
-/// Bits into bytes, least significant first.
+/// Bits into bytes, least significant first. `out` is kept [`Bits::reserve`]d ahead of the
+/// bits, so each `put` stores eight bytes and keeps fewer than eight bits back.
 struct Bits<'a> {
     out: &'a mut Vec<u8>,
+    /// Where the next whole byte goes; `out` is cut back to it at the end.
+    pos: usize,
     acc: u64,
+    /// Bits in `acc`, always fewer than 8 between calls.
     n: u32,
 }
 
-impl Bits<'_> {
-    /// Appends the low `n` bits of `v` (`n` ≤ 32; `v` has no bits above them).
+impl<'a> Bits<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        let pos = out.len();
+        Bits {
+            out,
+            pos,
+            acc: 0,
+            n: 0,
+        }
+    }
+
+    /// Makes room for a block of `input` bytes: at most 15 bits a literal, 21 a run of three
+    /// or more, plus the block header (under 600 bytes) and the eight bytes a `put` stores.
+    fn reserve(&mut self, input: usize) {
+        let need = self.pos + 2 * input + 1024;
+        if self.out.len() < need {
+            self.out.resize(need, 0);
+        }
+    }
+
+    /// Appends the low `n` bits of `v` (`n` ≤ 56; `v` has no bits above them).
     #[inline]
     fn put(&mut self, v: u64, n: u32) {
         self.acc |= v << self.n;
         self.n += n;
-        if self.n >= 32 {
-            self.out.extend_from_slice(&(self.acc as u32).to_le_bytes());
-            self.acc >>= 32;
-            self.n -= 32;
-        }
+        self.out[self.pos..self.pos + 8].copy_from_slice(&self.acc.to_le_bytes());
+        let whole = self.n / 8;
+        self.pos += whole as usize;
+        self.acc >>= whole * 8;
+        self.n -= whole * 8;
     }
 
-    /// Writes the last partial byte, zero-padded.
+    /// Writes the last partial byte, zero-padded, and cuts `out` to the bytes written.
     fn finish(&mut self) {
-        let bytes = self.n.div_ceil(8) as usize;
-        self.out.extend_from_slice(&self.acc.to_le_bytes()[..bytes]);
+        if self.n > 0 {
+            self.out[self.pos] = self.acc as u8;
+            self.pos += 1;
+        }
+        self.out.truncate(self.pos);
         self.acc = 0;
         self.n = 0;
     }
@@ -480,6 +554,21 @@ mod tests {
         // A megabyte of zeros is a few thousand runs of 258.
         let n = round_trip(&[0u8; 1 << 20]);
         assert!(n < 1 << 20 >> 8, "{n} bytes");
+    }
+
+    #[test]
+    fn the_word_scan_finds_the_first_repeat_as_a_byte_scan_does() {
+        let mut r = xorshift(7);
+        // Few symbols: repeats everywhere, at every offset within a word.
+        let data: Vec<u8> = (0..5000)
+            .map(|_| [0, 1, 0x7f, 0x80, 0xff][(r() % 5) as usize])
+            .collect();
+        for i in 1..data.len() {
+            let naive = (i..data.len()).find(|&j| data[j - 1] == data[j]);
+            assert_eq!(next_repeat(&data, i), naive, "from {i}");
+        }
+        assert_eq!(next_repeat(b"ab", 1), None);
+        assert_eq!(next_repeat(b"abcdefghijkk", 1), Some(11));
     }
 
     #[test]
