@@ -530,6 +530,22 @@ mod tests {
             }
         }
         round_trip(&mixed);
+        // Many small inputs: alphabets of 1 to 256 symbols, with and without runs.
+        for case in 0..300u32 {
+            let len = (r() % 3000) as usize;
+            let symbols = 1 + r() % 256;
+            let mut d = Vec::with_capacity(len);
+            while d.len() < len {
+                let b = (r() % symbols) as u8;
+                let n = if case % 3 == 0 {
+                    1 + r() as usize % 300
+                } else {
+                    1
+                };
+                d.extend(std::iter::repeat_n(b, n.min(len - d.len())));
+            }
+            round_trip(&d);
+        }
         round_trip(&mixed[..BLOCK_INPUT]);
         round_trip(&mixed[..BLOCK_INPUT + 1]);
     }
