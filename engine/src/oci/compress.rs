@@ -342,46 +342,19 @@ pub struct BlockRef {
     pub crc32: u32,
 }
 
-/// A fingerprint of the deflate implementation, level and choice: the compression of two fixed
-/// probes, one that libdeflate deflates and one that goes to the run-only encoder
-/// ([`deflate_block`]). It is part of every block key, so blocks deflated by another
-/// compressor (a kiln built with another libdeflate, another level or rule) are never mixed
-/// into a blob: a cached block must be the
-/// exact bytes this compressor would write, or a warm store would give other digests than a
-/// cold one.
+/// A fingerprint of the deflate implementation, level and choice: the compression of the two
+/// [`tag_probes`], one that libdeflate deflates and one that goes to the run-only encoder
+/// ([`deflate_block`]; a test holds both). It is part of every block key, so blocks deflated
+/// by another compressor (a kiln built with another libdeflate, another level or rule) are
+/// never mixed into a blob: a cached block must be the exact bytes this compressor would
+/// write, or a warm store would give other digests than a cold one.
+///
+/// A change to `oci::deflate` or to [`deflate_block`]'s rule that these probes might not show
+/// must also change the version string here.
 fn compressor_tag() -> &'static Digest {
     static TAG: std::sync::OnceLock<Digest> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
-        let mut x: u32 = 0x2545_f491;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x
-        };
-        // Text with repeats: exercises matching, lazy evaluation and dynamic trees.
-        let text: Vec<u8> = (0..96 * 1024)
-            .map(|i| {
-                let x = next();
-                if i % 5 == 0 {
-                    (x >> 24) as u8
-                } else {
-                    b"kiln layer "[i % 11]
-                }
-            })
-            .collect();
-        // Random letters with runs of zeros: nothing for matching to find but the runs.
-        let letters: Vec<u8> = (0..96 * 1024)
-            .map(|i| {
-                let x = next();
-                if i % 1000 < 40 {
-                    0
-                } else {
-                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-                        [(x >> 26) as usize]
-                }
-            })
-            .collect();
+        let (text, letters) = tag_probes();
         let mut h = Hasher::new();
         h.update(b"kiln gzip member v3\0");
         h.update(&GZIP_LEVEL.to_le_bytes());
@@ -389,6 +362,41 @@ fn compressor_tag() -> &'static Digest {
         h.update(&gzip_member(&letters).unwrap_or_default());
         h.finish()
     })
+}
+
+/// The probes of [`compressor_tag`]: 96 KiB of text with repeats (matching, lazy evaluation,
+/// dynamic trees: libdeflate), and 160 KiB of random letters with runs of zeros (nothing for
+/// matching to find but the runs: the run-only encoder, over more than one of its blocks).
+fn tag_probes() -> (Vec<u8>, Vec<u8>) {
+    let mut x: u32 = 0x2545_f491;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let text: Vec<u8> = (0..96 * 1024)
+        .map(|i| {
+            let x = next();
+            if i % 5 == 0 {
+                (x >> 24) as u8
+            } else {
+                b"kiln layer "[i % 11]
+            }
+        })
+        .collect();
+    let letters: Vec<u8> = (0..160 * 1024)
+        .map(|i| {
+            let x = next();
+            if i % 1000 < 40 {
+                0
+            } else {
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+                    [(x >> 26) as usize]
+            }
+        })
+        .collect();
+    (text, letters)
 }
 
 /// The cache key of a block: its bytes, the compressor's fingerprint and a namespace (kilnd
@@ -654,8 +662,8 @@ fn gzip_member(data: &[u8]) -> io::Result<Vec<u8>> {
 const PROBE_LEN: usize = 16 * 1024;
 /// Samples per block, spread evenly from its first byte to its last.
 const PROBES: usize = 4;
-/// Matching must make the samples at least this many per mille smaller than runs alone do,
-/// or the block is deflated without it.
+/// Runs alone must make the samples more than this many per mille larger than libdeflate
+/// does (matching saves about 3 % or more) for the block to go to libdeflate.
 const MATCH_GAIN_PER_MILLE: u64 = 30;
 
 /// The raw deflate of one block, appended to `out`: libdeflate's at [`GZIP_LEVEL`], unless
@@ -665,8 +673,8 @@ const MATCH_GAIN_PER_MILLE: u64 = 30;
 /// finder spends most of its time finding nothing.
 ///
 /// The samples are [`PROBES`] slices of [`PROBE_LEN`] bytes, each deflated alone both ways. The
-/// block goes to libdeflate as soon as the samples so far show matching making them
-/// [`MATCH_GAIN_PER_MILLE`] smaller, so text and binaries pay one sample (about 2 % of a
+/// block goes to libdeflate as soon as the samples so far come out over
+/// [`MATCH_GAIN_PER_MILLE`] larger without matching, so text and binaries pay one sample (about 2 % of a
 /// block's compression). The choice depends on the block's bytes only.
 fn deflate_block(data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let level = libdeflater::CompressionLvl::new(GZIP_LEVEL as i32)
@@ -1095,6 +1103,12 @@ mod tests {
             assert!(body(&member) == lz(&data), "not libdeflate's");
             assert!(inflate(&member) == data);
         }
+
+        // The compressor fingerprint's probes take one path each.
+        let (text, letters) = tag_probes();
+        assert!(body(&gzip_member(&text).unwrap()) == lz(&text));
+        assert!(body(&gzip_member(&letters).unwrap()) == rle(&letters));
+        assert!(letters.len() > deflate::BLOCK_INPUT);
 
         // Too short to sample: libdeflate.
         let short = random_text(PROBES * PROBE_LEN - 1);

@@ -13,7 +13,7 @@
 
 /// Input bytes per deflate block: large enough that the Huffman tables (about 60–90 bytes)
 /// cost little, small enough that the codes follow the data.
-const BLOCK_INPUT: usize = 128 * 1024;
+pub(super) const BLOCK_INPUT: usize = 128 * 1024;
 /// Longest deflate match.
 const MAX_RUN: usize = 258;
 /// Shortest deflate match.
@@ -292,6 +292,8 @@ fn code_lengths<const N: usize>(freq: &[u32; N], limit: u8) -> [u8; N] {
     }
     leaves.sort_unstable();
     let n = leaves.len();
+    // Room for every symbol within the limit (19 symbols in 7 bits, 286 in 15).
+    debug_assert!(n <= 1 << limit);
 
     // Huffman's algorithm with two queues (leaves sorted, internal nodes made in order of
     // weight): node i < n is leaf i, node n + k is the k-th internal node.
