@@ -21,9 +21,9 @@
 //! is what a block is, about twice as fast as zlib-rs at the same level with a slightly
 //! better ratio. A block where string matching gains under 3 % (random-looking text,
 //! compressed files) is deflated by kiln's run-only encoder instead (`deflate_block`,
-//! `oci::deflate`), several times faster at about the same size. Until 2026-11-30 the blocks were zlib-rs raw deflate streams ending in a
-//! sync flush, joined into one member; members cost 18 bytes per block more and need no
-//! stream-wide CRC.
+//! `oci::deflate`), several times faster at about the same size. Until 2026-11-30 the
+//! blocks were zlib-rs raw deflate streams ending in a sync flush, joined into one member;
+//! members cost 18 bytes per block more and need no stream-wide CRC.
 //!
 //! Because each block is compressed alone and its cuts depend only on nearby bytes, a block
 //! with the same bytes as a block of an earlier layer has the same member bytes. With a
@@ -672,10 +672,10 @@ const MATCH_GAIN_PER_MILLE: u64 = 30;
 /// random-looking text (base64, hex dumps) or already-compressed files, libdeflate's match
 /// finder spends most of its time finding nothing.
 ///
-/// The samples are [`PROBES`] slices of [`PROBE_LEN`] bytes, each deflated alone both ways. The
-/// block goes to libdeflate as soon as the samples so far come out over
-/// [`MATCH_GAIN_PER_MILLE`] larger without matching, so text and binaries pay one sample (about 2 % of a
-/// block's compression). The choice depends on the block's bytes only.
+/// The samples are [`PROBES`] slices of [`PROBE_LEN`] bytes, each deflated alone both ways.
+/// The block goes to libdeflate as soon as the samples so far come out over
+/// [`MATCH_GAIN_PER_MILLE`] larger without matching, so text and binaries pay one sample
+/// (about 2 % of a block's compression). The choice depends on the block's bytes only.
 fn deflate_block(data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let level = libdeflater::CompressionLvl::new(GZIP_LEVEL as i32)
         .map_err(|e| io::Error::other(format!("gzip level {GZIP_LEVEL}: {e:?}")))?;
